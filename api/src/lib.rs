@@ -1,0 +1,61 @@
+//! # Sluice
+//!
+//! The DataStream API of Sluice, a thread-per-core stream processor: build a job from
+//! sources, transformations, keyed aggregations and sinks, then run it on every core of this
+//! machine with [`Env::execute`].
+//!
+//! ```no_run
+//! use sluice::prelude::*;
+//!
+//! let env = Env::new();
+//! env.read_text_file("input.txt")
+//!     .flat_map(|line: String| {
+//!         line.split_whitespace().map(|w| (w.to_lowercase(), 1u64)).collect::<Vec<_>>()
+//!     })
+//!     .key_by(|(word, _): &(String, u64)| word.clone())
+//!     .emit_final()
+//!     .sum(|(_, n): &mut (String, u64)| n)
+//!     .print();
+//! env.execute("wordcount").unwrap();
+//! ```
+//!
+//! Every operator runs on every worker. Operators between exchanges (`key_by`, `rebalance`,
+//! `broadcast`, `union`) are fused into one monomorphised call chain per worker; records cross
+//! an exchange in batches, moved between cores without copying.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod env;
+mod sinks;
+mod sources;
+mod stream;
+pub mod testing;
+pub mod text;
+
+pub use env::Env;
+pub use sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
+pub use sources::{CollectionSource, SocketTextSource, TextFileSource, TextSplit};
+pub use stream::{
+    BuildStage, DataStream, FinalKeyedStream, GateHead, Head, KeyedStream, SourceHead,
+};
+
+pub use sluice_core::chain::Identity;
+pub use sluice_core::keyed::{AggregateFunction, Emit};
+pub use sluice_core::metrics::Progress;
+pub use sluice_core::runtime::{JobReport, RuntimeConfig, available_cpus};
+pub use sluice_core::sink::{Sink, SinkContext, SinkWriter};
+pub use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, SourceReader};
+pub use sluice_core::{BATCH_RECORDS_MAX, Error, ErrorDomain, Key, Result, Watermark};
+
+/// Small-string type for keys such as words: strings of up to 24 bytes live inline, so a
+/// record keyed by a short word needs no heap allocation.
+pub use compact_str::CompactString;
+
+/// The names most jobs need.
+pub mod prelude {
+    pub use crate::{
+        AggregateFunction, CollectHandle, CompactString, DataStream, Env, Key, KeyedStream, Sink,
+        SinkWriter, Source, SourceReader,
+    };
+}

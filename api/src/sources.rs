@@ -1,0 +1,521 @@
+//! The built-in sources: a collection, text files split into byte ranges, and a TCP socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_lite::AsyncReadExt;
+use sluice_core::io::{Disk, GlommioDisk, GlommioNet, Net, ReadFile};
+use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, SourceReader};
+use sluice_core::{Error, Result};
+
+/// Bytes read from a file per I/O.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// A bounded source over the items of a collection, split into one contiguous slice per
+/// worker. Its read position is the index of the next item, so it can be replayed.
+pub struct CollectionSource<T> {
+    items: Arc<Vec<T>>,
+}
+
+impl<T> CollectionSource<T> {
+    /// A source over `items`.
+    pub fn new(items: impl IntoIterator<Item = T>) -> Self {
+        CollectionSource {
+            items: Arc::new(items.into_iter().collect()),
+        }
+    }
+}
+
+/// Reads one slice of a [`CollectionSource`].
+pub struct CollectionReader<T> {
+    items: Arc<Vec<T>>,
+    next: usize,
+    end: usize,
+}
+
+impl<T: Clone + Send + Sync + 'static> Source for CollectionSource<T> {
+    type Item = T;
+    type Split = std::ops::Range<usize>;
+    type Reader = CollectionReader<T>;
+
+    fn name(&self) -> String {
+        "from_iter".into()
+    }
+    fn is_bounded(&self) -> bool {
+        true
+    }
+    fn splits(&self, workers: usize) -> Result<Vec<std::ops::Range<usize>>> {
+        let n = self.items.len();
+        let workers = workers.max(1);
+        Ok((0..workers)
+            .map(|w| (w * n / workers)..((w + 1) * n / workers))
+            .collect())
+    }
+    async fn open(
+        &self,
+        split: std::ops::Range<usize>,
+        start: Option<ReadPosition>,
+        _ctx: &SourceContext,
+    ) -> Result<CollectionReader<T>> {
+        let next = start.map_or(split.start, |p| {
+            (p.0 as usize).clamp(split.start, split.end)
+        });
+        Ok(CollectionReader {
+            items: self.items.clone(),
+            next,
+            end: split.end,
+        })
+    }
+}
+
+impl<T: Clone + 'static> SourceReader for CollectionReader<T> {
+    type Item = T;
+    async fn read_batch(&mut self, out: &mut Vec<T>, records_max: usize) -> Result<ReadStatus> {
+        let end = self.end.min(self.next + records_max);
+        out.extend_from_slice(&self.items[self.next..end]);
+        self.next = end;
+        Ok(if self.next == self.end {
+            ReadStatus::End
+        } else {
+            ReadStatus::More
+        })
+    }
+    fn position(&self) -> ReadPosition {
+        ReadPosition(self.next as u64)
+    }
+}
+
+/// A byte range of one file. The range's reader owns every line that *starts* inside it; a
+/// line that starts inside and ends beyond is read to its end, and the next range skips it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextSplit {
+    /// The file.
+    pub path: Arc<PathBuf>,
+    /// First byte of the range.
+    pub start: u64,
+    /// One past the last byte of the range.
+    pub end: u64,
+}
+
+/// A bounded source over the lines of a text file, or of the visible files of a directory
+/// (names not starting with `.` or `_`), split into byte ranges across workers.
+pub struct TextFileSource<D: Disk = GlommioDisk> {
+    path: PathBuf,
+    disk: D,
+}
+
+impl TextFileSource {
+    /// Lines of the file or directory at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        TextFileSource {
+            path: path.into(),
+            disk: GlommioDisk,
+        }
+    }
+}
+
+impl<D: Disk> TextFileSource<D> {
+    /// Lines read through another [`Disk`] (a simulator's).
+    pub fn with_disk(path: impl Into<PathBuf>, disk: D) -> Self {
+        TextFileSource {
+            path: path.into(),
+            disk,
+        }
+    }
+
+    fn files(&self) -> Result<Vec<(PathBuf, u64)>> {
+        fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+            move |source| Error::Io {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        }
+        let meta = std::fs::metadata(&self.path).map_err(io("open input", &self.path))?;
+        if !meta.is_dir() {
+            return Ok(vec![(self.path.clone(), meta.len())]);
+        }
+        let mut files = Vec::new();
+        for entry in
+            std::fs::read_dir(&self.path).map_err(io("list input directory", &self.path))?
+        {
+            let entry = entry.map_err(io("list input directory", &self.path))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            let path = entry.path();
+            let meta = std::fs::metadata(&path).map_err(io("open input", &path))?;
+            if meta.is_file() {
+                files.push((path, meta.len()));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+}
+
+/// Splits `files` into byte ranges: about `workers` ranges over all of them together, at
+/// least one per non-empty file; empty files get none.
+pub fn text_splits(files: &[(PathBuf, u64)], workers: usize) -> Vec<TextSplit> {
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    let target = total.div_ceil(workers.max(1) as u64).max(1);
+    let mut splits = Vec::new();
+    for (path, len) in files {
+        let path = Arc::new(path.clone());
+        let mut start = 0;
+        while start < *len {
+            let end = (start + target).min(*len);
+            splits.push(TextSplit {
+                path: path.clone(),
+                start,
+                end,
+            });
+            start = end;
+        }
+    }
+    splits
+}
+
+impl<D: Disk> Source for TextFileSource<D> {
+    type Item = String;
+    type Split = TextSplit;
+    type Reader = LineReader<D::Read>;
+
+    fn name(&self) -> String {
+        format!("read_text_file({})", self.path.display())
+    }
+    fn is_bounded(&self) -> bool {
+        true
+    }
+    fn splits(&self, workers: usize) -> Result<Vec<TextSplit>> {
+        Ok(text_splits(&self.files()?, workers))
+    }
+    fn split_bytes(&self, split: &TextSplit) -> Option<u64> {
+        Some(split.end - split.start)
+    }
+    async fn open(
+        &self,
+        split: TextSplit,
+        start: Option<ReadPosition>,
+        ctx: &SourceContext,
+    ) -> Result<LineReader<D::Read>> {
+        let file = self
+            .disk
+            .open_read(&split.path)
+            .await
+            .map_err(|source| Error::Io {
+                op: "open input",
+                path: split.path.to_path_buf(),
+                source,
+            })?;
+        // Resuming at a recorded position starts at a line start; a fresh range starts one
+        // byte early to learn whether its first line began in the previous range.
+        let (offset, skip_first) = match start {
+            Some(p) => (p.0, false),
+            None if split.start == 0 => (0, false),
+            None => (split.start - 1, true),
+        };
+        Ok(LineReader {
+            file: Some(file),
+            path: split.path.clone(),
+            end: split.end,
+            buf: Vec::with_capacity(READ_CHUNK_BYTES + 4096),
+            consumed: 0,
+            buf_offset: offset,
+            file_offset: offset,
+            eof: false,
+            skip_first,
+            counters_ctx: ctx.clone(),
+        })
+    }
+}
+
+/// Reads the lines of one [`TextSplit`].
+pub struct LineReader<F> {
+    file: Option<F>,
+    path: Arc<PathBuf>,
+    end: u64,
+    /// Bytes read but not yet returned start at `buf[consumed]`, at file offset
+    /// `buf_offset + consumed`.
+    buf: Vec<u8>,
+    consumed: usize,
+    buf_offset: u64,
+    file_offset: u64,
+    eof: bool,
+    skip_first: bool,
+    counters_ctx: SourceContext,
+}
+
+impl<F: ReadFile> LineReader<F> {
+    /// File offset of the next unreturned byte: the start of the next line.
+    fn next_line_offset(&self) -> u64 {
+        self.buf_offset + self.consumed as u64
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        // Keep only the unreturned tail (a partial line), then append a chunk.
+        self.buf.drain(..self.consumed);
+        self.buf_offset += self.consumed as u64;
+        self.consumed = 0;
+        let Some(file) = self.file.as_ref() else {
+            self.eof = true;
+            return Ok(());
+        };
+        let n = file
+            .read_at(self.file_offset, READ_CHUNK_BYTES, &mut self.buf)
+            .await
+            .map_err(|source| Error::Io {
+                op: "read input",
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        self.file_offset += n as u64;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
+    fn take_line(&mut self, len_with_newline: usize, out: &mut Vec<String>) -> Result<()> {
+        let start = self.consumed;
+        self.consumed += len_with_newline;
+        let mut line = &self.buf[start..self.consumed];
+        if line.last() == Some(&b'\n') {
+            line = &line[..line.len() - 1];
+        }
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        match std::str::from_utf8(line) {
+            Ok(s) => {
+                out.push(s.to_owned());
+                Ok(())
+            }
+            Err(e) => Err(Error::Corrupt {
+                path: self.path.to_path_buf(),
+                offset: self.buf_offset + (start + e.valid_up_to()) as u64,
+                reason: "invalid UTF-8 in a text input".into(),
+            }),
+        }
+    }
+}
+
+impl<F: ReadFile + 'static> SourceReader for LineReader<F> {
+    type Item = String;
+
+    async fn read_batch(
+        &mut self,
+        out: &mut Vec<String>,
+        records_max: usize,
+    ) -> Result<ReadStatus> {
+        let before = self.next_line_offset();
+        let status = loop {
+            if out.len() >= records_max {
+                break ReadStatus::More;
+            }
+            if !self.skip_first && self.next_line_offset() >= self.end {
+                break ReadStatus::End;
+            }
+            match memchr::memchr(b'\n', &self.buf[self.consumed..]) {
+                Some(i) if self.skip_first => {
+                    self.consumed += i + 1;
+                    self.skip_first = false;
+                }
+                Some(i) => self.take_line(i + 1, out)?,
+                None if self.eof => {
+                    // A last line without a newline, unless it belongs to the previous range.
+                    let rest = self.buf.len() - self.consumed;
+                    if rest > 0 && !self.skip_first {
+                        self.take_line(rest, out)?;
+                    }
+                    self.consumed = self.buf.len();
+                    break ReadStatus::End;
+                }
+                None => self.fill().await?,
+            }
+        };
+        self.counters_ctx
+            .counters()
+            .add_bytes(self.next_line_offset() - before);
+        if status == ReadStatus::End {
+            if let Some(file) = self.file.take() {
+                file.close().await.map_err(|source| Error::Io {
+                    op: "close input",
+                    path: self.path.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        Ok(status)
+    }
+
+    fn position(&self) -> ReadPosition {
+        ReadPosition(self.next_line_offset())
+    }
+}
+
+/// Lines from a TCP connection, read by worker 0 only. At most once.
+pub struct SocketTextSource<N: Net = GlommioNet> {
+    addr: String,
+    net: N,
+}
+
+impl SocketTextSource {
+    /// Lines from `addr` (`host:port`).
+    pub fn new(addr: impl Into<String>) -> Self {
+        SocketTextSource {
+            addr: addr.into(),
+            net: GlommioNet,
+        }
+    }
+}
+
+impl<N: Net> SocketTextSource<N> {
+    /// Lines through another [`Net`].
+    pub fn with_net(addr: impl Into<String>, net: N) -> Self {
+        SocketTextSource {
+            addr: addr.into(),
+            net,
+        }
+    }
+}
+
+/// Reads lines from a connection.
+pub struct SocketLineReader<C> {
+    conn: C,
+    addr: String,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+    read: u64,
+    eof: bool,
+    ctx: SourceContext,
+}
+
+impl<N: Net> Source for SocketTextSource<N> {
+    type Item = String;
+    type Split = ();
+    type Reader = SocketLineReader<N::Conn>;
+
+    fn name(&self) -> String {
+        format!("socket_text_stream({})", self.addr)
+    }
+    fn is_bounded(&self) -> bool {
+        false
+    }
+    fn splits(&self, _workers: usize) -> Result<Vec<()>> {
+        Ok(vec![()])
+    }
+    async fn open(
+        &self,
+        _split: (),
+        _start: Option<ReadPosition>,
+        ctx: &SourceContext,
+    ) -> Result<SocketLineReader<N::Conn>> {
+        let conn = self
+            .net
+            .connect(&self.addr)
+            .await
+            .map_err(|source| Error::IoOther {
+                op: format!("connect to {}", self.addr),
+                source,
+            })?;
+        Ok(SocketLineReader {
+            conn,
+            addr: self.addr.clone(),
+            buf: Vec::new(),
+            chunk: vec![0; 64 * 1024],
+            read: 0,
+            eof: false,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+impl<C: futures_lite::AsyncRead + Unpin + 'static> SourceReader for SocketLineReader<C> {
+    type Item = String;
+
+    async fn read_batch(
+        &mut self,
+        out: &mut Vec<String>,
+        records_max: usize,
+    ) -> Result<ReadStatus> {
+        loop {
+            let mut consumed = 0;
+            while out.len() < records_max {
+                let Some(i) = memchr::memchr(b'\n', &self.buf[consumed..]) else {
+                    break;
+                };
+                let mut line = &self.buf[consumed..consumed + i];
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                let offset = self.read + consumed as u64;
+                let s = std::str::from_utf8(line).map_err(|e| Error::Corrupt {
+                    path: PathBuf::from(&self.addr),
+                    offset: offset + e.valid_up_to() as u64,
+                    reason: "invalid UTF-8 in a text input".into(),
+                })?;
+                out.push(s.to_owned());
+                consumed += i + 1;
+            }
+            self.buf.drain(..consumed);
+            self.read += consumed as u64;
+            self.ctx.counters().add_bytes(consumed as u64);
+            if !out.is_empty() {
+                return Ok(ReadStatus::More);
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(ReadStatus::End);
+                }
+                // A last line without a newline: terminate it and go round once more.
+                self.buf.push(b'\n');
+                continue;
+            }
+            let n = self
+                .conn
+                .read(&mut self.chunk)
+                .await
+                .map_err(|source| Error::IoOther {
+                    op: format!("read from {}", self.addr),
+                    source,
+                })?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.buf.extend_from_slice(&self.chunk[..n]);
+        }
+    }
+
+    fn position(&self) -> ReadPosition {
+        ReadPosition(self.read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cover_each_file_and_skip_empty_ones() {
+        let files = vec![
+            (PathBuf::from("a"), 10),
+            (PathBuf::from("b"), 0),
+            (PathBuf::from("c"), 5),
+        ];
+        let splits = text_splits(&files, 3);
+        let a: Vec<_> = splits
+            .iter()
+            .filter(|s| s.path.as_path() == Path::new("a"))
+            .collect();
+        assert_eq!(a.first().map(|s| s.start), Some(0));
+        assert_eq!(a.last().map(|s| s.end), Some(10));
+        for w in a.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert!(splits.iter().all(|s| s.path.as_path() != Path::new("b")));
+        assert!(splits.iter().all(|s| s.start < s.end));
+    }
+}

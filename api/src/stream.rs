@@ -1,0 +1,423 @@
+//! [`DataStream`] and [`KeyedStream`]: the typed builders of a job.
+//!
+//! A `DataStream<H, P>` is a *head* `H` (a source, or the receiving end of an exchange) and a
+//! chain `P` of operators after it; its record type is `P::Out`. Transformations extend the
+//! chain at compile time, so the chain of one stage is one monomorphised call path. An
+//! exchange (`key_by` + aggregation, `rebalance`, `broadcast`, `union`) or a sink closes the
+//! stage: the head, the chain and the output become one [`StageFactory`] in the job graph.
+
+use std::fmt::Display;
+use std::ops::AddAssign;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_core::Key;
+use sluice_core::chain::{
+    FlatMap, FlatMapInto, Flatten, Identity, Map, Pipe, Then, TryMap, filter,
+};
+use sluice_core::exchange::{Edge, Partitioning};
+use sluice_core::graph::{
+    Forward, GateStage, HashByKey, OutputSpec, Rebalance, SourceStage, StageFactory, ToBroadcast,
+    ToEdge, ToSink,
+};
+use sluice_core::keyed::{
+    Aggregate, AggregateFunction, Combine, CombineAgg, Emit, MergeAgg, Reduce,
+};
+use sluice_core::sink::Sink;
+use sluice_core::source::Source;
+
+use crate::env::Env;
+use crate::sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
+
+/// Turns a head, the chain after it and the stage's output into a stage of a job.
+/// (A separate trait from [`Head`] only to work around a limitation of rustc's trait solver.)
+pub trait BuildStage<I> {
+    /// Adds the stage to `env`'s job.
+    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O)
+    where
+        P: Pipe<I>,
+        O: OutputSpec<P::Out>;
+}
+
+/// Where a stage's records come from: a source or the receiving end of exchanges.
+pub trait Head: 'static + BuildStage<<Self as Head>::Item> {
+    /// The records the head produces.
+    type Item: 'static;
+}
+
+/// A stage that starts at a source.
+pub struct SourceHead<S>(pub S);
+
+impl<S: Source> Head for SourceHead<S> {
+    type Item = S::Item;
+}
+
+impl<S: Source> BuildStage<S::Item> for SourceHead<S> {
+    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O)
+    where
+        P: Pipe<S::Item>,
+        O: OutputSpec<P::Out>,
+    {
+        let stage: Box<dyn StageFactory> = Box::new(SourceStage::new(self.0, pipe, out));
+        env.add_stage(stage);
+    }
+}
+
+/// A stage that starts at the receiving end of one or more edges.
+pub struct GateHead<T: Send> {
+    edges: Vec<(Arc<Edge<T>>, std::rc::Rc<std::cell::RefCell<bool>>)>,
+}
+
+impl<T: Send + 'static> Head for GateHead<T> {
+    type Item = T;
+}
+
+impl<T: Send + 'static> BuildStage<T> for GateHead<T> {
+    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O)
+    where
+        P: Pipe<T>,
+        O: OutputSpec<P::Out>,
+    {
+        let mut edges = Vec::with_capacity(self.edges.len());
+        for (edge, consumed) in self.edges {
+            *consumed.borrow_mut() = true;
+            edges.push(edge);
+        }
+        env.add_stage(Box::new(GateStage::new(edges, pipe, out)));
+    }
+}
+
+/// A stream of records: a head and the chain of operators after it. The record type is
+/// `P::Out`.
+#[must_use = "a stream does nothing until it ends in a sink and the job is executed"]
+pub struct DataStream<H: Head, P: Pipe<H::Item>> {
+    env: Env,
+    head: H,
+    pipe: P,
+}
+
+impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
+    pub(crate) fn new(env: Env, head: H, pipe: P) -> Self {
+        DataStream { env, head, pipe }
+    }
+
+    fn then<Q: Pipe<P::Out>>(self, q: Q) -> DataStream<H, Then<P, Q>> {
+        DataStream {
+            env: self.env,
+            head: self.head,
+            pipe: Then(self.pipe, q),
+        }
+    }
+
+    /// One record out per record in.
+    pub fn map<U, F>(self, f: F) -> DataStream<H, Then<P, Map<F, U>>>
+    where
+        U: 'static,
+        F: FnMut(P::Out) -> U + Clone + Send + Sync + 'static,
+    {
+        self.then(Map::new(f))
+    }
+
+    /// Like [`map`](Self::map), but the function may fail; an error fails the job with a
+    /// message naming the operator `name`.
+    pub fn try_map<U, E, F>(self, name: &'static str, f: F) -> DataStream<H, Then<P, TryMap<F, U>>>
+    where
+        U: 'static,
+        E: Display + 'static,
+        F: FnMut(P::Out) -> Result<U, E> + Clone + Send + Sync + 'static,
+    {
+        self.then(TryMap::new(name, f))
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter<F>(self, f: F) -> DataStream<H, Then<P, sluice_core::chain::Filter<F, P::Out>>>
+    where
+        P::Out: 'static,
+        F: FnMut(&P::Out) -> bool + Clone + Send + Sync + 'static,
+    {
+        self.then(filter(f))
+    }
+
+    /// Any number of records out per record in, from what `f` returns.
+    #[allow(clippy::type_complexity)]
+    pub fn flat_map<I, F>(self, f: F) -> DataStream<H, Then<P, Then<FlatMap<F, I>, Flatten<I>>>>
+    where
+        I: IntoIterator + 'static,
+        F: FnMut(P::Out) -> I + Clone + Send + Sync + 'static,
+    {
+        self.then(Then(FlatMap::new(f), Flatten::new()))
+    }
+
+    /// Any number of records out per record in: `f` appends them to a buffer that is reused
+    /// from record to record, so it allocates nothing once warm.
+    pub fn flat_map_into<U, F>(self, f: F) -> DataStream<H, Then<P, FlatMapInto<F, U>>>
+    where
+        U: 'static,
+        F: FnMut(P::Out, &mut Vec<U>) + Clone + Send + Sync + 'static,
+    {
+        self.then(FlatMapInto::new(f))
+    }
+
+    /// Partitions the stream by key: records with the same key reach the same worker, through
+    /// the key group of the key's stable hash. Follow it with an aggregation.
+    #[allow(clippy::type_complexity)]
+    pub fn key_by<K, F>(
+        self,
+        mut key: F,
+    ) -> KeyedStream<
+        H,
+        Then<P, Map<impl FnMut(P::Out) -> (K, P::Out) + Clone + Send + Sync, (K, P::Out)>>,
+        K,
+        P::Out,
+    >
+    where
+        K: Key,
+        P::Out: Send + 'static,
+        F: FnMut(&P::Out) -> K + Clone + Send + Sync + 'static,
+    {
+        let with_key = move |rec: P::Out| (key(&rec), rec);
+        KeyedStream {
+            stream: self.then(Map::new(with_key)),
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    fn exchange<O>(
+        self,
+        partitioning: Partitioning,
+        out: impl FnOnce(Arc<Edge<P::Out>>) -> O,
+    ) -> DataStream<GateHead<P::Out>, Identity>
+    where
+        P::Out: Send + 'static,
+        O: OutputSpec<P::Out>,
+    {
+        let edge = Arc::new(Edge::new(partitioning));
+        let consumed = self.env.add_edge(edge.clone());
+        self.head
+            .into_stage(&self.env, self.pipe, out(edge.clone()));
+        DataStream::new(
+            self.env,
+            GateHead {
+                edges: vec![(edge, consumed)],
+            },
+            Identity,
+        )
+    }
+
+    /// Spreads records round robin over all workers.
+    pub fn rebalance(self) -> DataStream<GateHead<P::Out>, Identity>
+    where
+        P::Out: Send + 'static,
+    {
+        self.exchange(Partitioning::Rebalance, |e| ToEdge::new(e, Rebalance))
+    }
+
+    /// Sends every record to every worker.
+    pub fn broadcast(self) -> DataStream<GateHead<P::Out>, Identity>
+    where
+        P::Out: Clone + Send + 'static,
+    {
+        self.exchange(Partitioning::Broadcast, ToBroadcast::new)
+    }
+
+    /// Merges this stream with another of the same record type. Each worker's records stay on
+    /// that worker.
+    pub fn union<H2: Head, P2: Pipe<H2::Item, Out = P::Out>>(
+        self,
+        other: DataStream<H2, P2>,
+    ) -> DataStream<GateHead<P::Out>, Identity>
+    where
+        P::Out: Send + 'static,
+    {
+        let env = self.env.clone();
+        let mut a = self.exchange(Partitioning::Forward, |e| ToEdge::new(e, Forward));
+        let b = other.exchange(Partitioning::Forward, |e| ToEdge::new(e, Forward));
+        a.head.edges.extend(b.head.edges);
+        DataStream::new(env, a.head, Identity)
+    }
+
+    /// Ends the stream in `sink`.
+    pub fn sink<S: Sink<P::Out>>(self, sink: S) {
+        self.head
+            .into_stage(&self.env, self.pipe, ToSink::new(sink));
+    }
+
+    /// Prints every record to stdout as `worker> record` (worker counted from 1, as in Flink).
+    pub fn print(self)
+    where
+        P::Out: std::fmt::Debug,
+    {
+        self.sink(PrintSink);
+    }
+
+    /// Writes every record as a line of text into part files in directory `dir` (see
+    /// [`TextFileSink`]).
+    pub fn write_text(self, dir: impl Into<PathBuf>)
+    where
+        P::Out: Display,
+    {
+        self.sink(TextFileSink::new(dir));
+    }
+
+    /// Collects every record in memory; read them with [`CollectHandle::take`] after
+    /// [`Env::execute`]. For tests and small results.
+    pub fn collect(self) -> CollectHandle<P::Out>
+    where
+        P::Out: Send + 'static,
+    {
+        let sink = CollectSink::new();
+        let handle = sink.handle();
+        self.sink(sink);
+        handle
+    }
+}
+
+/// A stream partitioned by key `K`, ready for a keyed aggregation that emits the updated
+/// value after every record (Flink's keyed `reduce`/`sum`/`aggregate`). Each record travels as
+/// `(key, record)`; the aggregation's state is kept per key on the worker that owns the key.
+#[must_use = "a keyed stream does nothing until it is aggregated"]
+pub struct KeyedStream<H: Head, P: Pipe<H::Item, Out = (K, T)>, K, T> {
+    stream: DataStream<H, P>,
+    _p: std::marker::PhantomData<fn() -> (K, T)>,
+}
+
+/// A keyed stream whose aggregation emits one final value per key when the input ends. Values
+/// are combined per key on the sending worker before the exchange, so far fewer records cross
+/// it than with running values.
+#[must_use = "a keyed stream does nothing until it is aggregated"]
+pub struct FinalKeyedStream<H: Head, P: Pipe<H::Item, Out = (K, T)>, K, T> {
+    stream: DataStream<H, P>,
+    _p: std::marker::PhantomData<fn() -> (K, T)>,
+}
+
+fn sum_fn<T, N: AddAssign + Copy + 'static>(
+    field: impl Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
+) -> impl FnMut(T, T) -> T + Clone + Send + Sync + 'static {
+    move |mut acc: T, mut next: T| {
+        let add = *field(&mut next);
+        *field(&mut acc) += add;
+        acc
+    }
+}
+
+fn hash_exchange<H, P, K, V>(stream: DataStream<H, P>) -> DataStream<GateHead<(K, V)>, Identity>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, V)>,
+    K: Key,
+    V: Send + 'static,
+{
+    stream.exchange(Partitioning::Hash, |e| ToEdge::new(e, HashByKey))
+}
+
+impl<H, P, K, T> KeyedStream<H, P, K, T>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, T)>,
+    K: Key,
+    T: Send + 'static,
+{
+    /// Switches to final values: one per key, when the input ends.
+    pub fn emit_final(self) -> FinalKeyedStream<H, P, K, T> {
+        FinalKeyedStream {
+            stream: self.stream,
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    /// Reduces each key's records with `f(accumulated, next)`, emitting the accumulated value
+    /// after every record.
+    pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, T)>, Reduce<F, K, T>>
+    where
+        T: Clone,
+        F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
+    {
+        let gate = hash_exchange(self.stream);
+        DataStream::new(gate.env, gate.head, Reduce::new(f, Emit::Running))
+    }
+
+    /// Sums the numeric field that `field` points to, keeping the other fields of the key's
+    /// first record (Flink's `sum(position)`), emitting the running sum after every record.
+    #[allow(clippy::type_complexity)]
+    pub fn sum<N, F>(
+        self,
+        field: F,
+    ) -> DataStream<GateHead<(K, T)>, Reduce<impl FnMut(T, T) -> T + Clone + Send + Sync, K, T>>
+    where
+        T: Clone,
+        N: AddAssign + Copy + 'static,
+        F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
+    {
+        self.reduce(sum_fn(field))
+    }
+
+    /// Aggregates each key's records with an [`AggregateFunction`], emitting the result after
+    /// every record.
+    pub fn aggregate<A>(self, agg: A) -> DataStream<GateHead<(K, T)>, Aggregate<A, K, T>>
+    where
+        A: AggregateFunction<T>,
+    {
+        let gate = hash_exchange(self.stream);
+        DataStream::new(gate.env, gate.head, Aggregate::new(agg, Emit::Running))
+    }
+}
+
+impl<H, P, K, T> FinalKeyedStream<H, P, K, T>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, T)>,
+    K: Key,
+    T: Send + 'static,
+{
+    /// Reduces each key's records with `f(accumulated, next)`; emits each key's value when the
+    /// input ends. `f` should be associative and commutative: records of one key arrive from
+    /// several workers in no fixed order.
+    ///
+    /// ```
+    /// let env = sluice::Env::new();
+    /// let out = env
+    ///     .from_iter(vec![("a", 1), ("b", 2), ("a", 3)])
+    ///     .key_by(|(k, _): &(&str, i32)| *k)
+    ///     .emit_final()
+    ///     .reduce(|(k, x), (_, y)| (k, x + y))
+    ///     .collect();
+    /// env.execute("doc").unwrap();
+    /// let mut got = out.take();
+    /// got.sort();
+    /// assert_eq!(got, vec![("a", 4), ("b", 2)]);
+    /// ```
+    pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, T)>, Reduce<F, K, T>>
+    where
+        T: Clone,
+        F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
+    {
+        let gate = hash_exchange(self.stream.then(Combine::new(f.clone())));
+        DataStream::new(gate.env, gate.head, Reduce::new(f, Emit::Final))
+    }
+
+    /// Sums the numeric field that `field` points to; emits each key's sum when the input
+    /// ends.
+    #[allow(clippy::type_complexity)]
+    pub fn sum<N, F>(
+        self,
+        field: F,
+    ) -> DataStream<GateHead<(K, T)>, Reduce<impl FnMut(T, T) -> T + Clone + Send + Sync, K, T>>
+    where
+        T: Clone,
+        N: AddAssign + Copy + 'static,
+        F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
+    {
+        self.reduce(sum_fn(field))
+    }
+
+    /// Aggregates each key's records with an [`AggregateFunction`]; emits each key's result
+    /// when the input ends. Accumulators are built on the sending workers and merged on the
+    /// owning one.
+    pub fn aggregate<A>(self, agg: A) -> DataStream<GateHead<(K, A::Acc)>, MergeAgg<A, K, T>>
+    where
+        A: AggregateFunction<T>,
+    {
+        let gate = hash_exchange(self.stream.then(CombineAgg::new(agg.clone())));
+        DataStream::new(gate.env, gate.head, MergeAgg::new(agg))
+    }
+}

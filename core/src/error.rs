@@ -1,0 +1,127 @@
+//! Errors of the runtime. Each message is one line that names what failed; `sluice::Error` at
+//! the API is this type.
+
+use std::path::PathBuf;
+
+/// Who is to blame for an error, for the coordinator's restart policy (later issues): a user
+/// error stops the job, an internal or external one may restart it from a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorDomain {
+    /// Bad input, a failing user function, a wrong configuration.
+    User,
+    /// The environment: I/O, memory limits, io_uring availability.
+    External,
+    /// A bug in Sluice.
+    Internal,
+}
+
+/// The result type of the runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way a job can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a file failed.
+    #[error("{op} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done ("open input", "read", "rename part file").
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An I/O operation not tied to one file (a socket, the terminal).
+    #[error("{op}: {source}")]
+    IoOther {
+        /// What was being done.
+        op: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Input bytes that do not decode.
+    #[error("{path} at byte offset {offset}: {reason}", path = path.display())]
+    Corrupt {
+        /// The input.
+        path: PathBuf,
+        /// Where the bad bytes start.
+        offset: u64,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// A user function returned an error.
+    #[error("operator '{operator}' failed: {message}")]
+    Operator {
+        /// The operator's name.
+        operator: String,
+        /// The function's error, as one line.
+        message: String,
+    },
+    /// User code panicked inside a stage.
+    #[error("stage '{stage}' on worker {worker} panicked{location}: {message}")]
+    Panic {
+        /// The stage's name (its chained operators).
+        stage: String,
+        /// The worker it ran on.
+        worker: usize,
+        /// ` at file:line:col`, or empty when unknown.
+        location: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The runtime could not start every worker; nothing ran.
+    #[error("cannot start worker {worker}: {reason}")]
+    Startup {
+        /// The worker that failed.
+        worker: usize,
+        /// Why, naming the likely cause (memlock, io_uring, CPU placement).
+        reason: String,
+    },
+    /// A bad job definition or option.
+    #[error("{0}")]
+    Config(String),
+    /// A channel closed because another part of the job failed first. Never the root cause:
+    /// the runtime reports the error that caused it instead.
+    #[error("stage '{stage}' stopped: {what} closed before the end of input")]
+    Disconnected {
+        /// The stage that noticed.
+        stage: String,
+        /// "an upstream channel" or "a downstream channel".
+        what: &'static str,
+    },
+    /// The job was cancelled (another worker failed, or the user asked).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// The error's domain.
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            Error::Io { .. } | Error::IoOther { .. } | Error::Startup { .. } => {
+                ErrorDomain::External
+            }
+            Error::Corrupt { .. } | Error::Operator { .. } | Error::Panic { .. } => {
+                ErrorDomain::User
+            }
+            Error::Config(_) => ErrorDomain::User,
+            Error::Disconnected { .. } | Error::Cancelled => ErrorDomain::Internal,
+        }
+    }
+
+    /// Whether this error is only a consequence of another failure (a closed channel, a
+    /// cancellation), so that the runtime should report the other one.
+    pub fn is_secondary(&self) -> bool {
+        matches!(self, Error::Disconnected { .. } | Error::Cancelled)
+    }
+
+    /// Wraps a user function's error with the operator's name.
+    pub fn operator(operator: &str, err: impl std::fmt::Display) -> Error {
+        Error::Operator {
+            operator: operator.to_owned(),
+            message: err.to_string(),
+        }
+    }
+}

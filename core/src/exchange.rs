@@ -1,0 +1,509 @@
+//! Exchanges: how records leave one stage and reach the next, on the same or another worker.
+//!
+//! An [`Edge`] is the set of bounded channels between two stages: a full mesh for rebalance,
+//! broadcast and hash exchanges, and one channel per worker for a forward exchange. Channels
+//! are glommio shared channels carrying [`StreamElement`]s, so a batch moves by ownership (no
+//! copy, no serialisation) and a full channel suspends the sender: backpressure reaches the
+//! sources. A remote channel (issue "networking") implements the same two ends over TCP.
+//!
+//! The sending side is an [`ExchangeTail`], the chain's last collector, which routes each record
+//! to a per-target batch; full batches go to the stage's [`Outbox`], which the driver drains
+//! into the channels. The receiving side is an [`InputGate`], which merges a stage's input
+//! channels fairly and tracks which inputs have ended.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use futures_lite::Stream;
+use glommio::channels::shared_channel::{
+    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
+
+use crate::chain::{Collector, OutboxRef, Target, new_batch};
+use crate::element::{BATCH_RECORDS_MAX, CheckpointBarrier, StreamElement, Watermark};
+use crate::error::{Error, Result};
+use crate::key::{Key, KeyGroups};
+
+/// Batches a channel holds before its sender waits. With [`BATCH_RECORDS_MAX`] records per
+/// batch this bounds the records in flight per channel.
+pub const CHANNEL_BATCHES_MAX: usize = 8;
+
+/// How an edge routes records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partitioning {
+    /// To the same worker (no mesh; used by `union`).
+    Forward,
+    /// Round robin over all workers.
+    Rebalance,
+    /// A copy to every worker.
+    Broadcast,
+    /// To the worker owning the record's key group.
+    Hash,
+}
+
+/// An edge as the runtime sees it before it knows the worker count.
+pub trait AnyEdge: Send + Sync {
+    /// Creates the channels for `workers` workers.
+    fn materialize(&self, workers: usize);
+    /// How the edge routes.
+    fn partitioning(&self) -> Partitioning;
+}
+
+type Chan<T> = StreamElement<T>;
+
+struct EdgeSlots<T: Send> {
+    senders: Vec<Option<Vec<SharedSender<Chan<T>>>>>,
+    receivers: Vec<Option<Vec<SharedReceiver<Chan<T>>>>>,
+}
+
+/// The channels between two stages, created when the job starts and handed out to workers.
+pub struct Edge<T: Send> {
+    partitioning: Partitioning,
+    slots: Mutex<Option<EdgeSlots<T>>>,
+}
+
+impl<T: Send + 'static> Edge<T> {
+    /// A new edge, not yet materialized.
+    pub fn new(partitioning: Partitioning) -> Edge<T> {
+        Edge {
+            partitioning,
+            slots: Mutex::new(None),
+        }
+    }
+
+    fn take<R>(&self, f: impl FnOnce(&mut EdgeSlots<T>) -> Option<R>) -> Result<R> {
+        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_mut().and_then(f).ok_or_else(|| {
+            Error::Config("internal: edge endpoints taken twice or never made".into())
+        })
+    }
+
+    /// Worker `w`'s senders, one per target (one in all for a forward edge).
+    pub fn take_senders(&self, w: usize) -> Result<Vec<SharedSender<Chan<T>>>> {
+        self.take(|s| s.senders.get_mut(w).and_then(Option::take))
+    }
+
+    /// Worker `w`'s receivers, one per source worker (one for a forward edge).
+    pub fn take_receivers(&self, w: usize) -> Result<Vec<SharedReceiver<Chan<T>>>> {
+        self.take(|s| s.receivers.get_mut(w).and_then(Option::take))
+    }
+}
+
+impl<T: Send + 'static> AnyEdge for Edge<T> {
+    fn materialize(&self, workers: usize) {
+        let mut senders: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut receivers: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        if self.partitioning == Partitioning::Forward {
+            for w in 0..workers {
+                let (tx, rx) = shared_channel::new_bounded(CHANNEL_BATCHES_MAX);
+                senders[w].push(tx);
+                receivers[w].push(rx);
+            }
+        } else {
+            for source in 0..workers {
+                for target in 0..workers {
+                    let (tx, rx) = shared_channel::new_bounded(CHANNEL_BATCHES_MAX);
+                    senders[source].push(tx);
+                    receivers[target].push(rx);
+                }
+            }
+        }
+        let slots = EdgeSlots {
+            senders: senders.into_iter().map(Some).collect(),
+            receivers: receivers.into_iter().map(Some).collect(),
+        };
+        *self.slots.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots);
+    }
+    fn partitioning(&self) -> Partitioning {
+        self.partitioning
+    }
+}
+
+/// Picks the target of each record.
+pub trait Partitioner<T>: 'static {
+    /// The target worker index (into the edge's senders) for `record`.
+    fn target(&mut self, record: &T) -> usize;
+}
+
+/// Everything to the one channel of a forward edge.
+pub struct ForwardPartitioner;
+
+impl<T> Partitioner<T> for ForwardPartitioner {
+    #[inline]
+    fn target(&mut self, _record: &T) -> usize {
+        0
+    }
+}
+
+/// Round robin.
+pub struct RebalancePartitioner {
+    next: usize,
+    targets: usize,
+}
+
+impl RebalancePartitioner {
+    /// Starting at `start` (the sending worker, so workers do not all hit target 0 first).
+    pub fn new(start: usize, targets: usize) -> Self {
+        RebalancePartitioner {
+            next: start % targets.max(1),
+            targets: targets.max(1),
+        }
+    }
+}
+
+impl<T> Partitioner<T> for RebalancePartitioner {
+    #[inline]
+    fn target(&mut self, _record: &T) -> usize {
+        let t = self.next;
+        self.next += 1;
+        if self.next == self.targets {
+            self.next = 0;
+        }
+        t
+    }
+}
+
+/// By key group of the key carried in the record's first field.
+pub struct HashPartitioner {
+    key_groups: KeyGroups,
+}
+
+impl HashPartitioner {
+    /// Over the job's key groups.
+    pub fn new(key_groups: KeyGroups) -> Self {
+        HashPartitioner { key_groups }
+    }
+}
+
+impl<K: Key, V> Partitioner<(K, V)> for HashPartitioner {
+    #[inline]
+    fn target(&mut self, record: &(K, V)) -> usize {
+        self.key_groups.owner_of(&record.0)
+    }
+}
+
+/// The last collector of a chain that ends in an exchange.
+pub struct ExchangeTail<T, P> {
+    partitioner: P,
+    buffers: Vec<Vec<T>>,
+    outbox: OutboxRef<T>,
+}
+
+impl<T, P: Partitioner<T>> ExchangeTail<T, P> {
+    /// A tail with `targets` per-target batches.
+    pub fn new(partitioner: P, targets: usize, outbox: OutboxRef<T>) -> Self {
+        ExchangeTail {
+            partitioner,
+            buffers: (0..targets).map(|_| new_batch()).collect(),
+            outbox,
+        }
+    }
+
+    fn hand_on_partials(&mut self) {
+        let mut outbox = self.outbox.borrow_mut();
+        for (target, buf) in self.buffers.iter_mut().enumerate() {
+            if !buf.is_empty() {
+                let batch = std::mem::replace(buf, new_batch());
+                outbox.push(Target::One(target), StreamElement::Records(batch));
+            }
+        }
+    }
+
+    fn control(&mut self, element: StreamElement<T>) {
+        self.hand_on_partials();
+        self.outbox.borrow_mut().push(Target::All, element);
+    }
+}
+
+impl<T, P: Partitioner<T>> Collector<T> for ExchangeTail<T, P> {
+    #[inline]
+    fn collect(&mut self, record: T) -> Result<()> {
+        let target = self.partitioner.target(&record);
+        debug_assert!(target < self.buffers.len(), "target={target}");
+        let buf = &mut self.buffers[target];
+        buf.push(record);
+        if buf.len() == BATCH_RECORDS_MAX {
+            let batch = std::mem::replace(buf, new_batch());
+            self.outbox
+                .borrow_mut()
+                .push(Target::One(target), StreamElement::Records(batch));
+        }
+        Ok(())
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.control(StreamElement::Watermark(watermark));
+        Ok(())
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.control(StreamElement::Barrier(barrier));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.hand_on_partials();
+        Ok(())
+    }
+    fn on_end(&mut self) -> Result<()> {
+        self.control(StreamElement::EndOfInput);
+        Ok(())
+    }
+}
+
+/// The last collector of a chain that ends in a broadcast: every batch goes to every target.
+pub struct BroadcastTail<T> {
+    buffer: Vec<T>,
+    targets: usize,
+    outbox: OutboxRef<T>,
+}
+
+impl<T: Clone> BroadcastTail<T> {
+    /// A tail copying to `targets` targets.
+    pub fn new(targets: usize, outbox: OutboxRef<T>) -> Self {
+        BroadcastTail {
+            buffer: new_batch(),
+            targets,
+            outbox,
+        }
+    }
+    fn hand_on(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.buffer, new_batch());
+        let mut outbox = self.outbox.borrow_mut();
+        for target in 1..self.targets {
+            outbox.push(Target::One(target), StreamElement::Records(batch.clone()));
+        }
+        outbox.push(Target::One(0), StreamElement::Records(batch));
+    }
+    fn control(&mut self, element: StreamElement<T>) {
+        self.hand_on();
+        self.outbox.borrow_mut().push(Target::All, element);
+    }
+}
+
+impl<T: Clone> Collector<T> for BroadcastTail<T> {
+    #[inline]
+    fn collect(&mut self, record: T) -> Result<()> {
+        self.buffer.push(record);
+        if self.buffer.len() == BATCH_RECORDS_MAX {
+            self.hand_on();
+        }
+        Ok(())
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.control(StreamElement::Watermark(watermark));
+        Ok(())
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.control(StreamElement::Barrier(barrier));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.hand_on();
+        Ok(())
+    }
+    fn on_end(&mut self) -> Result<()> {
+        self.control(StreamElement::EndOfInput);
+        Ok(())
+    }
+}
+
+/// Copies a control element (anything but records) for another target.
+fn copy_control<T>(element: &StreamElement<T>) -> StreamElement<T> {
+    match element {
+        StreamElement::Watermark(w) => StreamElement::Watermark(*w),
+        StreamElement::Barrier(b) => StreamElement::Barrier(*b),
+        StreamElement::EndOfInput | StreamElement::Records(_) => StreamElement::EndOfInput,
+    }
+}
+
+/// Where a stage's outbox is drained to: channels or a sink.
+pub trait OutputDrain<T> {
+    /// Sends or writes everything in `outbox`, waiting for capacity.
+    fn drain(&mut self, outbox: &OutboxRef<T>) -> impl Future<Output = Result<()>>;
+}
+
+/// The connected sending ends of an edge on one worker.
+pub struct ExchangeSender<T: Send> {
+    senders: Vec<ConnectedSender<Chan<T>>>,
+    stage: String,
+}
+
+impl<T: Send + 'static> ExchangeSender<T> {
+    /// Connects worker-local senders (must run on the worker's executor).
+    pub async fn connect(senders: Vec<SharedSender<Chan<T>>>, stage: &str) -> Self {
+        let mut connected = Vec::with_capacity(senders.len());
+        for s in senders {
+            connected.push(s.connect().await);
+        }
+        ExchangeSender {
+            senders: connected,
+            stage: stage.to_owned(),
+        }
+    }
+
+    /// Number of targets.
+    pub fn targets(&self) -> usize {
+        self.senders.len()
+    }
+
+    async fn send(&self, target: usize, element: Chan<T>) -> Result<()> {
+        let sender = self.senders.get(target).ok_or_else(|| {
+            Error::Config(format!(
+                "internal: target {target} out of {}",
+                self.senders.len()
+            ))
+        })?;
+        sender.send(element).await.map_err(|_| Error::Disconnected {
+            stage: self.stage.clone(),
+            what: "a downstream channel",
+        })
+    }
+}
+
+impl<T: Send + 'static> OutputDrain<T> for ExchangeSender<T> {
+    async fn drain(&mut self, outbox: &OutboxRef<T>) -> Result<()> {
+        loop {
+            // The borrow ends before the await: the chain may push while we wait.
+            let Some((target, element)) = outbox.borrow_mut().pop() else {
+                return Ok(());
+            };
+            match target {
+                Target::One(t) => self.send(t, element).await?,
+                Target::All => {
+                    for t in 1..self.senders.len() {
+                        self.send(t, copy_control(&element)).await?;
+                    }
+                    self.send(0, element).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Tracks the watermark of a multi-input stage: the minimum over its inputs that have not
+/// ended. A plain struct, so its rules run in a doctest.
+///
+/// ```
+/// use sluice_core::exchange::WatermarkTracker;
+/// use sluice_core::Watermark;
+/// let mut t = WatermarkTracker::new(2);
+/// assert_eq!(t.update(0, Watermark(10)), None); // input 1 still at MIN
+/// assert_eq!(t.update(1, Watermark(5)), Some(Watermark(5)));
+/// assert_eq!(t.end(1), Some(Watermark(10))); // an ended input stops holding it back
+/// ```
+#[derive(Debug, Clone)]
+pub struct WatermarkTracker {
+    inputs: Vec<Option<Watermark>>,
+    current: Watermark,
+}
+
+impl WatermarkTracker {
+    /// `inputs` inputs, all at [`Watermark::MIN`].
+    pub fn new(inputs: usize) -> Self {
+        WatermarkTracker {
+            inputs: vec![Some(Watermark::MIN); inputs],
+            current: Watermark::MIN,
+        }
+    }
+    /// Input `i` reports `w`; returns the new combined watermark if it advanced.
+    pub fn update(&mut self, i: usize, w: Watermark) -> Option<Watermark> {
+        if let Some(slot) = self.inputs.get_mut(i).and_then(Option::as_mut) {
+            *slot = (*slot).max(w);
+        }
+        self.advance()
+    }
+    /// Input `i` ended.
+    pub fn end(&mut self, i: usize) -> Option<Watermark> {
+        if let Some(slot) = self.inputs.get_mut(i) {
+            *slot = None;
+        }
+        self.advance()
+    }
+    fn advance(&mut self) -> Option<Watermark> {
+        let min = self
+            .inputs
+            .iter()
+            .flatten()
+            .min()
+            .copied()
+            .unwrap_or(Watermark::MAX);
+        (min > self.current).then(|| {
+            self.current = min;
+            min
+        })
+    }
+}
+
+/// The receiving side of a stage: its input channels, merged fairly.
+pub struct InputGate<T: Send> {
+    receivers: Vec<ConnectedReceiver<Chan<T>>>,
+    ended: Vec<bool>,
+    live: usize,
+    next: usize,
+    stage: String,
+}
+
+impl<T: Send + 'static> InputGate<T> {
+    /// Connects worker-local receivers (must run on the worker's executor).
+    pub async fn connect(receivers: Vec<SharedReceiver<Chan<T>>>, stage: &str) -> Self {
+        let mut connected = Vec::with_capacity(receivers.len());
+        for r in receivers {
+            connected.push(r.connect().await);
+        }
+        let n = connected.len();
+        InputGate {
+            receivers: connected,
+            ended: vec![false; n],
+            live: n,
+            next: 0,
+            stage: stage.into(),
+        }
+    }
+
+    /// Number of inputs.
+    pub fn inputs(&self) -> usize {
+        self.receivers.len()
+    }
+
+    /// The next element and the input it came from; `None` once every input has ended. An
+    /// input that closes without sending [`StreamElement::EndOfInput`] is an error: its sender
+    /// failed.
+    pub fn next(&mut self) -> impl Future<Output = Result<Option<(usize, Chan<T>)>>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next(cx))
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<(usize, Chan<T>)>>> {
+        let n = self.receivers.len();
+        if self.live == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if self.ended[i] {
+                continue;
+            }
+            match Pin::new(&mut self.receivers[i]).poll_next(cx) {
+                Poll::Ready(Some(element)) => {
+                    if matches!(element, StreamElement::EndOfInput) {
+                        self.ended[i] = true;
+                        self.live -= 1;
+                    }
+                    // Start after this input next time, so no input starves the others.
+                    self.next = (i + 1) % n;
+                    return Poll::Ready(Ok(Some((i, element))));
+                }
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(Error::Disconnected {
+                        stage: self.stage.clone(),
+                        what: "an upstream channel",
+                    }));
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,513 @@
+//! Keyed aggregation operators: `reduce` and `aggregate` on a keyed stream, and the combiners
+//! that pre-aggregate before the exchange when only final values are wanted.
+//!
+//! Records arrive as `(key, value)` pairs: the key is extracted once, before the hash exchange,
+//! and travels with the value. State is one map per worker holding the worker's key groups.
+//! The state-store issue moves it into the log-structured store behind the same operators.
+//!
+//! Two emission modes ([`Emit`]): `Running` emits the updated value for every record, as
+//! Flink's keyed `reduce` does; `Final` emits one value per key when the input ends. Under
+//! `Final` the sending worker combines values per key first ([`Combine`], [`CombineAgg`]), so
+//! the exchange carries one record per distinct key per combine round instead of one per
+//! input record. That is sound because the order in which a key's records from different
+//! upstream workers meet is already arbitrary: a final result that depends on it would be
+//! nondeterministic with or without the combiner.
+
+use std::marker::PhantomData;
+
+use crate::FastMap;
+use crate::chain::{Collector, Pipe};
+use crate::element::{CheckpointBarrier, Watermark};
+use crate::error::Result;
+use crate::key::Key;
+
+/// Distinct keys a combiner holds before it sends them all on: bounds its memory.
+pub const COMBINE_KEYS_MAX: usize = 1 << 16;
+
+/// When a keyed aggregation emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// The updated value after every record.
+    Running,
+    /// One value per key when the input ends.
+    Final,
+}
+
+/// Flink's `AggregateFunction`: an accumulator per key, records added to it, accumulators
+/// merged, a result read from it.
+pub trait AggregateFunction<T>: Clone + Send + Sync + 'static {
+    /// The accumulator.
+    type Acc: Send + 'static;
+    /// The result.
+    type Out: 'static;
+    /// A fresh accumulator.
+    fn create_accumulator(&self) -> Self::Acc;
+    /// Adds a record.
+    fn add(&self, acc: &mut Self::Acc, value: T);
+    /// Merges another accumulator of the same key into `acc`.
+    fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
+    /// The result of an accumulator.
+    fn get_result(&self, acc: &Self::Acc) -> Self::Out;
+}
+
+/// Folds `value` into the slot (`None` only transiently, while the function runs).
+#[inline]
+fn fold_into<T, F: FnMut(T, T) -> T>(f: &mut F, slot: &mut Option<T>, value: T) {
+    *slot = Some(match slot.take() {
+        Some(current) => f(current, value),
+        None => value,
+    });
+}
+
+macro_rules! clone_pipe {
+    ($name:ident < $f:ident, $($p:ident),* >) => {
+        impl<$f: Clone, $($p),*> Clone for $name<$f, $($p),*> {
+            fn clone(&self) -> Self {
+                $name { f: self.f.clone(), emit: self.emit, _p: PhantomData }
+            }
+        }
+    };
+}
+
+/// Keyed `reduce`: `(key, value)` in, the key's reduced value out.
+pub struct Reduce<F, K, T> {
+    f: F,
+    emit: Emit,
+    _p: PhantomData<fn(K, T)>,
+}
+clone_pipe!(Reduce<F, K, T>);
+
+impl<F, K, T> Reduce<F, K, T> {
+    /// Reduces with `f`, emitting per `emit`.
+    pub fn new(f: F, emit: Emit) -> Self {
+        Reduce {
+            f,
+            emit,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The instantiated [`Reduce`].
+pub struct ReduceOp<F, K, T, C> {
+    f: F,
+    emit: Emit,
+    state: FastMap<K, Option<T>>,
+    next: C,
+}
+
+impl<F, K, T, C> Collector<(K, T)> for ReduceOp<F, K, T, C>
+where
+    F: FnMut(T, T) -> T,
+    K: Key,
+    T: Clone,
+    C: Collector<T>,
+{
+    #[inline]
+    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+        let slot = self.state.entry(key).or_insert(None);
+        fold_into(&mut self.f, slot, value);
+        match (self.emit, slot.as_ref()) {
+            (Emit::Running, Some(v)) => self.next.collect(v.clone()),
+            _ => Ok(()),
+        }
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.next.on_barrier(barrier)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+    fn on_end(&mut self) -> Result<()> {
+        if self.emit == Emit::Final {
+            for (_, value) in self.state.drain() {
+                if let Some(v) = value {
+                    self.next.collect(v)?;
+                }
+            }
+        }
+        self.next.on_end()
+    }
+}
+
+impl<F, K, T> Pipe<(K, T)> for Reduce<F, K, T>
+where
+    F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
+    K: Key,
+    T: Clone + 'static,
+{
+    type Out = T;
+    type Op<C: Collector<T>> = ReduceOp<F, K, T, C>;
+    fn attach<C: Collector<T>>(self, next: C) -> Self::Op<C> {
+        ReduceOp {
+            f: self.f,
+            emit: self.emit,
+            state: FastMap::default(),
+            next,
+        }
+    }
+    fn names(&self, out: &mut Vec<String>) {
+        out.push(format!("reduce({})", emit_name(self.emit)));
+    }
+}
+
+fn emit_name(emit: Emit) -> &'static str {
+    match emit {
+        Emit::Running => "running",
+        Emit::Final => "final",
+    }
+}
+
+/// Pre-aggregation before the exchange for a final `reduce`: `(key, value)` in, `(key,
+/// partially reduced value)` out, at most once per key per [`COMBINE_KEYS_MAX`] distinct keys.
+pub struct Combine<F, K, T> {
+    f: F,
+    emit: Emit,
+    _p: PhantomData<fn(K, T)>,
+}
+clone_pipe!(Combine<F, K, T>);
+
+impl<F, K, T> Combine<F, K, T> {
+    /// Combines with `f`.
+    pub fn new(f: F) -> Self {
+        Combine {
+            f,
+            emit: Emit::Final,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The instantiated [`Combine`].
+pub struct CombineOp<F, K, T, C> {
+    f: F,
+    state: FastMap<K, Option<T>>,
+    next: C,
+}
+
+impl<F, K: Key, T, C: Collector<(K, T)>> CombineOp<F, K, T, C> {
+    fn send_all(&mut self) -> Result<()> {
+        for (key, value) in self.state.drain() {
+            if let Some(v) = value {
+                self.next.collect((key, v))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F, K, T, C> Collector<(K, T)> for CombineOp<F, K, T, C>
+where
+    F: FnMut(T, T) -> T,
+    K: Key,
+    C: Collector<(K, T)>,
+{
+    #[inline]
+    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+        let slot = self.state.entry(key).or_insert(None);
+        fold_into(&mut self.f, slot, value);
+        if self.state.len() >= COMBINE_KEYS_MAX {
+            self.send_all()
+        } else {
+            Ok(())
+        }
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        // Nothing stays behind in the combiner across a checkpoint.
+        self.send_all()?;
+        self.next.on_barrier(barrier)
+    }
+    fn flush(&mut self) -> Result<()> {
+        // Holding values across flushes is the point of combining.
+        self.next.flush()
+    }
+    fn on_end(&mut self) -> Result<()> {
+        self.send_all()?;
+        self.next.on_end()
+    }
+}
+
+impl<F, K, T> Pipe<(K, T)> for Combine<F, K, T>
+where
+    F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
+    K: Key,
+    T: 'static,
+{
+    type Out = (K, T);
+    type Op<C: Collector<(K, T)>> = CombineOp<F, K, T, C>;
+    fn attach<C: Collector<(K, T)>>(self, next: C) -> Self::Op<C> {
+        CombineOp {
+            f: self.f,
+            state: FastMap::default(),
+            next,
+        }
+    }
+    fn names(&self, out: &mut Vec<String>) {
+        out.push("combine".to_owned());
+    }
+}
+
+/// Keyed `aggregate`: `(key, value)` in, `get_result` of the key's accumulator out.
+pub struct Aggregate<A, K, T> {
+    f: A,
+    emit: Emit,
+    _p: PhantomData<fn(K, T)>,
+}
+clone_pipe!(Aggregate<A, K, T>);
+
+impl<A, K, T> Aggregate<A, K, T> {
+    /// Aggregates with `f`, emitting per `emit`.
+    pub fn new(f: A, emit: Emit) -> Self {
+        Aggregate {
+            f,
+            emit,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The instantiated [`Aggregate`].
+pub struct AggregateOp<A: AggregateFunction<T>, K, T, C> {
+    f: A,
+    emit: Emit,
+    state: FastMap<K, A::Acc>,
+    next: C,
+}
+
+impl<A, K, T, C> Collector<(K, T)> for AggregateOp<A, K, T, C>
+where
+    A: AggregateFunction<T>,
+    K: Key,
+    C: Collector<A::Out>,
+{
+    #[inline]
+    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+        let f = &self.f;
+        let acc = self
+            .state
+            .entry(key)
+            .or_insert_with(|| f.create_accumulator());
+        f.add(acc, value);
+        if self.emit == Emit::Running {
+            self.next.collect(f.get_result(acc))
+        } else {
+            Ok(())
+        }
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.next.on_barrier(barrier)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+    fn on_end(&mut self) -> Result<()> {
+        if self.emit == Emit::Final {
+            for (_, acc) in self.state.drain() {
+                self.next.collect(self.f.get_result(&acc))?;
+            }
+        }
+        self.next.on_end()
+    }
+}
+
+impl<A, K, T> Pipe<(K, T)> for Aggregate<A, K, T>
+where
+    A: AggregateFunction<T>,
+    K: Key,
+    T: 'static,
+{
+    type Out = A::Out;
+    type Op<C: Collector<A::Out>> = AggregateOp<A, K, T, C>;
+    fn attach<C: Collector<A::Out>>(self, next: C) -> Self::Op<C> {
+        AggregateOp {
+            f: self.f,
+            emit: self.emit,
+            state: FastMap::default(),
+            next,
+        }
+    }
+    fn names(&self, out: &mut Vec<String>) {
+        out.push(format!("aggregate({})", emit_name(self.emit)));
+    }
+}
+
+/// Pre-aggregation before the exchange for a final `aggregate`: `(key, value)` in, `(key,
+/// accumulator)` out.
+pub struct CombineAgg<A, K, T> {
+    f: A,
+    emit: Emit,
+    _p: PhantomData<fn(K, T)>,
+}
+clone_pipe!(CombineAgg<A, K, T>);
+
+impl<A, K, T> CombineAgg<A, K, T> {
+    /// Combines with `f`.
+    pub fn new(f: A) -> Self {
+        CombineAgg {
+            f,
+            emit: Emit::Final,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The instantiated [`CombineAgg`].
+pub struct CombineAggOp<A: AggregateFunction<T>, K, T, C> {
+    f: A,
+    state: FastMap<K, A::Acc>,
+    next: C,
+}
+
+impl<A: AggregateFunction<T>, K: Key, T, C: Collector<(K, A::Acc)>> CombineAggOp<A, K, T, C> {
+    fn send_all(&mut self) -> Result<()> {
+        for pair in self.state.drain() {
+            self.next.collect(pair)?;
+        }
+        Ok(())
+    }
+}
+
+impl<A, K, T, C> Collector<(K, T)> for CombineAggOp<A, K, T, C>
+where
+    A: AggregateFunction<T>,
+    K: Key,
+    C: Collector<(K, A::Acc)>,
+{
+    #[inline]
+    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+        let f = &self.f;
+        let acc = self
+            .state
+            .entry(key)
+            .or_insert_with(|| f.create_accumulator());
+        f.add(acc, value);
+        if self.state.len() >= COMBINE_KEYS_MAX {
+            self.send_all()
+        } else {
+            Ok(())
+        }
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.send_all()?;
+        self.next.on_barrier(barrier)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+    fn on_end(&mut self) -> Result<()> {
+        self.send_all()?;
+        self.next.on_end()
+    }
+}
+
+impl<A, K, T> Pipe<(K, T)> for CombineAgg<A, K, T>
+where
+    A: AggregateFunction<T>,
+    K: Key,
+    T: 'static,
+{
+    type Out = (K, A::Acc);
+    type Op<C: Collector<(K, A::Acc)>> = CombineAggOp<A, K, T, C>;
+    fn attach<C: Collector<(K, A::Acc)>>(self, next: C) -> Self::Op<C> {
+        CombineAggOp {
+            f: self.f,
+            state: FastMap::default(),
+            next,
+        }
+    }
+    fn names(&self, out: &mut Vec<String>) {
+        out.push("combine".to_owned());
+    }
+}
+
+/// The receiving half of a final `aggregate` after [`CombineAgg`]: merges `(key, accumulator)`
+/// pairs and emits each key's result when the input ends.
+pub struct MergeAgg<A, K, T> {
+    f: A,
+    emit: Emit,
+    _p: PhantomData<fn(K, T)>,
+}
+clone_pipe!(MergeAgg<A, K, T>);
+
+impl<A, K, T> MergeAgg<A, K, T> {
+    /// Merges with `f`.
+    pub fn new(f: A) -> Self {
+        MergeAgg {
+            f,
+            emit: Emit::Final,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The instantiated [`MergeAgg`].
+pub struct MergeAggOp<A: AggregateFunction<T>, K, T, C> {
+    f: A,
+    state: FastMap<K, A::Acc>,
+    next: C,
+}
+
+impl<A, K, T, C> Collector<(K, A::Acc)> for MergeAggOp<A, K, T, C>
+where
+    A: AggregateFunction<T>,
+    K: Key,
+    C: Collector<A::Out>,
+{
+    #[inline]
+    fn collect(&mut self, (key, other): (K, A::Acc)) -> Result<()> {
+        match self.state.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => self.f.merge(e.get_mut(), other),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(other);
+            }
+        }
+        Ok(())
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.next.on_barrier(barrier)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+    fn on_end(&mut self) -> Result<()> {
+        for (_, acc) in self.state.drain() {
+            self.next.collect(self.f.get_result(&acc))?;
+        }
+        self.next.on_end()
+    }
+}
+
+impl<A, K, T> Pipe<(K, A::Acc)> for MergeAgg<A, K, T>
+where
+    A: AggregateFunction<T>,
+    K: Key,
+    T: 'static,
+{
+    type Out = A::Out;
+    type Op<C: Collector<A::Out>> = MergeAggOp<A, K, T, C>;
+    fn attach<C: Collector<A::Out>>(self, next: C) -> Self::Op<C> {
+        MergeAggOp {
+            f: self.f,
+            state: FastMap::default(),
+            next,
+        }
+    }
+    fn names(&self, out: &mut Vec<String>) {
+        out.push("aggregate(final)".to_owned());
+    }
+}

@@ -1,0 +1,36 @@
+//! `sluice-core`: the runtime under the DataStream API.
+//!
+//! What lives here: the stream elements that travel on channels ([`element`]), stable key
+//! hashing and key groups ([`key`]), the operator chain ([`chain`]), exchanges between workers
+//! ([`exchange`]), the job graph ([`graph`]), sources and sinks as the runtime sees them
+//! ([`source`], [`sink`]), the seams through which time and I/O enter ([`clock`], [`io`]), and
+//! the thread-per-core worker runtime ([`runtime`]).
+//!
+//! Invariant: nothing here depends on `sluice-state` or `sluice-net` types at the API surface,
+//! and no module but [`clock`] reads the wall clock.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![warn(missing_docs)]
+
+pub mod chain;
+pub mod clock;
+pub mod element;
+pub mod error;
+pub mod exchange;
+pub mod graph;
+pub mod io;
+pub mod key;
+pub mod keyed;
+pub mod metrics;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+
+pub use element::{BATCH_RECORDS_MAX, CheckpointBarrier, StreamElement, Watermark};
+pub use error::{Error, ErrorDomain, Result};
+pub use key::{Key, KeyGroups, StableHasher};
+
+/// A hash map with a fixed hasher: iteration order does not depend on a random seed, so runs
+/// (and a future deterministic simulator) are repeatable. Never used for anything persisted or
+/// sent between nodes: that is what [`Key::stable_hash`] is for.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;

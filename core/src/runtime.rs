@@ -1,0 +1,385 @@
+//! The thread-per-core runtime: one glommio executor per worker, each on its own thread,
+//! pinned one per allowed CPU by default.
+//!
+//! Start-up is all or nothing. The main thread checks the environment first (io_uring
+//! available, memlock limit), then starts one thread per worker, each of which builds its
+//! executor and reports `Started` or `StartFailed`; only when every worker has started does the
+//! main thread let them run the job. A worker that cannot start (memlock too low, io_uring
+//! blocked, a CPU outside the allowed set) fails the whole start with a one-line error naming
+//! the cause; no half-started job ever runs (glommio pitfalls 1, 11 and 12 in RELIABILITY.md).
+//!
+//! While the job runs, every stage of the graph is a task on every worker. A stage that fails
+//! or panics cancels the job; its dropped channels unblock its neighbours, who stop with
+//! secondary errors, and the runtime reports the root cause.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::graph::{JobGraph, WorkerContext};
+use crate::key::{KEY_GROUPS_DEFAULT, KeyGroups};
+use crate::metrics::{JobMetrics, Progress};
+
+/// glommio refuses to start below this locked-memory limit.
+const MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
+/// Memory each executor registers with io_uring for DMA I/O. Sluice's file I/O is buffered,
+/// so a small pool suffices and many workers fit in an 8 MiB memlock limit.
+const IO_MEMORY_BYTES: usize = 256 * 1024;
+/// How long workers have to report that they started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
+
+/// How to run a job.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Number of workers (executors).
+    pub workers: usize,
+    /// Pin worker `i` to the `i`-th allowed CPU. Ignored (unpinned) when there are more
+    /// workers than allowed CPUs.
+    pub pin: bool,
+    /// Number of key groups.
+    pub key_groups_max: u32,
+    /// How often the progress callback runs.
+    pub progress_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: available_cpus().len().max(1),
+            pin: true,
+            key_groups_max: KEY_GROUPS_DEFAULT,
+            progress_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What a finished job reports.
+#[derive(Clone, Copy, Debug)]
+pub struct JobReport {
+    /// Wall time from the workers' start to the last worker's end.
+    pub elapsed: Duration,
+    /// Final counters.
+    pub progress: Progress,
+    /// Workers used.
+    pub workers: usize,
+    /// Whether the workers were pinned to CPUs.
+    pub pinned: bool,
+}
+
+/// The CPUs this process may run on.
+pub fn available_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+enum WorkerEvent {
+    Started,
+    StartFailed(usize, String),
+    Finished(usize, Result<()>),
+}
+
+/// Runs `graph` to completion on this machine and reports progress to `on_progress` while it
+/// runs.
+pub fn execute(
+    graph: JobGraph,
+    config: &RuntimeConfig,
+    mut on_progress: impl FnMut(Progress, Duration),
+) -> Result<JobReport> {
+    let workers = config.workers;
+    if workers == 0 {
+        return Err(Error::Config("--workers must be at least 1".into()));
+    }
+    let key_groups = KeyGroups::new(config.key_groups_max, workers as u32)?;
+    let metrics = Arc::new(JobMetrics::new(workers));
+    for stage in &graph.stages {
+        stage.prepare(workers, &metrics)?;
+    }
+    preflight()?;
+    for edge in &graph.edges {
+        edge.materialize(workers);
+    }
+    install_panic_hook();
+
+    let cpus = available_cpus();
+    let pinned = config.pin && workers <= cpus.len();
+    let graph = Arc::new(graph);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (events_tx, events) = mpsc::channel();
+    let mut go_senders = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let placement = if pinned {
+            Placement::Fixed(cpus[w])
+        } else {
+            Placement::Unbound
+        };
+        let (go_tx, go_rx) = mpsc::channel::<bool>();
+        go_senders.push(go_tx);
+        let ctx = WorkerContext::new(w, key_groups, metrics.clone(), cancelled.clone());
+        let (graph, events_tx) = (graph.clone(), events_tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("{WORKER_THREAD_PREFIX}{w}"))
+            .spawn(move || worker_main(placement, ctx, graph, go_rx, events_tx));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                abort_start(go_senders, threads);
+                return Err(Error::Startup {
+                    worker: w,
+                    reason: format!("spawn thread: {e}"),
+                });
+            }
+        }
+    }
+    drop(events_tx);
+
+    if let Err(e) = await_startup(&events, workers) {
+        abort_start(go_senders, threads);
+        return Err(e);
+    }
+    let clock = SystemClock::new();
+    for go in &go_senders {
+        let _ = go.send(true);
+    }
+
+    let mut errors: Vec<Error> = Vec::new();
+    let mut finished = 0;
+    while finished < workers {
+        match events.recv_timeout(config.progress_interval) {
+            Ok(WorkerEvent::Finished(_, result)) => {
+                finished += 1;
+                if let Err(e) = result {
+                    errors.push(e);
+                }
+            }
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => on_progress(metrics.snapshot(), clock.elapsed()),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for (w, handle) in threads.into_iter().enumerate() {
+        if let Err(payload) = handle.join() {
+            errors.push(panic_error("runtime", w, payload.as_ref()));
+        }
+    }
+    let elapsed = clock.elapsed();
+    let progress = metrics.snapshot();
+    on_progress(progress, elapsed);
+    match root_cause(errors) {
+        Some(e) => Err(e),
+        None => Ok(JobReport {
+            elapsed,
+            progress,
+            workers,
+            pinned,
+        }),
+    }
+}
+
+/// The error to report: the first that is not a mere consequence of another.
+fn root_cause(errors: Vec<Error>) -> Option<Error> {
+    let primary = errors.iter().position(|e| !e.is_secondary());
+    let mut errors = errors;
+    match primary {
+        Some(i) => Some(errors.swap_remove(i)),
+        None => errors.into_iter().next(),
+    }
+}
+
+fn await_startup(events: &mpsc::Receiver<WorkerEvent>, workers: usize) -> Result<()> {
+    let mut started = 0;
+    while started < workers {
+        match events.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(WorkerEvent::Started) => started += 1,
+            Ok(WorkerEvent::StartFailed(worker, reason)) => {
+                return Err(Error::Startup { worker, reason });
+            }
+            Ok(WorkerEvent::Finished(worker, _)) => {
+                return Err(Error::Startup {
+                    worker,
+                    reason: "exited during start-up".into(),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Startup {
+                    worker: started,
+                    reason: format!("not started after {}s", STARTUP_TIMEOUT.as_secs()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn abort_start(go_senders: Vec<mpsc::Sender<bool>>, threads: Vec<std::thread::JoinHandle<()>>) {
+    for go in &go_senders {
+        let _ = go.send(false);
+    }
+    drop(go_senders);
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn worker_main(
+    placement: Placement,
+    ctx: WorkerContext,
+    graph: Arc<JobGraph>,
+    go: mpsc::Receiver<bool>,
+    events: mpsc::Sender<WorkerEvent>,
+) {
+    let w = ctx.worker;
+    let builder = LocalExecutorBuilder::new(placement)
+        .name(&format!("{WORKER_THREAD_PREFIX}{w}"))
+        .io_memory(IO_MEMORY_BYTES);
+    let executor = match builder.make() {
+        Ok(ex) => ex,
+        Err(e) => {
+            let _ = events.send(WorkerEvent::StartFailed(
+                w,
+                explain_start_error(&e.to_string()),
+            ));
+            return;
+        }
+    };
+    let _ = events.send(WorkerEvent::Started);
+    if !go.recv().unwrap_or(false) {
+        return;
+    }
+    let result = executor.run(run_stages(ctx, graph));
+    let _ = events.send(WorkerEvent::Finished(w, result));
+}
+
+/// Runs every stage of the graph on this worker; returns the first root-cause error.
+async fn run_stages(ctx: WorkerContext, graph: Arc<JobGraph>) -> Result<()> {
+    let mut tasks = Vec::with_capacity(graph.stages.len());
+    for stage in &graph.stages {
+        let name = stage.name();
+        let fut = stage.instantiate(ctx.clone());
+        let ctx = ctx.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let result = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(result) => result,
+                Err(payload) => Err(panic_error(&name, ctx.worker, payload.as_ref())),
+            };
+            if result.is_err() {
+                ctx.cancel();
+            }
+            result
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in tasks {
+        if let Err(e) = task.await {
+            errors.push(e);
+        }
+    }
+    root_cause(errors).map_or(Ok(()), Err)
+}
+
+/// Checks, before any worker starts, what would otherwise fail inside an executor.
+fn preflight() -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let io_uring_hint = "io_uring is unavailable";
+    if let Err(e) = io_uring::IoUring::new(2) {
+        let why = match e.raw_os_error() {
+            Some(libc_eperm) if libc_eperm == 1 => {
+                "blocked: kernel.io_uring_disabled is set, or a seccomp filter (a container \
+                 runtime's default profile) denies io_uring_setup"
+            }
+            Some(38) => "the kernel has no io_uring (ENOSYS); Linux 5.8 or newer is needed",
+            _ => "io_uring_setup failed",
+        };
+        return Err(Error::Startup {
+            worker: 0,
+            reason: format!("{io_uring_hint}: {why} ({e})"),
+        });
+    }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
+        if soft < MEMLOCK_MIN_BYTES {
+            // Raising the soft limit up to the hard one needs no privilege.
+            let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
+        }
+        let soft = getrlimit(Resource::RLIMIT_MEMLOCK).map_or(soft, |(s, _)| s);
+        if soft < MEMLOCK_MIN_BYTES {
+            return Err(Error::Startup {
+                worker: 0,
+                reason: format!(
+                    "the locked-memory limit (ulimit -l) is {} KiB; io_uring needs at least {} \
+                     KiB: raise it, e.g. `ulimit -l 8192`",
+                    soft / 1024,
+                    MEMLOCK_MIN_BYTES / 1024
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Turns an executor start error into a message that names the likely cause.
+fn explain_start_error(err: &str) -> String {
+    if err.contains("memlock") {
+        format!("{err}: raise the locked-memory limit, e.g. `ulimit -l 8192`")
+    } else if err.contains("CPU") || err.contains("cpu") {
+        format!("{err}: the CPU is not in this process's allowed set (see `taskset -p $$`)")
+    } else {
+        format!("cannot create the io_uring executor: {err}")
+    }
+}
+
+thread_local! {
+    static LAST_PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once) a panic hook that keeps worker panics off stderr: the runtime reports them
+/// as one-line job errors instead. Panics on other threads go to the previous hook.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let on_worker = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(WORKER_THREAD_PREFIX));
+            if on_worker {
+                let location = info.location().map(|l| format!(" at {l}"));
+                LAST_PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn panic_error(stage: &str, worker: usize, payload: &(dyn Any + Send)) -> Error {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    };
+    let location = LAST_PANIC_LOCATION
+        .with(|slot| slot.borrow_mut().take())
+        .unwrap_or_default();
+    Error::Panic {
+        stage: stage.to_owned(),
+        worker,
+        location,
+        message,
+    }
+}

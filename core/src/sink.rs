@@ -1,0 +1,67 @@
+//! Sinks as the runtime sees them: a [`Sink`] is prepared once before the workers start (so a
+//! bad output path fails before anything runs), then opens one [`SinkWriter`] per worker.
+#![allow(async_fn_in_trait)]
+
+use crate::chain::OutboxRef;
+use crate::element::StreamElement;
+use crate::error::Result;
+use crate::exchange::OutputDrain;
+
+/// Where a sink writer runs.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkContext {
+    /// This worker's index.
+    pub worker: usize,
+    /// Number of workers.
+    pub workers: usize,
+}
+
+/// A destination for records.
+pub trait Sink<T>: Send + Sync + 'static {
+    /// The per-worker writer.
+    type Writer: SinkWriter<T>;
+    /// A short name for plans and errors.
+    fn name(&self) -> String;
+    /// Checks and prepares the destination, once, before the workers start.
+    fn prepare(&self, _workers: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Opens this worker's writer.
+    async fn open(&self, ctx: &SinkContext) -> Result<Self::Writer>;
+}
+
+/// Writes one worker's records.
+pub trait SinkWriter<T>: 'static {
+    /// Writes (and empties) a batch.
+    async fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<()>;
+    /// The input ended: make everything written visible and durable.
+    async fn finish(&mut self) -> Result<()>;
+}
+
+/// Drains a stage's outbox into a sink writer.
+pub struct SinkDrain<W> {
+    writer: W,
+}
+
+impl<W> SinkDrain<W> {
+    /// Drains into `writer`.
+    pub fn new(writer: W) -> Self {
+        SinkDrain { writer }
+    }
+}
+
+impl<T, W: SinkWriter<T>> OutputDrain<T> for SinkDrain<W> {
+    async fn drain(&mut self, outbox: &OutboxRef<T>) -> Result<()> {
+        loop {
+            let Some((_, element)) = outbox.borrow_mut().pop() else {
+                return Ok(());
+            };
+            match element {
+                StreamElement::Records(mut batch) => self.writer.write_batch(&mut batch).await?,
+                StreamElement::EndOfInput => self.writer.finish().await?,
+                // Two-phase commit on barriers comes with checkpoints.
+                StreamElement::Watermark(_) | StreamElement::Barrier(_) => {}
+            }
+        }
+    }
+}
