@@ -37,7 +37,8 @@ pub use env::Env;
 pub use sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
 pub use sources::{CollectionSource, SocketTextSource, TextFileSource, TextSplit};
 pub use stream::{
-    BuildStage, DataStream, FinalKeyedStream, GateHead, Head, KeyedStream, SourceHead,
+    BuildStage, DataStream, FinalKeyedStream, FinalPairKeyedStream, GateHead, Head, KeyedStream,
+    PairKeyedStream, SourceHead,
 };
 
 pub use sluice_core::chain::Identity;

@@ -21,7 +21,7 @@ use sluice_core::graph::{
     ToEdge, ToSink,
 };
 use sluice_core::keyed::{
-    Aggregate, AggregateFunction, Combine, CombineAgg, Emit, MergeAgg, Reduce,
+    Aggregate, AggregateFunction, Combine, CombineAgg, Emit, MergeAgg, Reduce, ReducePairs,
 };
 use sluice_core::sink::Sink;
 use sluice_core::source::Source;
@@ -178,6 +178,27 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         let with_key = move |rec: P::Out| (key(&rec), rec);
         KeyedStream {
             stream: self.then(Map::new(with_key)),
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    /// Treats a stream of `(key, value)` pairs as keyed by its first field, without copying
+    /// the key: aggregations keep the key beside the value and emit `(key, value)` pairs.
+    ///
+    /// ```
+    /// let out = sluice::testing::run_local(2, |env| {
+    ///     env.from_iter(vec![("a", 1), ("b", 2), ("a", 3)]).into_keyed().emit_final().sum().collect()
+    /// });
+    /// assert_eq!(out, vec![("a", 4), ("b", 2)]);
+    /// ```
+    pub fn into_keyed<K, V>(self) -> PairKeyedStream<H, P, K, V>
+    where
+        P: Pipe<H::Item, Out = (K, V)>,
+        K: Key,
+        V: Send + 'static,
+    {
+        PairKeyedStream {
+            stream: self,
             _p: std::marker::PhantomData,
         }
     }
@@ -419,5 +440,87 @@ where
     {
         let gate = hash_exchange(self.stream.then(CombineAgg::new(agg.clone())));
         DataStream::new(gate.env, gate.head, MergeAgg::new(agg))
+    }
+}
+
+/// A stream of `(key, value)` pairs keyed by the key, from [`DataStream::into_keyed`]: its
+/// aggregations emit `(key, value)` pairs (after every record; with
+/// [`emit_final`](Self::emit_final), once per key when the input ends).
+#[must_use = "a keyed stream does nothing until it is aggregated"]
+pub struct PairKeyedStream<H: Head, P: Pipe<H::Item, Out = (K, V)>, K, V> {
+    stream: DataStream<H, P>,
+    _p: std::marker::PhantomData<fn() -> (K, V)>,
+}
+
+/// A [`PairKeyedStream`] whose aggregations emit one pair per key when the input ends, after
+/// combining values per key before the exchange.
+#[must_use = "a keyed stream does nothing until it is aggregated"]
+pub struct FinalPairKeyedStream<H: Head, P: Pipe<H::Item, Out = (K, V)>, K, V> {
+    stream: DataStream<H, P>,
+    _p: std::marker::PhantomData<fn() -> (K, V)>,
+}
+
+fn add_fn<V: AddAssign>(mut acc: V, next: V) -> V {
+    acc += next;
+    acc
+}
+
+impl<H, P, K, V> PairKeyedStream<H, P, K, V>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, V)>,
+    K: Key,
+    V: Clone + Send + 'static,
+{
+    /// Switches to final values: one pair per key, when the input ends.
+    pub fn emit_final(self) -> FinalPairKeyedStream<H, P, K, V> {
+        FinalPairKeyedStream {
+            stream: self.stream,
+            _p: std::marker::PhantomData,
+        }
+    }
+
+    /// Reduces each key's values with `f(accumulated, next)`, emitting `(key, accumulated)`
+    /// after every record.
+    pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, V)>, ReducePairs<F, K, V>>
+    where
+        F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
+    {
+        let gate = hash_exchange(self.stream);
+        DataStream::new(gate.env, gate.head, ReducePairs::new(f, Emit::Running))
+    }
+
+    /// Sums each key's values, emitting `(key, running sum)` after every record.
+    pub fn sum(self) -> DataStream<GateHead<(K, V)>, ReducePairs<fn(V, V) -> V, K, V>>
+    where
+        V: AddAssign,
+    {
+        self.reduce(add_fn::<V> as fn(V, V) -> V)
+    }
+}
+
+impl<H, P, K, V> FinalPairKeyedStream<H, P, K, V>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, V)>,
+    K: Key,
+    V: Clone + Send + 'static,
+{
+    /// Reduces each key's values with `f(accumulated, next)`; emits `(key, value)` per key
+    /// when the input ends. `f` should be associative and commutative.
+    pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, V)>, ReducePairs<F, K, V>>
+    where
+        F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
+    {
+        let gate = hash_exchange(self.stream.then(Combine::new(f.clone())));
+        DataStream::new(gate.env, gate.head, ReducePairs::new(f, Emit::Final))
+    }
+
+    /// Sums each key's values; emits `(key, sum)` per key when the input ends.
+    pub fn sum(self) -> DataStream<GateHead<(K, V)>, ReducePairs<fn(V, V) -> V, K, V>>
+    where
+        V: AddAssign,
+    {
+        self.reduce(add_fn::<V> as fn(V, V) -> V)
     }
 }

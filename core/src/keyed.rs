@@ -511,3 +511,94 @@ where
         out.push("aggregate(final)".to_owned());
     }
 }
+
+/// Keyed `reduce` over `(key, value)` pairs that keeps the key beside the value: `(key,
+/// value)` in, `(key, reduced value)` out. The key is stored once, not also inside the value.
+pub struct ReducePairs<F, K, V> {
+    f: F,
+    emit: Emit,
+    _p: PhantomData<fn(K, V)>,
+}
+clone_pipe!(ReducePairs<F, K, V>);
+
+impl<F, K, V> ReducePairs<F, K, V> {
+    /// Reduces values with `f`, emitting per `emit`.
+    pub fn new(f: F, emit: Emit) -> Self {
+        ReducePairs {
+            f,
+            emit,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The instantiated [`ReducePairs`].
+pub struct ReducePairsOp<F, K, V, C> {
+    f: F,
+    emit: Emit,
+    state: FastMap<K, Option<V>>,
+    next: C,
+}
+
+impl<F, K, V, C> Collector<(K, V)> for ReducePairsOp<F, K, V, C>
+where
+    F: FnMut(V, V) -> V,
+    K: Key,
+    V: Clone,
+    C: Collector<(K, V)>,
+{
+    #[inline]
+    fn collect(&mut self, (key, value): (K, V)) -> Result<()> {
+        if self.emit == Emit::Final {
+            let slot = self.state.entry(key).or_insert(None);
+            fold_into(&mut self.f, slot, value);
+            return Ok(());
+        }
+        let slot = self.state.entry(key.clone()).or_insert(None);
+        fold_into(&mut self.f, slot, value);
+        match slot.as_ref() {
+            Some(v) => self.next.collect((key, v.clone())),
+            None => Ok(()),
+        }
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.next.on_barrier(barrier)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+    fn on_end(&mut self) -> Result<()> {
+        if self.emit == Emit::Final {
+            for (key, value) in self.state.drain() {
+                if let Some(v) = value {
+                    self.next.collect((key, v))?;
+                }
+            }
+        }
+        self.next.on_end()
+    }
+}
+
+impl<F, K, V> Pipe<(K, V)> for ReducePairs<F, K, V>
+where
+    F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
+    K: Key,
+    V: Clone + 'static,
+{
+    type Out = (K, V);
+    type Op<C: Collector<(K, V)>> = ReducePairsOp<F, K, V, C>;
+    fn attach<C: Collector<(K, V)>>(self, next: C) -> Self::Op<C> {
+        ReducePairsOp {
+            f: self.f,
+            emit: self.emit,
+            state: FastMap::default(),
+            next,
+        }
+    }
+    fn names(&self, out: &mut Vec<String>) {
+        out.push(format!("reduce({})", emit_name(self.emit)));
+    }
+}

@@ -60,16 +60,16 @@ pub fn run(job: Job) -> Result<()> {
     }
 }
 
-/// Builds the word count job: lines → words → (word, 1) → key by word → final sum → text.
+/// Builds the word count job: lines → (word, 1) pairs → keyed by word → final sum → text.
 pub fn wordcount(env: &Env, input: &Path, output: &Path) {
     let mut scratch = String::new();
     env.read_text_file(input)
         .flat_map_into(move |line: String, out: &mut Vec<(CompactString, u64)>| {
             sluice::text::for_each_word(&line, &mut scratch, |w| out.push((w.into(), 1)));
         })
-        .key_by(|(word, _)| word.clone())
+        .into_keyed()
         .emit_final()
-        .sum(|(_, count)| count)
+        .sum()
         .map(|(word, count)| format!("{word}\t{count}"))
         .write_text(output);
 }
