@@ -111,7 +111,7 @@ mod tests {
         let n = write_corpus(&mut a, 100_000, 7).unwrap();
         write_corpus(&mut b, 100_000, 7).unwrap();
         assert_eq!(a, b);
-        assert!(n >= 100_000 && n < 100_300, "n={n}");
+        assert!((100_000..100_300).contains(&n), "n={n}");
         assert!(std::str::from_utf8(&a).is_ok());
     }
 }

@@ -102,11 +102,11 @@ impl<T: Send + 'static> AnyEdge for Edge<T> {
                 receivers[w].push(rx);
             }
         } else {
-            for source in 0..workers {
-                for target in 0..workers {
+            for source_senders in senders.iter_mut() {
+                for target_receivers in receivers.iter_mut() {
                     let (tx, rx) = shared_channel::new_bounded(CHANNEL_BATCHES_MAX);
-                    senders[source].push(tx);
-                    receivers[target].push(rx);
+                    source_senders.push(tx);
+                    target_receivers.push(rx);
                 }
             }
         }
@@ -437,6 +437,9 @@ impl WatermarkTracker {
     }
 }
 
+/// An element and the index of the input it arrived on.
+pub type Received<T> = (usize, StreamElement<T>);
+
 /// The receiving side of a stage: its input channels, merged fairly.
 pub struct InputGate<T: Send> {
     receivers: Vec<ConnectedReceiver<Chan<T>>>,
@@ -471,11 +474,11 @@ impl<T: Send + 'static> InputGate<T> {
     /// The next element and the input it came from; `None` once every input has ended. An
     /// input that closes without sending [`StreamElement::EndOfInput`] is an error: its sender
     /// failed.
-    pub fn next(&mut self) -> impl Future<Output = Result<Option<(usize, Chan<T>)>>> + '_ {
-        std::future::poll_fn(move |cx| self.poll_next(cx))
+    pub fn recv(&mut self) -> impl Future<Output = Result<Option<Received<T>>>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_recv(cx))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<(usize, Chan<T>)>>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Received<T>>>> {
         let n = self.receivers.len();
         if self.live == 0 {
             return Poll::Ready(Ok(None));

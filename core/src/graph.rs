@@ -458,13 +458,13 @@ where
         let mut chain = self.pipe.clone().attach(tail);
         let mut watermarks = WatermarkTracker::new(gate.inputs());
         loop {
-            let next = match poll_once(gate.next()).await {
+            let next = match poll_once(gate.recv()).await {
                 Some(next) => next?,
                 None => {
                     // Nothing is ready: hand partial batches on before waiting.
                     chain.flush()?;
                     drain.drain(&outbox).await?;
-                    gate.next().await?
+                    gate.recv().await?
                 }
             };
             let Some((input, element)) = next else { break };

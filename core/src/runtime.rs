@@ -121,12 +121,11 @@ pub fn execute(
     let (events_tx, events) = mpsc::channel();
     let mut go_senders = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
-    for w in 0..workers {
-        let placement = if pinned {
-            Placement::Fixed(cpus[w])
-        } else {
-            Placement::Unbound
-        };
+    let placements = (0..workers).map(|w| match cpus.get(w) {
+        Some(&cpu) if pinned => Placement::Fixed(cpu),
+        _ => Placement::Unbound,
+    });
+    for (w, placement) in placements.enumerate() {
         let (go_tx, go_rx) = mpsc::channel::<bool>();
         go_senders.push(go_tx);
         let ctx = WorkerContext::new(w, key_groups, metrics.clone(), cancelled.clone());
@@ -297,7 +296,7 @@ fn preflight() -> Result<()> {
     let io_uring_hint = "io_uring is unavailable";
     if let Err(e) = io_uring::IoUring::new(2) {
         let why = match e.raw_os_error() {
-            Some(libc_eperm) if libc_eperm == 1 => {
+            Some(1) => {
                 "blocked: kernel.io_uring_disabled is set, or a seccomp filter (a container \
                  runtime's default profile) denies io_uring_setup"
             }

@@ -62,9 +62,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let report = report.context("job 'wordcount' failed")?;
     let secs = start.elapsed().as_secs_f64();
     let counts = bench::read_counts(&output)?;
-    let total: u64 = counts.iter().map(|(_, c)| c).sum();
+    let total: u64 = counts.values().sum();
     let mut top: Vec<_> = counts.iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
     println!(
         "top words of {} ({} distinct):",
         progress::human(total as f64),
