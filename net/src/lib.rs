@@ -1,7 +1,7 @@
 //! `sluice-net`: what crosses the network between Sluice nodes.
 //!
 //! This first part is the frame: a fixed 12-byte header (kind, flags, payload length, crc32 of
-//! the payload) followed by the payload (an rkyv archive once the transport lands). A receiver
+//! the header's first 8 bytes and the payload) followed by the payload (an rkyv archive once the transport lands). A receiver
 //! checks the length against [`FRAME_PAYLOAD_MAX`] *before* it allocates anything and the crc
 //! before it looks at the payload, so a corrupt or hostile frame is an error on its
 //! connection, never a panic or an oversized allocation. The io_uring transport, credit-based
@@ -15,7 +15,7 @@
 //! | 2 | 1 | kind ([`FrameKind`]) |
 //! | 3 | 1 | flags (0; reserved) |
 //! | 4 | 4 | payload length in bytes |
-//! | 8 | 4 | crc32 (IEEE) of the payload |
+//! | 8 | 4 | crc32 (IEEE) of bytes 0..8 and the payload |
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -63,8 +63,16 @@ pub struct FrameHeader {
     pub kind: FrameKind,
     /// Payload length in bytes, at most [`FRAME_PAYLOAD_MAX`].
     pub payload_len: u32,
-    /// crc32 of the payload.
+    /// crc32 of the header's first 8 bytes and the payload.
     pub crc: u32,
+    prefix: [u8; 8],
+}
+
+fn frame_crc(prefix: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(prefix);
+    h.update(payload);
+    h.finalize()
 }
 
 /// Why bytes are not a valid frame.
@@ -113,11 +121,13 @@ pub fn encode(kind: FrameKind, payload: &[u8], out: &mut BytesMut) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     assert!(len <= FRAME_PAYLOAD_MAX, "payload of {len} bytes exceeds {FRAME_PAYLOAD_MAX}");
     out.reserve(FRAME_HEADER_BYTES + payload.len());
+    let start = out.len();
     out.put_u16_le(MAGIC);
     out.put_u8(kind as u8);
     out.put_u8(0);
     out.put_u32_le(len);
-    out.put_u32_le(crc32fast::hash(payload));
+    let crc = frame_crc(&out[start..start + 8], payload);
+    out.put_u32_le(crc);
     out.put_slice(payload);
 }
 
@@ -136,12 +146,13 @@ pub fn decode_header(buf: &[u8], offset: u64) -> Result<Option<FrameHeader>, Fra
         return Err(FrameError::TooLarge { offset, len: payload_len, max: FRAME_PAYLOAD_MAX });
     }
     let crc = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    Ok(Some(FrameHeader { kind, payload_len, crc }))
+    let prefix = [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]];
+    Ok(Some(FrameHeader { kind, payload_len, crc, prefix }))
 }
 
 /// Checks a received payload against its header.
 pub fn check_payload(header: &FrameHeader, payload: &[u8], offset: u64) -> Result<(), FrameError> {
-    let actual = crc32fast::hash(payload);
+    let actual = frame_crc(&header.prefix, payload);
     if actual != header.crc {
         return Err(FrameError::CrcMismatch { offset, expected: header.crc, actual });
     }
@@ -198,8 +209,7 @@ mod tests {
                     }
                     Ok(None) => true,
                 };
-                // The flags byte is reserved and not checked yet.
-                assert!(detected || byte == 3, "undetected flip at byte {byte} bit {bit}");
+                assert!(detected, "undetected flip at byte {byte} bit {bit}");
             }
         }
     }

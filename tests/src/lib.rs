@@ -14,9 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice::{CompactString, Env, JobReport};
 
@@ -295,19 +296,58 @@ fn build_sluice_bin() -> PathBuf {
     bin
 }
 
-/// Runs the `sluice` binary with `args` and returns what it did, failing the test if it runs
-/// longer than `limit`.
+/// How long one run of the `sluice` binary may take before the test fails (and the process is
+/// killed).
+pub const CLI_RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the `sluice` binary with `args` (without `RUST_LOG` and `RUST_BACKTRACE` from the
+/// environment) and returns what it did. Kills it and fails the test if it runs longer than
+/// [`CLI_RUN_LIMIT`].
 pub fn run_sluice<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = Command::new(sluice_bin());
-    cmd.args(args).env_remove("RUST_LOG").env_remove("RUST_BACKTRACE");
-    let shown = format!("{cmd:?}");
-    within(Duration::from_secs(120), move || {
-        cmd.output()
-            .unwrap_or_else(|e| panic!("run {shown}: {e}"))
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    // Drain both pipes on their own threads, so a chatty child never blocks on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > CLI_RUN_LIMIT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} still running after {}s: killed", CLI_RUN_LIMIT.as_secs());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("wait for {cmd:?}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
     })
 }
 
