@@ -187,7 +187,8 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
     ///
     /// ```
     /// let out = sluice::testing::run_local(2, |env| {
-    ///     env.from_iter(vec![("a", 1), ("b", 2), ("a", 3)]).into_keyed().emit_final().sum().collect()
+    ///     let pairs = env.from_iter(vec![("a", 1), ("b", 2), ("a", 3)]);
+    ///     pairs.into_keyed().emit_final().sum().collect()
     /// });
     /// assert_eq!(out, vec![("a", 4), ("b", 2)]);
     /// ```

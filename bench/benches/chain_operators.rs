@@ -72,7 +72,11 @@ fn map_filter_map(c: &mut Criterion) {
 fn lines() -> Vec<String> {
     let mut text = Vec::new();
     sluice_bench::corpus::write_corpus(&mut text, 256 * 1024, 7).unwrap();
-    String::from_utf8(text).unwrap().lines().map(str::to_owned).collect()
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn wordcount_worker(c: &mut Criterion) {

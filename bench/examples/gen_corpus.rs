@@ -1,4 +1,5 @@
-//! Writes a generated corpus: `cargo run --release -p sluice-bench --example gen_corpus -- PATH MB`.
+//! Writes a generated corpus of MB megabytes to PATH:
+//! `cargo run --release -p sluice-bench --example gen_corpus -- PATH MB`.
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "corpus.txt".into());

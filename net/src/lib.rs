@@ -1,7 +1,8 @@
 //! `sluice-net`: what crosses the network between Sluice nodes.
 //!
 //! This first part is the frame: a fixed 12-byte header (kind, flags, payload length, crc32 of
-//! the header's first 8 bytes and the payload) followed by the payload (an rkyv archive once the transport lands). A receiver
+//! the header's first 8 bytes and the payload) followed by the payload (an rkyv archive once
+//! the transport lands). A receiver
 //! checks the length against [`FRAME_PAYLOAD_MAX`] *before* it allocates anything and the crc
 //! before it looks at the payload, so a corrupt or hostile frame is an error on its
 //! connection, never a panic or an oversized allocation. The io_uring transport, credit-based
@@ -105,7 +106,7 @@ pub enum FrameError {
         max: u32,
     },
     /// The payload's crc does not match the header's.
-    #[error("frame at byte {offset}: crc mismatch (header {expected:#010x}, payload {actual:#010x})")]
+    #[error("frame at byte {offset}: crc mismatch (header {expected:#010x}, data {actual:#010x})")]
     CrcMismatch {
         /// Stream offset of the header.
         offset: u64,
@@ -119,7 +120,10 @@ pub enum FrameError {
 /// Appends a frame of `kind` with `payload` to `out`.
 pub fn encode(kind: FrameKind, payload: &[u8], out: &mut BytesMut) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    assert!(len <= FRAME_PAYLOAD_MAX, "payload of {len} bytes exceeds {FRAME_PAYLOAD_MAX}");
+    assert!(
+        len <= FRAME_PAYLOAD_MAX,
+        "payload of {len} bytes exceeds {FRAME_PAYLOAD_MAX}"
+    );
     out.reserve(FRAME_HEADER_BYTES + payload.len());
     let start = out.len();
     out.put_u16_le(MAGIC);
@@ -135,26 +139,44 @@ pub fn encode(kind: FrameKind, payload: &[u8], out: &mut BytesMut) {
 /// [`FRAME_HEADER_BYTES`] are there yet. `offset` is the header's position in the stream,
 /// for error messages.
 pub fn decode_header(buf: &[u8], offset: u64) -> Result<Option<FrameHeader>, FrameError> {
-    let Some(h) = buf.get(..FRAME_HEADER_BYTES) else { return Ok(None) };
+    let Some(h) = buf.get(..FRAME_HEADER_BYTES) else {
+        return Ok(None);
+    };
     let magic = u16::from_le_bytes([h[0], h[1]]);
     if magic != MAGIC {
-        return Err(FrameError::BadMagic { offset, found: magic });
+        return Err(FrameError::BadMagic {
+            offset,
+            found: magic,
+        });
     }
     let kind = FrameKind::from_u8(h[2]).ok_or(FrameError::UnknownKind { offset, kind: h[2] })?;
     let payload_len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
     if payload_len > FRAME_PAYLOAD_MAX {
-        return Err(FrameError::TooLarge { offset, len: payload_len, max: FRAME_PAYLOAD_MAX });
+        return Err(FrameError::TooLarge {
+            offset,
+            len: payload_len,
+            max: FRAME_PAYLOAD_MAX,
+        });
     }
     let crc = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
     let prefix = [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]];
-    Ok(Some(FrameHeader { kind, payload_len, crc, prefix }))
+    Ok(Some(FrameHeader {
+        kind,
+        payload_len,
+        crc,
+        prefix,
+    }))
 }
 
 /// Checks a received payload against its header.
 pub fn check_payload(header: &FrameHeader, payload: &[u8], offset: u64) -> Result<(), FrameError> {
     let actual = frame_crc(&header.prefix, payload);
     if actual != header.crc {
-        return Err(FrameError::CrcMismatch { offset, expected: header.crc, actual });
+        return Err(FrameError::CrcMismatch {
+            offset,
+            expected: header.crc,
+            actual,
+        });
     }
     Ok(())
 }
@@ -188,7 +210,10 @@ mod tests {
     fn oversized_length_is_refused_before_allocation() {
         let mut buf = frame(FrameKind::Records, b"");
         buf[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode_header(&buf, 7), Err(FrameError::TooLarge { offset: 7, .. })));
+        assert!(matches!(
+            decode_header(&buf, 7),
+            Err(FrameError::TooLarge { offset: 7, .. })
+        ));
     }
 
     #[test]

@@ -14,7 +14,12 @@ use crate::{bench, jobs, progress};
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Size of the generated corpus in MB.
-    #[arg(long, value_name = "MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(
+        long,
+        value_name = "MB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=100_000)
+    )]
     pub mb: u64,
     #[command(flatten)]
     pub common: crate::cli::CommonRunArgs,

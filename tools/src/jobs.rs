@@ -38,7 +38,8 @@ pub fn describe_jobs() -> String {
      \n  wordcount  --input PATH --output DIR\n\
      \x20            counts words (maximal alphanumeric runs, lowercased); writes word<TAB>count\n\
      \nOptions of every job:\n\
-     \x20 --workers N  worker count (default: the cores available); more than the cores runs unpinned\n\
+     \x20 --workers N  worker count (default: the cores available);\n\
+     \x20              more workers than cores run unpinned\n\
      \x20 --quiet      no progress line on stderr\n"
         .to_owned()
 }
