@@ -9,8 +9,8 @@
 use std::io;
 use std::path::Path;
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
-use glommio::io::{BufferedFile, OpenOptions, StreamWriter, StreamWriterBuilder};
+use futures_lite::AsyncRead;
+use glommio::io::{BufferedFile, OpenOptions};
 
 /// A file opened for positional reads.
 pub trait ReadFile {
@@ -61,8 +61,13 @@ pub struct GlommioDisk;
 /// A file read through glommio.
 pub struct GlommioReadFile(BufferedFile);
 
-/// A file written through glommio.
-pub struct GlommioWriteFile(StreamWriter);
+/// A file written through glommio, sequentially from offset 0. (glommio's own `StreamWriter`
+/// is not used: its sync-on-close panics when its task is polled spuriously before the sync
+/// completes, which tasks waiting on several channels are.)
+pub struct GlommioWriteFile {
+    file: BufferedFile,
+    pos: u64,
+}
 
 impl ReadFile for GlommioReadFile {
     async fn read_at(&self, pos: u64, len: usize, buf: &mut Vec<u8>) -> io::Result<usize> {
@@ -77,11 +82,23 @@ impl ReadFile for GlommioReadFile {
 
 impl WriteFile for GlommioWriteFile {
     async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        AsyncWriteExt::write_all(&mut self.0, buf).await
+        let mut written = 0;
+        while written < buf.len() {
+            let n = self
+                .file
+                .write_at(buf[written..].to_vec(), self.pos)
+                .await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes"));
+            }
+            written += n;
+            self.pos += n as u64;
+        }
+        Ok(())
     }
-    async fn sync_close(mut self) -> io::Result<()> {
-        // StreamWriter syncs on close unless told otherwise.
-        AsyncWriteExt::close(&mut self.0).await
+    async fn sync_close(self) -> io::Result<()> {
+        self.file.fdatasync().await?;
+        self.file.close().await.map_err(io::Error::from)
     }
 }
 
@@ -99,11 +116,7 @@ impl Disk for GlommioDisk {
             .create_new(true)
             .buffered_open(path)
             .await?;
-        Ok(GlommioWriteFile(
-            StreamWriterBuilder::new(file)
-                .with_buffer_size(1 << 20)
-                .build(),
-        ))
+        Ok(GlommioWriteFile { file, pos: 0 })
     }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         glommio::io::rename(from, to).await.map_err(io::Error::from)
