@@ -10,13 +10,14 @@ fn main() -> Result<(), sluice::Error> {
     let output = args.next().unwrap_or_else(|| "wordcount-out".into());
 
     let env = Env::new();
+    let mut scratch = String::new();
     env.read_text_file(input)
-        .flat_map_into(|line: String, out: &mut Vec<(CompactString, u64)>| {
-            sluice::text::for_each_word(&line, &mut String::new(), |w| out.push((w.into(), 1)))
+        .flat_map_into(move |line: String, out: &mut Vec<(CompactString, u64)>| {
+            sluice::text::for_each_word(&line, &mut scratch, |w| out.push((w.into(), 1)))
         })
-        .key_by(|(word, _)| word.clone())
+        .into_keyed()
         .emit_final()
-        .sum(|(_, count)| count)
+        .sum()
         .map(|(word, count)| format!("{word}\t{count}"))
         .write_text(output);
     let report = env.execute("wordcount")?;
