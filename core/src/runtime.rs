@@ -31,9 +31,10 @@ use crate::metrics::{JobMetrics, Progress};
 
 /// glommio refuses to start below this locked-memory limit.
 const MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
-/// Memory each executor registers with io_uring for DMA I/O. Sluice's file I/O is buffered,
-/// so a small pool suffices and many workers fit in an 8 MiB memlock limit.
-const IO_MEMORY_BYTES: usize = 256 * 1024;
+/// Memory each executor registers with io_uring for DMA I/O: glommio's minimum. Sluice's file
+/// I/O is buffered (page cache) today, so registered buffers would go unused, and every
+/// executor's registration counts against the user's locked-memory limit.
+const IO_MEMORY_BYTES: usize = 64 * 1024;
 /// How long workers have to report that they started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
@@ -293,21 +294,7 @@ async fn run_stages(ctx: WorkerContext, graph: Arc<JobGraph>) -> Result<()> {
 /// Checks, before any worker starts, what would otherwise fail inside an executor.
 fn preflight() -> Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let io_uring_hint = "io_uring is unavailable";
-    if let Err(e) = io_uring::IoUring::new(2) {
-        let why = match e.raw_os_error() {
-            Some(1) => {
-                "blocked: kernel.io_uring_disabled is set, or a seccomp filter (a container \
-                 runtime's default profile) denies io_uring_setup"
-            }
-            Some(38) => "the kernel has no io_uring (ENOSYS); Linux 5.8 or newer is needed",
-            _ => "io_uring_setup failed",
-        };
-        return Err(Error::Startup {
-            worker: 0,
-            reason: format!("{io_uring_hint}: {why} ({e})"),
-        });
-    }
+    let mut memlock_kib = None;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
         if soft < MEMLOCK_MIN_BYTES {
             // Raising the soft limit up to the hard one needs no privilege.
@@ -315,18 +302,45 @@ fn preflight() -> Result<()> {
         }
         let soft = getrlimit(Resource::RLIMIT_MEMLOCK).map_or(soft, |(s, _)| s);
         if soft < MEMLOCK_MIN_BYTES {
-            return Err(Error::Startup {
-                worker: 0,
-                reason: format!(
-                    "the locked-memory limit (ulimit -l) is {} KiB; io_uring needs at least {} \
-                     KiB: raise it, e.g. `ulimit -l 8192`",
-                    soft / 1024,
-                    MEMLOCK_MIN_BYTES / 1024
-                ),
-            });
+            return Err(memlock_error(
+                soft / 1024,
+                "io_uring needs at least 512 KiB",
+            ));
         }
+        memlock_kib = Some(soft / 1024);
+    }
+    if let Err(e) = io_uring::IoUring::new(2) {
+        let reason = match e.raw_os_error() {
+            Some(1) => format!(
+                "io_uring is blocked ({e}): kernel.io_uring_disabled is set, or a seccomp \
+                 filter (a container runtime's default profile) denies io_uring_setup"
+            ),
+            Some(12) => {
+                let limit = memlock_kib.map_or("unknown".to_owned(), |k| format!("{k} KiB"));
+                return Err(memlock_error_text(format!(
+                    "io_uring_setup failed with ENOMEM; the locked-memory limit (ulimit -l) is \
+                     {limit}"
+                )));
+            }
+            Some(38) => format!("this kernel has no io_uring ({e}); Linux 5.8 or newer is needed"),
+            _ => format!("io_uring_setup failed: {e}"),
+        };
+        return Err(Error::Startup { worker: 0, reason });
     }
     Ok(())
+}
+
+fn memlock_error(kib: u64, why: &str) -> Error {
+    memlock_error_text(format!(
+        "the locked-memory limit (ulimit -l) is {kib} KiB; {why}"
+    ))
+}
+
+fn memlock_error_text(what: String) -> Error {
+    Error::Startup {
+        worker: 0,
+        reason: format!("{what}: raise it, e.g. `ulimit -l 8192`"),
+    }
 }
 
 /// Turns an executor start error into a message that names the likely cause.

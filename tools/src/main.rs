@@ -42,8 +42,11 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing() {
+    // glommio warns (over several lines) when it cannot register io_uring buffers under a
+    // tight memlock limit and falls back to unregistered ones; that only slows DMA I/O, which
+    // Sluice does not use yet. `RUST_LOG=warn` shows it.
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,glommio::sys::uring=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
