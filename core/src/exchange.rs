@@ -13,8 +13,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures_lite::Stream;
 use glommio::channels::shared_channel::{
@@ -440,10 +441,50 @@ impl WatermarkTracker {
 /// An element and the index of the input it arrived on.
 pub type Received<T> = (usize, StreamElement<T>);
 
+/// Wakes a gate's task when one of its input channels has something, and remembers which.
+///
+/// glommio's shared channel keeps every waker it is polled with until the channel is next
+/// notified, so polling an idle input again and again (each time another input delivers)
+/// would grow that list without bound. The gate therefore polls an input that returned
+/// `Pending` again only after that input's own waker fired.
+struct InputWaker {
+    notified: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl InputWaker {
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for InputWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.notified.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+struct Input<T: Send> {
+    receiver: ConnectedReceiver<Chan<T>>,
+    ended: bool,
+    /// Returned `Pending` and has our waker registered: poll again only once it fired.
+    armed: bool,
+    wake: Arc<InputWaker>,
+    waker: Waker,
+}
+
 /// The receiving side of a stage: its input channels, merged fairly.
 pub struct InputGate<T: Send> {
-    receivers: Vec<ConnectedReceiver<Chan<T>>>,
-    ended: Vec<bool>,
+    inputs: Vec<Input<T>>,
     live: usize,
     next: usize,
     stage: String,
@@ -452,15 +493,25 @@ pub struct InputGate<T: Send> {
 impl<T: Send + 'static> InputGate<T> {
     /// Connects worker-local receivers (must run on the worker's executor).
     pub async fn connect(receivers: Vec<SharedReceiver<Chan<T>>>, stage: &str) -> Self {
-        let mut connected = Vec::with_capacity(receivers.len());
+        let mut inputs = Vec::with_capacity(receivers.len());
         for r in receivers {
-            connected.push(r.connect().await);
+            let wake = Arc::new(InputWaker {
+                notified: AtomicBool::new(false),
+                task: Mutex::new(None),
+            });
+            let waker = Waker::from(wake.clone());
+            inputs.push(Input {
+                receiver: r.connect().await,
+                ended: false,
+                armed: false,
+                wake,
+                waker,
+            });
         }
-        let n = connected.len();
+        let live = inputs.len();
         InputGate {
-            receivers: connected,
-            ended: vec![false; n],
-            live: n,
+            inputs,
+            live,
             next: 0,
             stage: stage.into(),
         }
@@ -468,7 +519,7 @@ impl<T: Send + 'static> InputGate<T> {
 
     /// Number of inputs.
     pub fn inputs(&self) -> usize {
-        self.receivers.len()
+        self.inputs.len()
     }
 
     /// The next element and the input it came from; `None` once every input has ended. An
@@ -479,19 +530,26 @@ impl<T: Send + 'static> InputGate<T> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Received<T>>>> {
-        let n = self.receivers.len();
+        let n = self.inputs.len();
         if self.live == 0 {
             return Poll::Ready(Ok(None));
         }
         for k in 0..n {
             let i = (self.next + k) % n;
-            if self.ended[i] {
+            let input = &mut self.inputs[i];
+            if input.ended {
                 continue;
             }
-            match Pin::new(&mut self.receivers[i]).poll_next(cx) {
+            input.wake.set_task(cx.waker());
+            if input.armed && !input.wake.notified.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            input.armed = false;
+            let mut input_cx = Context::from_waker(&input.waker);
+            match Pin::new(&mut input.receiver).poll_next(&mut input_cx) {
                 Poll::Ready(Some(element)) => {
                     if matches!(element, StreamElement::EndOfInput) {
-                        self.ended[i] = true;
+                        input.ended = true;
                         self.live -= 1;
                     }
                     // Start after this input next time, so no input starves the others.
@@ -504,7 +562,7 @@ impl<T: Send + 'static> InputGate<T> {
                         what: "an upstream channel",
                     }));
                 }
-                Poll::Pending => {}
+                Poll::Pending => input.armed = true,
             }
         }
         Poll::Pending
