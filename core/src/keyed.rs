@@ -16,7 +16,7 @@
 use std::marker::PhantomData;
 
 use crate::FastMap;
-use crate::chain::{Collector, Pipe};
+use crate::chain::{Collector, Pipe, forward_hooks_but_end, forward_time_hooks};
 use crate::element::{CheckpointBarrier, Watermark};
 use crate::error::Result;
 use crate::key::Key;
@@ -112,15 +112,7 @@ where
             _ => Ok(()),
         }
     }
-    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.next.on_watermark(watermark)
-    }
-    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        self.next.on_barrier(barrier)
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
-    }
+    forward_hooks_but_end!();
     fn on_end(&mut self) -> Result<()> {
         if self.emit == Emit::Final {
             for (_, value) in self.state.drain() {
@@ -215,17 +207,12 @@ where
             Ok(())
         }
     }
-    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.next.on_watermark(watermark)
-    }
+    // Holding values across flushes is the point of combining.
+    forward_time_hooks!();
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
         // Nothing stays behind in the combiner across a checkpoint.
         self.send_all()?;
         self.next.on_barrier(barrier)
-    }
-    fn flush(&mut self) -> Result<()> {
-        // Holding values across flushes is the point of combining.
-        self.next.flush()
     }
     fn on_end(&mut self) -> Result<()> {
         self.send_all()?;
@@ -300,15 +287,7 @@ where
             Ok(())
         }
     }
-    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.next.on_watermark(watermark)
-    }
-    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        self.next.on_barrier(barrier)
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
-    }
+    forward_hooks_but_end!();
     fn on_end(&mut self) -> Result<()> {
         if self.emit == Emit::Final {
             for (_, acc) in self.state.drain() {
@@ -396,15 +375,10 @@ where
             Ok(())
         }
     }
-    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.next.on_watermark(watermark)
-    }
+    forward_time_hooks!();
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
         self.send_all()?;
         self.next.on_barrier(barrier)
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
     }
     fn on_end(&mut self) -> Result<()> {
         self.send_all()?;
@@ -475,15 +449,7 @@ where
         }
         Ok(())
     }
-    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.next.on_watermark(watermark)
-    }
-    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        self.next.on_barrier(barrier)
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
-    }
+    forward_hooks_but_end!();
     fn on_end(&mut self) -> Result<()> {
         for (_, acc) in self.state.drain() {
             self.next.collect(self.f.get_result(&acc))?;
@@ -561,15 +527,7 @@ where
             None => Ok(()),
         }
     }
-    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
-        self.next.on_watermark(watermark)
-    }
-    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        self.next.on_barrier(barrier)
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
-    }
+    forward_hooks_but_end!();
     fn on_end(&mut self) -> Result<()> {
         if self.emit == Emit::Final {
             for (key, value) in self.state.drain() {
