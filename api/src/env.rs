@@ -140,12 +140,7 @@ impl Env {
 
     /// The physical plan of the job built so far, one stage per line.
     pub fn explain(&self) -> String {
-        let b = self.inner.borrow();
-        let mut out = String::new();
-        for (i, s) in b.stages.iter().enumerate() {
-            out.push_str(&format!("stage {i}: {}\n", s.name()));
-        }
-        out
+        sluice_core::graph::describe_stages(&self.inner.borrow().stages)
     }
 
     /// Runs the job built so far to completion, on this machine, and clears the builder so

@@ -92,12 +92,13 @@ pub struct JobGraph {
 impl JobGraph {
     /// The physical plan as text, one stage per line.
     pub fn describe(&self) -> String {
-        let mut out = String::new();
-        for (i, s) in self.stages.iter().enumerate() {
-            out.push_str(&format!("stage {i}: {}\n", s.name()));
-        }
-        out
+        describe_stages(&self.stages)
     }
+}
+
+/// The physical plan of `stages` as text, one stage per line.
+pub fn describe_stages(stages: &[Box<dyn StageFactory>]) -> String {
+    stages.iter().enumerate().map(|(i, s)| format!("stage {i}: {}\n", s.name())).collect()
 }
 
 /// Where a stage's chain ends.
