@@ -318,3 +318,27 @@ fn write_text_into_a_file_path_fails_before_running() {
     let err = env.execute("text").unwrap_err().to_string();
     assert!(err.contains("is a file"), "{err}");
 }
+
+#[test]
+fn many_unpinned_workers_connect_and_finish_repeatedly() {
+    // glommio's channel connect is not woken by the peer's connect; without re-polling, a
+    // worker that slept meanwhile hung the job (a few runs in a hundred at 16 workers on 2
+    // cores). Each run here has a watchdog, so a hang fails instead of stalling the suite.
+    for run in 0..12 {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let out = run_local(16, |env| {
+                env.from_iter(vec![("a", 1u32), ("b", 1), ("a", 1)])
+                    .into_keyed()
+                    .emit_final()
+                    .sum()
+                    .collect()
+            });
+            let _ = done_tx.send(out);
+        });
+        let out = done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("run {run} of 16 workers did not finish within 60 s"));
+        assert_eq!(out, vec![("a", 2), ("b", 1)]);
+    }
+}

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+use std::time::Duration;
+
 use futures_lite::Stream;
+use futures_lite::future::poll_once;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
@@ -311,6 +314,26 @@ impl<T: Clone> Collector<T> for BroadcastTail<T> {
     }
 }
 
+/// How often a pending channel connection is polled again.
+const CONNECT_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Awaits `fut`, polling it again every [`CONNECT_POLL_INTERVAL`] as well as on wake-ups.
+///
+/// For glommio's shared-channel `connect`: it waits for the peer executor to connect its end,
+/// but the peer's connecting does not wake it; it is re-polled only when its executor's reactor
+/// happens to run, so an executor that went to sleep meanwhile never notices and the job hangs
+/// (seen here with 16 workers on 2 cores, a few runs in a hundred). The timer keeps it awake
+/// while connecting, which happens once per channel at start-up.
+async fn poll_until_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Some(out) = poll_once(fut.as_mut()).await {
+            return out;
+        }
+        glommio::timer::sleep(CONNECT_POLL_INTERVAL).await;
+    }
+}
+
 /// Copies a control element (anything but records) for another target.
 fn copy_control<T>(element: &StreamElement<T>) -> StreamElement<T> {
     match element {
@@ -337,7 +360,7 @@ impl<T: Send + 'static> ExchangeSender<T> {
     pub async fn connect(senders: Vec<SharedSender<Chan<T>>>, stage: &str) -> Self {
         let mut connected = Vec::with_capacity(senders.len());
         for s in senders {
-            connected.push(s.connect().await);
+            connected.push(poll_until_ready(s.connect()).await);
         }
         ExchangeSender {
             senders: connected,
@@ -501,7 +524,7 @@ impl<T: Send + 'static> InputGate<T> {
             });
             let waker = Waker::from(wake.clone());
             inputs.push(Input {
-                receiver: r.connect().await,
+                receiver: poll_until_ready(r.connect()).await,
                 ended: false,
                 armed: false,
                 wake,

@@ -98,7 +98,11 @@ impl JobGraph {
 
 /// The physical plan of `stages` as text, one stage per line.
 pub fn describe_stages(stages: &[Box<dyn StageFactory>]) -> String {
-    stages.iter().enumerate().map(|(i, s)| format!("stage {i}: {}\n", s.name())).collect()
+    stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("stage {i}: {}\n", s.name()))
+        .collect()
 }
 
 /// Where a stage's chain ends.
