@@ -324,7 +324,7 @@ fn many_unpinned_workers_connect_and_finish_repeatedly() {
     // glommio's channel connect is not woken by the peer's connect; without re-polling, a
     // worker that slept meanwhile hung the job (a few runs in a hundred at 16 workers on 2
     // cores). Each run here has a watchdog, so a hang fails instead of stalling the suite.
-    for run in 0..12 {
+    for run in 0..50 {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let out = run_local(16, |env| {
