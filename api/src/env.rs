@@ -108,7 +108,8 @@ impl Env {
     }
 
     /// A bounded stream of the lines of a text file, or of every file in a directory whose
-    /// name starts with neither `.` nor `_`. Files are split into byte ranges across workers;
+    /// name starts with neither `.` nor `_` (subdirectories are not read; a pipe or device is
+    /// an error). Files are split into byte ranges across workers;
     /// each line is read by exactly one worker. Lines end at `\n`; a `\r` before it is removed.
     /// Invalid UTF-8 fails the job with an error naming the file and byte offset.
     pub fn read_text_file(

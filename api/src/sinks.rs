@@ -86,11 +86,10 @@ impl<D: Disk> TextFileSink<D> {
             SystemClock::new().now_ms(),
             std::process::id() & 0xfffff
         );
-        TextFileSink {
-            dir: dir.into(),
-            run,
-            disk,
-        }
+        // Absolute, so the part files' paths in errors are unambiguous.
+        let dir: PathBuf = dir.into();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        TextFileSink { dir, run, disk }
     }
 }
 

@@ -131,9 +131,19 @@ impl<D: Disk> TextFileSource<D> {
                 source,
             }
         }
+        let not_regular = |path: &Path| {
+            Error::Config(format!(
+                "input {} is not a regular file or directory (a pipe or device cannot be split \
+                 into byte ranges)",
+                path.display()
+            ))
+        };
         let meta = std::fs::metadata(&self.path).map_err(io("open input", &self.path))?;
-        if !meta.is_dir() {
+        if meta.is_file() {
             return Ok(vec![(self.path.clone(), meta.len())]);
+        }
+        if !meta.is_dir() {
+            return Err(not_regular(&self.path));
         }
         let mut files = Vec::new();
         for entry in
@@ -149,6 +159,8 @@ impl<D: Disk> TextFileSource<D> {
             let meta = std::fs::metadata(&path).map_err(io("open input", &path))?;
             if meta.is_file() {
                 files.push((path, meta.len()));
+            } else if !meta.is_dir() {
+                return Err(not_regular(&path));
             }
         }
         files.sort();

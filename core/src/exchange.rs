@@ -24,6 +24,7 @@ use futures_lite::future::poll_once;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
+use glommio::{GlommioError, ResourceType};
 
 use crate::chain::{Collector, OutboxRef, Target, new_batch};
 use crate::element::{BATCH_RECORDS_MAX, CheckpointBarrier, StreamElement, Watermark};
@@ -314,6 +315,9 @@ impl<T: Clone> Collector<T> for BroadcastTail<T> {
     }
 }
 
+/// How often a send blocked on a full channel checks whether the job was cancelled.
+const CANCEL_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
 /// How often a pending channel connection is polled again.
 const CONNECT_POLL_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -353,11 +357,19 @@ pub trait OutputDrain<T> {
 pub struct ExchangeSender<T: Send> {
     senders: Vec<ConnectedSender<Chan<T>>>,
     stage: String,
+    cancelled: Arc<AtomicBool>,
 }
 
 impl<T: Send + 'static> ExchangeSender<T> {
     /// Connects worker-local senders (must run on the worker's executor).
-    pub async fn connect(senders: Vec<SharedSender<Chan<T>>>, stage: &str) -> Self {
+    ///
+    /// `cancelled` is the job's cancellation flag: a send waiting for room gives up when it is
+    /// set.
+    pub async fn connect(
+        senders: Vec<SharedSender<Chan<T>>>,
+        stage: &str,
+        cancelled: Arc<AtomicBool>,
+    ) -> Self {
         let mut connected = Vec::with_capacity(senders.len());
         for s in senders {
             connected.push(poll_until_ready(s.connect()).await);
@@ -365,6 +377,7 @@ impl<T: Send + 'static> ExchangeSender<T> {
         ExchangeSender {
             senders: connected,
             stage: stage.to_owned(),
+            cancelled,
         }
     }
 
@@ -380,10 +393,28 @@ impl<T: Send + 'static> ExchangeSender<T> {
                 self.senders.len()
             ))
         })?;
-        sender.send(element).await.map_err(|_| Error::Disconnected {
+        let disconnected = || Error::Disconnected {
             stage: self.stage.clone(),
             what: "a downstream channel",
-        })
+        };
+        let element = match sender.try_send(element) {
+            Ok(()) => return Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(element))) => element,
+            Err(_) => return Err(disconnected()),
+        };
+        // The channel is full: wait for room. glommio's wait never ends if the receiving stage
+        // fails meanwhile (it only checks the sending side for closure), so watch the job's
+        // cancellation flag, which a failing stage sets, beside it.
+        let send = async { sender.send(element).await.map_err(|_| disconnected()) };
+        let watch = async {
+            loop {
+                glommio::timer::sleep(CANCEL_POLL_INTERVAL).await;
+                if self.cancelled.load(Ordering::Relaxed) {
+                    return Err(Error::Cancelled);
+                }
+            }
+        };
+        futures_lite::future::or(send, watch).await
     }
 }
 

@@ -61,6 +61,10 @@ impl WorkerContext {
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
+    /// The job's cancellation flag, for waits that must give up when the job is torn down.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancelled.clone()
+    }
     /// Tears the job down.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
@@ -201,7 +205,12 @@ impl<T: Send + 'static, PF: PartitionerFactory<T>> OutputSpec<T> for ToEdge<T, P
         outbox: OutboxRef<T>,
         stage: &str,
     ) -> Result<(Self::Tail, Self::Drain)> {
-        let sender = ExchangeSender::connect(self.edge.take_senders(ctx.worker)?, stage).await;
+        let sender = ExchangeSender::connect(
+            self.edge.take_senders(ctx.worker)?,
+            stage,
+            ctx.cancel_flag(),
+        )
+        .await;
         let targets = sender.targets();
         let tail = ExchangeTail::new(self.partitioner.make(ctx, targets), targets, outbox);
         Ok((tail, sender))
@@ -232,7 +241,12 @@ impl<T: Clone + Send + 'static> OutputSpec<T> for ToBroadcast<T> {
         outbox: OutboxRef<T>,
         stage: &str,
     ) -> Result<(Self::Tail, Self::Drain)> {
-        let sender = ExchangeSender::connect(self.edge.take_senders(ctx.worker)?, stage).await;
+        let sender = ExchangeSender::connect(
+            self.edge.take_senders(ctx.worker)?,
+            stage,
+            ctx.cancel_flag(),
+        )
+        .await;
         Ok((BroadcastTail::new(sender.targets(), outbox), sender))
     }
 }

@@ -122,7 +122,8 @@ impl Disk for GlommioDisk {
         glommio::io::rename(from, to).await.map_err(io::Error::from)
     }
     async fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        let dir = glommio::io::Directory::open(path).await?;
+        // glommio opens a relative directory path against an invalid fd: make it absolute.
+        let dir = glommio::io::Directory::open(std::path::absolute(path)?).await?;
         dir.sync().await?;
         dir.close().await.map_err(io::Error::from)
     }

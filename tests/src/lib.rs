@@ -13,8 +13,8 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -63,10 +63,12 @@ pub fn add_reference_word_count(counts: &mut Counts, text: &str) {
 /// newline (a truncated file), a word that appears twice (in one file or across files), or a
 /// visible entry that is not a regular file.
 pub fn read_output_dir(dir: &Path) -> Result<Counts, String> {
-    let mut counts = Counts::new();
-    let mut seen_in: BTreeMap<String, String> = BTreeMap::new();
-    for file in visible_entries(dir)? {
-        let meta = std::fs::metadata(&file)
+    // Each word's count, and the file and line it was read from, to name both places of a
+    // duplicate.
+    let mut found: BTreeMap<String, (u64, usize, usize)> = BTreeMap::new();
+    let files = visible_entries(dir)?;
+    for (f, file) in files.iter().enumerate() {
+        let meta = std::fs::metadata(file)
             .map_err(|e| format!("stat output file {}: {e}", file.display()))?;
         if !meta.is_file() {
             return Err(format!(
@@ -74,7 +76,7 @@ pub fn read_output_dir(dir: &Path) -> Result<Counts, String> {
                 file.display()
             ));
         }
-        let text = std::fs::read_to_string(&file)
+        let text = std::fs::read_to_string(file)
             .map_err(|e| format!("read output file {}: {e}", file.display()))?;
         if !text.is_empty() && !text.ends_with('\n') {
             return Err(format!(
@@ -82,19 +84,25 @@ pub fn read_output_dir(dir: &Path) -> Result<Counts, String> {
                 file.display()
             ));
         }
-        for (i, line) in text.lines().enumerate() {
-            let at = format!("{}:{}", file.display(), i + 1);
-            let (word, count) = parse_output_line(line).map_err(|e| format!("{at}: {e}"))?;
-            if let Some(first) = seen_in.get(&word) {
+        for (i, line) in text.split_terminator('\n').enumerate() {
+            let (word, count) = parse_output_line(line)
+                .map_err(|e| format!("{}:{}: {e}", file.display(), i + 1))?;
+            if let Some(&(_, first_file, first_line)) = found.get(&word) {
                 return Err(format!(
-                    "{at}: word {word:?} appears twice (first at {first})"
+                    "{}:{}: word {word:?} appears twice (first at {}:{})",
+                    file.display(),
+                    i + 1,
+                    files[first_file].display(),
+                    first_line + 1
                 ));
             }
-            seen_in.insert(word.clone(), at);
-            counts.insert(word, count);
+            found.insert(word, (count, f, i));
         }
     }
-    Ok(counts)
+    Ok(found
+        .into_iter()
+        .map(|(word, (count, _, _))| (word, count))
+        .collect())
 }
 
 /// Parses one output line `word<TAB>count`.
@@ -108,7 +116,9 @@ pub fn parse_output_line(line: &str) -> Result<(String, u64), String> {
     }
     match count.parse::<u64>() {
         Ok(n) if n > 0 => Ok((word.to_owned(), n)),
-        _ => Err(format!("line {line:?}: count {count:?} is not a positive integer")),
+        _ => Err(format!(
+            "line {line:?}: count {count:?} is not a positive integer"
+        )),
     }
 }
 
@@ -142,6 +152,18 @@ pub fn hidden_dot_entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The first byte of each byte range but the first, when text inputs of `total` bytes are
+/// split for `workers` workers: `k * ceil(total / workers)`, as `text_splits` in
+/// `api/src/sources.rs` does for a single file. Tests use it to put the bytes they mean to
+/// test at range edges.
+pub fn text_split_points(total: usize, workers: usize) -> Vec<usize> {
+    let size = total.div_ceil(workers.max(1));
+    (1..workers)
+        .map(|k| k * size)
+        .filter(|&p| p < total)
+        .collect()
 }
 
 /// Builds the word count job of `sluice run wordcount` on `env`, with the public API only:
@@ -196,9 +218,15 @@ pub fn wordcount_collect(input: &Path, workers: usize) -> Result<Counts, String>
     Ok(counts)
 }
 
-/// Runs `f` on a new thread and returns its result, failing the test if it has not finished
-/// within `limit` (the job hung) or panicked. A hung thread is left behind; the test fails.
-pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on a new thread and returns its result, failing the test (with `what` in the
+/// message) if it has not finished within `limit` (the job hung) or panicked. A hung thread is
+/// left behind; the test fails.
+#[track_caller]
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     let worker = std::thread::Builder::new()
         .name("test-job".into())
@@ -212,7 +240,7 @@ pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send +
             value
         }
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("not finished within {}s: hung", limit.as_secs())
+            panic!("{what}: not finished within {}s: hung", limit.as_secs())
         }
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
             Err(payload) => std::panic::resume_unwind(payload),
@@ -282,9 +310,7 @@ fn build_sluice_bin() -> PathBuf {
             cmd.args(["--profile", other]);
         }
     }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}",
@@ -292,7 +318,11 @@ fn build_sluice_bin() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let bin = profile_dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "{cmd:?} succeeded but {} is missing", bin.display());
+    assert!(
+        bin.is_file(),
+        "{cmd:?} succeeded but {} is missing",
+        bin.display()
+    );
     bin
 }
 
@@ -300,24 +330,34 @@ fn build_sluice_bin() -> PathBuf {
 /// killed).
 pub const CLI_RUN_LIMIT: Duration = Duration::from_secs(120);
 
-/// Runs the `sluice` binary with `args` (without `RUST_LOG` and `RUST_BACKTRACE` from the
-/// environment) and returns what it did. Kills it and fails the test if it runs longer than
-/// [`CLI_RUN_LIMIT`].
+/// Runs the `sluice` binary with `args` and returns what it did (see [`run_command`]).
 pub fn run_sluice<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = Command::new(sluice_bin());
-    cmd.args(args)
-        .env_remove("RUST_LOG")
+    cmd.args(args);
+    run_command(cmd)
+}
+
+/// Runs `cmd` (without `RUST_LOG` and `RUST_BACKTRACE` from the environment, with stdin
+/// closed) and returns what it did. Kills it and fails the test if it runs longer than
+/// [`CLI_RUN_LIMIT`].
+#[track_caller]
+pub fn run_command(cmd: Command) -> Output {
+    run_command_within(cmd, CLI_RUN_LIMIT)
+}
+
+/// [`run_command`] with another time limit.
+#[track_caller]
+pub fn run_command_within(mut cmd: Command, limit: Duration) -> Output {
+    cmd.env_remove("RUST_LOG")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     // Drain both pipes on their own threads, so a chatty child never blocks on a full pipe.
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
@@ -325,10 +365,10 @@ where
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > CLI_RUN_LIMIT => {
+            Ok(None) if started.elapsed() > limit => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{cmd:?} still running after {}s: killed", CLI_RUN_LIMIT.as_secs());
+                panic!("{cmd:?} still running after {}s: killed", limit.as_secs());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => panic!("wait for {cmd:?}: {e}"),
@@ -458,6 +498,7 @@ mod tests {
             (vec![("p", "a\t0\n")], "not a positive integer"),
             (vec![("p", "a\t-1\n")], "not a positive integer"),
             (vec![("p", "a\t1")], "does not end with a newline"),
+            (vec![("p", "a\t1\r\n")], "not a positive integer"),
             (vec![("p", "a\t1\na\t2\n")], "appears twice"),
             (vec![("p", "a\t1\n"), ("q", "a\t1\n")], "appears twice"),
         ] {
@@ -478,7 +519,8 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap_or_else(|e| panic!("mkdir: {e}"));
         let err = read_output_dir(dir.path()).err();
         assert!(
-            err.as_deref().is_some_and(|e| e.contains("not a regular file")),
+            err.as_deref()
+                .is_some_and(|e| e.contains("not a regular file")),
             "{err:?}"
         );
     }
@@ -490,7 +532,10 @@ mod tests {
         assert_eq!(diff_counts(&a, &a), None);
         let diff = diff_counts(&a, &b).unwrap_or_default();
         assert!(diff.starts_with("2 words differ"), "{diff}");
-        assert!(diff.contains("\"y\": expected Some(2), got Some(1)"), "{diff}");
+        assert!(
+            diff.contains("\"y\": expected Some(2), got Some(1)"),
+            "{diff}"
+        );
         assert!(diff.contains("\"z\": expected None, got Some(1)"), "{diff}");
     }
 }

@@ -91,12 +91,20 @@ pub fn exit_on_clap_error(e: clap::Error) -> ExitCode {
             }
         }
         _ => {
+            // clap's message may continue on further lines (the missing flags); keep them, in
+            // one line, and leave out its usage and help hints.
             let rendered = e.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see `sluice --help`)");
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let message = match message.is_empty() {
+                true => "error: invalid arguments".to_owned(),
+                false => message.join(" "),
+            };
+            eprintln!("{message} (see `sluice --help`)");
             ExitCode::from(2)
         }
     }
