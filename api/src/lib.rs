@@ -38,7 +38,7 @@ pub mod text;
 
 pub use env::Env;
 pub use sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
-pub use sources::{CollectionSource, SocketTextSource, TextFileSource, TextSplit};
+pub use sources::{CollectionSource, LINE_BYTES_MAX, SocketTextSource, TextFileSource, TextSplit};
 pub use stream::{
     BuildStage, DataStream, FinalKeyedStream, FinalPairKeyedStream, GateHead, Head, KeyedStream,
     PairKeyedStream, SourceHead,

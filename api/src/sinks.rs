@@ -61,10 +61,11 @@ impl<T: Debug> SinkWriter<T> for PrintWriter {
 }
 
 /// Writes records as lines of text (their `Display`) into part files in a directory, one per
-/// worker that received records: `part-<worker>-<run>` where `<run>` is unique to the job run,
+/// worker that received records: `part-<worker>-<run>` where `<run>` is unique to the sink,
 /// so a sink never overwrites a file. While written, a part file is named
-/// `.part-<worker>-<run>.inprogress`; on end of input it is synced, renamed, and the directory
-/// synced.
+/// `.part-<worker>-<run>.inprogress`; at the end of input each worker syncs its file, and only
+/// when the whole job succeeded are they renamed to their final names and the directory
+/// synced. A failed job leaves no output: its pending files are removed.
 pub struct TextFileSink<D: Disk = GlommioDisk> {
     dir: PathBuf,
     run: String,
@@ -81,8 +82,11 @@ impl TextFileSink {
 impl<D: Disk> TextFileSink<D> {
     /// Part files written through another [`Disk`].
     pub fn with_disk(dir: impl Into<PathBuf>, disk: D) -> Self {
+        // Unique per sink: time, process, and a counter for sinks made in the same millisecond.
+        static SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SINKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let run = format!(
-            "{:x}{:05x}",
+            "{:x}{:05x}{n:x}",
             SystemClock::new().now_ms(),
             std::process::id() & 0xfffff
         );
@@ -120,6 +124,35 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
             source,
         })
     }
+    fn commit(&self) -> Result<()> {
+        // Rename this run's synced part files to their final names, then make the renames
+        // durable. On the job's own thread, after every worker finished: plain std calls.
+        let io = |op, path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { op, path, source }
+        };
+        for pending in self.pending_files()? {
+            let name = pending
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let done = name
+                .as_deref()
+                .and_then(|n| n.strip_prefix('.'))
+                .and_then(|n| n.strip_suffix(".inprogress"))
+                .map(|n| self.dir.join(n));
+            if let Some(done) = done {
+                std::fs::rename(&pending, &done).map_err(io("commit part file", &done))?;
+            }
+        }
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync output directory", &self.dir))
+    }
+    fn abort(&self) {
+        for pending in self.pending_files().unwrap_or_default() {
+            let _ = std::fs::remove_file(pending);
+        }
+    }
     async fn open(&self, ctx: &SinkContext) -> Result<TextFileWriter<D>> {
         Ok(TextFileWriter {
             disk: self.disk.clone(),
@@ -128,6 +161,27 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
             file: None,
             text: String::with_capacity(WRITE_BUFFER_BYTES + 4096),
         })
+    }
+}
+
+impl<D: Disk> TextFileSink<D> {
+    /// This run's part files still waiting for the commit.
+    fn pending_files(&self) -> Result<Vec<PathBuf>> {
+        let suffix = format!("-{}.inprogress", self.run);
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Io {
+            op: "list output directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        Ok(entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(".part-") && name.ends_with(&suffix)
+            })
+            .map(|e| e.path())
+            .collect())
     }
 }
 
@@ -187,26 +241,9 @@ impl<T: Display, D: Disk> SinkWriter<T> for TextFileWriter<D> {
         let pending = self.pending_path();
         file.sync_close().await.map_err(|source| Error::Io {
             op: "sync part file",
-            path: pending.clone(),
+            path: pending,
             source,
-        })?;
-        let done = self.dir.join(&self.name);
-        self.disk
-            .rename(&pending, &done)
-            .await
-            .map_err(|source| Error::Io {
-                op: "commit part file",
-                path: done,
-                source,
-            })?;
-        self.disk
-            .sync_dir(&self.dir)
-            .await
-            .map_err(|source| Error::Io {
-                op: "sync output directory",
-                path: self.dir.clone(),
-                source,
-            })
+        })
     }
 }
 

@@ -10,6 +10,17 @@ use sluice_core::{Error, Result};
 
 /// Bytes read from a file per I/O.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// The longest line a text source accepts: a longer one (a binary file, a missing newline in a
+/// huge file) is an error naming where it starts, not an unbounded buffer.
+pub const LINE_BYTES_MAX: usize = 64 << 20;
+
+fn line_too_long(path: &Path, offset: u64) -> Error {
+    Error::Corrupt {
+        path: path.to_owned(),
+        offset,
+        reason: format!("a line longer than {} MiB", LINE_BYTES_MAX >> 20),
+    }
+}
 
 /// A bounded source over the items of a collection, split into one contiguous slice per
 /// worker. Its read position is the index of the next item, so it can be replayed.
@@ -232,6 +243,7 @@ impl<D: Disk> Source for TextFileSource<D> {
         Ok(LineReader {
             file: Some(file),
             path: split.path.clone(),
+            start: split.start,
             end: split.end,
             buf: Vec::with_capacity(READ_CHUNK_BYTES + 4096),
             consumed: 0,
@@ -248,6 +260,7 @@ impl<D: Disk> Source for TextFileSource<D> {
 pub struct LineReader<F> {
     file: Option<F>,
     path: Arc<PathBuf>,
+    start: u64,
     end: u64,
     /// Bytes read but not yet returned start at `buf[consumed]`, at file offset
     /// `buf_offset + consumed`.
@@ -271,6 +284,9 @@ impl<F: ReadFile> LineReader<F> {
         self.buf.drain(..self.consumed);
         self.buf_offset += self.consumed as u64;
         self.consumed = 0;
+        if self.buf.len() > LINE_BYTES_MAX {
+            return Err(line_too_long(&self.path, self.buf_offset));
+        }
         let Some(file) = self.file.as_ref() else {
             self.eof = true;
             return Ok(());
@@ -348,9 +364,10 @@ impl<F: ReadFile + 'static> SourceReader for LineReader<F> {
                 None => self.fill().await?,
             }
         };
-        self.counters_ctx
-            .counters()
-            .add_bytes(self.next_line_offset() - before);
+        // Count only this range's bytes, so the progress adds up to 100% over all ranges.
+        let in_range = |offset: u64| offset.clamp(self.start, self.end);
+        let read = in_range(self.next_line_offset()) - in_range(before);
+        self.counters_ctx.counters().add_bytes(read);
         if status == ReadStatus::End {
             if let Some(file) = self.file.take() {
                 file.close().await.map_err(|source| Error::Io {
@@ -496,6 +513,9 @@ impl<C: futures_lite::AsyncRead + Unpin + 'static> SourceReader for SocketLineRe
                 })?;
             if n == 0 {
                 self.eof = true;
+            }
+            if self.buf.len() > LINE_BYTES_MAX {
+                return Err(line_too_long(Path::new(&self.addr), self.read));
             }
             self.buf.extend_from_slice(&self.chunk[..n]);
         }

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 
 use sluice::prelude::*;
 use sluice::testing::run_local;
-use sluice::{ReadPosition, ReadStatus, SinkContext, SourceContext};
+use sluice::{PrintSink, ReadPosition, ReadStatus, SinkContext, SourceContext};
 
 #[test]
 fn from_iter_splits_across_workers_without_loss() {
@@ -341,4 +341,104 @@ fn many_unpinned_workers_connect_and_finish_repeatedly() {
             .unwrap_or_else(|_| panic!("run {run} of 16 workers did not finish within 60 s"));
         assert_eq!(out, vec![("a", 2), ("b", 1)]);
     }
+}
+
+/// Runs `job` on a thread and fails the test if it takes longer than `secs`.
+fn within<T: Send + 'static>(secs: u64, job: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(job());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("the job did not end within {secs} s"))
+}
+
+#[test]
+fn a_failed_job_leaves_no_output_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out2 = out.clone();
+    let err = within(60, move || {
+        let env = Env::new();
+        env.set_workers(2);
+        // Worker-local output reaches its sink and finishes on one worker while the other
+        // fails: nothing may be committed.
+        env.from_iter(0..20_000u32)
+            .rebalance()
+            .map(|x| {
+                assert!(x != 19_999, "boom at {x}");
+                x
+            })
+            .write_text(&out2);
+        env.execute("fails").unwrap_err().to_string()
+    });
+    assert!(err.contains("boom at 19999"), "{err}");
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "files left after a failed job: {left:?}");
+}
+
+#[test]
+fn panic_messages_are_one_line() {
+    let err = within(60, || {
+        let env = Env::new();
+        env.set_workers(2);
+        let _ = env
+            .from_iter(0..100u32)
+            .map(|x| {
+                assert_eq!(x, 1000, "never equal");
+                x
+            })
+            .collect();
+        env.execute("multi-line panic").unwrap_err().to_string()
+    });
+    assert!(!err.contains('\n'), "{err:?}");
+    assert!(
+        err.contains("panicked") && err.contains("never equal"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failure_downstream_of_a_quiet_socket_ends_the_job() {
+    // The peer sends two lines and then stays connected without sending: the source waits in
+    // a read that never completes by itself, and must still notice the job's failure.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"one\ntwo\n").unwrap();
+        let _ = hold_rx.recv_timeout(std::time::Duration::from_secs(120));
+    });
+    let err = within(60, move || {
+        let env = Env::new();
+        env.set_workers(2);
+        env.socket_text_stream(addr)
+            .rebalance()
+            .map(|line: String| -> String { panic!("cannot handle {line}") })
+            .sink(PrintSink);
+        env.execute("quiet socket").unwrap_err().to_string()
+    });
+    drop(hold_tx);
+    server.join().unwrap();
+    assert!(err.contains("cannot handle"), "{err}");
+}
+
+#[test]
+fn a_line_longer_than_the_limit_is_an_error_naming_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.txt");
+    let mut text = b"short line\n".to_vec();
+    text.resize(text.len() + sluice::LINE_BYTES_MAX + 2 * 1024 * 1024, b'x');
+    std::fs::write(&path, &text).unwrap();
+    let env = Env::new();
+    env.set_workers(1);
+    let _ = env.read_text_file(&path).collect();
+    let err = env.execute("long line").unwrap_err().to_string();
+    assert!(err.contains("a line longer than 64 MiB"), "{err}");
+    assert!(err.contains("at byte offset 11"), "{err}");
 }

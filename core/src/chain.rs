@@ -32,43 +32,27 @@ pub trait Collector<T> {
     fn on_end(&mut self) -> Result<()>;
 }
 
-/// Forwards the watermark and flush hooks of a collector to its `next` field.
-macro_rules! forward_time_hooks {
+/// Forwards every non-record hook of a collector to its `next` field.
+macro_rules! forward_hooks {
     () => {
         #[inline]
         fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
             self.next.on_watermark(watermark)
         }
         #[inline]
-        fn flush(&mut self) -> Result<()> {
-            self.next.flush()
-        }
-    };
-}
-
-/// Forwards every non-record hook of a collector to its `next` field, except the end.
-macro_rules! forward_hooks_but_end {
-    () => {
-        $crate::chain::forward_time_hooks!();
-        #[inline]
         fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
             self.next.on_barrier(barrier)
         }
-    };
-}
-
-/// Forwards every non-record hook of a collector to its `next` field.
-macro_rules! forward_hooks {
-    () => {
-        $crate::chain::forward_hooks_but_end!();
+        #[inline]
+        fn flush(&mut self) -> Result<()> {
+            self.next.flush()
+        }
         #[inline]
         fn on_end(&mut self) -> Result<()> {
             self.next.on_end()
         }
     };
 }
-
-pub(crate) use {forward_hooks_but_end, forward_time_hooks};
 
 /// A step of a chain, before it is instantiated: a value cloned onto every worker, which then
 /// [`attach`](Pipe::attach)es it in front of the rest of that worker's chain.

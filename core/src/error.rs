@@ -121,7 +121,7 @@ impl Error {
     pub fn operator(operator: &str, err: impl std::fmt::Display) -> Error {
         Error::Operator {
             operator: operator.to_owned(),
-            message: err.to_string(),
+            message: crate::runtime::one_line(&err.to_string()),
         }
     }
 }

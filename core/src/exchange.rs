@@ -315,8 +315,30 @@ impl<T: Clone> Collector<T> for BroadcastTail<T> {
     }
 }
 
-/// How often a send blocked on a full channel checks whether the job was cancelled.
+/// How often a wait that may never end by itself (a send to a full channel, a read from a
+/// socket) checks whether the job was cancelled.
 const CANCEL_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Awaits `fut`, or fails with [`Error::Cancelled`] once `cancelled` is set while it waits. A
+/// future that is ready at once costs no timer.
+pub async fn unless_cancelled<T>(
+    fut: impl Future<Output = Result<T>>,
+    cancelled: &AtomicBool,
+) -> Result<T> {
+    let mut fut = std::pin::pin!(fut);
+    if let Some(out) = poll_once(fut.as_mut()).await {
+        return out;
+    }
+    let watch = async {
+        loop {
+            glommio::timer::sleep(CANCEL_POLL_INTERVAL).await;
+            if cancelled.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+        }
+    };
+    futures_lite::future::or(fut, watch).await
+}
 
 /// How often a pending channel connection is polled again.
 const CONNECT_POLL_INTERVAL: Duration = Duration::from_millis(1);
@@ -343,7 +365,9 @@ fn copy_control<T>(element: &StreamElement<T>) -> StreamElement<T> {
     match element {
         StreamElement::Watermark(w) => StreamElement::Watermark(*w),
         StreamElement::Barrier(b) => StreamElement::Barrier(*b),
-        StreamElement::EndOfInput | StreamElement::Records(_) => StreamElement::EndOfInput,
+        StreamElement::EndOfInput => StreamElement::EndOfInput,
+        // Tails address every batch to one target (a broadcast copies it per target).
+        StreamElement::Records(_) => unreachable!("a record batch addressed to all targets"),
     }
 }
 
@@ -403,18 +427,10 @@ impl<T: Send + 'static> ExchangeSender<T> {
             Err(_) => return Err(disconnected()),
         };
         // The channel is full: wait for room. glommio's wait never ends if the receiving stage
-        // fails meanwhile (it only checks the sending side for closure), so watch the job's
-        // cancellation flag, which a failing stage sets, beside it.
+        // fails meanwhile (it only checks the sending side for closure), so give up when the
+        // job is cancelled, which a failing stage does.
         let send = async { sender.send(element).await.map_err(|_| disconnected()) };
-        let watch = async {
-            loop {
-                glommio::timer::sleep(CANCEL_POLL_INTERVAL).await;
-                if self.cancelled.load(Ordering::Relaxed) {
-                    return Err(Error::Cancelled);
-                }
-            }
-        };
-        futures_lite::future::or(send, watch).await
+        unless_cancelled(send, &self.cancelled).await
     }
 }
 

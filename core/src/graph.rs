@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::exchange::{
     AnyEdge, BroadcastTail, Edge, ExchangeSender, ExchangeTail, ForwardPartitioner,
     HashPartitioner, InputGate, OutputDrain, Partitioner, RebalancePartitioner, WatermarkTracker,
+    unless_cancelled,
 };
 use crate::key::{Key, KeyGroups};
 use crate::metrics::JobMetrics;
@@ -82,6 +83,10 @@ pub trait StageFactory: Send + Sync {
     fn prepare(&self, workers: usize, metrics: &JobMetrics) -> Result<()>;
     /// The stage's task on one worker (called on that worker's thread).
     fn instantiate(&self, ctx: WorkerContext) -> StageFuture;
+    /// Commits the stage's output after the job succeeded (see [`Sink::commit`]).
+    fn commit(&self) -> Result<()>;
+    /// Discards the stage's uncommitted output after the job failed.
+    fn abort(&self);
 }
 
 /// A whole job: its stages and the edges between them.
@@ -121,6 +126,12 @@ pub trait OutputSpec<T>: Send + Sync + 'static {
     fn prepare(&self, _workers: usize) -> Result<()> {
         Ok(())
     }
+    /// Commits the output after the job succeeded.
+    fn commit(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Discards uncommitted output after the job failed.
+    fn abort(&self) {}
     /// Opens the output on one worker.
     async fn open(
         &self,
@@ -272,6 +283,12 @@ impl<T: 'static, S: Sink<T>> OutputSpec<T> for ToSink<S> {
     fn prepare(&self, workers: usize) -> Result<()> {
         self.sink.prepare(workers)
     }
+    fn commit(&self) -> Result<()> {
+        self.sink.commit()
+    }
+    fn abort(&self) {
+        self.sink.abort();
+    }
     async fn open(
         &self,
         ctx: &WorkerContext,
@@ -352,6 +369,12 @@ where
         let inner = self.inner.clone();
         Box::pin(async move { inner.run(ctx).await })
     }
+    fn commit(&self) -> Result<()> {
+        self.inner.out.commit()
+    }
+    fn abort(&self) {
+        self.inner.out.abort();
+    }
 }
 
 impl<S, P, O> SourceInner<S, P, O>
@@ -377,8 +400,12 @@ where
         let mut buf = Vec::with_capacity(BATCH_RECORDS_MAX);
         for split in splits {
             let mut reader = self.source.open(split, None, &sctx).await?;
+            let cancelled = ctx.cancel_flag();
             loop {
-                let status = reader.read_batch(&mut buf, BATCH_RECORDS_MAX).await?;
+                // A read may wait indefinitely (a quiet socket): it must not keep a failed job
+                // from ending.
+                let read = reader.read_batch(&mut buf, BATCH_RECORDS_MAX);
+                let status = unless_cancelled(read, &cancelled).await?;
                 let n = buf.len();
                 debug_assert!(n <= BATCH_RECORDS_MAX, "n={n}");
                 counters.add_records(n as u64);
@@ -396,6 +423,8 @@ where
                 if status == ReadStatus::End {
                     break;
                 }
+                // A reader that never waits must not starve the worker's other stages.
+                glommio::yield_if_needed().await;
             }
         }
         chain.on_watermark(Watermark::MAX)?;
@@ -457,6 +486,12 @@ where
     fn instantiate(&self, ctx: WorkerContext) -> StageFuture {
         let inner = self.inner.clone();
         Box::pin(async move { inner.run(ctx).await })
+    }
+    fn commit(&self) -> Result<()> {
+        self.inner.out.commit()
+    }
+    fn abort(&self) {
+        self.inner.out.abort();
     }
 }
 

@@ -16,9 +16,9 @@
 use std::marker::PhantomData;
 
 use crate::FastMap;
-use crate::chain::{Collector, Pipe, forward_hooks_but_end, forward_time_hooks};
+use crate::chain::{Collector, Pipe};
 use crate::element::{CheckpointBarrier, Watermark};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
 
 /// Distinct keys a combiner holds before it sends them all on: bounds its memory.
@@ -57,6 +57,58 @@ fn fold_into<T, F: FnMut(T, T) -> T>(f: &mut F, slot: &mut Option<T>, value: T) 
         Some(current) => f(current, value),
         None => value,
     });
+}
+
+/// The control hooks of an aggregation that may hold final values: `$emit` (a block using
+/// `$this` for the operator) emits them when the watermark reaches its maximum, *before* the
+/// watermark is passed on, so that no record follows `Watermark::MAX` on a channel, and again
+/// at the end of input for inputs that carried no watermark (a no-op once emitted).
+macro_rules! final_hooks {
+    (|$this:ident| $emit:block) => {
+        fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+            if watermark == Watermark::MAX {
+                let $this = &mut *self;
+                $emit?;
+            }
+            self.next.on_watermark(watermark)
+        }
+        fn on_end(&mut self) -> Result<()> {
+            let $this = &mut *self;
+            $emit?;
+            self.next.on_end()
+        }
+        fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+            self.next.on_barrier(barrier)
+        }
+        fn flush(&mut self) -> Result<()> {
+            self.next.flush()
+        }
+    };
+}
+
+/// The control hooks of a combiner: it holds values across flushes (the point of combining)
+/// and sends them all on before a checkpoint barrier, before the final watermark and at the
+/// end of input.
+macro_rules! combiner_hooks {
+    () => {
+        fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+            if watermark == Watermark::MAX {
+                self.send_all()?;
+            }
+            self.next.on_watermark(watermark)
+        }
+        fn flush(&mut self) -> Result<()> {
+            self.next.flush()
+        }
+        fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+            self.send_all()?;
+            self.next.on_barrier(barrier)
+        }
+        fn on_end(&mut self) -> Result<()> {
+            self.send_all()?;
+            self.next.on_end()
+        }
+    };
 }
 
 macro_rules! clone_pipe {
@@ -112,17 +164,16 @@ where
             _ => Ok(()),
         }
     }
-    forward_hooks_but_end!();
-    fn on_end(&mut self) -> Result<()> {
-        if self.emit == Emit::Final {
-            for (_, value) in self.state.drain() {
+    final_hooks!(|this| {
+        if this.emit == Emit::Final {
+            for (_, value) in this.state.drain() {
                 if let Some(v) = value {
-                    self.next.collect(v)?;
+                    this.next.collect(v)?;
                 }
             }
         }
-        self.next.on_end()
-    }
+        Ok::<(), Error>(())
+    });
 }
 
 impl<F, K, T> Pipe<(K, T)> for Reduce<F, K, T>
@@ -207,17 +258,7 @@ where
             Ok(())
         }
     }
-    // Holding values across flushes is the point of combining.
-    forward_time_hooks!();
-    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        // Nothing stays behind in the combiner across a checkpoint.
-        self.send_all()?;
-        self.next.on_barrier(barrier)
-    }
-    fn on_end(&mut self) -> Result<()> {
-        self.send_all()?;
-        self.next.on_end()
-    }
+    combiner_hooks!();
 }
 
 impl<F, K, T> Pipe<(K, T)> for Combine<F, K, T>
@@ -287,15 +328,14 @@ where
             Ok(())
         }
     }
-    forward_hooks_but_end!();
-    fn on_end(&mut self) -> Result<()> {
-        if self.emit == Emit::Final {
-            for (_, acc) in self.state.drain() {
-                self.next.collect(self.f.get_result(&acc))?;
+    final_hooks!(|this| {
+        if this.emit == Emit::Final {
+            for (_, acc) in this.state.drain() {
+                this.next.collect(this.f.get_result(&acc))?;
             }
         }
-        self.next.on_end()
-    }
+        Ok::<(), Error>(())
+    });
 }
 
 impl<A, K, T> Pipe<(K, T)> for Aggregate<A, K, T>
@@ -375,15 +415,7 @@ where
             Ok(())
         }
     }
-    forward_time_hooks!();
-    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
-        self.send_all()?;
-        self.next.on_barrier(barrier)
-    }
-    fn on_end(&mut self) -> Result<()> {
-        self.send_all()?;
-        self.next.on_end()
-    }
+    combiner_hooks!();
 }
 
 impl<A, K, T> Pipe<(K, T)> for CombineAgg<A, K, T>
@@ -449,13 +481,12 @@ where
         }
         Ok(())
     }
-    forward_hooks_but_end!();
-    fn on_end(&mut self) -> Result<()> {
-        for (_, acc) in self.state.drain() {
-            self.next.collect(self.f.get_result(&acc))?;
+    final_hooks!(|this| {
+        for (_, acc) in this.state.drain() {
+            this.next.collect(this.f.get_result(&acc))?;
         }
-        self.next.on_end()
-    }
+        Ok::<(), Error>(())
+    });
 }
 
 impl<A, K, T> Pipe<(K, A::Acc)> for MergeAgg<A, K, T>
@@ -520,24 +551,27 @@ where
             fold_into(&mut self.f, slot, value);
             return Ok(());
         }
-        let slot = self.state.entry(key.clone()).or_insert(None);
+        // The key is cloned only when it is new.
+        let slot = match self.state.get_mut(&key) {
+            Some(slot) => slot,
+            None => self.state.entry(key.clone()).or_insert(None),
+        };
         fold_into(&mut self.f, slot, value);
         match slot.as_ref() {
             Some(v) => self.next.collect((key, v.clone())),
             None => Ok(()),
         }
     }
-    forward_hooks_but_end!();
-    fn on_end(&mut self) -> Result<()> {
-        if self.emit == Emit::Final {
-            for (key, value) in self.state.drain() {
+    final_hooks!(|this| {
+        if this.emit == Emit::Final {
+            for (key, value) in this.state.drain() {
                 if let Some(v) = value {
-                    self.next.collect((key, v))?;
+                    this.next.collect((key, v))?;
                 }
             }
         }
-        self.next.on_end()
-    }
+        Ok::<(), Error>(())
+    });
 }
 
 impl<F, K, V> Pipe<(K, V)> for ReducePairs<F, K, V>
@@ -558,5 +592,69 @@ where
     }
     fn names(&self, out: &mut Vec<String>) {
         out.push(format!("reduce({})", emit_name(self.emit)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StreamElement;
+    use crate::chain::{Outbox, SinkTail};
+
+    /// The elements a chain emitted, records and watermarks in order.
+    fn emitted<T>(outbox: &crate::chain::OutboxRef<T>) -> Vec<StreamElement<T>> {
+        std::iter::from_fn(|| outbox.borrow_mut().pop())
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    #[test]
+    fn final_values_precede_the_final_watermark() {
+        let outbox = Outbox::new_ref();
+        let pipe = crate::chain::Then(
+            Combine::new(|a: u64, b: u64| a + b),
+            ReducePairs::new(|a: u64, b: u64| a + b, Emit::Final),
+        );
+        let mut chain = pipe.attach(SinkTail::new(outbox.clone()));
+        for (k, v) in [(1u32, 1u64), (2, 5), (1, 2)] {
+            chain.collect((k, v)).unwrap();
+        }
+        chain.on_watermark(Watermark(10)).unwrap();
+        chain.on_watermark(Watermark::MAX).unwrap();
+        chain.on_end().unwrap();
+        let elements = emitted(&outbox);
+        let max_at = elements
+            .iter()
+            .position(|e| matches!(e, StreamElement::Watermark(Watermark::MAX)))
+            .unwrap();
+        let mut records: Vec<(u32, u64)> = Vec::new();
+        for (i, e) in elements.iter().enumerate() {
+            if let StreamElement::Records(batch) = e {
+                assert!(i < max_at, "records after Watermark::MAX: {elements:?}");
+                records.extend(batch);
+            }
+        }
+        records.sort();
+        assert_eq!(records, vec![(1, 3), (2, 5)]);
+        assert!(matches!(elements.last(), Some(StreamElement::EndOfInput)));
+    }
+
+    #[test]
+    fn running_values_follow_every_record() {
+        let outbox = Outbox::new_ref();
+        let mut chain = ReducePairs::new(|a: u64, b: u64| a + b, Emit::Running)
+            .attach(SinkTail::new(outbox.clone()));
+        for (k, v) in [(1u32, 1u64), (1, 2), (2, 5), (1, 3)] {
+            chain.collect((k, v)).unwrap();
+        }
+        chain.on_end().unwrap();
+        let records: Vec<(u32, u64)> = emitted(&outbox)
+            .into_iter()
+            .flat_map(|e| match e {
+                StreamElement::Records(b) => b,
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(records, vec![(1, 1), (1, 3), (2, 5), (1, 6)]);
     }
 }

@@ -179,15 +179,22 @@ pub fn execute(
     let elapsed = clock.elapsed();
     let progress = metrics.snapshot();
     on_progress(progress, elapsed);
-    match root_cause(errors) {
-        Some(e) => Err(e),
-        None => Ok(JobReport {
-            elapsed,
-            progress,
-            workers,
-            pinned,
-        }),
+    // Output becomes visible only when every worker succeeded.
+    if let Some(e) = root_cause(errors) {
+        for stage in &graph.stages {
+            stage.abort();
+        }
+        return Err(e);
     }
+    for stage in &graph.stages {
+        stage.commit()?;
+    }
+    Ok(JobReport {
+        elapsed,
+        progress,
+        workers,
+        pinned,
+    })
 }
 
 /// The error to report: the first that is not a mere consequence of another.
@@ -215,9 +222,13 @@ fn await_startup(events: &mpsc::Receiver<WorkerEvent>, workers: usize) -> Result
                 });
             }
             Err(_) => {
+                // Which worker is stuck is unknown here; report the first not yet started.
                 return Err(Error::Startup {
                     worker: started,
-                    reason: format!("not started after {}s", STARTUP_TIMEOUT.as_secs()),
+                    reason: format!(
+                        "only {started} of {workers} workers started within {}s",
+                        STARTUP_TIMEOUT.as_secs()
+                    ),
                 });
             }
         }
@@ -389,10 +400,21 @@ fn panic_error(stage: &str, worker: usize, payload: &(dyn Any + Send)) -> Error 
     let location = LAST_PANIC_LOCATION
         .with(|slot| slot.borrow_mut().take())
         .unwrap_or_default();
+    // Errors are one line; `assert_eq!` messages are not.
+    let message = one_line(&message);
     Error::Panic {
         stage: stage.to_owned(),
         worker,
         location,
         message,
     }
+}
+
+/// `text` with its lines joined by single spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -28,13 +28,21 @@ pub trait Sink<T>: Send + Sync + 'static {
     }
     /// Opens this worker's writer.
     async fn open(&self, ctx: &SinkContext) -> Result<Self::Writer>;
+    /// Makes the job's output visible, once, on the thread that ran the job, after every
+    /// worker's writer finished and the job succeeded. (Checkpoints will commit per
+    /// checkpoint instead.)
+    fn commit(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Removes what the writers left uncommitted, once, after the job failed.
+    fn abort(&self) {}
 }
 
 /// Writes one worker's records.
 pub trait SinkWriter<T>: 'static {
     /// Writes (and empties) a batch.
     async fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<()>;
-    /// The input ended: make everything written visible and durable.
+    /// The input ended: make everything written durable, ready for [`Sink::commit`].
     async fn finish(&mut self) -> Result<()>;
 }
 

@@ -100,6 +100,12 @@ fn run_engine(
     let secs = start.elapsed().as_secs_f64();
     let counts = read_counts(&output)?;
     let total: u64 = counts.values().sum();
+    if let Some((word, n)) = counts.iter().find(|(w, n)| expect.words.get(*w) != Some(n)) {
+        bail!(
+            "engine on {workers} workers counted {word:?} {n} times, the baseline {:?}",
+            expect.words.get(word)
+        );
+    }
     if total != expect.total || counts.len() != expect.words.len() {
         bail!(
             "engine on {workers} workers counted {total} words ({} distinct), the baseline {} ({})",
