@@ -74,7 +74,7 @@ impl Env {
 
     /// Sets the number of key groups (the most workers a keyed state can be spread over).
     pub fn set_key_groups_max(&self, key_groups_max: u32) -> &Self {
-        self.inner.borrow_mut().config.key_groups_max = key_groups_max;
+        self.inner.borrow_mut().config.key_groups_max = Some(key_groups_max);
         self
     }
 

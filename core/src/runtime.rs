@@ -47,8 +47,10 @@ pub struct RuntimeConfig {
     /// Pin worker `i` to the `i`-th allowed CPU. Ignored (unpinned) when there are more
     /// workers than allowed CPUs.
     pub pin: bool,
-    /// Number of key groups.
-    pub key_groups_max: u32,
+    /// Number of key groups; `None` derives it from the worker count as Flink derives its
+    /// default max parallelism: 1.5 × workers rounded up to a power of two, within
+    /// 128..=32768.
+    pub key_groups_max: Option<u32>,
     /// How often the progress callback runs.
     pub progress_interval: Duration,
 }
@@ -58,7 +60,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             workers: available_cpus().len().max(1),
             pin: true,
-            key_groups_max: KEY_GROUPS_DEFAULT,
+            key_groups_max: None,
             progress_interval: Duration::from_millis(250),
         }
     }
@@ -104,7 +106,10 @@ pub fn execute(
     if workers == 0 {
         return Err(Error::Config("--workers must be at least 1".into()));
     }
-    let key_groups = KeyGroups::new(config.key_groups_max, workers as u32)?;
+    let key_groups_max = config
+        .key_groups_max
+        .unwrap_or_else(|| default_key_groups(workers));
+    let key_groups = KeyGroups::new(key_groups_max, workers as u32)?;
     let metrics = Arc::new(JobMetrics::new(workers));
     for stage in &graph.stages {
         stage.prepare(workers, &metrics)?;
@@ -417,4 +422,31 @@ pub(crate) fn one_line(text: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The default number of key groups for `workers` workers (Flink's rule for max parallelism).
+pub fn default_key_groups(workers: usize) -> u32 {
+    let wanted = (workers + workers / 2).next_power_of_two();
+    (wanted as u32).clamp(KEY_GROUPS_DEFAULT, crate::key::KEY_GROUPS_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_key_groups_follow_flinks_rule() {
+        assert_eq!(default_key_groups(1), 128);
+        assert_eq!(default_key_groups(2), 128);
+        assert_eq!(default_key_groups(100), 256);
+        assert_eq!(default_key_groups(200), 512);
+        assert_eq!(default_key_groups(1024), 2048);
+        assert!(KeyGroups::new(default_key_groups(1024), 1024).is_ok());
+    }
+
+    #[test]
+    fn one_line_joins_lines() {
+        assert_eq!(one_line("a\n  b\n\nc"), "a b c");
+        assert_eq!(one_line("plain"), "plain");
+    }
 }
