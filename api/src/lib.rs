@@ -56,6 +56,15 @@ pub use sluice_core::{BATCH_RECORDS_MAX, Error, ErrorDomain, Key, Result, Waterm
 /// record keyed by a short word needs no heap allocation.
 pub use compact_str::CompactString;
 
+/// The operator types that make up a stream's type, for code that names stream types (a
+/// function returning a pipeline, say). Most code never needs them: inference does.
+pub mod ops {
+    pub use sluice_core::chain::{
+        Filter, FlatMap, FlatMapInto, Flatten, Identity, Map, Pipe, Then, TryMap,
+    };
+    pub use sluice_core::keyed::{Aggregate, Combine, CombineAgg, MergeAgg, Reduce, ReducePairs};
+}
+
 /// The names most jobs need.
 pub mod prelude {
     pub use crate::{

@@ -19,7 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sluice::{CompactString, Env, JobReport};
+use sluice::{Env, JobReport};
 
 /// Word counts: word → count, sorted by word so failures print readably.
 pub type Counts = BTreeMap<String, u64>;
@@ -166,20 +166,10 @@ pub fn text_split_points(total: usize, workers: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Builds the word count job of `sluice run wordcount` on `env`, with the public API only:
-/// lines → `(word, 1)` → keyed by word → final sum → `word<TAB>count` lines in `output`.
-/// Kept in step with `tools/src/jobs.rs::wordcount`, which lives in a binary crate.
+/// Builds the word count job of `sluice run wordcount` on `env`: the binary's own pipeline,
+/// from the `sluice_tools` library.
 pub fn build_wordcount(env: &Env, input: &Path, output: &Path) {
-    let mut scratch = String::new();
-    env.read_text_file(input)
-        .flat_map_into(move |line: String, out: &mut Vec<(CompactString, u64)>| {
-            sluice::text::for_each_word(&line, &mut scratch, |w| out.push((w.into(), 1)));
-        })
-        .into_keyed()
-        .emit_final()
-        .sum()
-        .map(|(word, count)| format!("{word}\t{count}"))
-        .write_text(output);
+    sluice_tools::wordcount(env, input, output);
 }
 
 /// Runs the word count job in this process on `workers` workers, reading `input` (a file or
@@ -197,16 +187,7 @@ pub fn wordcount_to_dir(input: &Path, output: &Path, workers: usize) -> sluice::
 pub fn wordcount_collect(input: &Path, workers: usize) -> Result<Counts, String> {
     let env = Env::new();
     env.set_workers(workers);
-    let mut scratch = String::new();
-    let out = env
-        .read_text_file(input)
-        .flat_map_into(move |line: String, out: &mut Vec<(CompactString, u64)>| {
-            sluice::text::for_each_word(&line, &mut scratch, |w| out.push((w.into(), 1)));
-        })
-        .into_keyed()
-        .emit_final()
-        .sum()
-        .collect();
+    let out = sluice_tools::word_counts(&env, input).collect();
     env.execute("wordcount")
         .map_err(|e| format!("job failed: {e}"))?;
     let mut counts = Counts::new();

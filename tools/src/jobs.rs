@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use sluice::{CompactString, Env, JobReport};
+use sluice::{Env, JobReport};
 
 use crate::cli::{CommonRunArgs, input_path};
 use crate::progress;
@@ -61,19 +61,7 @@ pub fn run(job: Job) -> Result<()> {
     }
 }
 
-/// Builds the word count job: lines → (word, 1) pairs → keyed by word → final sum → text.
-pub fn wordcount(env: &Env, input: &Path, output: &Path) {
-    let mut scratch = String::new();
-    env.read_text_file(input)
-        .flat_map_into(move |line: String, out: &mut Vec<(CompactString, u64)>| {
-            sluice::text::for_each_word(&line, &mut scratch, |w| out.push((w.into(), 1)));
-        })
-        .into_keyed()
-        .emit_final()
-        .sum()
-        .map(|(word, count)| format!("{word}\t{count}"))
-        .write_text(output);
-}
+pub use sluice_tools::wordcount;
 
 /// Refuses an output path that is a file or a directory that already holds output: adding a
 /// second run's part files beside the first's would double every count.
