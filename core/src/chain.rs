@@ -434,14 +434,6 @@ impl<T> Outbox<T> {
     pub fn pop(&mut self) -> Option<(Target, StreamElement<T>)> {
         self.queue.pop_front()
     }
-    /// Entries waiting.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }
 
 /// A new batch buffer with room for a full batch: one allocation per batch, never per record.

@@ -38,10 +38,6 @@ pub trait Disk: Clone + Send + Sync + 'static {
     async fn open_read(&self, path: &Path) -> io::Result<Self::Read>;
     /// Creates a new file; fails if it exists.
     async fn create_new(&self, path: &Path) -> io::Result<Self::Write>;
-    /// Renames a file (atomically, on the same file system).
-    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Syncs a directory, making renames and creations in it durable.
-    async fn sync_dir(&self, path: &Path) -> io::Result<()>;
 }
 
 /// Sockets.
@@ -117,15 +113,6 @@ impl Disk for GlommioDisk {
             .buffered_open(path)
             .await?;
         Ok(GlommioWriteFile { file, pos: 0 })
-    }
-    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        glommio::io::rename(from, to).await.map_err(io::Error::from)
-    }
-    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        // glommio opens a relative directory path against an invalid fd: make it absolute.
-        let dir = glommio::io::Directory::open(std::path::absolute(path)?).await?;
-        dir.sync().await?;
-        dir.close().await.map_err(io::Error::from)
     }
 }
 
