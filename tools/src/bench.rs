@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use sluice::Env;
 use sluice_bench::{baseline, corpus, stats::median};
 
-use crate::demo::TempDir;
+use crate::demo::scratch_dir;
 use crate::jobs;
 use crate::progress::human;
 
@@ -119,11 +119,11 @@ fn run_engine(
 }
 
 fn wordcount(args: &WordcountBench) -> Result<()> {
-    let tmp = TempDir::new("bench")?;
+    let tmp = scratch_dir("bench")?;
     let input = match &args.input {
         Some(path) => path.clone(),
         None => {
-            let path = tmp.0.join("corpus.txt");
+            let path = tmp.path().join("corpus.txt");
             let mb = args.generate.unwrap_or(200);
             eprintln!("generating a {mb} MB corpus ...");
             generate(&path, mb)?;
@@ -163,7 +163,7 @@ fn wordcount(args: &WordcountBench) -> Result<()> {
         }
         variants[0].words_per_s.push(expect.total as f64 / secs);
         for v in variants.iter_mut().skip(1) {
-            let secs = run_engine(&input, &tmp.0, run, v.workers, &expect)?;
+            let secs = run_engine(&input, tmp.path(), run, v.workers, &expect)?;
             v.words_per_s.push(expect.total as f64 / secs);
         }
         eprintln!("run {}/{} done", run + 1, args.runs);

@@ -1,7 +1,6 @@
 //! `sluice demo`: the README's first command. Generates a corpus, counts its words on every
 //! core, and prints the top words and the throughput.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -25,36 +24,24 @@ pub struct DemoArgs {
     pub common: crate::cli::CommonRunArgs,
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("sluice-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory under the system's temp dir, removed on drop.
+pub fn scratch_dir(tag: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("sluice-{tag}-"))
+        .tempdir()
+        .context("create a scratch directory")
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let tmp = TempDir::new("demo")?;
-    let input = tmp.0.join("corpus.txt");
+    let tmp = scratch_dir("demo")?;
+    let input = tmp.path().join("corpus.txt");
     eprintln!(
         "generating a {} MB corpus in {} ...",
         args.mb,
-        tmp.0.display()
+        tmp.path().display()
     );
     bench::generate(&input, args.mb)?;
-    let output = tmp.0.join("counts");
+    let output = tmp.path().join("counts");
     let workers = args.common.workers();
     eprintln!("counting its words on {workers} workers ...");
     let env = Env::new();
