@@ -45,12 +45,23 @@ pub use stream::{
 };
 
 pub use sluice_core::chain::Identity;
+pub use sluice_core::context::{OutputTag, SideOutput};
 pub use sluice_core::keyed::{AggregateFunction, Emit};
+pub use sluice_core::keyed_state::{
+    AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
+};
 pub use sluice_core::metrics::Progress;
+pub use sluice_core::process::{KeyedProcessFunction, ProcessContext, TimeDomain};
 pub use sluice_core::runtime::{JobReport, RuntimeConfig, available_cpus};
 pub use sluice_core::sink::{Sink, SinkContext, SinkWriter};
 pub use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, SourceReader};
-pub use sluice_core::{BATCH_RECORDS_MAX, Error, ErrorDomain, Key, Result, Watermark};
+pub use sluice_core::time::{
+    BoundedOutOfOrderness, TimestampAssigner, WatermarkGenerator, WatermarkStrategy,
+};
+pub use sluice_core::{
+    BATCH_RECORDS_MAX, Batch, Error, ErrorDomain, Key, NO_TIMESTAMP, Result, Timestamp, Watermark,
+    WatermarkStatus,
+};
 
 /// Small-string type for keys such as words: strings of up to 24 bytes live inline, so a
 /// record keyed by a short word needs no heap allocation.

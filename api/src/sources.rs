@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_lite::AsyncReadExt;
 use sluice_core::io::{Disk, GlommioDisk, GlommioNet, Net, ReadFile};
 use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, SourceReader};
-use sluice_core::{Error, Result};
+use sluice_core::{Batch, Error, NO_TIMESTAMP, Result};
 
 /// Bytes read from a file per I/O.
 const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -81,9 +81,9 @@ impl<T: Clone + Send + Sync + 'static> Source for CollectionSource<T> {
 
 impl<T: Clone + 'static> SourceReader for CollectionReader<T> {
     type Item = T;
-    async fn read_batch(&mut self, out: &mut Vec<T>, records_max: usize) -> Result<ReadStatus> {
+    async fn read_batch(&mut self, out: &mut Batch<T>, records_max: usize) -> Result<ReadStatus> {
         let end = self.end.min(self.next + records_max);
-        out.extend_from_slice(&self.items[self.next..end]);
+        out.extend_untimed(self.items[self.next..end].iter().cloned());
         self.next = end;
         Ok(if self.next == self.end {
             ReadStatus::End
@@ -306,7 +306,7 @@ impl<F: ReadFile> LineReader<F> {
         Ok(())
     }
 
-    fn take_line(&mut self, len_with_newline: usize, out: &mut Vec<String>) -> Result<()> {
+    fn take_line(&mut self, len_with_newline: usize, out: &mut Batch<String>) -> Result<()> {
         let start = self.consumed;
         self.consumed += len_with_newline;
         let mut line = &self.buf[start..self.consumed];
@@ -318,7 +318,7 @@ impl<F: ReadFile> LineReader<F> {
         }
         match std::str::from_utf8(line) {
             Ok(s) => {
-                out.push(s.to_owned());
+                out.push(s.to_owned(), NO_TIMESTAMP);
                 Ok(())
             }
             Err(e) => Err(Error::Corrupt {
@@ -335,7 +335,7 @@ impl<F: ReadFile + 'static> SourceReader for LineReader<F> {
 
     async fn read_batch(
         &mut self,
-        out: &mut Vec<String>,
+        out: &mut Batch<String>,
         records_max: usize,
     ) -> Result<ReadStatus> {
         let before = self.next_line_offset();
@@ -467,7 +467,7 @@ impl<C: futures_lite::AsyncRead + Unpin + 'static> SourceReader for SocketLineRe
 
     async fn read_batch(
         &mut self,
-        out: &mut Vec<String>,
+        out: &mut Batch<String>,
         records_max: usize,
     ) -> Result<ReadStatus> {
         loop {
@@ -486,7 +486,7 @@ impl<C: futures_lite::AsyncRead + Unpin + 'static> SourceReader for SocketLineRe
                     offset: offset + e.valid_up_to() as u64,
                     reason: "invalid UTF-8 in a text input".into(),
                 })?;
-                out.push(s.to_owned());
+                out.push(s.to_owned(), NO_TIMESTAMP);
                 consumed += i + 1;
             }
             self.buf.drain(..consumed);

@@ -15,16 +15,22 @@ use sluice_core::Key;
 use sluice_core::chain::{
     FlatMap, FlatMapInto, Flatten, Identity, Map, Pipe, Then, TryMap, filter,
 };
+use sluice_core::context::OutputTag;
 use sluice_core::exchange::{Edge, Partitioning};
 use sluice_core::graph::{
-    Forward, GateStage, HashByKey, OutputSpec, Rebalance, SourceStage, StageFactory, ToBroadcast,
-    ToEdge, ToSink,
+    Forward, HashByKey, OutputSpec, Rebalance, SideOutputSpec, StageFactory, ToBroadcast, ToEdge,
+    ToSide, ToSink,
 };
 use sluice_core::keyed::{
     Aggregate, AggregateFunction, Combine, CombineAgg, Emit, MergeAgg, Reduce, ReducePairs,
 };
+use sluice_core::process::{KeyedProcess, KeyedProcessFunction};
 use sluice_core::sink::Sink;
 use sluice_core::source::Source;
+use sluice_core::stage::{GateStage, SourceStage};
+use sluice_core::time::{
+    AssignTimestamps, TimestampAssigner, WatermarkGenerator, WatermarkStrategy,
+};
 
 use crate::env::Env;
 use crate::sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
@@ -33,7 +39,7 @@ use crate::sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
 /// (A separate trait from [`Head`] only to work around a limitation of rustc's trait solver.)
 pub trait BuildStage<I> {
     /// Adds the stage to `env`'s job.
-    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O)
+    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O, sides: Vec<Box<dyn SideOutputSpec>>)
     where
         P: Pipe<I>,
         O: OutputSpec<P::Out>;
@@ -53,12 +59,12 @@ impl<S: Source> Head for SourceHead<S> {
 }
 
 impl<S: Source> BuildStage<S::Item> for SourceHead<S> {
-    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O)
+    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O, sides: Vec<Box<dyn SideOutputSpec>>)
     where
         P: Pipe<S::Item>,
         O: OutputSpec<P::Out>,
     {
-        let stage: Box<dyn StageFactory> = Box::new(SourceStage::new(self.0, pipe, out));
+        let stage: Box<dyn StageFactory> = Box::new(SourceStage::new(self.0, pipe, out, sides));
         env.add_stage(stage);
     }
 }
@@ -73,7 +79,7 @@ impl<T: Send + 'static> Head for GateHead<T> {
 }
 
 impl<T: Send + 'static> BuildStage<T> for GateHead<T> {
-    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O)
+    fn into_stage<P, O>(self, env: &Env, pipe: P, out: O, sides: Vec<Box<dyn SideOutputSpec>>)
     where
         P: Pipe<T>,
         O: OutputSpec<P::Out>,
@@ -83,7 +89,7 @@ impl<T: Send + 'static> BuildStage<T> for GateHead<T> {
             *consumed.borrow_mut() = true;
             edges.push(edge);
         }
-        env.add_stage(Box::new(GateStage::new(edges, pipe, out)));
+        env.add_stage(Box::new(GateStage::new(edges, pipe, out, sides)));
     }
 }
 
@@ -91,22 +97,74 @@ impl<T: Send + 'static> BuildStage<T> for GateHead<T> {
 /// `P::Out`.
 #[must_use = "a stream does nothing until it ends in a sink and the job is executed"]
 pub struct DataStream<H: Head, P: Pipe<H::Item>> {
-    env: Env,
-    head: H,
-    pipe: P,
+    pub(crate) env: Env,
+    pub(crate) head: H,
+    pub(crate) pipe: P,
+    /// The side outputs read from this stage so far.
+    pub(crate) sides: Vec<Box<dyn SideOutputSpec>>,
 }
 
 impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
     pub(crate) fn new(env: Env, head: H, pipe: P) -> Self {
-        DataStream { env, head, pipe }
+        DataStream {
+            env,
+            head,
+            pipe,
+            sides: Vec::new(),
+        }
     }
 
-    fn then<Q: Pipe<P::Out>>(self, q: Q) -> DataStream<H, Then<P, Q>> {
+    pub(crate) fn then<Q: Pipe<P::Out>>(self, q: Q) -> DataStream<H, Then<P, Q>> {
         DataStream {
             env: self.env,
             head: self.head,
             pipe: Then(self.pipe, q),
+            sides: self.sides,
         }
+    }
+
+    /// The records an operator of this stream's chain emitted to side output `tag` (late
+    /// records of a window, say), as a stream of their own on the same workers.
+    ///
+    /// ```
+    /// use sluice::{OutputTag, ProcessContext, KeyedProcessFunction};
+    /// let odd: OutputTag<u64> = OutputTag::new("odd");
+    /// let tag = odd.clone();
+    /// let env = sluice::Env::new();
+    /// let mut evens = env
+    ///     .from_iter(1..=6u64)
+    ///     .key_by(|x: &u64| *x % 3)
+    ///     .process(move |x: u64, ctx: &mut ProcessContext<'_, u64, u64>| {
+    ///         if x % 2 == 0 {
+    ///             ctx.output(x);
+    ///             Ok(())
+    ///         } else {
+    ///             ctx.side_output(&tag, x)
+    ///         }
+    ///     });
+    /// let odds = evens.side_output(&odd).collect();
+    /// let evens = evens.collect();
+    /// env.execute("doc").unwrap();
+    /// let (mut e, mut o) = (evens.take(), odds.take());
+    /// e.sort();
+    /// o.sort();
+    /// assert_eq!((e, o), (vec![2, 4, 6], vec![1, 3, 5]));
+    /// ```
+    pub fn side_output<T: Send + 'static>(
+        &mut self,
+        tag: &OutputTag<T>,
+    ) -> DataStream<GateHead<T>, Identity> {
+        let edge = Arc::new(Edge::new(Partitioning::Forward));
+        let consumed = self.env.add_edge(edge.clone());
+        self.sides
+            .push(Box::new(ToSide::new(tag.id(), tag.name(), edge.clone())));
+        DataStream::new(
+            self.env.clone(),
+            GateHead {
+                edges: vec![(edge, consumed)],
+            },
+            Identity,
+        )
     }
 
     /// One record out per record in.
@@ -158,6 +216,34 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         self.then(FlatMapInto::new(f))
     }
 
+    /// Gives the records event-time timestamps and emits watermarks per `strategy` (Flink's
+    /// `assignTimestampsAndWatermarks`). Upstream watermarks are replaced by the strategy's.
+    /// Watermarks follow the data: one after every 1024 records at most, so which records
+    /// are late does not depend on how fast the job runs.
+    ///
+    /// ```
+    /// use sluice::WatermarkStrategy;
+    /// let env = sluice::Env::new();
+    /// let stream = env
+    ///     .from_iter(vec![(1_000i64, "a"), (1_500, "b")])
+    ///     .assign_timestamps_and_watermarks(
+    ///         WatermarkStrategy::for_bounded_out_of_orderness(100)
+    ///             .with_timestamp_assigner(|e: &(i64, &str)| e.0),
+    ///     );
+    /// # let _ = stream;
+    /// ```
+    pub fn assign_timestamps_and_watermarks<A, G>(
+        self,
+        strategy: WatermarkStrategy<A, G>,
+    ) -> DataStream<H, Then<P, AssignTimestamps<A, G, P::Out>>>
+    where
+        P::Out: 'static,
+        A: TimestampAssigner<P::Out>,
+        G: WatermarkGenerator<P::Out>,
+    {
+        self.then(AssignTimestamps::new(strategy))
+    }
+
     /// Partitions the stream by key: records with the same key reach the same worker, through
     /// the key group of the key's stable hash. Follow it with an aggregation.
     #[allow(clippy::type_complexity)]
@@ -204,7 +290,7 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         }
     }
 
-    fn exchange<O>(
+    pub(crate) fn exchange<O>(
         self,
         partitioning: Partitioning,
         out: impl FnOnce(Arc<Edge<P::Out>>) -> O,
@@ -216,7 +302,7 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         let edge = Arc::new(Edge::new(partitioning));
         let consumed = self.env.add_edge(edge.clone());
         self.head
-            .into_stage(&self.env, self.pipe, out(edge.clone()));
+            .into_stage(&self.env, self.pipe, out(edge.clone()), self.sides);
         DataStream::new(
             self.env,
             GateHead {
@@ -261,7 +347,7 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
     /// Ends the stream in `sink`.
     pub fn sink<S: Sink<P::Out>>(self, sink: S) {
         self.head
-            .into_stage(&self.env, self.pipe, ToSink::new(sink));
+            .into_stage(&self.env, self.pipe, ToSink::new(sink), self.sides);
     }
 
     /// Prints every record to stdout as `worker> record` (worker counted from 1, as in Flink).
@@ -381,6 +467,35 @@ where
     {
         let gate = hash_exchange(self.stream);
         DataStream::new(gate.env, gate.head, Aggregate::new(agg, Emit::Running))
+    }
+
+    /// Processes each record with a [`KeyedProcessFunction`] — keyed state, event-time and
+    /// processing-time timers, side outputs (Flink's `process` on a `KeyedStream`). A closure
+    /// `|value, ctx: &mut ProcessContext<K, O>| -> Result<()>` is one.
+    ///
+    /// ```
+    /// use sluice::ProcessContext;
+    /// let env = sluice::Env::new();
+    /// let out = env
+    ///     .from_iter(vec![("a", 1), ("b", 2), ("a", 3)])
+    ///     .key_by(|(k, _): &(&str, i32)| *k)
+    ///     .process(|(k, v), ctx: &mut ProcessContext<'_, &'static str, String>| {
+    ///         ctx.output(format!("{k}={v}"));
+    ///         Ok(())
+    ///     })
+    ///     .collect();
+    /// env.execute("doc").unwrap();
+    /// let mut got = out.take();
+    /// got.sort();
+    /// assert_eq!(got, vec!["a=1", "a=3", "b=2"]);
+    /// ```
+    pub fn process<F, O>(self, f: F) -> DataStream<GateHead<(K, T)>, KeyedProcess<F, K, T, O>>
+    where
+        F: KeyedProcessFunction<K, T, O>,
+        O: 'static,
+    {
+        let gate = hash_exchange(self.stream);
+        DataStream::new(gate.env, gate.head, KeyedProcess::new(f))
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 
 use sluice::prelude::*;
 use sluice::testing::run_local;
-use sluice::{PrintSink, ReadPosition, ReadStatus, SinkContext, SourceContext};
+use sluice::{Batch, PrintSink, ReadPosition, ReadStatus, SinkContext, SourceContext};
 
 #[test]
 fn from_iter_splits_across_workers_without_loss() {
@@ -217,9 +217,9 @@ impl Source for Counter {
 
 impl SourceReader for CounterReader {
     type Item = u64;
-    async fn read_batch(&mut self, out: &mut Vec<u64>, max: usize) -> sluice::Result<ReadStatus> {
+    async fn read_batch(&mut self, out: &mut Batch<u64>, max: usize) -> sluice::Result<ReadStatus> {
         let end = self.end.min(self.next + max as u64);
-        out.extend(self.next..end);
+        out.extend_untimed(self.next..end);
         self.next = end;
         Ok(if self.next == self.end {
             ReadStatus::End

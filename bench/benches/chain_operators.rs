@@ -14,9 +14,10 @@ use compact_str::CompactString;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rustc_hash::FxHashMap;
 use sluice_core::chain::{Collector, FlatMapInto, Map, Outbox, Pipe, SinkTail, Then, filter};
+use sluice_core::context::OperatorContext;
 use sluice_core::exchange::{ExchangeTail, HashPartitioner};
 use sluice_core::keyed::Combine;
-use sluice_core::{KeyGroups, StreamElement};
+use sluice_core::{KeyGroups, NO_TIMESTAMP, StreamElement};
 
 fn drain<T>(outbox: &sluice_core::chain::OutboxRef<T>) -> usize {
     let mut n = 0;
@@ -38,10 +39,13 @@ fn map_filter_map(c: &mut Criterion) {
             Map::new(|x: u64| x.wrapping_mul(0x9E37_79B9)),
             Then(filter(|x: &u64| x & 3 != 0), Map::new(|x: u64| x >> 3)),
         );
-        let mut chain = pipe.attach(SinkTail::new(outbox.clone()));
+        let mut chain = pipe.attach(
+            SinkTail::new(outbox.clone()),
+            &OperatorContext::standalone(),
+        );
         b.iter(|| {
             for &x in &input {
-                chain.collect(black_box(x)).unwrap();
+                chain.collect(black_box(x), NO_TIMESTAMP).unwrap();
             }
             chain.flush().unwrap();
             black_box(drain(&outbox))
@@ -106,9 +110,9 @@ fn wordcount_worker(c: &mut Criterion) {
                 );
                 let kg = KeyGroups::new(128, 2).unwrap();
                 let tail = ExchangeTail::new(HashPartitioner::new(kg), 2, outbox.clone());
-                let mut chain = pipe.attach(tail);
+                let mut chain = pipe.attach(tail, &OperatorContext::standalone());
                 for line in batch {
-                    chain.collect(line).unwrap();
+                    chain.collect(line, NO_TIMESTAMP).unwrap();
                 }
                 chain.on_end().unwrap();
                 black_box(drain(&outbox))

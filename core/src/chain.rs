@@ -6,24 +6,35 @@
 //! runs `f`, then `g`, then reaches the tail, all through static calls the compiler inlines. The
 //! only dynamic dispatch is once per *batch*, where a stage's driver hands a batch to its chain.
 //!
-//! Every stream element has a hook (record, watermark, barrier, flush, end of input), as in
-//! Arroyo's operator trait: stateless operators forward the hooks they do not use; stateful
-//! ones (keyed reduce) act on them.
+//! Every stream element has a hook (record with its timestamp, watermark, watermark status,
+//! processing time, barrier, flush, end of input), as in Arroyo's operator trait: stateless
+//! operators forward the hooks they do not use; stateful ones (keyed reduce, windows) act on
+//! them. A stateless operator keeps its input record's timestamp, as Flink's do.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-use crate::element::{BATCH_RECORDS_MAX, CheckpointBarrier, StreamElement, Watermark};
+use crate::context::OperatorContext;
+use crate::element::{
+    BATCH_RECORDS_MAX, Batch, CheckpointBarrier, StreamElement, Timestamp, Watermark,
+    WatermarkStatus,
+};
 use crate::error::{Error, Result};
 
 /// The receiving end of an operator: where records and the other stream elements go.
 pub trait Collector<T> {
-    /// One record.
-    fn collect(&mut self, record: T) -> Result<()>;
+    /// One record and its event time ([`NO_TIMESTAMP`](crate::element::NO_TIMESTAMP) when it
+    /// has none).
+    fn collect(&mut self, record: T, ts: Timestamp) -> Result<()>;
     /// The event-time watermark advanced.
     fn on_watermark(&mut self, watermark: Watermark) -> Result<()>;
+    /// The input became idle or active again.
+    fn on_status(&mut self, status: WatermarkStatus) -> Result<()>;
+    /// Processing time reached a deadline some operator asked for
+    /// ([`OperatorContext::request_processing_time`]).
+    fn on_processing_time(&mut self, now_ms: i64) -> Result<()>;
     /// A checkpoint barrier passes (snapshot state here).
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()>;
     /// The input is momentarily drained: hand partial batches on, for latency.
@@ -32,23 +43,57 @@ pub trait Collector<T> {
     fn on_end(&mut self) -> Result<()>;
 }
 
-/// Forwards every non-record hook of a collector to its `next` field.
+/// Forwards the listed non-record hooks of a collector to its `next` field (all of them when
+/// none is listed).
+#[macro_export]
+#[doc(hidden)]
 macro_rules! forward_hooks {
     () => {
+        $crate::forward_hooks!(on_watermark, on_status, on_processing_time, on_barrier, flush,
+            on_end);
+    };
+    ($($hook:ident),+ $(,)?) => {
+        $($crate::forward_hooks!(@one $hook);)+
+    };
+    (@one on_watermark) => {
         #[inline]
-        fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        fn on_watermark(&mut self, watermark: $crate::Watermark) -> $crate::Result<()> {
             self.next.on_watermark(watermark)
         }
+    };
+    (@one on_status) => {
         #[inline]
-        fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        fn on_status(
+            &mut self,
+            status: $crate::element::WatermarkStatus,
+        ) -> $crate::Result<()> {
+            self.next.on_status(status)
+        }
+    };
+    (@one on_processing_time) => {
+        #[inline]
+        fn on_processing_time(&mut self, now_ms: i64) -> $crate::Result<()> {
+            self.next.on_processing_time(now_ms)
+        }
+    };
+    (@one on_barrier) => {
+        #[inline]
+        fn on_barrier(
+            &mut self,
+            barrier: $crate::element::CheckpointBarrier,
+        ) -> $crate::Result<()> {
             self.next.on_barrier(barrier)
         }
+    };
+    (@one flush) => {
         #[inline]
-        fn flush(&mut self) -> Result<()> {
+        fn flush(&mut self) -> $crate::Result<()> {
             self.next.flush()
         }
+    };
+    (@one on_end) => {
         #[inline]
-        fn on_end(&mut self) -> Result<()> {
+        fn on_end(&mut self) -> $crate::Result<()> {
             self.next.on_end()
         }
     };
@@ -61,8 +106,8 @@ pub trait Pipe<In>: Clone + Send + Sync + 'static {
     type Out;
     /// The instantiated operator, in front of `C`.
     type Op<C: Collector<Self::Out>>: Collector<In>;
-    /// Instantiates the step in front of `next`.
-    fn attach<C: Collector<Self::Out>>(self, next: C) -> Self::Op<C>;
+    /// Instantiates the step in front of `next`, in the stage instance described by `ctx`.
+    fn attach<C: Collector<Self::Out>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C>;
     /// Appends the names of the operators in this step, for plans and error messages.
     fn names(&self, out: &mut Vec<String>);
 }
@@ -74,7 +119,7 @@ pub struct Identity;
 impl<T> Pipe<T> for Identity {
     type Out = T;
     type Op<C: Collector<T>> = C;
-    fn attach<C: Collector<T>>(self, next: C) -> C {
+    fn attach<C: Collector<T>>(self, next: C, _ctx: &OperatorContext) -> C {
         next
     }
     fn names(&self, _out: &mut Vec<String>) {}
@@ -87,8 +132,8 @@ pub struct Then<A, B>(pub A, pub B);
 impl<In, A: Pipe<In>, B: Pipe<A::Out>> Pipe<In> for Then<A, B> {
     type Out = B::Out;
     type Op<C: Collector<B::Out>> = A::Op<B::Op<C>>;
-    fn attach<C: Collector<B::Out>>(self, next: C) -> Self::Op<C> {
-        self.0.attach(self.1.attach(next))
+    fn attach<C: Collector<B::Out>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
+        self.0.attach(self.1.attach(next, ctx), ctx)
     }
     fn names(&self, out: &mut Vec<String>) {
         self.0.names(out);
@@ -101,7 +146,7 @@ macro_rules! stateless_op {
     (
         $(#[$doc:meta])* $pipe:ident, $op:ident, $name:literal,
         <$in:ident, $out:ident> where F: $bound:path,
-        |$self_:ident, $rec:ident| $body:block
+        |$self_:ident, $rec:ident, $ts:ident| $body:block
     ) => {
         $(#[$doc])*
         pub struct $pipe<F, $out> {
@@ -130,7 +175,7 @@ macro_rules! stateless_op {
             C: Collector<$out>,
         {
             #[inline]
-            fn collect(&mut $self_, $rec: $in) -> Result<()> $body
+            fn collect(&mut $self_, $rec: $in, $ts: Timestamp) -> Result<()> $body
             forward_hooks!();
         }
         impl<$in, $out: 'static, F> Pipe<$in> for $pipe<F, $out>
@@ -139,7 +184,7 @@ macro_rules! stateless_op {
         {
             type Out = $out;
             type Op<C: Collector<$out>> = $op<F, C>;
-            fn attach<C: Collector<$out>>(self, next: C) -> $op<F, C> {
+            fn attach<C: Collector<$out>>(self, next: C, _ctx: &OperatorContext) -> $op<F, C> {
                 $op { f: self.f, next }
             }
             fn names(&self, out: &mut Vec<String>) {
@@ -152,13 +197,13 @@ macro_rules! stateless_op {
 stateless_op!(
     /// `map`: one record out per record in.
     Map, MapOp, "map", <T, U> where F: FnMut(T) -> U,
-    |self, rec| { self.next.collect((self.f)(rec)) }
+    |self, rec, ts| { self.next.collect((self.f)(rec), ts) }
 );
 
 stateless_op!(
     /// `flat_map`: any number of records out per record in, from an iterator.
     FlatMap, FlatMapOp, "flat_map", <T, I> where F: FnMut(T) -> I,
-    |self, rec| { self.next.collect((self.f)(rec)) }
+    |self, rec, ts| { self.next.collect((self.f)(rec), ts) }
 );
 
 /// `filter`: keeps the records the predicate accepts.
@@ -192,9 +237,9 @@ pub struct FilterOp<F, C> {
 
 impl<T, F: FnMut(&T) -> bool, C: Collector<T>> Collector<T> for FilterOp<F, C> {
     #[inline]
-    fn collect(&mut self, rec: T) -> Result<()> {
+    fn collect(&mut self, rec: T, ts: Timestamp) -> Result<()> {
         if (self.f)(&rec) {
-            self.next.collect(rec)
+            self.next.collect(rec, ts)
         } else {
             Ok(())
         }
@@ -208,7 +253,7 @@ where
 {
     type Out = T;
     type Op<C: Collector<T>> = FilterOp<F, C>;
-    fn attach<C: Collector<T>>(self, next: C) -> FilterOp<F, C> {
+    fn attach<C: Collector<T>>(self, next: C, _ctx: &OperatorContext) -> FilterOp<F, C> {
         FilterOp { f: self.f, next }
     }
     fn names(&self, out: &mut Vec<String>) {
@@ -246,9 +291,9 @@ pub struct FlattenOp<C> {
 
 impl<I: IntoIterator, C: Collector<I::Item>> Collector<I> for FlattenOp<C> {
     #[inline]
-    fn collect(&mut self, iter: I) -> Result<()> {
+    fn collect(&mut self, iter: I, ts: Timestamp) -> Result<()> {
         for item in iter {
-            self.next.collect(item)?;
+            self.next.collect(item, ts)?;
         }
         Ok(())
     }
@@ -258,7 +303,7 @@ impl<I: IntoIterator, C: Collector<I::Item>> Collector<I> for FlattenOp<C> {
 impl<I: IntoIterator + 'static> Pipe<I> for Flatten<I> {
     type Out = I::Item;
     type Op<C: Collector<I::Item>> = FlattenOp<C>;
-    fn attach<C: Collector<I::Item>>(self, next: C) -> FlattenOp<C> {
+    fn attach<C: Collector<I::Item>>(self, next: C, _ctx: &OperatorContext) -> FlattenOp<C> {
         FlattenOp { next }
     }
     fn names(&self, _out: &mut Vec<String>) {}
@@ -299,10 +344,10 @@ pub struct FlatMapIntoOp<F, U, C> {
 
 impl<T, U, F: FnMut(T, &mut Vec<U>), C: Collector<U>> Collector<T> for FlatMapIntoOp<F, U, C> {
     #[inline]
-    fn collect(&mut self, rec: T) -> Result<()> {
+    fn collect(&mut self, rec: T, ts: Timestamp) -> Result<()> {
         (self.f)(rec, &mut self.buf);
         for item in self.buf.drain(..) {
-            self.next.collect(item)?;
+            self.next.collect(item, ts)?;
         }
         Ok(())
     }
@@ -315,7 +360,7 @@ where
 {
     type Out = U;
     type Op<C: Collector<U>> = FlatMapIntoOp<F, U, C>;
-    fn attach<C: Collector<U>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<U>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         FlatMapIntoOp {
             f: self.f,
             buf: Vec::new(),
@@ -370,9 +415,9 @@ where
     C: Collector<U>,
 {
     #[inline]
-    fn collect(&mut self, rec: T) -> Result<()> {
+    fn collect(&mut self, rec: T, ts: Timestamp) -> Result<()> {
         match (self.f)(rec) {
-            Ok(out) => self.next.collect(out),
+            Ok(out) => self.next.collect(out, ts),
             Err(e) => Err(Error::operator(self.name, e)),
         }
     }
@@ -385,7 +430,7 @@ where
 {
     type Out = U;
     type Op<C: Collector<U>> = TryMapOp<F, C>;
-    fn attach<C: Collector<U>>(self, next: C) -> TryMapOp<F, C> {
+    fn attach<C: Collector<U>>(self, next: C, _ctx: &OperatorContext) -> TryMapOp<F, C> {
         TryMapOp {
             f: self.f,
             name: self.name,
@@ -427,6 +472,12 @@ impl<T> Outbox<T> {
     pub fn push(&mut self, target: Target, element: StreamElement<T>) {
         if let StreamElement::Records(batch) = &element {
             assert!(batch.len() <= BATCH_RECORDS_MAX, "batch={}", batch.len());
+            debug_assert!(
+                batch.timestamps().is_empty() || batch.timestamps().len() == batch.len(),
+                "timestamps={} records={}",
+                batch.timestamps().len(),
+                batch.len()
+            );
         }
         self.queue.push_back((target, element));
     }
@@ -434,17 +485,21 @@ impl<T> Outbox<T> {
     pub fn pop(&mut self) -> Option<(Target, StreamElement<T>)> {
         self.queue.pop_front()
     }
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
 }
 
 /// A new batch buffer with room for a full batch: one allocation per batch, never per record.
 #[inline]
-pub fn new_batch<T>() -> Vec<T> {
-    Vec::with_capacity(BATCH_RECORDS_MAX)
+pub fn new_batch<T>() -> Batch<T> {
+    Batch::with_capacity()
 }
 
 /// The tail of a chain that ends in a sink: batches records for the sink's writer.
 pub struct SinkTail<T> {
-    buf: Vec<T>,
+    buf: Batch<T>,
     outbox: OutboxRef<T>,
 }
 
@@ -468,8 +523,8 @@ impl<T> SinkTail<T> {
 
 impl<T> Collector<T> for SinkTail<T> {
     #[inline]
-    fn collect(&mut self, record: T) -> Result<()> {
-        self.buf.push(record);
+    fn collect(&mut self, record: T, ts: Timestamp) -> Result<()> {
+        self.buf.push(record, ts);
         if self.buf.len() == BATCH_RECORDS_MAX {
             self.hand_on();
         }
@@ -480,6 +535,16 @@ impl<T> Collector<T> for SinkTail<T> {
         self.outbox
             .borrow_mut()
             .push(Target::All, StreamElement::Watermark(watermark));
+        Ok(())
+    }
+    fn on_status(&mut self, status: WatermarkStatus) -> Result<()> {
+        self.hand_on();
+        self.outbox
+            .borrow_mut()
+            .push(Target::All, StreamElement::Status(status));
+        Ok(())
+    }
+    fn on_processing_time(&mut self, _now_ms: i64) -> Result<()> {
         Ok(())
     }
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
@@ -505,21 +570,15 @@ impl<T> Collector<T> for SinkTail<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Harness;
 
     fn run<P: Pipe<u32>>(pipe: P, input: Vec<u32>) -> Vec<P::Out> {
-        let outbox = Outbox::new_ref();
-        let mut chain = pipe.attach(SinkTail::new(outbox.clone()));
+        let mut h = Harness::new(pipe);
         for r in input {
-            chain.collect(r).unwrap();
+            h.record(r, 7).unwrap();
         }
-        chain.on_end().unwrap();
-        let mut out = Vec::new();
-        while let Some((_, e)) = outbox.borrow_mut().pop() {
-            if let StreamElement::Records(b) = e {
-                out.extend(b);
-            }
-        }
-        out
+        h.end().unwrap();
+        h.take_records()
     }
 
     #[test]
@@ -535,6 +594,18 @@ mod tests {
     }
 
     #[test]
+    fn stateless_operators_keep_the_timestamp() {
+        let pipe = Then(Map::new(|x: u32| x + 1), FlatMap::new(|x: u32| [x, x]));
+        let mut h = Harness::new(Then(pipe, Flatten::new()));
+        h.record(1, 100).unwrap();
+        h.record(5, -3).unwrap();
+        assert_eq!(
+            h.take_timestamped(),
+            vec![(2, 100), (2, 100), (6, -3), (6, -3)]
+        );
+    }
+
+    #[test]
     fn flat_map_into_reuses_its_buffer() {
         let pipe = FlatMapInto::new(|x: u32, out: &mut Vec<u32>| out.extend(0..x));
         assert_eq!(run(pipe, vec![2, 0, 3]), vec![0, 1, 0, 1, 2]);
@@ -543,28 +614,28 @@ mod tests {
     #[test]
     fn try_map_names_the_operator() {
         let pipe = TryMap::new("parse", |x: u32| if x < 3 { Ok(x) } else { Err("too big") });
-        let outbox = Outbox::new_ref();
-        let mut chain = pipe.attach(SinkTail::new(outbox));
-        chain.collect(1).unwrap();
-        let err = chain.collect(7).unwrap_err();
+        let mut h = Harness::new(pipe);
+        h.record(1, 0).unwrap();
+        let err = h.record(7, 0).unwrap_err();
         assert_eq!(err.to_string(), "operator 'parse' failed: too big");
     }
 
     #[test]
     fn sink_tail_batches_are_bounded() {
         let n = BATCH_RECORDS_MAX as u32 * 2 + 5;
-        let outbox = Outbox::new_ref();
-        let mut chain = Identity.attach(SinkTail::new(outbox.clone()));
+        let mut h = Harness::new(Identity);
         for r in 0..n {
-            chain.collect(r).unwrap();
+            h.record(r, crate::element::NO_TIMESTAMP).unwrap();
         }
-        chain.on_end().unwrap();
-        let sizes: Vec<_> = std::iter::from_fn(|| outbox.borrow_mut().pop())
-            .map(|(_, e)| match e {
+        h.end().unwrap();
+        let sizes: Vec<_> = h
+            .take_elements()
+            .into_iter()
+            .map(|e| match e {
                 StreamElement::Records(b) => b.len(),
                 _ => 0,
             })
             .collect();
-        assert_eq!(sizes, vec![BATCH_RECORDS_MAX, BATCH_RECORDS_MAX, 5, 0]);
+        assert_eq!(sizes, vec![BATCH_RECORDS_MAX, BATCH_RECORDS_MAX, 5, 0, 0]);
     }
 }

@@ -27,7 +27,10 @@ use glommio::channels::shared_channel::{
 use glommio::{GlommioError, ResourceType};
 
 use crate::chain::{Collector, OutboxRef, Target, new_batch};
-use crate::element::{BATCH_RECORDS_MAX, CheckpointBarrier, StreamElement, Watermark};
+use crate::element::{
+    BATCH_RECORDS_MAX, Batch, CheckpointBarrier, StreamElement, Timestamp, Watermark,
+    WatermarkStatus,
+};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyGroups};
 
@@ -192,7 +195,7 @@ impl<K: Key, V> Partitioner<(K, V)> for HashPartitioner {
 /// The last collector of a chain that ends in an exchange.
 pub struct ExchangeTail<T, P> {
     partitioner: P,
-    buffers: Vec<Vec<T>>,
+    buffers: Vec<Batch<T>>,
     outbox: OutboxRef<T>,
 }
 
@@ -224,11 +227,11 @@ impl<T, P: Partitioner<T>> ExchangeTail<T, P> {
 
 impl<T, P: Partitioner<T>> Collector<T> for ExchangeTail<T, P> {
     #[inline]
-    fn collect(&mut self, record: T) -> Result<()> {
+    fn collect(&mut self, record: T, ts: Timestamp) -> Result<()> {
         let target = self.partitioner.target(&record);
         debug_assert!(target < self.buffers.len(), "target={target}");
         let buf = &mut self.buffers[target];
-        buf.push(record);
+        buf.push(record, ts);
         if buf.len() == BATCH_RECORDS_MAX {
             let batch = std::mem::replace(buf, new_batch());
             self.outbox
@@ -239,6 +242,13 @@ impl<T, P: Partitioner<T>> Collector<T> for ExchangeTail<T, P> {
     }
     fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
         self.control(StreamElement::Watermark(watermark));
+        Ok(())
+    }
+    fn on_status(&mut self, status: WatermarkStatus) -> Result<()> {
+        self.control(StreamElement::Status(status));
+        Ok(())
+    }
+    fn on_processing_time(&mut self, _now_ms: i64) -> Result<()> {
         Ok(())
     }
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
@@ -257,7 +267,7 @@ impl<T, P: Partitioner<T>> Collector<T> for ExchangeTail<T, P> {
 
 /// The last collector of a chain that ends in a broadcast: every batch goes to every target.
 pub struct BroadcastTail<T> {
-    buffer: Vec<T>,
+    buffer: Batch<T>,
     targets: usize,
     outbox: OutboxRef<T>,
 }
@@ -290,8 +300,8 @@ impl<T: Clone> BroadcastTail<T> {
 
 impl<T: Clone> Collector<T> for BroadcastTail<T> {
     #[inline]
-    fn collect(&mut self, record: T) -> Result<()> {
-        self.buffer.push(record);
+    fn collect(&mut self, record: T, ts: Timestamp) -> Result<()> {
+        self.buffer.push(record, ts);
         if self.buffer.len() == BATCH_RECORDS_MAX {
             self.hand_on();
         }
@@ -299,6 +309,13 @@ impl<T: Clone> Collector<T> for BroadcastTail<T> {
     }
     fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
         self.control(StreamElement::Watermark(watermark));
+        Ok(())
+    }
+    fn on_status(&mut self, status: WatermarkStatus) -> Result<()> {
+        self.control(StreamElement::Status(status));
+        Ok(())
+    }
+    fn on_processing_time(&mut self, _now_ms: i64) -> Result<()> {
         Ok(())
     }
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
@@ -364,6 +381,7 @@ async fn poll_until_ready<F: Future>(fut: F) -> F::Output {
 fn copy_control<T>(element: &StreamElement<T>) -> StreamElement<T> {
     match element {
         StreamElement::Watermark(w) => StreamElement::Watermark(*w),
+        StreamElement::Status(s) => StreamElement::Status(*s),
         StreamElement::Barrier(b) => StreamElement::Barrier(*b),
         StreamElement::EndOfInput => StreamElement::EndOfInput,
         // Tails address every batch to one target (a broadcast copies it per target).
@@ -454,57 +472,142 @@ impl<T: Send + 'static> OutputDrain<T> for ExchangeSender<T> {
     }
 }
 
-/// Tracks the watermark of a multi-input stage: the minimum over its inputs that have not
-/// ended. A plain struct, so its rules run in a doctest.
+/// Tracks the watermark of a multi-input stage: the minimum over its *active* inputs (not
+/// ended, not idle), as Flink's `StatusWatermarkValve` does. A plain struct, so its rules run
+/// in a doctest.
+///
+/// An input that turns idle stops holding the watermark back; when it becomes active again
+/// behind the current watermark, it is ignored until its own watermark catches up (its records
+/// meanwhile are behind the watermark, hence late). When every input that has not ended is
+/// idle, the stage itself is idle.
 ///
 /// ```
 /// use sluice_core::exchange::WatermarkTracker;
+/// use sluice_core::element::WatermarkStatus::{Active, Idle};
 /// use sluice_core::Watermark;
-/// let mut t = WatermarkTracker::new(2);
-/// assert_eq!(t.update(0, Watermark(10)), None); // input 1 still at MIN
-/// assert_eq!(t.update(1, Watermark(5)), Some(Watermark(5)));
-/// assert_eq!(t.end(1), Some(Watermark(10))); // an ended input stops holding it back
+/// let mut t = WatermarkTracker::new(3);
+/// assert_eq!(t.update(0, Watermark(10)), None); // inputs 1 and 2 still at MIN
+/// assert_eq!(t.update(1, Watermark(5)), None);
+/// assert_eq!(t.set_status(2, Idle), Some(Watermark(5))); // an idle input stops holding it
+/// assert_eq!(t.end(1), Some(Watermark(10))); // so does an ended one
+/// assert_eq!(t.set_status(2, Active), None); // back, but behind: ignored until it catches up
+/// assert_eq!(t.update(0, Watermark(20)), Some(Watermark(20)));
+/// assert_eq!(t.update(2, Watermark(15)), None);
+/// assert_eq!(t.update(2, Watermark(30)), None); // aligned now, and it holds input 0 back
+/// assert_eq!(t.update(0, Watermark(40)), Some(Watermark(30)));
 /// ```
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
-    inputs: Vec<Option<Watermark>>,
+    inputs: Vec<InputWatermark>,
     current: Watermark,
+    idle: bool,
+    status_changed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InputWatermark {
+    watermark: Watermark,
+    idle: bool,
+    ended: bool,
+    /// Counts towards the minimum: its watermark has reached the stage's since it last became
+    /// active.
+    aligned: bool,
 }
 
 impl WatermarkTracker {
-    /// `inputs` inputs, all at [`Watermark::MIN`].
+    /// `inputs` active inputs, all at [`Watermark::MIN`].
     pub fn new(inputs: usize) -> Self {
+        let input = InputWatermark {
+            watermark: Watermark::MIN,
+            idle: false,
+            ended: false,
+            aligned: true,
+        };
         WatermarkTracker {
-            inputs: vec![Some(Watermark::MIN); inputs],
+            inputs: vec![input; inputs],
             current: Watermark::MIN,
+            idle: false,
+            status_changed: false,
         }
     }
+
     /// Input `i` reports `w`; returns the new combined watermark if it advanced.
     pub fn update(&mut self, i: usize, w: Watermark) -> Option<Watermark> {
-        if let Some(slot) = self.inputs.get_mut(i).and_then(Option::as_mut) {
-            *slot = (*slot).max(w);
+        let current = self.current;
+        let input = &mut self.inputs[i];
+        input.watermark = input.watermark.max(w);
+        if !input.aligned && input.watermark >= current {
+            input.aligned = true;
         }
         self.advance()
     }
-    /// Input `i` ended.
+
+    /// Input `i` turns idle or active; returns the new combined watermark if it advanced.
+    pub fn set_status(&mut self, i: usize, status: WatermarkStatus) -> Option<Watermark> {
+        let current = self.current;
+        let input = &mut self.inputs[i];
+        match status {
+            WatermarkStatus::Idle => input.idle = true,
+            WatermarkStatus::Active if input.idle => {
+                input.idle = false;
+                input.aligned = input.watermark >= current;
+            }
+            WatermarkStatus::Active => {}
+        }
+        self.advance()
+    }
+
+    /// Input `i` ended; returns the new combined watermark if it advanced.
     pub fn end(&mut self, i: usize) -> Option<Watermark> {
-        if let Some(slot) = self.inputs.get_mut(i) {
-            *slot = None;
-        }
+        self.inputs[i].ended = true;
         self.advance()
     }
-    fn advance(&mut self) -> Option<Watermark> {
-        let min = self
-            .inputs
-            .iter()
-            .flatten()
-            .min()
-            .copied()
-            .unwrap_or(Watermark::MAX);
-        (min > self.current).then(|| {
-            self.current = min;
-            min
+
+    /// The combined watermark.
+    pub fn current(&self) -> Watermark {
+        self.current
+    }
+
+    /// The watermark against which records of input `i` are judged late: its own, or the
+    /// combined one if that is ahead (after idleness).
+    pub fn lateness_watermark(&self, i: usize) -> Watermark {
+        self.inputs[i].watermark.max(self.current)
+    }
+
+    /// Whether the stage became idle or active since the last call.
+    pub fn take_status_change(&mut self) -> Option<WatermarkStatus> {
+        if !std::mem::take(&mut self.status_changed) {
+            return None;
+        }
+        Some(if self.idle {
+            WatermarkStatus::Idle
+        } else {
+            WatermarkStatus::Active
         })
+    }
+
+    fn advance(&mut self) -> Option<Watermark> {
+        let live = self.inputs.iter().filter(|i| !i.ended);
+        let all_ended = live.clone().next().is_none();
+        let idle = !all_ended && live.clone().all(|i| i.idle);
+        if idle != self.idle {
+            self.idle = idle;
+            self.status_changed = true;
+        }
+        let min = if all_ended {
+            Some(Watermark::MAX)
+        } else {
+            live.filter(|i| !i.idle && i.aligned)
+                .map(|i| i.watermark)
+                .min()
+        };
+        match min {
+            Some(min) if min > self.current => {
+                self.current = min;
+                Some(min)
+            }
+            _ => None,
+        }
     }
 }
 

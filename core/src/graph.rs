@@ -1,31 +1,30 @@
-//! The job graph: stages (chains of operators between exchanges) joined by edges, and the
-//! drivers that run one stage on one worker.
+//! The job graph: stages (chains of operators between exchanges) joined by edges.
 //!
-//! A stage is either a *source stage* (splits of a [`Source`] → chain → output) or a *gate
-//! stage* (the receiving ends of one or more edges → chain → output). The output of a stage is
-//! an edge to the next stage or a sink ([`OutputSpec`]). Every stage runs on every worker, as a
-//! glommio task on that worker's executor.
+//! A stage is either a *source stage* (splits of a source → chain → output) or a *gate
+//! stage* (the receiving ends of one or more edges → chain → output); their drivers are in
+//! [`crate::stage`]. The output of a stage is an edge to the next stage or a sink
+//! ([`OutputSpec`]), plus any side outputs ([`SideOutputSpec`]). Every stage runs on every
+//! worker, as a glommio task on that worker's executor.
 #![allow(async_fn_in_trait)]
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
-use futures_lite::future::poll_once;
-
-use crate::chain::{Collector, Outbox, OutboxRef, Pipe};
-use crate::element::{BATCH_RECORDS_MAX, StreamElement, Watermark};
-use crate::error::{Error, Result};
+use crate::chain::{Collector, Outbox, OutboxRef};
+use crate::context::ContextBuilder;
+use crate::element::{CheckpointBarrier, Watermark, WatermarkStatus};
+use crate::error::Result;
 use crate::exchange::{
     AnyEdge, BroadcastTail, Edge, ExchangeSender, ExchangeTail, ForwardPartitioner,
-    HashPartitioner, InputGate, OutputDrain, Partitioner, RebalancePartitioner, WatermarkTracker,
-    unless_cancelled,
+    HashPartitioner, OutputDrain, Partitioner, RebalancePartitioner,
 };
 use crate::key::{Key, KeyGroups};
 use crate::metrics::JobMetrics;
 use crate::sink::{Sink, SinkContext, SinkDrain};
-use crate::source::{ReadStatus, Source, SourceContext, SourceReader};
 
 /// What a stage instance knows about where it runs.
 #[derive(Clone)]
@@ -304,249 +303,126 @@ impl<T: 'static, S: Sink<T>> OutputSpec<T> for ToSink<S> {
     }
 }
 
-fn stage_name(head: String, names: &[String], out: String) -> String {
-    let mut parts = vec![head];
-    parts.extend(names.iter().cloned());
-    parts.push(out);
-    parts.join(" -> ")
+/// The future that opens a side output on one worker.
+pub type OpenSide<'a> = Pin<Box<dyn Future<Output = Result<Box<dyn SidePort>>> + 'a>>;
+
+/// A side output of a stage, type-erased so a stage can have any number of them: the edge
+/// that carries the records emitted to one [`OutputTag`](crate::context::OutputTag) to the
+/// stage that reads them.
+pub trait SideOutputSpec: Send + Sync + 'static {
+    /// The tag's id.
+    fn tag_id(&self) -> u64;
+    /// A short description for the plan.
+    fn describe(&self) -> String;
+    /// Opens the side output on one worker: connects the edge and registers the port that
+    /// operators emit into with `builder`. Returns the driver's end.
+    fn open<'a>(
+        &'a self,
+        ctx: &'a WorkerContext,
+        builder: &'a mut ContextBuilder,
+        stage: &'a str,
+    ) -> OpenSide<'a>;
 }
 
-/// A stage that reads a source.
-pub struct SourceStage<S: Source, P, O> {
-    inner: Arc<SourceInner<S, P, O>>,
+/// The driver's end of an open side output: control elements go to it in stream order, and
+/// the driver drains what operators emitted into its channel.
+pub trait SidePort {
+    /// The stage's watermark advanced (after the chain saw it).
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()>;
+    /// The stage became idle or active.
+    fn on_status(&mut self, status: WatermarkStatus) -> Result<()>;
+    /// A checkpoint barrier passes.
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()>;
+    /// Hand partial batches on.
+    fn flush(&mut self) -> Result<()>;
+    /// The stage ended.
+    fn on_end(&mut self) -> Result<()>;
+    /// Whether anything waits to be sent.
+    fn has_output(&self) -> bool;
+    /// Sends what waits, awaiting channel capacity.
+    fn drain(&mut self) -> Pin<Box<dyn Future<Output = Result<()>> + '_>>;
 }
 
-struct SourceInner<S: Source, P, O> {
-    source: S,
-    pipe: P,
-    out: O,
+/// A side output carried to the same worker by a forward edge.
+pub struct ToSide<T: Send> {
+    tag_id: u64,
     name: String,
-    splits: Mutex<Vec<S::Split>>,
+    edge: Arc<Edge<T>>,
 }
 
-impl<S, P, O> SourceStage<S, P, O>
-where
-    S: Source,
-    P: Pipe<S::Item>,
-    O: OutputSpec<P::Out>,
-{
-    /// `source` → `pipe` → `out`.
-    pub fn new(source: S, pipe: P, out: O) -> Self {
-        let mut names = Vec::new();
-        pipe.names(&mut names);
-        let name = stage_name(format!("Source: {}", source.name()), &names, out.describe());
-        SourceStage {
-            inner: Arc::new(SourceInner {
-                source,
-                pipe,
-                out,
-                name,
-                splits: Mutex::new(Vec::new()),
-            }),
+impl<T: Send + 'static> ToSide<T> {
+    /// Side output `tag_id` (named `name` in plans) into `edge`.
+    pub fn new(tag_id: u64, name: &str, edge: Arc<Edge<T>>) -> Self {
+        ToSide {
+            tag_id,
+            name: name.to_owned(),
+            edge,
         }
     }
 }
 
-impl<S, P, O> StageFactory for SourceStage<S, P, O>
-where
-    S: Source,
-    P: Pipe<S::Item>,
-    O: OutputSpec<P::Out>,
-{
-    fn name(&self) -> String {
-        self.inner.name.clone()
+type SideTail<T> = ExchangeTail<T, ForwardPartitioner>;
+
+struct ForwardSidePort<T: Send> {
+    tail: Rc<RefCell<SideTail<T>>>,
+    outbox: OutboxRef<T>,
+    sender: ExchangeSender<T>,
+}
+
+impl<T: Send + 'static> SideOutputSpec for ToSide<T> {
+    fn tag_id(&self) -> u64 {
+        self.tag_id
     }
-    fn prepare(&self, workers: usize, metrics: &JobMetrics) -> Result<()> {
-        let splits = self.inner.source.splits(workers)?;
-        for split in &splits {
-            metrics.add_input_bytes_total(self.inner.source.split_bytes(split).unwrap_or(0));
-        }
-        self.inner.out.prepare(workers)?;
-        *self.inner.splits.lock().unwrap_or_else(|e| e.into_inner()) = splits;
-        Ok(())
+    fn describe(&self) -> String {
+        format!("side output '{}'", self.name)
     }
-    fn instantiate(&self, ctx: WorkerContext) -> StageFuture {
-        let inner = self.inner.clone();
-        Box::pin(async move { inner.run(ctx).await })
-    }
-    fn commit(&self) -> Result<()> {
-        self.inner.out.commit()
-    }
-    fn abort(&self) {
-        self.inner.out.abort();
+    fn open<'a>(
+        &'a self,
+        ctx: &'a WorkerContext,
+        builder: &'a mut ContextBuilder,
+        stage: &'a str,
+    ) -> OpenSide<'a> {
+        Box::pin(async move {
+            let senders = self.edge.take_senders(ctx.worker)?;
+            let sender = ExchangeSender::connect(senders, stage, ctx.cancel_flag()).await;
+            let outbox = Outbox::new_ref();
+            let tail = Rc::new(RefCell::new(ExchangeTail::new(
+                ForwardPartitioner,
+                1,
+                outbox.clone(),
+            )));
+            let port: Rc<RefCell<dyn Collector<T>>> = tail.clone();
+            builder.side_output(self.tag_id, port);
+            let side: Box<dyn SidePort> = Box::new(ForwardSidePort {
+                tail,
+                outbox,
+                sender,
+            });
+            Ok(side)
+        })
     }
 }
 
-impl<S, P, O> SourceInner<S, P, O>
-where
-    S: Source,
-    P: Pipe<S::Item>,
-    O: OutputSpec<P::Out>,
-{
-    async fn run(&self, ctx: WorkerContext) -> Result<()> {
-        let splits: Vec<S::Split> = {
-            let all = self.splits.lock().unwrap_or_else(|e| e.into_inner());
-            all.iter()
-                .skip(ctx.worker)
-                .step_by(ctx.workers)
-                .cloned()
-                .collect()
-        };
-        let outbox = Outbox::new_ref();
-        let (tail, mut drain) = self.out.open(&ctx, outbox.clone(), &self.name).await?;
-        let mut chain = self.pipe.clone().attach(tail);
-        let sctx = SourceContext::new(ctx.worker, ctx.workers, ctx.metrics.clone());
-        let counters = ctx.metrics.worker(ctx.worker);
-        let mut buf = Vec::with_capacity(BATCH_RECORDS_MAX);
-        for split in splits {
-            let mut reader = self.source.open(split, None, &sctx).await?;
-            let cancelled = ctx.cancel_flag();
-            loop {
-                // A read may wait indefinitely (a quiet socket): it must not keep a failed job
-                // from ending.
-                let read = reader.read_batch(&mut buf, BATCH_RECORDS_MAX);
-                let status = unless_cancelled(read, &cancelled).await?;
-                let n = buf.len();
-                debug_assert!(n <= BATCH_RECORDS_MAX, "n={n}");
-                counters.add_records(n as u64);
-                for record in buf.drain(..) {
-                    chain.collect(record)?;
-                }
-                if n < BATCH_RECORDS_MAX {
-                    // The source is not saturated: do not hold partial batches back.
-                    chain.flush()?;
-                }
-                drain.drain(&outbox).await?;
-                if ctx.is_cancelled() {
-                    return Err(Error::Cancelled);
-                }
-                if status == ReadStatus::End {
-                    break;
-                }
-                // A reader that never waits must not starve the worker's other stages.
-                glommio::yield_if_needed().await;
-            }
-        }
-        chain.on_watermark(Watermark::MAX)?;
-        chain.on_end()?;
-        drain.drain(&outbox).await
+impl<T: Send + 'static> SidePort for ForwardSidePort<T> {
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        self.tail.borrow_mut().on_watermark(watermark)
     }
-}
-
-/// A stage fed by edges.
-pub struct GateStage<In: Send, P, O> {
-    inner: Arc<GateInner<In, P, O>>,
-}
-
-struct GateInner<In: Send, P, O> {
-    inputs: Vec<Arc<Edge<In>>>,
-    pipe: P,
-    out: O,
-    name: String,
-}
-
-impl<In, P, O> GateStage<In, P, O>
-where
-    In: Send + 'static,
-    P: Pipe<In>,
-    O: OutputSpec<P::Out>,
-{
-    /// `inputs` → `pipe` → `out`.
-    pub fn new(inputs: Vec<Arc<Edge<In>>>, pipe: P, out: O) -> Self {
-        let mut names = Vec::new();
-        pipe.names(&mut names);
-        let head = match inputs.len() {
-            1 => "Exchange".to_owned(),
-            n => format!("Union of {n}"),
-        };
-        let name = stage_name(head, &names, out.describe());
-        GateStage {
-            inner: Arc::new(GateInner {
-                inputs,
-                pipe,
-                out,
-                name,
-            }),
-        }
+    fn on_status(&mut self, status: WatermarkStatus) -> Result<()> {
+        self.tail.borrow_mut().on_status(status)
     }
-}
-
-impl<In, P, O> StageFactory for GateStage<In, P, O>
-where
-    In: Send + 'static,
-    P: Pipe<In>,
-    O: OutputSpec<P::Out>,
-{
-    fn name(&self) -> String {
-        self.inner.name.clone()
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.tail.borrow_mut().on_barrier(barrier)
     }
-    fn prepare(&self, workers: usize, _metrics: &JobMetrics) -> Result<()> {
-        self.inner.out.prepare(workers)
+    fn flush(&mut self) -> Result<()> {
+        self.tail.borrow_mut().flush()
     }
-    fn instantiate(&self, ctx: WorkerContext) -> StageFuture {
-        let inner = self.inner.clone();
-        Box::pin(async move { inner.run(ctx).await })
+    fn on_end(&mut self) -> Result<()> {
+        self.tail.borrow_mut().on_end()
     }
-    fn commit(&self) -> Result<()> {
-        self.inner.out.commit()
+    fn has_output(&self) -> bool {
+        !self.outbox.borrow().is_empty()
     }
-    fn abort(&self) {
-        self.inner.out.abort();
-    }
-}
-
-impl<In, P, O> GateInner<In, P, O>
-where
-    In: Send + 'static,
-    P: Pipe<In>,
-    O: OutputSpec<P::Out>,
-{
-    async fn run(&self, ctx: WorkerContext) -> Result<()> {
-        let mut receivers = Vec::new();
-        for edge in &self.inputs {
-            receivers.extend(edge.take_receivers(ctx.worker)?);
-        }
-        let mut gate = InputGate::connect(receivers, &self.name).await;
-        let outbox = Outbox::new_ref();
-        let (tail, mut drain) = self.out.open(&ctx, outbox.clone(), &self.name).await?;
-        let mut chain = self.pipe.clone().attach(tail);
-        let mut watermarks = WatermarkTracker::new(gate.inputs());
-        loop {
-            let next = match poll_once(gate.recv()).await {
-                Some(next) => next?,
-                None => {
-                    // Nothing is ready: hand partial batches on before waiting.
-                    chain.flush()?;
-                    drain.drain(&outbox).await?;
-                    gate.recv().await?
-                }
-            };
-            let Some((input, element)) = next else { break };
-            match element {
-                StreamElement::Records(mut batch) => {
-                    for record in batch.drain(..) {
-                        chain.collect(record)?;
-                    }
-                }
-                StreamElement::Watermark(w) => {
-                    if let Some(w) = watermarks.update(input, w) {
-                        chain.on_watermark(w)?;
-                    }
-                }
-                // Alignment across inputs comes with checkpoints.
-                StreamElement::Barrier(b) => chain.on_barrier(b)?,
-                StreamElement::EndOfInput => {
-                    if let Some(w) = watermarks.end(input) {
-                        chain.on_watermark(w)?;
-                    }
-                }
-            }
-            drain.drain(&outbox).await?;
-            if ctx.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-        }
-        chain.on_end()?;
-        drain.drain(&outbox).await
+    fn drain(&mut self) -> Pin<Box<dyn Future<Output = Result<()>> + '_>> {
+        Box::pin(self.sender.drain(&self.outbox))
     }
 }

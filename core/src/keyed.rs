@@ -17,7 +17,8 @@ use std::marker::PhantomData;
 
 use crate::FastMap;
 use crate::chain::{Collector, Pipe};
-use crate::element::{CheckpointBarrier, Watermark};
+use crate::context::OperatorContext;
+use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -80,9 +81,7 @@ macro_rules! final_hooks {
         fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
             self.next.on_barrier(barrier)
         }
-        fn flush(&mut self) -> Result<()> {
-            self.next.flush()
-        }
+        crate::forward_hooks!(on_status, on_processing_time, flush);
     };
 }
 
@@ -97,9 +96,7 @@ macro_rules! combiner_hooks {
             }
             self.next.on_watermark(watermark)
         }
-        fn flush(&mut self) -> Result<()> {
-            self.next.flush()
-        }
+        crate::forward_hooks!(on_status, on_processing_time, flush);
         fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
             self.send_all()?;
             self.next.on_barrier(barrier)
@@ -156,11 +153,11 @@ where
     C: Collector<T>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
         let slot = self.state.entry(key).or_insert(None);
         fold_into(&mut self.f, slot, value);
         match (self.emit, slot.as_ref()) {
-            (Emit::Running, Some(v)) => self.next.collect(v.clone()),
+            (Emit::Running, Some(v)) => self.next.collect(v.clone(), ts),
             _ => Ok(()),
         }
     }
@@ -168,7 +165,7 @@ where
         if this.emit == Emit::Final {
             for (_, value) in this.state.drain() {
                 if let Some(v) = value {
-                    this.next.collect(v)?;
+                    this.next.collect(v, NO_TIMESTAMP)?;
                 }
             }
         }
@@ -184,7 +181,7 @@ where
 {
     type Out = T;
     type Op<C: Collector<T>> = ReduceOp<F, K, T, C>;
-    fn attach<C: Collector<T>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<T>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         ReduceOp {
             f: self.f,
             emit: self.emit,
@@ -235,7 +232,7 @@ impl<F, K: Key, T, C: Collector<(K, T)>> CombineOp<F, K, T, C> {
     fn send_all(&mut self) -> Result<()> {
         for (key, value) in self.state.drain() {
             if let Some(v) = value {
-                self.next.collect((key, v))?;
+                self.next.collect((key, v), NO_TIMESTAMP)?;
             }
         }
         Ok(())
@@ -249,7 +246,7 @@ where
     C: Collector<(K, T)>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, T), _ts: Timestamp) -> Result<()> {
         let slot = self.state.entry(key).or_insert(None);
         fold_into(&mut self.f, slot, value);
         if self.state.len() >= COMBINE_KEYS_MAX {
@@ -269,7 +266,7 @@ where
 {
     type Out = (K, T);
     type Op<C: Collector<(K, T)>> = CombineOp<F, K, T, C>;
-    fn attach<C: Collector<(K, T)>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<(K, T)>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         CombineOp {
             f: self.f,
             state: FastMap::default(),
@@ -315,7 +312,7 @@ where
     C: Collector<A::Out>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
         let f = &self.f;
         let acc = self
             .state
@@ -323,7 +320,7 @@ where
             .or_insert_with(|| f.create_accumulator());
         f.add(acc, value);
         if self.emit == Emit::Running {
-            self.next.collect(f.get_result(acc))
+            self.next.collect(f.get_result(acc), ts)
         } else {
             Ok(())
         }
@@ -331,7 +328,7 @@ where
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             for (_, acc) in this.state.drain() {
-                this.next.collect(this.f.get_result(&acc))?;
+                this.next.collect(this.f.get_result(&acc), NO_TIMESTAMP)?;
             }
         }
         Ok::<(), Error>(())
@@ -346,7 +343,7 @@ where
 {
     type Out = A::Out;
     type Op<C: Collector<A::Out>> = AggregateOp<A, K, T, C>;
-    fn attach<C: Collector<A::Out>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<A::Out>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         AggregateOp {
             f: self.f,
             emit: self.emit,
@@ -389,7 +386,7 @@ pub struct CombineAggOp<A: AggregateFunction<T>, K, T, C> {
 impl<A: AggregateFunction<T>, K: Key, T, C: Collector<(K, A::Acc)>> CombineAggOp<A, K, T, C> {
     fn send_all(&mut self) -> Result<()> {
         for pair in self.state.drain() {
-            self.next.collect(pair)?;
+            self.next.collect(pair, NO_TIMESTAMP)?;
         }
         Ok(())
     }
@@ -402,7 +399,7 @@ where
     C: Collector<(K, A::Acc)>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, T)) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, T), _ts: Timestamp) -> Result<()> {
         let f = &self.f;
         let acc = self
             .state
@@ -426,7 +423,7 @@ where
 {
     type Out = (K, A::Acc);
     type Op<C: Collector<(K, A::Acc)>> = CombineAggOp<A, K, T, C>;
-    fn attach<C: Collector<(K, A::Acc)>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<(K, A::Acc)>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         CombineAggOp {
             f: self.f,
             state: FastMap::default(),
@@ -472,7 +469,7 @@ where
     C: Collector<A::Out>,
 {
     #[inline]
-    fn collect(&mut self, (key, other): (K, A::Acc)) -> Result<()> {
+    fn collect(&mut self, (key, other): (K, A::Acc), _ts: Timestamp) -> Result<()> {
         match self.state.entry(key) {
             std::collections::hash_map::Entry::Occupied(mut e) => self.f.merge(e.get_mut(), other),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -483,7 +480,7 @@ where
     }
     final_hooks!(|this| {
         for (_, acc) in this.state.drain() {
-            this.next.collect(this.f.get_result(&acc))?;
+            this.next.collect(this.f.get_result(&acc), NO_TIMESTAMP)?;
         }
         Ok::<(), Error>(())
     });
@@ -497,7 +494,7 @@ where
 {
     type Out = A::Out;
     type Op<C: Collector<A::Out>> = MergeAggOp<A, K, T, C>;
-    fn attach<C: Collector<A::Out>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<A::Out>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         MergeAggOp {
             f: self.f,
             state: FastMap::default(),
@@ -545,7 +542,7 @@ where
     C: Collector<(K, V)>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, V)) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, V), ts: Timestamp) -> Result<()> {
         if self.emit == Emit::Final {
             let slot = self.state.entry(key).or_insert(None);
             fold_into(&mut self.f, slot, value);
@@ -558,7 +555,7 @@ where
         };
         fold_into(&mut self.f, slot, value);
         match slot.as_ref() {
-            Some(v) => self.next.collect((key, v.clone())),
+            Some(v) => self.next.collect((key, v.clone()), ts),
             None => Ok(()),
         }
     }
@@ -566,7 +563,7 @@ where
         if this.emit == Emit::Final {
             for (key, value) in this.state.drain() {
                 if let Some(v) = value {
-                    this.next.collect((key, v))?;
+                    this.next.collect((key, v), NO_TIMESTAMP)?;
                 }
             }
         }
@@ -582,7 +579,7 @@ where
 {
     type Out = (K, V);
     type Op<C: Collector<(K, V)>> = ReducePairsOp<F, K, V, C>;
-    fn attach<C: Collector<(K, V)>>(self, next: C) -> Self::Op<C> {
+    fn attach<C: Collector<(K, V)>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
         ReducePairsOp {
             f: self.f,
             emit: self.emit,
@@ -599,30 +596,21 @@ where
 mod tests {
     use super::*;
     use crate::StreamElement;
-    use crate::chain::{Outbox, SinkTail};
-
-    /// The elements a chain emitted, records and watermarks in order.
-    fn emitted<T>(outbox: &crate::chain::OutboxRef<T>) -> Vec<StreamElement<T>> {
-        std::iter::from_fn(|| outbox.borrow_mut().pop())
-            .map(|(_, e)| e)
-            .collect()
-    }
+    use crate::testkit::Harness;
 
     #[test]
     fn final_values_precede_the_final_watermark() {
-        let outbox = Outbox::new_ref();
         let pipe = crate::chain::Then(
             Combine::new(|a: u64, b: u64| a + b),
             ReducePairs::new(|a: u64, b: u64| a + b, Emit::Final),
         );
-        let mut chain = pipe.attach(SinkTail::new(outbox.clone()));
+        let mut h = Harness::new(pipe);
         for (k, v) in [(1u32, 1u64), (2, 5), (1, 2)] {
-            chain.collect((k, v)).unwrap();
+            h.record((k, v), NO_TIMESTAMP).unwrap();
         }
-        chain.on_watermark(Watermark(10)).unwrap();
-        chain.on_watermark(Watermark::MAX).unwrap();
-        chain.on_end().unwrap();
-        let elements = emitted(&outbox);
+        h.watermark(10).unwrap();
+        h.end().unwrap();
+        let elements = h.take_elements();
         let max_at = elements
             .iter()
             .position(|e| matches!(e, StreamElement::Watermark(Watermark::MAX)))
@@ -631,7 +619,7 @@ mod tests {
         for (i, e) in elements.iter().enumerate() {
             if let StreamElement::Records(batch) = e {
                 assert!(i < max_at, "records after Watermark::MAX: {elements:?}");
-                records.extend(batch);
+                records.extend(batch.records());
             }
         }
         records.sort();
@@ -641,20 +629,14 @@ mod tests {
 
     #[test]
     fn running_values_follow_every_record() {
-        let outbox = Outbox::new_ref();
-        let mut chain = ReducePairs::new(|a: u64, b: u64| a + b, Emit::Running)
-            .attach(SinkTail::new(outbox.clone()));
+        let mut h = Harness::new(ReducePairs::new(|a: u64, b: u64| a + b, Emit::Running));
         for (k, v) in [(1u32, 1u64), (1, 2), (2, 5), (1, 3)] {
-            chain.collect((k, v)).unwrap();
+            h.record((k, v), 40 + v as i64).unwrap();
         }
-        chain.on_end().unwrap();
-        let records: Vec<(u32, u64)> = emitted(&outbox)
-            .into_iter()
-            .flat_map(|e| match e {
-                StreamElement::Records(b) => b,
-                _ => Vec::new(),
-            })
-            .collect();
-        assert_eq!(records, vec![(1, 1), (1, 3), (2, 5), (1, 6)]);
+        h.end().unwrap();
+        assert_eq!(
+            h.take_timestamped(),
+            vec![((1, 1), 41), ((1, 3), 42), ((2, 5), 45), ((1, 6), 43)]
+        );
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod chain;
 pub mod clock;
+pub mod context;
 pub mod element;
 pub mod error;
 pub mod exchange;
@@ -21,12 +22,21 @@ pub mod graph;
 pub mod io;
 pub mod key;
 pub mod keyed;
+pub mod keyed_state;
 pub mod metrics;
+pub mod process;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod stage;
+pub mod testkit;
+pub mod time;
+pub mod timers;
 
-pub use element::{BATCH_RECORDS_MAX, CheckpointBarrier, StreamElement, Watermark};
+pub use element::{
+    BATCH_RECORDS_MAX, Batch, CheckpointBarrier, NO_TIMESTAMP, StreamElement, Timestamp, Watermark,
+    WatermarkStatus,
+};
 pub use error::{Error, ErrorDomain, Result};
 pub use key::{Key, KeyGroups, StableHasher};
 

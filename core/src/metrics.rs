@@ -11,6 +11,8 @@ pub struct WorkerCounters {
     pub records_in: AtomicU64,
     /// Input bytes read by this worker's sources.
     pub bytes_in: AtomicU64,
+    /// Late records dropped because no side output took them.
+    pub late_dropped: AtomicU64,
 }
 
 /// The counters of a running job.
@@ -29,6 +31,8 @@ pub struct Progress {
     pub bytes_in: u64,
     /// Total bytes of the bounded inputs, when known (0 when not).
     pub input_bytes_total: u64,
+    /// Late records dropped because no side output took them.
+    pub late_dropped: u64,
 }
 
 impl JobMetrics {
@@ -56,6 +60,7 @@ impl JobMetrics {
         for w in &self.workers {
             p.records_in += w.records_in.load(Ordering::Relaxed);
             p.bytes_in += w.bytes_in.load(Ordering::Relaxed);
+            p.late_dropped += w.late_dropped.load(Ordering::Relaxed);
         }
         p
     }
@@ -71,5 +76,10 @@ impl WorkerCounters {
     #[inline]
     pub fn add_bytes(&self, bytes: u64) {
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// Counts late records dropped.
+    #[inline]
+    pub fn add_late_dropped(&self, records: u64) {
+        self.late_dropped.fetch_add(records, Ordering::Relaxed);
     }
 }

@@ -65,10 +65,14 @@ impl<T, W: SinkWriter<T>> OutputDrain<T> for SinkDrain<W> {
                 return Ok(());
             };
             match element {
-                StreamElement::Records(mut batch) => self.writer.write_batch(&mut batch).await?,
+                StreamElement::Records(mut batch) => {
+                    self.writer.write_batch(batch.records_mut()).await?;
+                }
                 StreamElement::EndOfInput => self.writer.finish().await?,
                 // Two-phase commit on barriers comes with checkpoints.
-                StreamElement::Watermark(_) | StreamElement::Barrier(_) => {}
+                StreamElement::Watermark(_)
+                | StreamElement::Status(_)
+                | StreamElement::Barrier(_) => {}
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::element::{Batch, Watermark};
 use crate::error::Result;
 use crate::metrics::{JobMetrics, WorkerCounters};
 
@@ -82,12 +83,19 @@ pub trait Source: Send + Sync + 'static {
 pub trait SourceReader: 'static {
     /// The records it produces.
     type Item;
-    /// Appends at most `records_max` records to `out`.
+    /// Appends at most `records_max` records to `out`, each with its event time if the source
+    /// knows it ([`NO_TIMESTAMP`](crate::element::NO_TIMESTAMP) otherwise).
     async fn read_batch(
         &mut self,
-        out: &mut Vec<Self::Item>,
+        out: &mut Batch<Self::Item>,
         records_max: usize,
     ) -> Result<ReadStatus>;
     /// The position after the last record returned.
     fn position(&self) -> ReadPosition;
+    /// The watermark after the records returned so far, for a source that tracks event time
+    /// itself (Flink's sources may emit watermarks). The driver emits it after the batch when
+    /// it advanced. `None`: the source emits none (use a `WatermarkStrategy`).
+    fn watermark(&self) -> Option<Watermark> {
+        None
+    }
 }
