@@ -14,8 +14,9 @@ use sluice_core::runtime::{self, JobReport, RuntimeConfig};
 use sluice_core::source::Source;
 use sluice_core::{Error, Result};
 
-use crate::sources::{CollectionSource, SocketTextSource, TextFileSource};
+use crate::sources::{CollectionSource, LineMapper, SocketTextSource, TextFileSource};
 use crate::stream::{DataStream, SourceHead};
+use sluice_core::io::GlommioDisk;
 
 type ProgressFn = Box<dyn FnMut(Progress, Duration)>;
 
@@ -117,6 +118,17 @@ impl Env {
         path: impl Into<PathBuf>,
     ) -> DataStream<SourceHead<TextFileSource>, Identity> {
         self.from_source(TextFileSource::new(path))
+    }
+
+    /// A bounded stream of the records `mapper` makes from the lines of a text file or
+    /// directory (see [`read_text_file`](Self::read_text_file)): the mapper parses each line in
+    /// place, without allocating it, and may give the record its event time.
+    pub fn read_text_file_with<M: LineMapper>(
+        &self,
+        path: impl Into<PathBuf>,
+        mapper: M,
+    ) -> DataStream<SourceHead<TextFileSource<GlommioDisk, M>>, Identity> {
+        self.from_source(TextFileSource::with_mapper(path, mapper))
     }
 
     /// A stream of the lines read from a TCP socket at `addr` (`host:port`), read by one

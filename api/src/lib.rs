@@ -35,10 +35,14 @@ mod sources;
 mod stream;
 pub mod testing;
 pub mod text;
+mod window;
 
 pub use env::Env;
 pub use sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
-pub use sources::{CollectionSource, LINE_BYTES_MAX, SocketTextSource, TextFileSource, TextSplit};
+pub use sources::{
+    CollectionSource, LINE_BYTES_MAX, LineAt, LineMapper, Lines, SocketTextSource, TextFileSource,
+    TextSplit,
+};
 pub use stream::{
     BuildStage, DataStream, FinalKeyedStream, FinalPairKeyedStream, GateHead, Head, KeyedStream,
     PairKeyedStream, SourceHead,
@@ -46,6 +50,7 @@ pub use stream::{
 
 pub use sluice_core::chain::Identity;
 pub use sluice_core::context::{OutputTag, SideOutput};
+pub use sluice_core::join::{Either, JoinType};
 pub use sluice_core::keyed::{AggregateFunction, Emit};
 pub use sluice_core::keyed_state::{
     AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
@@ -58,10 +63,15 @@ pub use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, S
 pub use sluice_core::time::{
     BoundedOutOfOrderness, TimestampAssigner, WatermarkGenerator, WatermarkStrategy,
 };
+pub use sluice_core::window::{
+    CountTrigger, EventTimeTrigger, ProcessingTimeTrigger, PurgingTrigger, TimeWindow, Trigger,
+    TriggerContext, TriggerResult, WindowAssigner, WindowFunction, WindowOutput,
+};
 pub use sluice_core::{
     BATCH_RECORDS_MAX, Batch, Error, ErrorDomain, Key, NO_TIMESTAMP, Result, Timestamp, Watermark,
     WatermarkStatus,
 };
+pub use window::{JoinBuilder, JoinWhere, JoinedStreams, WindowResult, WindowedStream};
 
 /// Small-string type for keys such as words: strings of up to 24 bytes live inline, so a
 /// record keyed by a short word needs no heap allocation.
@@ -71,15 +81,22 @@ pub use compact_str::CompactString;
 /// function returning a pipeline, say). Most code never needs them: inference does.
 pub mod ops {
     pub use sluice_core::chain::{
-        Filter, FlatMap, FlatMapInto, Flatten, Identity, Map, Pipe, Then, TryMap,
+        Filter, FlatMap, FlatMapInto, Flatten, Identity, Map, MapWithTimestamp, Pipe, Then, TryMap,
     };
+    pub use sluice_core::join::{BoundedJoin, IntervalJoin, WindowJoin};
     pub use sluice_core::keyed::{Aggregate, Combine, CombineAgg, MergeAgg, Reduce, ReducePairs};
+    pub use sluice_core::process::KeyedProcess;
+    pub use sluice_core::time::AssignTimestamps;
+    pub use sluice_core::window::{
+        AggregateWindow, DefaultTrigger, ProcessWindow, ReduceWindow, WindowOperator,
+    };
 }
 
 /// The names most jobs need.
 pub mod prelude {
     pub use crate::{
-        AggregateFunction, CollectHandle, CompactString, DataStream, Env, Key, KeyedStream, Sink,
-        SinkWriter, Source, SourceReader,
+        AggregateFunction, CollectHandle, CompactString, DataStream, Env, Key, KeyedStream,
+        OutputTag, ProcessContext, Sink, SinkWriter, Source, SourceReader, WatermarkStrategy,
+        WindowAssigner,
     };
 }

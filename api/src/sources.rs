@@ -108,19 +108,87 @@ pub struct TextSplit {
     pub end: u64,
 }
 
+/// Where a line of a text input is: for error messages that name it.
+#[derive(Clone, Copy, Debug)]
+pub struct LineAt<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// The byte offset of the line's first byte.
+    pub offset: u64,
+}
+
+impl LineAt<'_> {
+    /// The line's number in its file, counting from 1. Reads the file up to the line (with
+    /// blocking reads): for error messages, not for every line.
+    pub fn line_number(&self) -> Result<u64> {
+        use std::io::Read;
+        let io = |source| Error::Io {
+            op: "count lines of input",
+            path: self.path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(self.path).map_err(io)?;
+        let mut buf = vec![0u8; READ_CHUNK_BYTES];
+        let (mut left, mut newlines) = (self.offset, 0u64);
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            newlines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+            left -= n as u64;
+        }
+        Ok(newlines + 1)
+    }
+}
+
+/// Turns each line of a text input into a record, without copying the line first: a parser
+/// can read fields straight from the reader's buffer. It may also give the record its event
+/// time. A mapper pushes at most one record per line.
+pub trait LineMapper: Clone + Send + Sync + 'static {
+    /// The records.
+    type Item: Send + 'static;
+    /// Maps `line` (without its line end) found at `at`; an error fails the job.
+    fn map_line(&mut self, line: &str, at: LineAt<'_>, out: &mut Batch<Self::Item>) -> Result<()>;
+}
+
+/// The lines as `String`s.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lines;
+
+impl LineMapper for Lines {
+    type Item = String;
+    #[inline]
+    fn map_line(&mut self, line: &str, _at: LineAt<'_>, out: &mut Batch<String>) -> Result<()> {
+        out.push(line.to_owned(), NO_TIMESTAMP);
+        Ok(())
+    }
+}
+
 /// A bounded source over the lines of a text file, or of the visible files of a directory
-/// (names not starting with `.` or `_`), split into byte ranges across workers.
-pub struct TextFileSource<D: Disk = GlommioDisk> {
+/// (names not starting with `.` or `_`), split into byte ranges across workers; a
+/// [`LineMapper`] turns each line into a record (by default the line itself).
+pub struct TextFileSource<D: Disk = GlommioDisk, M: LineMapper = Lines> {
     path: PathBuf,
     disk: D,
+    mapper: M,
 }
 
 impl TextFileSource {
     /// Lines of the file or directory at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        TextFileSource::with_mapper(path, Lines)
+    }
+}
+
+impl<M: LineMapper> TextFileSource<GlommioDisk, M> {
+    /// Records made by `mapper` from the lines of the file or directory at `path`.
+    pub fn with_mapper(path: impl Into<PathBuf>, mapper: M) -> Self {
         TextFileSource {
             path: path.into(),
             disk: GlommioDisk,
+            mapper,
         }
     }
 }
@@ -131,9 +199,12 @@ impl<D: Disk> TextFileSource<D> {
         TextFileSource {
             path: path.into(),
             disk,
+            mapper: Lines,
         }
     }
+}
 
+impl<D: Disk, M: LineMapper> TextFileSource<D, M> {
     fn files(&self) -> Result<Vec<(PathBuf, u64)>> {
         fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
             move |source| Error::Io {
@@ -201,10 +272,10 @@ pub fn text_splits(files: &[(PathBuf, u64)], workers: usize) -> Vec<TextSplit> {
     splits
 }
 
-impl<D: Disk> Source for TextFileSource<D> {
-    type Item = String;
+impl<D: Disk, M: LineMapper> Source for TextFileSource<D, M> {
+    type Item = M::Item;
     type Split = TextSplit;
-    type Reader = LineReader<D::Read>;
+    type Reader = LineReader<D::Read, M>;
 
     fn name(&self) -> String {
         format!("read_text_file({})", self.path.display())
@@ -223,7 +294,7 @@ impl<D: Disk> Source for TextFileSource<D> {
         split: TextSplit,
         start: Option<ReadPosition>,
         ctx: &SourceContext,
-    ) -> Result<LineReader<D::Read>> {
+    ) -> Result<LineReader<D::Read, M>> {
         let file = self
             .disk
             .open_read(&split.path)
@@ -252,12 +323,13 @@ impl<D: Disk> Source for TextFileSource<D> {
             eof: false,
             skip_first,
             counters_ctx: ctx.clone(),
+            mapper: self.mapper.clone(),
         })
     }
 }
 
 /// Reads the lines of one [`TextSplit`].
-pub struct LineReader<F> {
+pub struct LineReader<F, M = Lines> {
     file: Option<F>,
     path: Arc<PathBuf>,
     start: u64,
@@ -271,9 +343,10 @@ pub struct LineReader<F> {
     eof: bool,
     skip_first: bool,
     counters_ctx: SourceContext,
+    mapper: M,
 }
 
-impl<F: ReadFile> LineReader<F> {
+impl<F: ReadFile, M: LineMapper> LineReader<F, M> {
     /// File offset of the next unreturned byte: the start of the next line.
     fn next_line_offset(&self) -> u64 {
         self.buf_offset + self.consumed as u64
@@ -306,7 +379,7 @@ impl<F: ReadFile> LineReader<F> {
         Ok(())
     }
 
-    fn take_line(&mut self, len_with_newline: usize, out: &mut Batch<String>) -> Result<()> {
+    fn take_line(&mut self, len_with_newline: usize, out: &mut Batch<M::Item>) -> Result<()> {
         let start = self.consumed;
         self.consumed += len_with_newline;
         let mut line = &self.buf[start..self.consumed];
@@ -318,8 +391,11 @@ impl<F: ReadFile> LineReader<F> {
         }
         match std::str::from_utf8(line) {
             Ok(s) => {
-                out.push(s.to_owned(), NO_TIMESTAMP);
-                Ok(())
+                let at = LineAt {
+                    path: &self.path,
+                    offset: self.buf_offset + start as u64,
+                };
+                self.mapper.map_line(s, at, out)
             }
             Err(e) => Err(Error::Corrupt {
                 path: self.path.to_path_buf(),
@@ -330,12 +406,12 @@ impl<F: ReadFile> LineReader<F> {
     }
 }
 
-impl<F: ReadFile + 'static> SourceReader for LineReader<F> {
-    type Item = String;
+impl<F: ReadFile + 'static, M: LineMapper> SourceReader for LineReader<F, M> {
+    type Item = M::Item;
 
     async fn read_batch(
         &mut self,
-        out: &mut Batch<String>,
+        out: &mut Batch<M::Item>,
         records_max: usize,
     ) -> Result<ReadStatus> {
         let before = self.next_line_offset();

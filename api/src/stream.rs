@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use sluice_core::Key;
 use sluice_core::chain::{
-    FlatMap, FlatMapInto, Flatten, Identity, Map, Pipe, Then, TryMap, filter,
+    FlatMap, FlatMapInto, Flatten, Identity, Map, MapWithTimestamp, Pipe, Then, TryMap, filter,
 };
 use sluice_core::context::OutputTag;
 use sluice_core::exchange::{Edge, Partitioning};
@@ -31,9 +31,11 @@ use sluice_core::stage::{GateStage, SourceStage};
 use sluice_core::time::{
     AssignTimestamps, TimestampAssigner, WatermarkGenerator, WatermarkStrategy,
 };
+use sluice_core::window::{DefaultTrigger, WindowAssigner};
 
 use crate::env::Env;
 use crate::sinks::{CollectHandle, CollectSink, PrintSink, TextFileSink};
+use crate::window::{JoinBuilder, WindowedStream};
 
 /// Turns a head, the chain after it and the stage's output into a stage of a job.
 /// (A separate trait from [`Head`] only to work around a limitation of rustc's trait solver.)
@@ -176,6 +178,16 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         self.then(Map::new(f))
     }
 
+    /// Like [`map`](Self::map), but the function also gets the record's event-time timestamp
+    /// ([`NO_TIMESTAMP`](crate::NO_TIMESTAMP) if it has none).
+    pub fn map_with_timestamp<U, F>(self, f: F) -> DataStream<H, Then<P, MapWithTimestamp<F, U>>>
+    where
+        U: 'static,
+        F: FnMut(P::Out, i64) -> U + Clone + Send + Sync + 'static,
+    {
+        self.then(MapWithTimestamp::new(f))
+    }
+
     /// Like [`map`](Self::map), but the function may fail; an error fails the job with a
     /// message naming the operator `name`.
     pub fn try_map<U, E, F>(self, name: &'static str, f: F) -> DataStream<H, Then<P, TryMap<F, U>>>
@@ -312,6 +324,33 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         )
     }
 
+    /// Windows over the whole stream, not per key (Flink's `windowAll`): every record goes to
+    /// one worker.
+    pub fn window_all(
+        self,
+        assigner: WindowAssigner,
+    ) -> WindowedStream<
+        H,
+        Then<P, Map<impl FnMut(P::Out) -> ((), P::Out) + Clone + Send + Sync, ((), P::Out)>>,
+        (),
+        P::Out,
+        DefaultTrigger,
+    >
+    where
+        P::Out: Clone + Send + 'static,
+    {
+        self.key_by(|_: &P::Out| ()).window(assigner)
+    }
+
+    /// Joins this stream with `other`: name the keys, then pick a window join, an interval
+    /// join or a bounded equi-join (see [`JoinedStreams`](crate::JoinedStreams)).
+    pub fn join<H2: Head, P2: Pipe<H2::Item>>(
+        self,
+        other: DataStream<H2, P2>,
+    ) -> JoinBuilder<H, P, H2, P2> {
+        JoinBuilder::new(self, other)
+    }
+
     /// Spreads records round robin over all workers.
     pub fn rebalance(self) -> DataStream<GateHead<P::Out>, Identity>
     where
@@ -408,7 +447,9 @@ fn sum_fn<T, N: AddAssign + Copy + 'static>(
     }
 }
 
-fn hash_exchange<H, P, K, V>(stream: DataStream<H, P>) -> DataStream<GateHead<(K, V)>, Identity>
+pub(crate) fn hash_exchange<H, P, K, V>(
+    stream: DataStream<H, P>,
+) -> DataStream<GateHead<(K, V)>, Identity>
 where
     H: Head,
     P: Pipe<H::Item, Out = (K, V)>,
@@ -416,6 +457,26 @@ where
     V: Send + 'static,
 {
     stream.exchange(Partitioning::Hash, |e| ToEdge::new(e, HashByKey))
+}
+
+/// Two keyed streams hashed into one stage: a record's key group decides its worker, whichever
+/// stream it comes from.
+pub(crate) fn hash_exchange_two<H1, P1, H2, P2, K, V>(
+    left: DataStream<H1, P1>,
+    right: DataStream<H2, P2>,
+) -> DataStream<GateHead<(K, V)>, Identity>
+where
+    H1: Head,
+    P1: Pipe<H1::Item, Out = (K, V)>,
+    H2: Head,
+    P2: Pipe<H2::Item, Out = (K, V)>,
+    K: Key,
+    V: Send + 'static,
+{
+    let mut a = hash_exchange(left);
+    let b = hash_exchange(right);
+    a.head.edges.extend(b.head.edges);
+    a
 }
 
 impl<H, P, K, T> KeyedStream<H, P, K, T>
@@ -467,6 +528,15 @@ where
     {
         let gate = hash_exchange(self.stream);
         DataStream::new(gate.env, gate.head, Aggregate::new(agg, Emit::Running))
+    }
+
+    /// Cuts each key's records into windows of `assigner` (Flink's `window`); apply a window
+    /// function to the result.
+    pub fn window(self, assigner: WindowAssigner) -> WindowedStream<H, P, K, T, DefaultTrigger>
+    where
+        T: Clone,
+    {
+        WindowedStream::new(self.stream, assigner)
     }
 
     /// Processes each record with a [`KeyedProcessFunction`] — keyed state, event-time and
@@ -588,6 +658,12 @@ where
     K: Key,
     V: Clone + Send + 'static,
 {
+    /// Cuts each key's values into windows of `assigner`; apply a window function to the
+    /// result.
+    pub fn window(self, assigner: WindowAssigner) -> WindowedStream<H, P, K, V, DefaultTrigger> {
+        WindowedStream::new(self.stream, assigner)
+    }
+
     /// Switches to final values: one pair per key, when the input ends.
     pub fn emit_final(self) -> FinalPairKeyedStream<H, P, K, V> {
         FinalPairKeyedStream {

@@ -201,6 +201,12 @@ stateless_op!(
 );
 
 stateless_op!(
+    /// `map_with_timestamp`: `map` that also sees the record's event time.
+    MapWithTimestamp, MapWithTimestampOp, "map", <T, U> where F: FnMut(T, Timestamp) -> U,
+    |self, rec, ts| { self.next.collect((self.f)(rec, ts), ts) }
+);
+
+stateless_op!(
     /// `flat_map`: any number of records out per record in, from an iterator.
     FlatMap, FlatMapOp, "flat_map", <T, I> where F: FnMut(T) -> I,
     |self, rec, ts| { self.next.collect((self.f)(rec), ts) }

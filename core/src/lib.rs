@@ -20,6 +20,7 @@ pub mod error;
 pub mod exchange;
 pub mod graph;
 pub mod io;
+pub mod join;
 pub mod key;
 pub mod keyed;
 pub mod keyed_state;
@@ -32,6 +33,7 @@ pub mod stage;
 pub mod testkit;
 pub mod time;
 pub mod timers;
+pub mod window;
 
 pub use element::{
     BATCH_RECORDS_MAX, Batch, CheckpointBarrier, NO_TIMESTAMP, StreamElement, Timestamp, Watermark,

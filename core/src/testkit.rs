@@ -1,10 +1,67 @@
 //! A harness that runs an operator chain without a runtime: push records and control elements
 //! in, read what came out. For unit tests and doctests of operators.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
 use crate::chain::{Collector, Outbox, OutboxRef, Pipe, SinkTail};
-use crate::context::OperatorContext;
-use crate::element::{StreamElement, Timestamp, Watermark, WatermarkStatus};
+use crate::context::{ContextBuilder, OperatorContext};
+use crate::element::{CheckpointBarrier, StreamElement, Timestamp, Watermark, WatermarkStatus};
 use crate::error::Result;
+use crate::key::{KEY_GROUPS_DEFAULT, KeyGroups};
+use crate::metrics::JobMetrics;
+
+/// A collector that keeps what it is given, for side outputs in tests.
+#[derive(Debug)]
+pub struct Captured<T> {
+    /// The records and their timestamps, in order.
+    pub records: Vec<(T, Timestamp)>,
+}
+
+impl<T> Default for Captured<T> {
+    fn default() -> Self {
+        Captured {
+            records: Vec::new(),
+        }
+    }
+}
+
+impl<T> Collector<T> for Captured<T> {
+    fn collect(&mut self, record: T, ts: Timestamp) -> Result<()> {
+        self.records.push((record, ts));
+        Ok(())
+    }
+    fn on_watermark(&mut self, _watermark: Watermark) -> Result<()> {
+        Ok(())
+    }
+    fn on_status(&mut self, _status: WatermarkStatus) -> Result<()> {
+        Ok(())
+    }
+    fn on_processing_time(&mut self, _now_ms: i64) -> Result<()> {
+        Ok(())
+    }
+    fn on_barrier(&mut self, _barrier: CheckpointBarrier) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn on_end(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A standalone context (worker 0 of 1) whose side output `tag_id` is captured.
+pub fn context_capturing<T: 'static>(tag_id: u64) -> (OperatorContext, Rc<RefCell<Captured<T>>>) {
+    let key_groups = KeyGroups::new(KEY_GROUPS_DEFAULT, 1)
+        .unwrap_or_else(|_| unreachable!("128 key groups over 1 worker is valid"));
+    let mut builder = ContextBuilder::new(0, key_groups, "test", Arc::new(JobMetrics::new(1)));
+    let captured = Rc::new(RefCell::new(Captured::default()));
+    let port: Rc<RefCell<dyn Collector<T>>> = captured.clone();
+    builder.side_output(tag_id, port);
+    (builder.build(), captured)
+}
 
 /// A chain `P` attached in front of a collecting tail.
 pub struct Harness<In, P: Pipe<In>> {

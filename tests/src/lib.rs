@@ -9,8 +9,11 @@
 //! - [`sluice_bin`] and [`run_sluice`]: the `sluice` binary, built if needed;
 //! - [`wordcount_to_dir`] and [`wordcount_collect`]: the word count job built in this process
 //!   with the public `sluice` API, as `tools/src/jobs.rs` builds it for the binary;
-//! - [`within`]: runs a job on another thread and fails the test if it hangs.
+//! - [`within`]: runs a job on another thread and fails the test if it hangs;
+//! - [`windows`]: a brute-force reference for the `window-agg` job.
 #![forbid(unsafe_code)]
+
+pub mod windows;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -228,6 +231,15 @@ pub fn within<T: Send + 'static>(
             Ok(()) => panic!("test thread ended without a result"),
         },
     }
+}
+
+/// Cases per property test: `default`, or `SLUICE_PROPTEST_CASES` when set (the extended
+/// tier runs many more).
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("SLUICE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The `sluice` binary to test.

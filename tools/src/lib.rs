@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod window_agg;
+
 use std::path::Path;
 
 use sluice::ops::ReducePairs;

@@ -1,0 +1,301 @@
+//! Event-time session windows: per key, the sessions `[first record, last record + gap)`,
+//! merged as records arrive.
+//!
+//! A record's window `[ts, ts + gap)` merges with every session of its key it overlaps, so a
+//! record can bridge two sessions into one. Each key has at most one pending timer, at the
+//! earliest instant one of its sessions must fire (or be dropped after the allowed lateness);
+//! extending a session — the common case — moves nothing, and when the timer comes due the
+//! key's sessions are checked and the timer re-armed for the next instant. A timer that an
+//! earlier one replaced stays in the heap and is skipped when it comes up.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::marker::PhantomData;
+
+use crate::FastMap;
+use crate::chain::Collector;
+use crate::context::{OperatorContext, SideOutput};
+use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
+use crate::error::Result;
+use crate::key::Key;
+use crate::window::function::WindowFunction;
+use crate::window::{TimeWindow, no_timestamp_error};
+
+/// The session window operator's pipe.
+pub struct SessionWindow<W, K, T> {
+    pub(crate) function: W,
+    pub(crate) gap: i64,
+    pub(crate) allowed_lateness: i64,
+    pub(crate) late_tag: Option<u64>,
+    pub(crate) _p: PhantomData<fn(K, T)>,
+}
+
+impl<W: Clone, K, T> Clone for SessionWindow<W, K, T> {
+    fn clone(&self) -> Self {
+        SessionWindow {
+            function: self.function.clone(),
+            gap: self.gap,
+            allowed_lateness: self.allowed_lateness,
+            late_tag: self.late_tag,
+            _p: PhantomData,
+        }
+    }
+}
+
+struct Session<A> {
+    window: TimeWindow,
+    acc: A,
+    fired: bool,
+}
+
+struct KeySessions<A> {
+    /// Disjoint, in no particular order.
+    sessions: Vec<Session<A>>,
+    /// The key's pending timer, if any.
+    timer: Option<i64>,
+}
+
+/// The instantiated session window operator.
+pub struct SessionWindowOp<W: WindowFunction<K, T>, K, T, C> {
+    function: W,
+    gap: i64,
+    lateness: i64,
+    keys: FastMap<K, KeySessions<W::Acc>>,
+    heap: BinaryHeap<Reverse<(i64, u64)>>,
+    heap_keys: FastMap<u64, K>,
+    next_seq: u64,
+    watermark: Watermark,
+    late: SideOutput<(K, T)>,
+    ctx: OperatorContext,
+    out: Vec<W::Out>,
+    next: C,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<W, K, T> SessionWindow<W, K, T>
+where
+    W: WindowFunction<K, T>,
+{
+    pub(crate) fn instantiate<C>(
+        self,
+        next: C,
+        ctx: &OperatorContext,
+    ) -> SessionWindowOp<W, K, T, C>
+    where
+        K: 'static,
+        T: 'static,
+    {
+        let late = match self.late_tag {
+            Some(tag) => ctx.side_output(tag),
+            None => SideOutput::discard(),
+        };
+        SessionWindowOp {
+            function: self.function,
+            gap: self.gap,
+            lateness: self.allowed_lateness,
+            keys: FastMap::default(),
+            heap: BinaryHeap::new(),
+            heap_keys: FastMap::default(),
+            next_seq: 0,
+            watermark: Watermark::MIN,
+            late,
+            ctx: ctx.clone(),
+            out: Vec::new(),
+            next,
+            _t: PhantomData,
+        }
+    }
+}
+
+/// When a key's sessions need attention next: the earliest firing, or the earliest end of
+/// allowed lateness of a fired session.
+fn next_timer<A>(sessions: &[Session<A>], lateness: i64) -> Option<i64> {
+    sessions
+        .iter()
+        .map(|s| match s.fired {
+            false => s.window.max_timestamp(),
+            true => s.window.max_timestamp().saturating_add(lateness),
+        })
+        .min()
+}
+
+impl<W, K, T, C> SessionWindowOp<W, K, T, C>
+where
+    W: WindowFunction<K, T>,
+    K: Key,
+    C: Collector<W::Out>,
+{
+    /// Merges `[ts, ts + gap)` and every overlapping session of `ks` into one session, with
+    /// `value` added; returns its index.
+    fn merge_into(
+        function: &mut W,
+        ks: &mut KeySessions<W::Acc>,
+        value: T,
+        ts: Timestamp,
+        gap: i64,
+    ) -> usize {
+        let window = TimeWindow::new(ts, ts.saturating_add(gap));
+        let mut hits = ks
+            .sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.window.overlaps(&window))
+            .map(|(i, _)| i);
+        let t = match (hits.next(), hits.next()) {
+            (None, _) => {
+                let acc = function.create();
+                ks.sessions.push(Session {
+                    window,
+                    acc,
+                    fired: false,
+                });
+                ks.sessions.len() - 1
+            }
+            (Some(first), None) => {
+                let s = &mut ks.sessions[first];
+                s.window = s.window.span(&window);
+                first
+            }
+            (Some(first), Some(second)) => {
+                // The record bridges sessions: fold the others into the first. Removing in
+                // descending order never moves the first.
+                let mut others: Vec<usize> = std::iter::once(second).chain(hits).collect();
+                others.sort_unstable_by(|a, b| b.cmp(a));
+                let s_window = ks.sessions[first].window.span(&window);
+                ks.sessions[first].window = s_window;
+                for i in others {
+                    let other = ks.sessions.swap_remove(i);
+                    let s = &mut ks.sessions[first];
+                    s.window = s.window.span(&other.window);
+                    s.fired &= other.fired;
+                    function.merge(&mut s.acc, other.acc);
+                }
+                first
+            }
+        };
+        function.add(&mut ks.sessions[t].acc, value, ts);
+        t
+    }
+
+    fn arm(&mut self, key: &K, at: i64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Reverse((at, seq)));
+        self.heap_keys.insert(seq, key.clone());
+    }
+
+    /// The key's timer came due at watermark `w`: fire and drop what is due, re-arm.
+    fn on_key_timer(&mut self, key: K, w: i64) -> Result<()> {
+        let Some(mut ks) = self.keys.remove(&key) else {
+            return Ok(());
+        };
+        ks.timer = None;
+        ks.sessions.sort_by_key(|s| s.window.start);
+        for s in &mut ks.sessions {
+            if !s.fired && s.window.max_timestamp() <= w {
+                s.fired = true;
+                self.function
+                    .emit(&key, &s.window, &[&s.acc], &mut self.out)?;
+                for o in self.out.drain(..) {
+                    self.next.collect(o, s.window.max_timestamp())?;
+                }
+            }
+        }
+        let lateness = self.lateness;
+        ks.sessions
+            .retain(|s| !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= w));
+        if let Some(at) = next_timer(&ks.sessions, lateness) {
+            ks.timer = Some(at);
+            self.arm(&key, at);
+            self.keys.insert(key, ks);
+        }
+        Ok(())
+    }
+}
+
+impl<W, K, T, C> Collector<(K, T)> for SessionWindowOp<W, K, T, C>
+where
+    W: WindowFunction<K, T>,
+    K: Key,
+    C: Collector<W::Out>,
+{
+    #[inline]
+    fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
+        if ts == NO_TIMESTAMP {
+            return Err(no_timestamp_error());
+        }
+        let horizon = self.watermark.max(self.ctx.input_watermark()).0;
+        if ts.saturating_add(self.lateness) <= horizon {
+            if !self.late.emit((key, value), ts)? {
+                self.ctx.count_late_dropped(1);
+            }
+            return Ok(());
+        }
+        let SessionWindowOp {
+            function,
+            gap,
+            lateness,
+            keys,
+            out,
+            next,
+            watermark,
+            ..
+        } = self;
+        let ks = match keys.get_mut(&key) {
+            Some(ks) => ks,
+            None => keys.entry(key.clone()).or_insert(KeySessions {
+                sessions: Vec::new(),
+                timer: None,
+            }),
+        };
+        let t = Self::merge_into(function, ks, value, ts, *gap);
+        let session = &mut ks.sessions[t];
+        if session.window.max_timestamp() > watermark.0 {
+            // Extended past the watermark: it fires (again) when the watermark gets there.
+            session.fired = false;
+        } else {
+            // Within the allowed lateness of a session the watermark has passed: it fires now
+            // (again, if it fired before).
+            session.fired = true;
+            let window = session.window;
+            function.emit(&key, &window, &[&session.acc], out)?;
+            for o in out.drain(..) {
+                next.collect(o, window.max_timestamp())?;
+            }
+        }
+        let at = next_timer(&ks.sessions, *lateness);
+        let rearm = match (ks.timer, at) {
+            (Some(pending), Some(at)) if at >= pending => None,
+            (_, at) => at,
+        };
+        if let Some(at) = rearm {
+            ks.timer = Some(at);
+            self.arm(&key, at);
+        }
+        Ok(())
+    }
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            let w = watermark.0;
+            while let Some(&Reverse((at, seq))) = self.heap.peek() {
+                if at > w {
+                    break;
+                }
+                self.heap.pop();
+                let Some(key) = self.heap_keys.remove(&seq) else {
+                    continue;
+                };
+                let current = self.keys.get(&key).and_then(|ks| ks.timer);
+                if current == Some(at) {
+                    self.on_key_timer(key, w)?;
+                }
+            }
+        }
+        self.next.on_watermark(watermark)
+    }
+    fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.next.on_barrier(barrier)
+    }
+    crate::forward_hooks!(on_status, on_processing_time, flush, on_end);
+}
