@@ -4,9 +4,12 @@
 //!   count runs of any size;
 //! - [`baseline`]: the hand-written single-threaded word count that stands for the machine's
 //!   limit, run beside the engine in the same invocation;
-//! - [`stats`]: medians and ratios for reports.
+//! - [`stats`]: medians and ratios for reports;
+//! - [`window`]: the windowed-aggregation benchmark's event generator, its hand-written
+//!   tumbling-window loop, and a digest sink that checks the engine against it.
 #![forbid(unsafe_code)]
 
 pub mod baseline;
 pub mod corpus;
 pub mod stats;
+pub mod window;

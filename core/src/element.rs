@@ -144,6 +144,27 @@ impl<T> Batch<T> {
         &self.timestamps
     }
 
+    /// Pushes every record, in order, into `collector`, emptying the batch (its buffers stay
+    /// allocated). The loop is written out here, not through a closure, so the collector's
+    /// chain inlines into it.
+    #[inline]
+    pub fn drain_into<C: crate::chain::Collector<T>>(
+        &mut self,
+        collector: &mut C,
+    ) -> crate::error::Result<()> {
+        if self.timestamps.is_empty() {
+            for record in self.records.drain(..) {
+                collector.collect(record, NO_TIMESTAMP)?;
+            }
+        } else {
+            debug_assert_eq!(self.timestamps.len(), self.records.len());
+            for (record, ts) in self.records.drain(..).zip(self.timestamps.drain(..)) {
+                collector.collect(record, ts)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `f(record, timestamp)` for every record in order, emptying the batch (its
     /// buffers stay allocated).
     #[inline]

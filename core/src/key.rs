@@ -137,6 +137,9 @@ tuple_key!(A B C D);
 pub struct KeyGroups {
     key_groups_max: u32,
     workers: u32,
+    /// `log2(key_groups_max)` when it is a power of two (the default): the per-record key
+    /// group and owner then need a mask and a shift instead of two divisions.
+    pow2_shift: Option<u32>,
 }
 
 impl KeyGroups {
@@ -168,6 +171,9 @@ impl KeyGroups {
         Ok(KeyGroups {
             key_groups_max,
             workers,
+            pow2_shift: key_groups_max
+                .is_power_of_two()
+                .then(|| key_groups_max.trailing_zeros()),
         })
     }
 
@@ -187,7 +193,10 @@ impl KeyGroups {
         // Mix the high bits in: xxh3's low bits are good, but this keeps a weak custom
         // `stable_hash` from collapsing onto a few groups.
         let mixed = stable_hash ^ (stable_hash >> 32);
-        (mixed % u64::from(self.key_groups_max)) as u32
+        match self.pow2_shift {
+            Some(_) => (mixed & u64::from(self.key_groups_max - 1)) as u32,
+            None => (mixed % u64::from(self.key_groups_max)) as u32,
+        }
     }
 
     /// The worker that owns key group `kg` (Flink's `kg * parallelism / max_parallelism`).
@@ -198,7 +207,11 @@ impl KeyGroups {
             "kg={kg} max={}",
             self.key_groups_max
         );
-        (u64::from(kg) * u64::from(self.workers) / u64::from(self.key_groups_max)) as usize
+        let scaled = u64::from(kg) * u64::from(self.workers);
+        match self.pow2_shift {
+            Some(shift) => (scaled >> shift) as usize,
+            None => (scaled / u64::from(self.key_groups_max)) as usize,
+        }
     }
 
     /// The worker that owns `key`.
@@ -258,6 +271,24 @@ mod tests {
                 next = r.end;
             }
             prop_assert_eq!(next, max);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn power_of_two_fast_path_agrees_with_the_formula(
+            hash in any::<u64>(),
+            shift in 0u32..15,
+            workers in 1u32..64,
+        ) {
+            let max = 1u32 << shift;
+            prop_assume!(workers <= max);
+            let kg = KeyGroups::new(max, workers).unwrap();
+            let mixed = hash ^ (hash >> 32);
+            let g = (mixed % u64::from(max)) as u32;
+            prop_assert_eq!(kg.key_group(hash), g);
+            let owner = (u64::from(g) * u64::from(workers) / u64::from(max)) as usize;
+            prop_assert_eq!(kg.owner(g), owner);
         }
     }
 

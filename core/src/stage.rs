@@ -256,8 +256,7 @@ where
                 let n = buf.len();
                 debug_assert!(n <= BATCH_RECORDS_MAX, "n={n}");
                 counters.add_records(n as u64);
-                let chain = &mut st.chain;
-                buf.drain_each(|record, ts| chain.collect(record, ts))?;
+                buf.drain_into(&mut st.chain)?;
                 if n < BATCH_RECORDS_MAX {
                     // The source is not saturated: do not hold partial batches back.
                     st.flush()?;
@@ -486,8 +485,7 @@ where
         StreamElement::Records(mut batch) => {
             st.ctx
                 .set_input_watermark(tracker.lateness_watermark(input));
-            let chain = &mut st.chain;
-            batch.drain_each(|record, ts| chain.collect(record, ts))
+            batch.drain_into(&mut st.chain)
         }
         StreamElement::Watermark(w) => match tracker.update(input, w) {
             Some(w) => st.watermark(w),

@@ -358,3 +358,44 @@ fn a_sum_that_overflows_is_an_error_not_a_wrong_number() {
         stderr_text(&out)
     );
 }
+
+#[test]
+fn the_window_benchmark_checks_its_results_and_prints_json() {
+    for window in ["tumbling:100", "sliding:100:25", "session:5"] {
+        let out = run_sluice([
+            "bench",
+            "window",
+            "--events",
+            "200000",
+            "--keys",
+            "500",
+            "--window",
+            window,
+            "--runs",
+            "1",
+            "--workers",
+            "2",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{window}: {}", stderr_text(&out));
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(json.contains("\"bench\":\"window\""), "{json}");
+        assert!(json.contains("\"ratio_n_workers_vs_1_worker\""), "{json}");
+    }
+    let out = run_sluice([
+        "bench",
+        "window",
+        "--events",
+        "1000",
+        "--disorder-ms",
+        "50",
+        "--out-of-orderness-ms",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_text(&out).contains("--disorder-ms 50 exceeds"),
+        "{}",
+        stderr_text(&out)
+    );
+}

@@ -21,6 +21,9 @@ pub enum Bench {
     /// Word count: the hand-written single-threaded loop, the engine on 1 worker, and the
     /// engine on N workers, interleaved run by run on the same file; medians and ratios.
     Wordcount(WordcountBench),
+    /// Windowed count and sum per key over generated events: the hand-written tumbling-window
+    /// loop, the engine on 1 worker and on N workers, interleaved; medians and ratios.
+    Window(crate::bench_window::WindowBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -46,6 +49,7 @@ pub struct WordcountBench {
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Wordcount(args) => wordcount(&args),
+        Bench::Window(args) => crate::bench_window::window(&args),
     }
 }
 

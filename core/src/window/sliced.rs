@@ -152,6 +152,9 @@ pub struct SlicedWindowOp<W: WindowFunction<K, T>, K, T, C> {
     ctx: OperatorContext,
     out: Vec<W::Out>,
     scratch_starts: Vec<i128>,
+    /// The timestamps `[lo, hi]` of the slice the last on-time record went to, and its start:
+    /// in-order records skip the slice arithmetic.
+    cached: (i64, i64, i128),
     next: C,
 }
 
@@ -179,6 +182,7 @@ where
             ctx: ctx.clone(),
             out: Vec::new(),
             scratch_starts: Vec::new(),
+            cached: (1, 0, 0),
             next,
         }
     }
@@ -424,12 +428,19 @@ where
             return self.add_slow(key, value, ts, horizon);
         }
         // Ahead of the watermark, so none of its windows has fired: the common case.
-        let i = self.slice_index(self.spec.slice_start(ts));
+        let (lo, hi, start) = self.cached;
+        let slice = match self.slices.back_mut() {
+            Some(last) if ts >= lo && ts <= hi && last.start == start => last,
+            _ => {
+                let start = self.spec.slice_start(ts);
+                let (lo, hi) = (saturate(start), saturate(start + self.spec.slice - 1));
+                self.cached = (lo, hi, start);
+                let i = self.slice_index(start);
+                &mut self.slices[i]
+            }
+        };
         let function = &mut self.function;
-        let acc = self.slices[i]
-            .accs
-            .entry(key)
-            .or_insert_with(|| function.create());
+        let acc = slice.accs.entry(key).or_insert_with(|| function.create());
         function.add(acc, value, ts);
         Ok(())
     }
