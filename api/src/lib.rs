@@ -71,7 +71,9 @@ pub use sluice_core::{
     BATCH_RECORDS_MAX, Batch, Error, ErrorDomain, Key, NO_TIMESTAMP, Result, Timestamp, Watermark,
     WatermarkStatus,
 };
-pub use window::{JoinBuilder, JoinWhere, JoinedStreams, WindowResult, WindowedStream};
+pub use window::{
+    JoinBuilder, JoinWhere, JoinedStreams, WindowJoinPipe, WindowResult, WindowedStream,
+};
 
 /// Small-string type for keys such as words: strings of up to 24 bytes live inline, so a
 /// record keyed by a short word needs no heap allocation.
@@ -88,7 +90,8 @@ pub mod ops {
     pub use sluice_core::process::KeyedProcess;
     pub use sluice_core::time::AssignTimestamps;
     pub use sluice_core::window::{
-        AggregateWindow, DefaultTrigger, ProcessWindow, ReduceWindow, WindowOperator,
+        AggregateWindow, Combined, DefaultTrigger, ProcessWindow, ReduceWindow, SliceCombiner,
+        WindowOperator,
     };
 }
 

@@ -4,13 +4,14 @@ use std::marker::PhantomData;
 
 use sluice_core::Result;
 use sluice_core::chain::Pipe;
+use sluice_core::chain::{Map, Then};
 use sluice_core::context::OutputTag;
 use sluice_core::join::{BoundedJoin, Either, IntervalJoin, JoinType, WindowJoin};
 use sluice_core::key::Key;
 use sluice_core::keyed::AggregateFunction;
 use sluice_core::window::{
-    AggregateWindow, DefaultTrigger, ProcessWindow, ReduceWindow, TimeWindow, Trigger,
-    WindowAssigner, WindowFunction, WindowOperator,
+    AggregateWindow, Combined, DefaultTrigger, ProcessWindow, ReduceWindow, SliceCombiner,
+    TimeWindow, Trigger, WindowAssigner, WindowFunction, WindowOperator,
 };
 
 use crate::stream::{DataStream, GateHead, Head, hash_exchange, hash_exchange_two};
@@ -30,8 +31,12 @@ pub struct WindowedStream<H: Head, P: Pipe<H::Item, Out = (K, T)>, K, T, Tr> {
     _p: PhantomData<fn() -> (K, T)>,
 }
 
-/// The stream a window function produces.
-pub type WindowResult<K, T, W, Tr> = DataStream<GateHead<(K, T)>, WindowOperator<W, Tr, K, T>>;
+/// The stream a window function produces: after the exchange, records or partial
+/// accumulators meet the window operator.
+pub type WindowResult<K, T, W, Tr> = DataStream<
+    GateHead<(K, Combined<T, <W as WindowFunction<K, T>>::Acc>)>,
+    WindowOperator<W, Tr, K, T>,
+>;
 
 impl<H, P, K, T> WindowedStream<H, P, K, T, DefaultTrigger>
 where
@@ -88,9 +93,16 @@ where
         self
     }
 
-    /// Applies any [`WindowFunction`].
-    pub fn apply<W: WindowFunction<K, T>>(self, function: W) -> WindowResult<K, T, W, Tr> {
-        let gate = hash_exchange(self.stream);
+    /// Applies any [`WindowFunction`]. Tumbling and sliding event-time windows with the
+    /// default trigger pre-aggregate on the sending worker (a [`SliceCombiner`]), so about one
+    /// accumulator per key and slice crosses the exchange instead of every record.
+    pub fn apply<W>(self, function: W) -> WindowResult<K, T, W, Tr>
+    where
+        W: WindowFunction<K, T>,
+        W::Acc: Send,
+    {
+        let combiner = SliceCombiner::new(&self.assigner, function.clone(), self.default_trigger);
+        let gate = hash_exchange(self.stream.then(combiner));
         let op = WindowOperator::new(
             self.assigner,
             function,
@@ -229,6 +241,15 @@ where
     }
 }
 
+/// Wraps join records for the window operator.
+type RawFn<K, A, B> = fn((K, Either<A, B>)) -> (K, Combined<Either<A, B>, (Vec<A>, Vec<B>)>);
+
+/// The operators of a window join after its exchange.
+pub type WindowJoinPipe<K, A, B, F, O> = Then<
+    Map<RawFn<K, A, B>, (K, Combined<Either<A, B>, (Vec<A>, Vec<B>)>)>,
+    WindowOperator<WindowJoin<F, A, B, O>, DefaultTrigger, K, Either<A, B>>,
+>;
+
 /// Two keyed streams meeting in one stage, ready for a join: a window join, an interval join
 /// or a bounded (batch) equi-join.
 #[must_use = "a join does nothing until it is applied"]
@@ -249,10 +270,7 @@ where
         self,
         assigner: WindowAssigner,
         f: F,
-    ) -> DataStream<
-        GateHead<(K, Either<A, B>)>,
-        WindowOperator<WindowJoin<F, A, B, O>, DefaultTrigger, K, Either<A, B>>,
-    >
+    ) -> DataStream<GateHead<(K, Either<A, B>)>, WindowJoinPipe<K, A, B, F, O>>
     where
         O: 'static,
         F: FnMut(&A, &B) -> O + Clone + Send + Sync + 'static,
@@ -265,7 +283,8 @@ where
             0,
             None,
         );
-        DataStream::new(self.gate.env, self.gate.head, op)
+        let raw = Map::new(sluice_core::window::combine::raw as RawFn<K, A, B>);
+        DataStream::new(self.gate.env, self.gate.head, Then(raw, op))
     }
 
     /// An interval join: a left record at `t` pairs with the right records of its key in

@@ -83,6 +83,9 @@ where
     fn create(&mut self) -> Self::Acc {
         (Vec::new(), Vec::new())
     }
+    fn combinable(&self) -> bool {
+        false
+    }
     #[inline]
     fn add(&mut self, acc: &mut Self::Acc, value: Either<A, B>, _ts: Timestamp) {
         match value {

@@ -56,6 +56,18 @@ struct Variant {
     workers: usize,
     window: Option<WindowAssigner>,
     events_per_s: Vec<f64>,
+    /// Events per second of CPU time (all threads): robust to other load on the machine,
+    /// which inflates wall time but not CPU time.
+    events_per_cpu_s: Vec<f64>,
+}
+
+/// CPU time used by this process so far (user + system, all threads), in seconds.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 fn engine_run(
@@ -94,6 +106,7 @@ fn variants(args: &WindowBench, n: usize) -> Vec<Variant> {
         workers,
         window,
         events_per_s: Vec::new(),
+        events_per_cpu_s: Vec::new(),
     };
     let spec = args.window.describe();
     let mut v = vec![variant("hand-written loop (tumbling)".into(), 1, None)];
@@ -149,6 +162,7 @@ pub fn window(args: &WindowBench) -> Result<()> {
     }
     for run in 0..args.runs {
         for v in variants.iter_mut() {
+            let cpu_before = cpu_seconds();
             let (secs, digest) = match v.window {
                 None => {
                     let start = Instant::now();
@@ -157,8 +171,10 @@ pub fn window(args: &WindowBench) -> Result<()> {
                 }
                 Some(w) => engine_run(events_gen, w, d, v.workers)?,
             };
+            let cpu = cpu_seconds() - cpu_before;
             check(&v.name, v.window, &digest, &reference, &mut spec_digest)?;
             v.events_per_s.push(args.events as f64 / secs);
+            v.events_per_cpu_s.push(args.events as f64 / cpu.max(1e-9));
         }
         eprintln!("run {}/{} done", run + 1, args.runs);
     }
@@ -198,6 +214,10 @@ fn report(
     n: usize,
 ) -> Result<()> {
     let medians: Vec<f64> = variants.iter().map(|v| median(&v.events_per_s)).collect();
+    let cpu_medians: Vec<f64> = variants
+        .iter()
+        .map(|v| median(&v.events_per_cpu_s))
+        .collect();
     let find = |pred: &dyn Fn(&Variant) -> bool| {
         variants
             .iter()
@@ -219,9 +239,19 @@ fn report(
         reference.windows,
         args.runs
     );
-    eprintln!("{:<40} {:>14}", "variant", "events/s");
-    for (v, m) in variants.iter().zip(&medians) {
-        eprintln!("{:<40} {:>14}", v.name, human(*m));
+    eprintln!(
+        "{:<40} {:>14} {:>16}",
+        "variant", "events/s", "events/cpu-s"
+    );
+    for ((v, m), c) in variants.iter().zip(&medians).zip(&cpu_medians) {
+        eprintln!("{:<40} {:>14} {:>16}", v.name, human(*m), human(*c));
+    }
+    if cpu_medians[0] > 0.0 && variants.len() > 1 {
+        eprintln!(
+            "per CPU-second, sluice 1 worker {} / loop: {:.2}",
+            variants[1].window.map_or(String::new(), |w| w.describe()),
+            cpu_medians[1] / cpu_medians[0]
+        );
     }
     let ratio = |a: Option<f64>, b: f64| a.filter(|_| b > 0.0).map(|a| a / b);
     let vs_loop = ratio(tumbling_1, loop_rate);
@@ -252,12 +282,14 @@ fn report(
             "disorder_ms": args.disorder_ms,
             "windows_emitted": reference.windows,
             "runs": args.runs,
-            "variants": variants.iter().zip(&medians).map(|(v, m)| serde_json::json!({
-                "name": v.name,
-                "workers": v.workers,
-                "events_per_s_median": m,
-                "events_per_s": v.events_per_s,
-            })).collect::<Vec<_>>(),
+            "variants": variants.iter().zip(&medians).zip(&cpu_medians)
+                .map(|((v, m), c)| serde_json::json!({
+                    "name": v.name,
+                    "workers": v.workers,
+                    "events_per_s_median": m,
+                    "events_per_s": v.events_per_s,
+                    "events_per_cpu_s_median": c,
+                })).collect::<Vec<_>>(),
             "ratio_1_worker_tumbling_vs_loop": vs_loop,
             "ratio_1_worker_window_vs_tumbling": vs_tumbling,
             "ratio_n_workers_vs_1_worker": scaling,

@@ -38,8 +38,14 @@ pub trait WindowFunction<K, T>: Clone + Send + Sync + 'static {
     fn create(&mut self) -> Self::Acc;
     /// Adds a record.
     fn add(&mut self, acc: &mut Self::Acc, value: T, ts: Timestamp);
-    /// Merges `other` into `acc` (when session windows merge).
+    /// Merges `other` into `acc` (when session windows merge, and partial accumulators of
+    /// a slice meet).
     fn merge(&mut self, acc: &mut Self::Acc, other: Self::Acc);
+    /// Whether pre-aggregating before the exchange pays: accumulators much smaller than the
+    /// records they summarise. Not for functions that keep every record.
+    fn combinable(&self) -> bool {
+        true
+    }
     /// Emits the result of window `window` of key `key`, whose contents are the union of
     /// `parts` (at least one).
     fn emit(
@@ -231,6 +237,9 @@ where
     type Out = O;
     fn create(&mut self) -> Vec<T> {
         Vec::new()
+    }
+    fn combinable(&self) -> bool {
+        false
     }
     #[inline]
     fn add(&mut self, acc: &mut Vec<T>, value: T, _ts: Timestamp) {

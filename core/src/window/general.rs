@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::key::Key;
 use crate::process::TimeDomain;
 use crate::timers::TimerQueue;
+use crate::window::combine::Combined;
 use crate::window::function::WindowFunction;
 use crate::window::trigger::{TimerRequest, Trigger, TriggerContext, TriggerResult};
 use crate::window::{TimeCharacteristic, TimeWindow, WindowAssigner, no_timestamp_error};
@@ -363,7 +364,7 @@ where
     }
 }
 
-impl<W, Tr, K, T, C> Collector<(K, T)> for GeneralWindowOp<W, Tr, K, T, C>
+impl<W, Tr, K, T, C> Collector<(K, Combined<T, W::Acc>)> for GeneralWindowOp<W, Tr, K, T, C>
 where
     W: WindowFunction<K, T>,
     Tr: Trigger<T>,
@@ -371,7 +372,12 @@ where
     T: Clone,
     C: Collector<W::Out>,
 {
-    fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
+        let Combined::Raw(value) = value else {
+            return Err(crate::Error::Config(
+                "internal: a partial window accumulator reached a window that is not sliced".into(),
+            ));
+        };
         let event = self.event_time();
         let time = match event {
             true if ts == NO_TIMESTAMP => return Err(no_timestamp_error()),

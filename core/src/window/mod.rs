@@ -33,6 +33,7 @@
 //! [`NO_TIMESTAMP`]: crate::element::NO_TIMESTAMP
 //! [`OperatorContext::input_watermark`]: crate::context::OperatorContext::input_watermark
 
+pub mod combine;
 pub mod function;
 pub mod general;
 mod operator;
@@ -42,6 +43,7 @@ pub mod session;
 pub mod sliced;
 pub mod trigger;
 
+pub use combine::{Combined, SliceCombiner};
 pub use function::{AggregateWindow, ProcessWindow, ReduceWindow, WindowFunction, WindowOutput};
 pub use operator::{WindowOperator, WindowOperatorOp};
 pub use trigger::{
@@ -132,6 +134,13 @@ pub enum TimeCharacteristic {
     EventTime,
     /// The wall clock.
     ProcessingTime,
+}
+
+impl TimeCharacteristic {
+    /// Whether this is event time.
+    pub fn is_event(self) -> bool {
+        self == TimeCharacteristic::EventTime
+    }
 }
 
 /// Which windows a record belongs to (Flink's `WindowAssigner`s).

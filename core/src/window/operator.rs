@@ -1,6 +1,8 @@
 //! [`WindowOperator`]: the pipe of a windowed keyed stream, which picks the implementation
 //! that fits its assigner and trigger when it is attached — sliced, session, or general — and
-//! dispatches to it once per call (a predictable branch).
+//! dispatches to it once per call (a predictable branch). Its input is `(key, Combined)`:
+//! records, or partial accumulators from a [`SliceCombiner`](crate::window::SliceCombiner)
+//! before the exchange.
 
 use std::marker::PhantomData;
 
@@ -9,6 +11,7 @@ use crate::context::OperatorContext;
 use crate::element::{CheckpointBarrier, Timestamp, Watermark, WatermarkStatus};
 use crate::error::Result;
 use crate::key::Key;
+use crate::window::combine::Combined;
 use crate::window::function::WindowFunction;
 use crate::window::general::{GeneralWindow, GeneralWindowOp};
 use crate::window::session::{SessionWindow, SessionWindowOp};
@@ -112,7 +115,7 @@ macro_rules! each {
     };
 }
 
-impl<W, Tr, K, T, C> Collector<(K, T)> for WindowOperatorOp<W, Tr, K, T, C>
+impl<W, Tr, K, T, C> Collector<(K, Combined<T, W::Acc>)> for WindowOperatorOp<W, Tr, K, T, C>
 where
     W: WindowFunction<K, T>,
     Tr: Trigger<T>,
@@ -121,7 +124,7 @@ where
     C: Collector<W::Out>,
 {
     #[inline]
-    fn collect(&mut self, record: (K, T), ts: Timestamp) -> Result<()> {
+    fn collect(&mut self, record: (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
         each!(self, op => op.collect(record, ts))
     }
     fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
@@ -144,7 +147,7 @@ where
     }
 }
 
-impl<W, Tr, K, T> Pipe<(K, T)> for WindowOperator<W, Tr, K, T>
+impl<W, Tr, K, T> Pipe<(K, Combined<T, W::Acc>)> for WindowOperator<W, Tr, K, T>
 where
     W: WindowFunction<K, T>,
     Tr: Trigger<T>,

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use crate::element::StreamElement;
 use crate::exchange::WatermarkTracker;
 use crate::keyed::AggregateFunction;
 use crate::testkit::{Harness, context_capturing};
 use crate::window::{
-    AggregateWindow, CountTrigger, DefaultTrigger, PurgingTrigger, TimeWindow, WindowAssigner,
-    WindowOperator, WindowOutput,
+    AggregateWindow, Combined, CountTrigger, DefaultTrigger, PurgingTrigger, SliceCombiner,
+    TimeWindow, WindowAssigner, WindowOperator, WindowOutput,
 };
 use crate::{Watermark, element::Timestamp};
 
@@ -59,6 +60,58 @@ enum Elem {
     Watermark(i64),
 }
 
+/// What reaches the window operator: a record or a combiner's partial accumulator.
+type Msg = (u8, Combined<i64, (u64, i64)>);
+
+/// An element of a channel as the window operator receives it.
+#[derive(Clone, Debug)]
+enum Wire {
+    Msg(Msg, Timestamp),
+    Watermark(i64),
+}
+
+/// The channel as it leaves its stage: through a [`SliceCombiner`] when `combine`.
+fn wire(assigner: WindowAssigner, channel: &[Elem], combine: bool) -> Vec<Wire> {
+    if !combine {
+        return channel
+            .iter()
+            .map(|e| match e {
+                Elem::Rec(r) => Wire::Msg((r.key, Combined::Raw(r.value)), r.ts),
+                Elem::Watermark(w) => Wire::Watermark(*w),
+            })
+            .collect();
+    }
+    let combiner = SliceCombiner::new(&assigner, AggregateWindow::new(CountSum), true);
+    let mut h = Harness::new(combiner);
+    let mut out = Vec::new();
+    let take = |h: &mut Harness<(u8, i64), _>, out: &mut Vec<Wire>| {
+        for e in h.take_elements() {
+            match e {
+                StreamElement::Records(mut b) => {
+                    let _ = b.drain_each(|m, ts| {
+                        out.push(Wire::Msg(m, ts));
+                        Ok::<(), ()>(())
+                    });
+                }
+                StreamElement::Watermark(w) => out.push(Wire::Watermark(w.0)),
+                _ => {}
+            }
+        }
+    };
+    for e in channel {
+        match e {
+            Elem::Rec(r) => h.record((r.key, r.value), r.ts).unwrap(),
+            Elem::Watermark(w) => h.watermark(*w).unwrap(),
+        }
+        take(&mut h, &mut out);
+    }
+    // The end of the input: what the combiner still holds goes before the final watermark.
+    h.end().unwrap();
+    take(&mut h, &mut out);
+    out.retain(|e| !matches!(e, Wire::Watermark(i64::MAX)));
+    out
+}
+
 /// Builds a channel from timestamps, with watermarks `max − delay − 1` every `interval`
 /// records, and each record's horizon.
 fn channel(records: &[(u8, i64, Timestamp)], delay: i64, interval: usize) -> Vec<Elem> {
@@ -98,6 +151,21 @@ fn run_operator(
     picks: &[usize],
     count_trigger: Option<u64>,
 ) -> (Vec<Output>, Vec<(u8, i64)>) {
+    run_operator_wired(assigner, lateness, channels, picks, count_trigger, false)
+}
+
+fn run_operator_wired(
+    assigner: WindowAssigner,
+    lateness: i64,
+    channels: &[Vec<Elem>],
+    picks: &[usize],
+    count_trigger: Option<u64>,
+    combine: bool,
+) -> (Vec<Output>, Vec<(u8, i64)>) {
+    let channels: Vec<Vec<Wire>> = channels
+        .iter()
+        .map(|c| wire(assigner, c, combine && count_trigger.is_none()))
+        .collect();
     let late_tag = 77;
     let (ctx, late) = context_capturing::<(u8, i64)>(late_tag);
     let function = AggregateWindow::new(CountSum);
@@ -117,11 +185,11 @@ fn run_operator(
                 };
                 pos[c] += 1;
                 match e {
-                    Elem::Rec(r) => {
+                    Wire::Msg(m, ts) => {
                         let h_in = tracker.lateness_watermark(c).0;
-                        h.record_on((r.key, r.value), r.ts, h_in).unwrap();
+                        h.record_on(m.clone(), *ts, h_in).unwrap();
                     }
-                    Elem::Watermark(w) => {
+                    Wire::Watermark(w) => {
                         if let Some(w) = tracker.update(c, Watermark(*w)) {
                             h.watermark(w.0).unwrap();
                         }
@@ -319,6 +387,11 @@ proptest! {
         let channels: Vec<_> = chans.iter().map(|c| channel(c, delay, interval)).collect();
         let (outputs, late) = run_operator(assigner, lateness, &channels, &picks, None);
         let (expected, expected_late) = reference_fixed(assigner, lateness, &channels);
+        prop_assert_eq!(finals(&outputs, lateness == 0), expected.clone());
+        prop_assert_eq!(sorted(late), expected_late.clone());
+        // The same with each channel pre-aggregated by a combiner before the exchange.
+        let (outputs, late) =
+            run_operator_wired(assigner, lateness, &channels, &picks, None, true);
         prop_assert_eq!(finals(&outputs, lateness == 0), expected);
         prop_assert_eq!(sorted(late), expected_late);
     }
@@ -386,7 +459,7 @@ fn a_window_fires_when_the_watermark_reaches_its_end_minus_one() {
         None,
     );
     let mut h = Harness::new(op);
-    h.record((1, 5), 3).unwrap();
+    h.record((1, Combined::Raw(5)), 3).unwrap();
     h.watermark(8).unwrap();
     assert!(h.take_records().is_empty());
     h.watermark(9).unwrap();
@@ -408,11 +481,12 @@ fn session_records_bridge_two_sessions() {
         None,
     );
     let mut h = Harness::new(op);
-    h.record((1, 1), 0).unwrap();
-    h.record((1, 2), 30).unwrap();
-    h.record((1, 4), 15).unwrap(); // [15, 25) overlaps neither: 10 − 0 and 30 − 25 apart.
-    h.record((1, 8), 22).unwrap(); // [22, 32) bridges [15, 25) and [30, 40).
-    h.record((1, 16), 5).unwrap(); // [5, 15) overlaps [0, 10) only: 15 is not before 15.
+    let raw = |v: i64| Combined::Raw(v);
+    h.record((1, raw(1)), 0).unwrap();
+    h.record((1, raw(2)), 30).unwrap();
+    h.record((1, raw(4)), 15).unwrap(); // [15, 25) overlaps neither: 10 − 0 and 30 − 25 apart.
+    h.record((1, raw(8)), 22).unwrap(); // [22, 32) bridges [15, 25) and [30, 40).
+    h.record((1, raw(16)), 5).unwrap(); // [5, 15) overlaps [0, 10) only: 15 is not before 15.
     h.end().unwrap();
     let mut got: Vec<_> = h
         .take_records()

@@ -18,6 +18,7 @@ use crate::context::{OperatorContext, SideOutput};
 use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
 use crate::error::Result;
 use crate::key::Key;
+use crate::window::combine::Combined;
 use crate::window::function::WindowFunction;
 use crate::window::{TimeWindow, no_timestamp_error};
 
@@ -213,14 +214,19 @@ where
     }
 }
 
-impl<W, K, T, C> Collector<(K, T)> for SessionWindowOp<W, K, T, C>
+impl<W, K, T, C> Collector<(K, Combined<T, W::Acc>)> for SessionWindowOp<W, K, T, C>
 where
     W: WindowFunction<K, T>,
     K: Key,
     C: Collector<W::Out>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
+        let Combined::Raw(value) = value else {
+            return Err(crate::Error::Config(
+                "internal: a partial window accumulator reached a window that is not sliced".into(),
+            ));
+        };
         if ts == NO_TIMESTAMP {
             return Err(no_timestamp_error());
         }

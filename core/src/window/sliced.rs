@@ -22,6 +22,7 @@ use crate::context::{OperatorContext, SideOutput};
 use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
 use crate::error::Result;
 use crate::key::Key;
+use crate::window::combine::Combined;
 use crate::window::function::WindowFunction;
 use crate::window::{TimeWindow, gcd, no_timestamp_error, saturate};
 
@@ -56,13 +57,18 @@ impl SliceSpec {
         }
     }
 
+    /// The length of a slice.
+    pub(crate) fn slice_len(&self) -> i128 {
+        self.slice
+    }
+
     fn is_tumbling(&self) -> bool {
         self.slide == self.size
     }
 
     /// The start of the slice holding `ts`.
     #[inline]
-    fn slice_start(&self, ts: Timestamp) -> i128 {
+    pub(crate) fn slice_start(&self, ts: Timestamp) -> i128 {
         let ts = i128::from(ts);
         ts - rem(ts - self.offset, self.slice)
     }
@@ -76,7 +82,7 @@ impl SliceSpec {
     /// The largest timestamp of the window starting at `start` (`i64::MAX` at most: a window
     /// reaching past it holds `i64::MAX` and fires with the final watermark).
     #[inline]
-    fn max_timestamp(&self, start: i128) -> i64 {
+    pub(crate) fn max_timestamp(&self, start: i128) -> i64 {
         saturate(start + self.size - 1)
     }
 
@@ -89,7 +95,7 @@ impl SliceSpec {
     }
 
     /// The windows holding the slice starting at `start`, as their starts, earliest first.
-    fn slice_window_starts(&self, start: i128) -> impl Iterator<Item = i128> + use<> {
+    pub(crate) fn slice_window_starts(&self, start: i128) -> impl Iterator<Item = i128> + use<> {
         // Window starts s ≡ offset (mod slide) with slice end − size ≤ s ≤ slice start.
         let last = self.last_window_start(start);
         let lowest = start + self.slice - self.size;
@@ -103,6 +109,9 @@ impl SliceSpec {
         TimeWindow::new(saturate(start), saturate(start + self.size))
     }
 }
+
+/// Emptied slice maps kept for reuse.
+const SPARE_MAPS_MAX: usize = 4;
 
 /// A record that may count only in windows starting at `min_start` or later.
 struct Partial<K, T> {
@@ -155,6 +164,8 @@ pub struct SlicedWindowOp<W: WindowFunction<K, T>, K, T, C> {
     /// The timestamps `[lo, hi]` of the slice the last on-time record went to, and its start:
     /// in-order records skip the slice arithmetic.
     cached: (i64, i64, i128),
+    /// Emptied maps of purged slices, for new slices.
+    spare_maps: Vec<FastMap<K, W::Acc>>,
     next: C,
 }
 
@@ -183,6 +194,7 @@ where
             out: Vec::new(),
             scratch_starts: Vec::new(),
             cached: (1, 0, 0),
+            spare_maps: Vec::new(),
             next,
         }
     }
@@ -209,11 +221,14 @@ where
             }
             i -= 1;
         }
+        // A purged slice's map is reused: it keeps its capacity, so a new slice does not grow
+        // its table again through every size (nor fault in fresh pages) as keys arrive.
+        let accs = self.spare_maps.pop().unwrap_or_default();
         self.slices.insert(
             i,
             Slice {
                 start,
-                accs: FastMap::default(),
+                accs,
                 partials: Vec::new(),
             },
         );
@@ -345,8 +360,59 @@ where
             if self.spec.max_timestamp(last).saturating_add(self.lateness) > up_to {
                 break;
             }
-            self.slices.pop_front();
+            if let Some(mut slice) = self.slices.pop_front()
+                && self.spare_maps.len() < SPARE_MAPS_MAX
+            {
+                slice.accs.clear();
+                self.spare_maps.push(slice.accs);
+            }
         }
+    }
+
+    /// The index of the slice holding `ts`, created if missing; in-order records hit the
+    /// cached one.
+    #[inline]
+    fn current_slice(&mut self, ts: Timestamp) -> usize {
+        let (lo, hi, start) = self.cached;
+        if ts >= lo && ts <= hi && self.slices.back().is_some_and(|s| s.start == start) {
+            return self.slices.len() - 1;
+        }
+        let start = self.spec.slice_start(ts);
+        self.cached = (
+            saturate(start),
+            saturate(start + self.spec.slice - 1),
+            start,
+        );
+        self.slice_index(start)
+    }
+
+    /// A combiner's accumulator of `key`'s records in the slice holding `ts`: merged into the
+    /// slice. The records were on time where they were combined, and the partial comes before
+    /// the watermark that makes any of its windows due, so normally none has fired; if one
+    /// has (the watermark here ran ahead of that input's, after idleness), it fires again.
+    fn merge_partial(&mut self, key: K, acc: W::Acc, ts: Timestamp) -> Result<()> {
+        let refire_key = (ts <= self.watermark.0).then(|| key.clone());
+        let i = self.current_slice(ts);
+        let slice = &mut self.slices[i];
+        let start = slice.start;
+        match slice.accs.get_mut(&key) {
+            Some(current) => self.function.merge(current, acc),
+            None => {
+                slice.accs.insert(key, acc);
+            }
+        }
+        let Some(key) = refire_key else {
+            return Ok(());
+        };
+        let (spec, watermark) = (self.spec, self.watermark.0);
+        let due: Vec<i128> = spec
+            .slice_window_starts(start)
+            .filter(|&s| spec.max_timestamp(s) <= watermark)
+            .collect();
+        for window_start in due {
+            self.refire_key(window_start, &key)?;
+        }
+        Ok(())
     }
 
     /// A record at least partly behind its input's watermark: late, partly late, or late
@@ -411,7 +477,7 @@ where
     accs
 }
 
-impl<W, K, T, C> Collector<(K, T)> for SlicedWindowOp<W, K, T, C>
+impl<W, K, T, C> Collector<(K, Combined<T, W::Acc>)> for SlicedWindowOp<W, K, T, C>
 where
     W: WindowFunction<K, T>,
     K: Key,
@@ -419,26 +485,21 @@ where
     C: Collector<W::Out>,
 {
     #[inline]
-    fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
+    fn collect(&mut self, (key, value): (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
         if ts == NO_TIMESTAMP {
             return Err(no_timestamp_error());
         }
+        let value = match value {
+            Combined::Raw(value) => value,
+            Combined::Partial(acc) => return self.merge_partial(key, acc, ts),
+        };
         let horizon = self.watermark.max(self.ctx.input_watermark()).0;
         if ts <= horizon {
             return self.add_slow(key, value, ts, horizon);
         }
         // Ahead of the watermark, so none of its windows has fired: the common case.
-        let (lo, hi, start) = self.cached;
-        let slice = match self.slices.back_mut() {
-            Some(last) if ts >= lo && ts <= hi && last.start == start => last,
-            _ => {
-                let start = self.spec.slice_start(ts);
-                let (lo, hi) = (saturate(start), saturate(start + self.spec.slice - 1));
-                self.cached = (lo, hi, start);
-                let i = self.slice_index(start);
-                &mut self.slices[i]
-            }
-        };
+        let i = self.current_slice(ts);
+        let slice = &mut self.slices[i];
         let function = &mut self.function;
         let acc = slice.accs.entry(key).or_insert_with(|| function.create());
         function.add(acc, value, ts);
