@@ -4,9 +4,12 @@
 //!   count runs of any size;
 //! - [`baseline`]: the hand-written single-threaded word count that stands for the machine's
 //!   limit, run beside the engine in the same invocation;
+//! - [`nexmark`]: the Nexmark event generator and source, equal event for event to the
+//!   `nexmark` crate's;
 //! - [`stats`]: medians and ratios for reports.
 #![forbid(unsafe_code)]
 
 pub mod baseline;
 pub mod corpus;
+pub mod nexmark;
 pub mod stats;
