@@ -139,7 +139,7 @@ impl Generator {
     pub fn timestamp_ms(&self, n: u64) -> i64 {
         match &self.timing {
             Timing::Constant { delay_us } => {
-                let offset = ((n as f32 * delay_us) / 1000.0).round() as u64;
+                let offset = round_to_u64((n as f32 * delay_us) / 1000.0);
                 self.base_time_ms.saturating_add_unsigned(offset)
             }
             Timing::Sine {
@@ -155,8 +155,9 @@ impl Generator {
                 // at least 60. So within an epoch events follow the first rate, and the other
                 // steps only lengthen the epoch.
                 let offset_in_cycle = event_i as f32 * first_delay_us;
-                let offset = (epoch as f32 * epoch_period_ms + offset_in_cycle / 1000.0).round();
-                self.base_time_ms.saturating_add_unsigned(offset as u64)
+                let offset =
+                    round_to_u64(epoch as f32 * epoch_period_ms + offset_in_cycle / 1000.0);
+                self.base_time_ms.saturating_add_unsigned(offset)
             }
         }
     }
@@ -174,6 +175,7 @@ impl Generator {
     }
 
     /// The crate's `Person::new`.
+    #[inline(always)]
     fn person(&self, n: u64, time: i64, rng: &mut SmallRng) -> Person {
         let t = self.tables;
         let first = rng.below_u32(11) as usize;
@@ -208,6 +210,7 @@ impl Generator {
     }
 
     /// The crate's `Auction::new`.
+    #[inline(always)]
     fn auction(&self, n: u64, time: i64, rng: &mut SmallRng) -> Auction {
         let mut item_name = [0u8; 20];
         for b in &mut item_name {
@@ -218,7 +221,7 @@ impl Generator {
         let initial_bid = price(rng);
         let reserve = initial_bid + price(rng);
         let expires = time.saturating_add_unsigned(self.auction_length_ms(n, rng, time));
-        let seller = if rng.below_u64(HOT_SELLER_RATIO) > 0 {
+        let seller = if rng.below_pow2(HOT_SELLER_RATIO) > 0 {
             (person_last_id(n) / HOT_BATCH) * HOT_BATCH
         } else {
             person_next_id(n, rng)
@@ -252,22 +255,23 @@ impl Generator {
     }
 
     /// The crate's `Bid::new`.
+    #[inline(always)]
     fn bid(&self, n: u64, time: i64, rng: &mut SmallRng) -> Bid {
         let t = self.tables;
-        let auction = if 0 < rng.below_u64(HOT_AUCTION_RATIO) {
+        let auction = if 0 < rng.below_pow2(HOT_AUCTION_RATIO) {
             (auction_last_id(n) / HOT_BATCH) * HOT_BATCH
         } else {
             auction_next_id(n, rng)
         };
-        let bidder = if 0 < rng.below_u64(HOT_BIDDER_RATIO) {
+        let bidder = if 0 < rng.below_pow2(HOT_BIDDER_RATIO) {
             // The second person of the batch, so that hot bidders are not hot sellers.
             (person_last_id(n) / HOT_BATCH) * HOT_BATCH + 1
         } else {
             person_next_id(n, rng)
         };
         let price = price(rng);
-        let (channel, url) = if rng.below_u64(HOT_CHANNEL_RATIO) > 0 {
-            let i = rng.below_u64(t.hot_channels.len() as u64) as usize;
+        let (channel, url) = if rng.below_pow2(HOT_CHANNEL_RATIO) > 0 {
+            let i = rng.below_pow2(t.hot_channels.len() as u64) as usize;
             (t.hot_channels[i], t.hot_urls[i])
         } else {
             let i = rng.below_u32(CHANNELS as u32) as usize;
@@ -325,7 +329,18 @@ fn sine_timing(first: u64, next: u64) -> Result<Timing> {
 /// The crate's `gen_price`: `10^(6u) × 100` cents, rounded, for a uniform `u` in `[0, 1)`.
 #[inline]
 fn price(rng: &mut SmallRng) -> u64 {
-    (10.0_f32.powf(rng.unit_f32() * 6.0) * 100.0).round() as u64
+    round_to_u64(10.0_f32.powf(rng.unit_f32() * 6.0) * 100.0)
+}
+
+/// `x.round() as u64` for `x ≥ 0` (and NaN), without the call to `roundf` that `f32::round`
+/// compiles to on x86-64's baseline: the truncation is exact, and so is `x - trunc(x)` (below
+/// 2²³ both have at most 24 significant bits; above, `x` is an integer), so comparing it with
+/// one half rounds halves away from zero as `round` does.
+#[inline]
+fn round_to_u64(x: f32) -> u64 {
+    debug_assert!(!(x < 0.0), "x={x}");
+    let t = x as u64;
+    t.saturating_add(u64::from(x - t as f32 >= 0.5))
 }
 
 /// The crate's `gen_next_extra`: letters that bring an event of `size` bytes to about
@@ -409,6 +424,34 @@ mod tests {
                 .to_text()
                 .starts_with("lwaiyhjhrkaruidlsjilvqccyedttedeyn")
         );
+    }
+
+    #[test]
+    fn round_to_u64_rounds_as_f32_round() {
+        let check = |x: f32| assert_eq!(round_to_u64(x), x.round() as u64, "x={x:e}");
+        for bits in (0..0x7f80_0000u32).step_by(997) {
+            check(f32::from_bits(bits));
+        }
+        for k in 0..100_000u32 {
+            let half = k as f32 + 0.5;
+            check(half);
+            check(f32::from_bits(half.to_bits() - 1));
+            check(f32::from_bits(half.to_bits() + 1));
+        }
+        for x in [
+            0.0,
+            0.5,
+            8_388_607.5,
+            8_388_608.0,
+            16_777_217.0,
+            1e19,
+            2e19,
+            f32::MAX,
+        ] {
+            check(x);
+        }
+        check(f32::INFINITY);
+        assert_eq!(round_to_u64(f32::NAN), f32::NAN.round() as u64);
     }
 
     #[test]

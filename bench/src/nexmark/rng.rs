@@ -24,22 +24,23 @@ pub(crate) struct SmallRng {
 const LETTER_ZONE: u32 = u32::MAX - (u32::MAX - 26 + 1) % 26;
 
 impl SmallRng {
-    /// `SmallRng::seed_from_u64(seed)`: rand_core 0.6's default seeding through PCG32.
+    /// `SmallRng::seed_from_u64(seed)`: rand_core 0.6's default seeding through PCG32. The
+    /// eight PCG states are computed each straight from the seed (`MUL^k × seed + C_k`), so
+    /// that their multiplications run in parallel instead of in a chain.
     #[inline]
-    pub(crate) fn seed_from_u64(mut state: u64) -> SmallRng {
-        const MUL: u64 = 6364136223846793005;
-        const INC: u64 = 11634580027462260723;
-        let mut pcg32 = || {
-            state = state.wrapping_mul(MUL).wrapping_add(INC);
+    pub(crate) fn seed_from_u64(seed: u64) -> SmallRng {
+        let output = |k: usize| {
+            let state = PCG_JUMPS[k]
+                .0
+                .wrapping_mul(seed)
+                .wrapping_add(PCG_JUMPS[k].1);
             let xorshifted = (((state >> 18) ^ state) >> 27) as u32;
             let rot = (state >> 59) as u32;
             u64::from(xorshifted.rotate_right(rot))
         };
         let mut s = [0u64; 4];
-        for word in &mut s {
-            let lo = pcg32();
-            let hi = pcg32();
-            *word = lo | (hi << 32);
+        for (i, word) in s.iter_mut().enumerate() {
+            *word = output(2 * i) | (output(2 * i + 1) << 32);
         }
         if s == [0; 4] {
             // xoshiro's `from_seed` replaces an all-zero seed by its own SplitMix64 seeding
@@ -58,17 +59,8 @@ impl SmallRng {
     /// xoshiro256++'s next output.
     #[inline]
     pub(crate) fn next_u64(&mut self) -> u64 {
-        let s = &mut self.s;
-        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
         self.draws = self.draws.wrapping_add(1);
-        result
+        step(&mut self.s)
     }
 
     /// The upper half of a 64-bit draw, as xoshiro's `next_u32`.
@@ -89,6 +81,35 @@ impl SmallRng {
                 return (wide >> 64) as u64;
             }
         }
+    }
+
+    /// `below_u64(n)` for a power of two `n` ≥ 2, without a branch on a coin flip. The
+    /// conservative zone of a power of two is 2⁶³ − 1, so a draw is accepted when its bit
+    /// `63 − log2(n)` is clear — half of the time, which a branch would mispredict half of the
+    /// time. Two draws are made and the first accepted one is selected by masks; both are
+    /// rejected one time in four, and the loop goes on from there.
+    #[inline]
+    pub(crate) fn below_pow2(&mut self, n: u64) -> u64 {
+        debug_assert!(n.is_power_of_two() && n >= 2, "n={n}");
+        let bits = n.trailing_zeros();
+        let mut s1 = self.s;
+        let v1 = step(&mut s1);
+        let mut s2 = s1;
+        let v2 = step(&mut s2);
+        let ok1 = (v1 >> (63 - bits)) & 1 == 0;
+        let ok2 = (v2 >> (63 - bits)) & 1 == 0;
+        if !(ok1 | ok2) {
+            self.s = s2;
+            self.draws = self.draws.wrapping_add(2);
+            return self.below_u64(n);
+        }
+        // All ones when the first draw is taken.
+        let first = u64::from(ok1).wrapping_neg();
+        for (s, (a, b)) in self.s.iter_mut().zip(s1.into_iter().zip(s2)) {
+            *s = (a & first) | (b & !first);
+        }
+        self.draws = self.draws.wrapping_add(2 - u32::from(ok1));
+        ((v1 & first) | (v2 & !first)) >> (64 - bits)
     }
 
     /// `gen_range(0..n)` over `i32`/`u32`, and `slice.choose` (which samples a `u32` index for
@@ -133,6 +154,38 @@ impl SmallRng {
     }
 }
 
+/// One xoshiro256++ step: the output, and the state advanced.
+#[inline(always)]
+fn step(s: &mut [u64; 4]) -> u64 {
+    let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+    let t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = s[3].rotate_left(45);
+    result
+}
+
+const PCG_MUL: u64 = 6364136223846793005;
+const PCG_INC: u64 = 11634580027462260723;
+
+/// `(MUL^k, C_k)` for k = 1 to 8, with which PCG32's k-th state after `seed` is
+/// `MUL^k × seed + C_k` (the state advances before each output).
+const PCG_JUMPS: [(u64, u64); 8] = {
+    let mut jumps = [(0u64, 0u64); 8];
+    let (mut mul, mut add) = (PCG_MUL, PCG_INC);
+    let mut k = 0;
+    while k < 8 {
+        jumps[k] = (mul, add);
+        mul = mul.wrapping_mul(PCG_MUL);
+        add = add.wrapping_mul(PCG_MUL).wrapping_add(PCG_INC);
+        k += 1;
+    }
+    jumps
+};
+
 /// xoshiro's own `seed_from_u64`: four SplitMix64 outputs.
 fn splitmix_seed(mut state: u64) -> [u64; 4] {
     const PHI: u64 = 0x9e3779b97f4a7c15;
@@ -170,6 +223,38 @@ mod tests {
             assert_eq!(rng.next_u64(), e);
         }
         assert_eq!(rng.draws(), 6);
+    }
+
+    /// rand_core 0.6's `seed_from_u64`, as it is written: PCG32 in a chain.
+    fn chained_pcg_seed(mut state: u64) -> [u64; 4] {
+        let mut pcg32 = || {
+            state = state.wrapping_mul(PCG_MUL).wrapping_add(PCG_INC);
+            let xorshifted = (((state >> 18) ^ state) >> 27) as u32;
+            u64::from(xorshifted.rotate_right((state >> 59) as u32))
+        };
+        [(); 4].map(|()| pcg32() | (pcg32() << 32))
+    }
+
+    #[test]
+    fn jumped_pcg_seeding_equals_the_chained_one() {
+        for seed in (0..1000).chain([u64::MAX, 1 << 63, 0x9e37_79b9_7f4a_7c15]) {
+            assert_eq!(
+                SmallRng::seed_from_u64(seed).s,
+                chained_pcg_seed(seed),
+                "seed {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn below_pow2_draws_as_below_u64() {
+        for seed in 0..20_000 {
+            for n in [2, 4, 1 << 20] {
+                let (mut a, mut b) = (SmallRng::seed_from_u64(seed), SmallRng::seed_from_u64(seed));
+                assert_eq!(a.below_pow2(n), b.below_u64(n), "seed {seed} n {n}");
+                assert_eq!((a.s, a.draws), (b.s, b.draws), "seed {seed} n {n}");
+            }
+        }
     }
 
     #[test]
