@@ -258,16 +258,28 @@ impl Generator {
     #[inline(always)]
     fn bid(&self, n: u64, time: i64, rng: &mut SmallRng) -> Bid {
         let t = self.tables;
-        let auction = if 0 < rng.below_pow2(HOT_AUCTION_RATIO) {
-            (auction_last_id(n) / HOT_BATCH) * HOT_BATCH
+        // Each choice below goes either way at random; the ordinary way's draw is made
+        // without a branch (`below_u64_if`), which a branch predictor could only guess.
+        let hot_auction = 0 < rng.below_pow2(HOT_AUCTION_RATIO);
+        let max_auction = auction_last_id(n);
+        let min_auction = max_auction.saturating_sub(IN_FLIGHT_AUCTIONS);
+        let range = max_auction - min_auction + 1 + AUCTION_ID_LEAD;
+        let next_auction = min_auction + rng.below_u64_if(!hot_auction, range);
+        let auction = if hot_auction {
+            // The first auction of the batch of the last HOT_BATCH auctions.
+            (max_auction / HOT_BATCH) * HOT_BATCH
         } else {
-            auction_next_id(n, rng)
+            next_auction
         };
-        let bidder = if 0 < rng.below_pow2(HOT_BIDDER_RATIO) {
+        let hot_bidder = 0 < rng.below_pow2(HOT_BIDDER_RATIO);
+        let people = person_last_id(n) + 1;
+        let active = people.min(ACTIVE_PEOPLE);
+        let next_bidder = people - active + rng.below_u64_if(!hot_bidder, active + PERSON_ID_LEAD);
+        let bidder = if hot_bidder {
             // The second person of the batch, so that hot bidders are not hot sellers.
             (person_last_id(n) / HOT_BATCH) * HOT_BATCH + 1
         } else {
-            person_next_id(n, rng)
+            next_bidder
         };
         let price = price(rng);
         let (channel, url) = if rng.below_pow2(HOT_CHANNEL_RATIO) > 0 {
@@ -332,15 +344,21 @@ fn price(rng: &mut SmallRng) -> u64 {
     round_to_u64(10.0_f32.powf(rng.unit_f32() * 6.0) * 100.0)
 }
 
-/// `x.round() as u64` for `x ≥ 0` (and NaN), without the call to `roundf` that `f32::round`
-/// compiles to on x86-64's baseline: the truncation is exact, and so is `x - trunc(x)` (below
-/// 2²³ both have at most 24 significant bits; above, `x` is an integer), so comparing it with
-/// one half rounds halves away from zero as `round` does.
+/// `x.round() as u64`, without the call to `roundf` that `f32::round` compiles to on x86-64's
+/// baseline. For `0 ≤ x < 2⁶³` the truncation is exact, and so is `x - trunc(x)` (below 2²³
+/// both have at most 24 significant bits; above, `x` is an integer), so comparing it with one
+/// half rounds halves away from zero as `round` does. Going through `i64` spares the
+/// conversions' handling of the top half of `u64`.
 #[inline]
 fn round_to_u64(x: f32) -> u64 {
-    debug_assert!(!(x < 0.0), "x={x}");
-    let t = x as u64;
-    t.saturating_add(u64::from(x - t as f32 >= 0.5))
+    const TWO_POW_63: f32 = 9_223_372_036_854_775_808.0;
+    if (0.0..TWO_POW_63).contains(&x) {
+        let t = x as i64;
+        (t + i64::from(x - t as f32 >= 0.5)) as u64
+    } else {
+        // Negative, huge or NaN: never from the generator.
+        x.round() as u64
+    }
 }
 
 /// The crate's `gen_next_extra`: letters that bring an event of `size` bytes to about
@@ -393,14 +411,6 @@ fn auction_last_id(n: u64) -> u64 {
         offset -= PERSON_PROPORTION;
     }
     epoch.wrapping_mul(AUCTION_PROPORTION).wrapping_add(offset)
-}
-
-/// An auction id among the last `IN_FLIGHT_AUCTIONS`, or up to `AUCTION_ID_LEAD` beyond.
-#[inline]
-fn auction_next_id(n: u64, rng: &mut SmallRng) -> u64 {
-    let max = auction_last_id(n);
-    let min = max.saturating_sub(IN_FLIGHT_AUCTIONS);
-    min + rng.below_u64(max - min + 1 + AUCTION_ID_LEAD)
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ impl SmallRng {
         for (i, word) in s.iter_mut().enumerate() {
             *word = output(2 * i) | (output(2 * i + 1) << 32);
         }
-        if s == [0; 4] {
+        if s[0] | s[1] | s[2] | s[3] == 0 {
             // xoshiro's `from_seed` replaces an all-zero seed by its own SplitMix64 seeding
             // of 0. PCG32 never yields eight zeros in a row, but the rule costs nothing.
             s = splitmix_seed(0);
@@ -110,6 +110,30 @@ impl SmallRng {
         }
         self.draws = self.draws.wrapping_add(2 - u32::from(ok1));
         ((v1 & first) | (v2 & !first)) >> (64 - bits)
+    }
+
+    /// `below_u64(n)` when `take`, else no draw at all (and a meaningless result), without a
+    /// branch on `take`: for the crate's "hot or not" choices, which go either way at random.
+    /// The draw is made on a copy of the state, kept only when `take`; a taken draw that is
+    /// rejected goes on in the loop.
+    #[inline]
+    pub(crate) fn below_u64_if(&mut self, take: bool, n: u64) -> u64 {
+        debug_assert!(n > 0, "empty range");
+        let zone = (n << n.leading_zeros()).wrapping_sub(1);
+        let mut s1 = self.s;
+        let wide = u128::from(step(&mut s1)) * u128::from(n);
+        if take & (wide as u64 > zone) {
+            self.s = s1;
+            self.draws = self.draws.wrapping_add(1);
+            return self.below_u64(n);
+        }
+        // All ones when the draw is taken.
+        let keep = u64::from(take).wrapping_neg();
+        for (s, a) in self.s.iter_mut().zip(s1) {
+            *s = (a & keep) | (*s & !keep);
+        }
+        self.draws = self.draws.wrapping_add(u32::from(take));
+        (wide >> 64) as u64
     }
 
     /// `gen_range(0..n)` over `i32`/`u32`, and `slice.choose` (which samples a `u32` index for
@@ -252,6 +276,19 @@ mod tests {
             for n in [2, 4, 1 << 20] {
                 let (mut a, mut b) = (SmallRng::seed_from_u64(seed), SmallRng::seed_from_u64(seed));
                 assert_eq!(a.below_pow2(n), b.below_u64(n), "seed {seed} n {n}");
+                assert_eq!((a.s, a.draws), (b.s, b.draws), "seed {seed} n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn below_u64_if_draws_as_below_u64_or_not_at_all() {
+        for seed in 0..20_000 {
+            for n in [3, 111, 1010, 1 << 63] {
+                let (mut a, mut b) = (SmallRng::seed_from_u64(seed), SmallRng::seed_from_u64(seed));
+                assert_eq!(a.below_u64_if(true, n), b.below_u64(n), "seed {seed} n {n}");
+                assert_eq!((a.s, a.draws), (b.s, b.draws), "seed {seed} n {n}");
+                a.below_u64_if(false, n);
                 assert_eq!((a.s, a.draws), (b.s, b.draws), "seed {seed} n {n}");
             }
         }

@@ -91,14 +91,13 @@ impl NexmarkEvents {
     /// Appends up to `records_max` events to `out`; whether the split has more.
     #[inline]
     pub fn fill(&mut self, out: &mut Vec<Event>, records_max: usize) -> ReadStatus {
-        out.reserve(records_max);
-        for _ in 0..records_max {
-            if self.next >= self.end {
-                break;
-            }
-            out.push(self.generator.event(self.next));
-            self.next = self.next.saturating_add(self.step);
-        }
+        let left = self.end.saturating_sub(self.next).div_ceil(self.step);
+        let count = left.min(records_max as u64);
+        let (first, step, generator) = (self.next, self.step, &self.generator);
+        // A range's `map` is `TrustedLen`: `extend` reserves once and writes each event in
+        // place.
+        out.extend((0..count).map(|i| generator.event(first + i * step)));
+        self.next = first.saturating_add(count.saturating_mul(step));
         if self.next >= self.end {
             ReadStatus::End
         } else {
