@@ -28,7 +28,17 @@
 //! differently in rare cases, exactly as the crate would.
 //!
 //! Long strings (`description`, `extra`) are [`LazyText`]s: drawn only when asked for, always
-//! the same letters. See [`model`](self::Event) for the layout.
+//! the same letters; strings from fixed lists are interned [`Sym`]s. Every record type is
+//! `Copy` and owns no heap memory: a [`Bid`] is 48 bytes, an [`Event`] 112.
+//!
+//! # What the defaults produce
+//!
+//! At 10 M events/s of event time, a millisecond holds 10,000 events (events 0 to 4,999 fall
+//! on the base time itself), and an auction expires 1 or 2 ms after it opens: the crate sets
+//! an auction's length from the time 1,666 more events take, as the Java generator does.
+//! Names, cities and states are lower case (Java capitalises them; states are "az", "ca",
+//! "id", "or", "wa", "wy"), item names and descriptions are exactly 20 and 100 letters with no
+//! spaces (Java draws shorter ones with spaces).
 //!
 //! # Splitting and replay
 //!
