@@ -153,24 +153,54 @@ fn read_splits(cfg: &NexmarkConfig, workers: usize) -> Vec<(u64, Event)> {
 
 #[test]
 fn splits_cover_each_event_once_for_1_to_4_workers() {
-    let cfg = NexmarkConfig {
-        events: Some(10_007),
-        ..NexmarkConfig::default()
-    };
-    let g = Generator::new(&cfg).unwrap();
-    for workers in 1..=4 {
-        let mut all = read_splits(&cfg, workers);
-        all.sort_by_key(|(n, _)| *n);
-        let numbers: Vec<u64> = all.iter().map(|(n, _)| *n).collect();
-        assert_eq!(
-            numbers,
-            (0..10_007).collect::<Vec<_>>(),
-            "workers={workers}"
-        );
-        for (n, e) in &all {
-            assert_eq!(*e, g.event(*n), "workers={workers} event {n}");
+    let g = Generator::new(&NexmarkConfig::default()).unwrap();
+    // Also streams shorter than the number of workers, down to none: some splits are empty.
+    for events in [10_007, 2, 0] {
+        let cfg = NexmarkConfig {
+            events: Some(events),
+            ..NexmarkConfig::default()
+        };
+        for workers in 1..=4 {
+            let mut all = read_splits(&cfg, workers);
+            all.sort_by_key(|(n, _)| *n);
+            let numbers: Vec<u64> = all.iter().map(|(n, _)| *n).collect();
+            assert_eq!(
+                numbers,
+                (0..events).collect::<Vec<_>>(),
+                "workers={workers}"
+            );
+            for (n, e) in &all {
+                assert_eq!(*e, g.event(*n), "workers={workers} event {n}");
+            }
         }
     }
+}
+
+#[test]
+fn an_unbounded_source_reads_on_and_ends_at_the_last_event_number() {
+    let cfg = NexmarkConfig {
+        events: None,
+        ..NexmarkConfig::default()
+    };
+    let source = NexmarkSource::new(cfg.clone());
+    assert!(!source.is_bounded());
+    let split = source.splits(2).unwrap()[1];
+    assert_eq!(split.end, u64::MAX);
+    let g = Generator::new(&cfg).unwrap();
+    let mut events = NexmarkEvents::new(g.clone(), split, Some(1_000_000_000_001));
+    let mut batch = Vec::new();
+    assert_eq!(events.fill(&mut batch, 3), ReadStatus::More);
+    let expected: Vec<Event> = [1_000_000_000_001, 1_000_000_000_003, 1_000_000_000_005]
+        .map(|n| g.event(n))
+        .to_vec();
+    assert_eq!(batch, expected);
+    assert_eq!(events.position(), 1_000_000_000_007);
+    // At the very end of the number space the split stops rather than wrapping around.
+    let mut last = NexmarkEvents::new(g, split, Some(u64::MAX - 4));
+    batch.clear();
+    assert_eq!(last.fill(&mut batch, 10), ReadStatus::End);
+    assert_eq!(batch.len(), 2);
+    assert_eq!(last.position(), u64::MAX);
 }
 
 #[test]

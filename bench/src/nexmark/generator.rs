@@ -248,7 +248,8 @@ impl Generator {
     /// `IN_FLIGHT_AUCTIONS` more auctions take to arrive.
     fn auction_length_ms(&self, n: u64, rng: &mut SmallRng, time: i64) -> u64 {
         let events_for_auctions = IN_FLIGHT_AUCTIONS * PROPORTION_DENOMINATOR / AUCTION_PROPORTION;
-        let future = self.timestamp_ms(n + events_for_auctions);
+        // Saturating where the crate would overflow: 2⁶⁴ events is 58,000 years at 10 M/s.
+        let future = self.timestamp_ms(n.saturating_add(events_for_auctions));
         // Unsigned and wrapping, as the crate's `u64` arithmetic in a release build.
         let horizon = (future as u64).wrapping_sub(time as u64);
         1 + rng.below_u64(horizon.wrapping_mul(2).max(1))
