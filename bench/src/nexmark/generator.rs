@@ -52,8 +52,10 @@ pub struct NexmarkConfig {
     pub base_time_ms: i64,
     /// Event-time rate at the start of each period, events per second. Default: 10 M.
     pub first_event_rate: u64,
-    /// Event-time rate the sine shape moves towards (at most `first_event_rate`). Default:
-    /// 10 M, a constant rate.
+    /// The rate the crate's sine shape moves towards, at most `first_event_rate`. Default:
+    /// 10 M, a constant rate. As the crate computes the shape, the events of each 600 s epoch
+    /// come at the first rate and the rest of the epoch is silent (see
+    /// [`Generator::timestamp_ms`]).
     pub next_event_rate: u64,
 }
 
@@ -69,6 +71,17 @@ impl Default for NexmarkConfig {
 }
 
 /// Generates event `n` for any `n`, in any order, on any thread.
+///
+/// ```
+/// use sluice_bench::nexmark::{Event, Generator, NexmarkConfig};
+///
+/// let generator = Generator::new(&NexmarkConfig::default())?;
+/// let Event::Person(p) = generator.event(0) else { unreachable!() };
+/// assert_eq!((p.id, p.date_time, p.state.as_str()), (1000, 1_700_000_000_000, "az"));
+/// let Event::Bid(b) = generator.event(1_000_004) else { unreachable!() };
+/// assert_eq!(b.date_time, 1_700_000_000_100);
+/// # Ok::<(), sluice::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Generator {
     base_time_ms: i64,

@@ -45,6 +45,23 @@
 //! [`NexmarkSource`] gives each of `w` workers the events `n ≡ i (mod w)`; a reader's position
 //! is the next event number, and reading from position `p` yields exactly the events `≥ p` of
 //! its split.
+//!
+//! ```no_run
+//! use sluice::Env;
+//! use sluice_bench::nexmark::{Event, NexmarkConfig, NexmarkSource};
+//!
+//! let env = Env::new();
+//! let cfg = NexmarkConfig {
+//!     events: Some(10_000_000),
+//!     ..NexmarkConfig::default()
+//! };
+//! env.from_source(NexmarkSource::new(cfg))
+//!     .flat_map(Event::bid)
+//!     .map(|b| (b.auction, b.price, b.channel.as_str(), b.date_time))
+//!     .print();
+//! env.execute("bids")?;
+//! # Ok::<(), sluice::Error>(())
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod generator;
