@@ -4,6 +4,8 @@
 //!   count runs of any size;
 //! - [`baseline`]: the hand-written single-threaded word count that stands for the machine's
 //!   limit, run beside the engine in the same invocation;
+//! - [`nexmark`]: the Nexmark event generator and source, equal event for event to the
+//!   `nexmark` crate's;
 //! - [`stats`]: medians and ratios for reports;
 //! - [`window`]: the windowed-aggregation benchmark's event generator, its hand-written
 //!   tumbling-window loop, and a digest sink that checks the engine against it.
@@ -11,5 +13,6 @@
 
 pub mod baseline;
 pub mod corpus;
+pub mod nexmark;
 pub mod stats;
 pub mod window;
