@@ -220,6 +220,11 @@ impl OperatorContext {
         self.inner.clock.now_ms() as i64
     }
 
+    /// Microseconds since the stage instance started, from a monotonic clock: for durations.
+    pub fn monotonic_us(&self) -> u64 {
+        self.inner.clock.elapsed().as_micros() as u64
+    }
+
     /// Asks for a call of [`Collector::on_processing_time`] on the chain once processing time
     /// reaches `at_ms`. Calls for the same instant are coalesced by the caller's own timers;
     /// spurious calls are harmless (operators check their own deadlines).

@@ -117,6 +117,12 @@ impl Error {
         matches!(self, Error::Disconnected { .. } | Error::Cancelled)
     }
 
+    /// Whether restarting the job from a checkpoint may get past this error: not for a bad
+    /// configuration or an environment that cannot run the job at all.
+    pub fn is_restartable(&self) -> bool {
+        !matches!(self, Error::Config(_) | Error::Startup { .. })
+    }
+
     /// Wraps a user function's error with the operator's name.
     pub fn operator(operator: &str, err: impl std::fmt::Display) -> Error {
         Error::Operator {

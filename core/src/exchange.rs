@@ -649,6 +649,8 @@ impl Wake for InputWaker {
 struct Input<T: Send> {
     receiver: ConnectedReceiver<Chan<T>>,
     ended: bool,
+    /// Not read until unblocked (its checkpoint barrier came before the others').
+    blocked: bool,
     /// Returned `Pending` and has our waker registered: poll again only once it fired.
     armed: bool,
     wake: Arc<InputWaker>,
@@ -676,6 +678,7 @@ impl<T: Send + 'static> InputGate<T> {
             inputs.push(Input {
                 receiver: poll_until_ready(r.connect()).await,
                 ended: false,
+                blocked: false,
                 armed: false,
                 wake,
                 waker,
@@ -695,6 +698,19 @@ impl<T: Send + 'static> InputGate<T> {
         self.inputs.len()
     }
 
+    /// Stops (or resumes) reading input `i`: during barrier alignment, its later elements
+    /// belong after the checkpoint.
+    pub fn set_blocked(&mut self, i: usize, blocked: bool) {
+        self.inputs[i].blocked = blocked;
+    }
+
+    /// Resumes reading every input.
+    pub fn unblock_all(&mut self) {
+        for input in &mut self.inputs {
+            input.blocked = false;
+        }
+    }
+
     /// The next element and the input it came from; `None` once every input has ended. An
     /// input that closes without sending [`StreamElement::EndOfInput`] is an error: its sender
     /// failed.
@@ -710,7 +726,7 @@ impl<T: Send + 'static> InputGate<T> {
         for k in 0..n {
             let i = (self.next + k) % n;
             let input = &mut self.inputs[i];
-            if input.ended {
+            if input.ended || input.blocked {
                 continue;
             }
             input.wake.set_task(cx.waker());

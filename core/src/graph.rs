@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::chain::{Collector, Outbox, OutboxRef};
+use crate::checkpoint::CheckpointControl;
+use crate::checkpoint::metadata::StageMetadata;
 use crate::context::ContextBuilder;
 use crate::element::{CheckpointBarrier, Watermark, WatermarkStatus};
 use crate::error::Result;
@@ -37,6 +39,12 @@ pub struct WorkerContext {
     pub key_groups: KeyGroups,
     /// The job's counters.
     pub metrics: Arc<JobMetrics>,
+    /// The stage's index in the job graph (set per stage instance).
+    pub stage: usize,
+    /// Checkpoint triggers and acknowledgements, when the job takes checkpoints.
+    pub checkpoints: Option<Arc<CheckpointControl>>,
+    /// Records per second each source stage may emit over all its workers (`--rate`).
+    pub source_rate: Option<f64>,
     cancelled: Arc<AtomicBool>,
 }
 
@@ -54,6 +62,9 @@ impl WorkerContext {
             workers,
             key_groups,
             metrics,
+            stage: 0,
+            checkpoints: None,
+            source_rate: None,
             cancelled,
         }
     }
@@ -74,14 +85,35 @@ impl WorkerContext {
 /// A stage running on one worker.
 pub type StageFuture = Pin<Box<dyn Future<Output = Result<()>>>>;
 
+/// What a stage learns before its workers start.
+pub struct Prepare<'a> {
+    /// Number of workers.
+    pub workers: usize,
+    /// The job's counters.
+    pub metrics: &'a JobMetrics,
+    /// The checkpoint the job resumes from (0: none).
+    pub restored_id: u64,
+    /// This stage's part of that checkpoint.
+    pub restore: Option<&'a StageMetadata>,
+}
+
 /// A stage of the job graph, instantiated once per worker.
 pub trait StageFactory: Send + Sync {
     /// The stage's name: its head, its operators and its output, joined by `->`.
     fn name(&self) -> String;
-    /// Checks inputs and outputs, once, before any worker starts.
-    fn prepare(&self, workers: usize, metrics: &JobMetrics) -> Result<()>;
+    /// Checks inputs and outputs and takes in what a restore hands it, once, before any worker
+    /// starts (and again before each restart).
+    fn prepare(&self, p: &Prepare<'_>) -> Result<()>;
+    /// Whether the stage can resume from a checkpoint without loss: its sources can replay.
+    fn replayable(&self) -> bool {
+        true
+    }
     /// The stage's task on one worker (called on that worker's thread).
     fn instantiate(&self, ctx: WorkerContext) -> StageFuture;
+    /// Checkpoint `id` is complete: commit what the stage's sink wrote before its barrier.
+    fn commit_checkpoint(&self, _id: u64) -> Result<()> {
+        Ok(())
+    }
     /// Commits the stage's output after the job succeeded (see [`Sink::commit`]).
     fn commit(&self) -> Result<()>;
     /// Discards the stage's uncommitted output after the job failed.
@@ -121,8 +153,13 @@ pub trait OutputSpec<T>: Send + Sync + 'static {
     type Drain: OutputDrain<T>;
     /// A short description for the plan.
     fn describe(&self) -> String;
-    /// Checks the destination before the job starts.
-    fn prepare(&self, _workers: usize) -> Result<()> {
+    /// Checks the destination before the job starts; after a restore from checkpoint
+    /// `restored_id` (0: none), settles what the previous run left.
+    fn prepare(&self, _workers: usize, _restored_id: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Checkpoint `id` is complete: commit what was written before its barrier.
+    fn commit_checkpoint(&self, _id: u64) -> Result<()> {
         Ok(())
     }
     /// Commits the output after the job succeeded.
@@ -279,8 +316,12 @@ impl<T: 'static, S: Sink<T>> OutputSpec<T> for ToSink<S> {
     fn describe(&self) -> String {
         format!("Sink: {}", self.sink.name())
     }
-    fn prepare(&self, workers: usize) -> Result<()> {
-        self.sink.prepare(workers)
+    fn prepare(&self, workers: usize, restored_id: u64) -> Result<()> {
+        self.sink.prepare(workers)?;
+        self.sink.recover(restored_id)
+    }
+    fn commit_checkpoint(&self, id: u64) -> Result<()> {
+        self.sink.commit_checkpoint(id)
     }
     fn commit(&self) -> Result<()> {
         self.sink.commit()

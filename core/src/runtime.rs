@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -23,7 +23,13 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use std::path::PathBuf;
+
+use crate::checkpoint::CheckpointConfig;
+use crate::checkpoint::coordinator::{CheckpointStats, Coordinator, JobInfo, Tick};
+use crate::checkpoint::metadata::{self, CheckpointMetadata};
 use crate::clock::{Clock, SystemClock};
+use crate::graph::Prepare;
 use crate::error::{Error, Result};
 use crate::graph::{JobGraph, WorkerContext};
 use crate::key::{KEY_GROUPS_DEFAULT, KeyGroups};
@@ -53,6 +59,31 @@ pub struct RuntimeConfig {
     pub key_groups_max: Option<u32>,
     /// How often the progress callback runs.
     pub progress_interval: Duration,
+    /// The job's name, in checkpoints and logs.
+    pub job_name: String,
+    /// Take checkpoints (exactly-once output, restarts from the latest one).
+    pub checkpoints: Option<CheckpointConfig>,
+    /// Resume from a checkpoint or savepoint.
+    pub restore: Option<RestoreFrom>,
+    /// Restarts after a failure (with checkpoints), each after `restart_delay`.
+    pub restart_attempts: u32,
+    /// The fixed delay before a restart.
+    pub restart_delay: Duration,
+    /// Records per second each source may emit, over all its workers.
+    pub source_rate: Option<f64>,
+    /// Where the savepoint that stops the job goes.
+    pub savepoint_dir: Option<PathBuf>,
+    /// Raised (by a signal handler) to stop the job with a savepoint in `savepoint_dir`.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// Where a job resumes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The newest complete checkpoint in the checkpoint directory, or a fresh start if none.
+    Latest,
+    /// The checkpoint or savepoint at this path, or the newest complete one under it.
+    Path(PathBuf),
 }
 
 impl Default for RuntimeConfig {
@@ -62,21 +93,37 @@ impl Default for RuntimeConfig {
             pin: true,
             key_groups_max: None,
             progress_interval: Duration::from_millis(250),
+            job_name: "job".into(),
+            checkpoints: None,
+            restore: None,
+            restart_attempts: 3,
+            restart_delay: Duration::from_millis(500),
+            source_rate: None,
+            savepoint_dir: None,
+            stop: None,
         }
     }
 }
 
 /// What a finished job reports.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct JobReport {
-    /// Wall time from the workers' start to the last worker's end.
+    /// Wall time from the workers' start to the last worker's end (of the last run).
     pub elapsed: Duration,
-    /// Final counters.
+    /// Final counters (of the last run).
     pub progress: Progress,
     /// Workers used.
     pub workers: usize,
     /// Whether the workers were pinned to CPUs.
     pub pinned: bool,
+    /// The checkpoint the job resumed from, if any.
+    pub restored_from: Option<u64>,
+    /// Restarts after failures.
+    pub restarts: u32,
+    /// The job stopped with this savepoint.
+    pub savepoint: Option<PathBuf>,
+    /// Checkpoints of the last run.
+    pub checkpoints: CheckpointStats,
 }
 
 /// The CPUs this process may run on.
@@ -96,33 +143,169 @@ enum WorkerEvent {
 }
 
 /// Runs `graph` to completion on this machine and reports progress to `on_progress` while it
-/// runs.
+/// runs. With checkpoints, a failure restarts the job from its newest complete checkpoint (up
+/// to `restart_attempts` times, after `restart_delay`); with a stop request, the job ends with
+/// a savepoint.
 pub fn execute(
     graph: JobGraph,
     config: &RuntimeConfig,
     mut on_progress: impl FnMut(Progress, Duration),
 ) -> Result<JobReport> {
-    let workers = config.workers;
-    if workers == 0 {
+    if config.workers == 0 {
         return Err(Error::Config("--workers must be at least 1".into()));
     }
-    let key_groups_max = config
-        .key_groups_max
-        .unwrap_or_else(|| default_key_groups(workers));
+    let graph = Arc::new(graph);
+    let mut restore = resolve_restore(config, &graph)?;
+    let mut restarts = 0;
+    loop {
+        match run_once(&graph, config, restore.as_ref(), &mut on_progress) {
+            Ok(mut report) => {
+                report.restarts = restarts;
+                return Ok(report);
+            }
+            Err(e) => {
+                let restartable = config.checkpoints.is_some() && e.is_restartable();
+                if !restartable || restarts >= config.restart_attempts {
+                    if config.checkpoints.is_none() {
+                        // Without checkpoints nothing will resume: the output goes.
+                        graph.stages.iter().for_each(|s| s.abort());
+                    }
+                    return Err(e);
+                }
+                restarts += 1;
+                tracing::warn!(
+                    error = %e,
+                    attempt = restarts,
+                    "job failed: restarting from the latest checkpoint"
+                );
+                std::thread::sleep(config.restart_delay);
+                if let Some(latest) = latest_checkpoint(config)? {
+                    restore = Some(latest);
+                }
+            }
+        }
+    }
+}
+
+/// The newest complete checkpoint of the job's checkpoint directory, warning about newer ones
+/// that are incomplete or corrupt.
+fn latest_checkpoint(config: &RuntimeConfig) -> Result<Option<(PathBuf, CheckpointMetadata)>> {
+    let Some(c) = &config.checkpoints else {
+        return Ok(None);
+    };
+    let (latest, skipped) = metadata::latest(&c.dir)?;
+    for s in skipped {
+        tracing::warn!("skipping an incomplete checkpoint: {s}");
+    }
+    Ok(latest)
+}
+
+/// The checkpoint the job starts from, checked against the job.
+fn resolve_restore(
+    config: &RuntimeConfig,
+    graph: &JobGraph,
+) -> Result<Option<(PathBuf, CheckpointMetadata)>> {
+    let found = match &config.restore {
+        None => return Ok(None),
+        Some(RestoreFrom::Latest) => {
+            if config.checkpoints.is_none() {
+                return Err(Error::Config(
+                    "--restore latest needs --checkpoint-dir (where to look)".into(),
+                ));
+            }
+            latest_checkpoint(config)?
+        }
+        Some(RestoreFrom::Path(path)) => {
+            let (latest, skipped) = metadata::latest(path)?;
+            for s in &skipped {
+                tracing::warn!("skipping an incomplete checkpoint: {s}");
+            }
+            let found = latest.ok_or_else(|| {
+                Error::Config(format!(
+                    "no complete checkpoint or savepoint at {}{}",
+                    path.display(),
+                    skipped.first().map_or(String::new(), |s| format!(" ({s})"))
+                ))
+            })?;
+            Some(found)
+        }
+    };
+    if let Some((dir, meta)) = &found {
+        check_same_job(dir, meta, graph)?;
+    }
+    Ok(found)
+}
+
+fn check_same_job(dir: &std::path::Path, meta: &CheckpointMetadata, graph: &JobGraph) -> Result<()> {
+    let names: Vec<String> = graph.stages.iter().map(|s| s.name()).collect();
+    let theirs: Vec<&str> = meta.stages.iter().map(|s| s.name.as_str()).collect();
+    if names.len() != theirs.len() {
+        return Err(Error::Config(format!(
+            "{} was taken by another job: it has {} stages, this job {}",
+            dir.display(),
+            theirs.len(),
+            names.len()
+        )));
+    }
+    for (i, (ours, theirs)) in names.iter().zip(theirs).enumerate() {
+        if ours != theirs {
+            return Err(Error::Config(format!(
+                "{} was taken by another job: its stage {i} is '{theirs}', this job's '{ours}'",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One run of the job: start the workers, supervise them (progress, checkpoints, a stop
+/// request), and collect the outcome.
+fn run_once(
+    graph: &Arc<JobGraph>,
+    config: &RuntimeConfig,
+    restore: Option<&(PathBuf, CheckpointMetadata)>,
+    on_progress: &mut impl FnMut(Progress, Duration),
+) -> Result<JobReport> {
+    let workers = config.workers;
+    let restored_id = restore.map_or(0, |(_, m)| m.checkpoint_id);
+    let key_groups_max = match (restore, config.key_groups_max) {
+        (Some((_, m)), Some(k)) if m.key_groups_max != k => {
+            return Err(Error::Config(format!(
+                "the checkpoint has {} key groups, the job asks for {k}",
+                m.key_groups_max
+            )));
+        }
+        (Some((_, m)), _) => m.key_groups_max,
+        (None, k) => k.unwrap_or_else(|| default_key_groups(workers)),
+    };
     let key_groups = KeyGroups::new(key_groups_max, workers as u32)?;
     let metrics = Arc::new(JobMetrics::new(workers));
-    for stage in &graph.stages {
-        stage.prepare(workers, &metrics)?;
+    for (i, stage) in graph.stages.iter().enumerate() {
+        stage.prepare(&Prepare {
+            workers,
+            metrics: &metrics,
+            restored_id,
+            restore: restore.and_then(|(_, m)| m.stages.get(i)),
+        })?;
     }
     preflight()?;
     for edge in &graph.edges {
         edge.materialize(workers);
     }
     install_panic_hook();
+    let checkpointing = config.checkpoints.is_some() || config.savepoint_dir.is_some();
+    let mut coordinator = checkpointing.then(|| {
+        let info = JobInfo {
+            job: config.job_name.clone(),
+            workers,
+            key_groups_max,
+            stage_names: graph.stages.iter().map(|s| s.name()).collect(),
+        };
+        Coordinator::new(config.checkpoints.clone(), info, restored_id)
+    });
 
     let cpus = available_cpus();
     let pinned = config.pin && workers <= cpus.len();
-    let graph = Arc::new(graph);
     let cancelled = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
     let mut go_senders = Vec::with_capacity(workers);
@@ -134,7 +317,9 @@ pub fn execute(
     for (w, placement) in placements.enumerate() {
         let (go_tx, go_rx) = mpsc::channel::<bool>();
         go_senders.push(go_tx);
-        let ctx = WorkerContext::new(w, key_groups, metrics.clone(), cancelled.clone());
+        let mut ctx = WorkerContext::new(w, key_groups, metrics.clone(), cancelled.clone());
+        ctx.checkpoints = coordinator.as_ref().map(Coordinator::control);
+        ctx.source_rate = config.source_rate;
         let (graph, events_tx) = (graph.clone(), events_tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("{WORKER_THREAD_PREFIX}{w}"))
@@ -163,17 +348,45 @@ pub fn execute(
 
     let mut errors: Vec<Error> = Vec::new();
     let mut finished = 0;
+    let mut savepoint: Option<PathBuf> = None;
+    // With a coordinator, wake often enough to trigger and complete checkpoints promptly.
+    let tick = match &coordinator {
+        Some(_) => config.progress_interval.min(Duration::from_millis(5)),
+        None => config.progress_interval,
+    };
+    let mut last_progress = clock.elapsed();
     while finished < workers {
-        match events.recv_timeout(config.progress_interval) {
+        match events.recv_timeout(tick) {
             Ok(WorkerEvent::Finished(_, result)) => {
                 finished += 1;
                 if let Err(e) = result {
                     errors.push(e);
                 }
             }
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) => on_progress(metrics.snapshot(), clock.elapsed()),
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if clock.elapsed() >= last_progress + config.progress_interval {
+            last_progress = clock.elapsed();
+            on_progress(metrics.snapshot(), last_progress);
+        }
+        if let Some(c) = coordinator.as_mut() {
+            if let (Some(stop), Some(dir)) = (&config.stop, &config.savepoint_dir)
+                && stop.load(Ordering::Relaxed)
+            {
+                c.request_savepoint(dir);
+            }
+            match c.tick(&graph.stages) {
+                Ok(Tick::Continue) => {}
+                Ok(Tick::Stopped(dir)) => {
+                    savepoint = Some(dir);
+                    cancelled.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    errors.push(e);
+                    cancelled.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
     for (w, handle) in threads.into_iter().enumerate() {
@@ -181,24 +394,40 @@ pub fn execute(
             errors.push(panic_error("runtime", w, payload.as_ref()));
         }
     }
+    // The last acknowledgements may complete one more checkpoint; a finished bounded job
+    // commits below in any case.
+    if let Some(c) = coordinator.as_mut()
+        && savepoint.is_none()
+        && errors.is_empty()
+    {
+        let _ = c.tick(&graph.stages);
+    }
     let elapsed = clock.elapsed();
     let progress = metrics.snapshot();
     on_progress(progress, elapsed);
+    let stats = coordinator.map(|c| c.stats().clone()).unwrap_or_default();
+    if savepoint.is_some() {
+        // Stopped with a savepoint: the cancellations it caused are the way it stops.
+        errors.retain(|e| !e.is_secondary());
+    }
     // Output becomes visible only when every worker succeeded.
     if let Some(e) = root_cause(errors) {
-        for stage in &graph.stages {
-            stage.abort();
-        }
         return Err(e);
     }
-    for stage in &graph.stages {
-        stage.commit()?;
+    if savepoint.is_none() {
+        for stage in graph.stages.iter() {
+            stage.commit()?;
+        }
     }
     Ok(JobReport {
         elapsed,
         progress,
         workers,
         pinned,
+        restored_from: (restored_id > 0).then_some(restored_id),
+        restarts: 0,
+        savepoint,
+        checkpoints: stats,
     })
 }
 
@@ -283,9 +512,11 @@ fn worker_main(
 /// Runs every stage of the graph on this worker; returns the first root-cause error.
 async fn run_stages(ctx: WorkerContext, graph: Arc<JobGraph>) -> Result<()> {
     let mut tasks = Vec::with_capacity(graph.stages.len());
-    for stage in &graph.stages {
+    for (i, stage) in graph.stages.iter().enumerate() {
         let name = stage.name();
-        let fut = stage.instantiate(ctx.clone());
+        let mut stage_ctx = ctx.clone();
+        stage_ctx.stage = i;
+        let fut = stage.instantiate(stage_ctx);
         let ctx = ctx.clone();
         tasks.push(glommio::spawn_local(async move {
             let result = match AssertUnwindSafe(fut).catch_unwind().await {

@@ -28,9 +28,20 @@ pub trait Sink<T>: Send + Sync + 'static {
     }
     /// Opens this worker's writer.
     async fn open(&self, ctx: &SinkContext) -> Result<Self::Writer>;
+    /// Before the workers start after a restore from checkpoint `restored_id` (0: a fresh
+    /// start): make what earlier runs wrote consistent with it — commit what belongs to
+    /// checkpoints up to it, remove what came later.
+    fn recover(&self, _restored_id: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Checkpoint `id` is complete: make visible what the writers pre-committed for it and for
+    /// earlier checkpoints (two-phase commit). Called on the job's thread; a duplicate or
+    /// stale call must be harmless.
+    fn commit_checkpoint(&self, _id: u64) -> Result<()> {
+        Ok(())
+    }
     /// Makes the job's output visible, once, on the thread that ran the job, after every
-    /// worker's writer finished and the job succeeded. (Checkpoints will commit per
-    /// checkpoint instead.)
+    /// worker's writer finished and the job succeeded.
     fn commit(&self) -> Result<()> {
         Ok(())
     }
@@ -44,6 +55,12 @@ pub trait SinkWriter<T>: 'static {
     async fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<()>;
     /// The input ended: make everything written durable, ready for [`Sink::commit`].
     async fn finish(&mut self) -> Result<()>;
+    /// Checkpoint barrier `checkpoint_id` passed: make everything written since the previous
+    /// one durable, so [`Sink::commit_checkpoint`] can publish it once the checkpoint
+    /// completes (the first phase of the two-phase commit).
+    async fn pre_commit(&mut self, _checkpoint_id: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Drains a stage's outbox into a sink writer.
@@ -69,10 +86,8 @@ impl<T, W: SinkWriter<T>> OutputDrain<T> for SinkDrain<W> {
                     self.writer.write_batch(batch.records_mut()).await?;
                 }
                 StreamElement::EndOfInput => self.writer.finish().await?,
-                // Two-phase commit on barriers comes with checkpoints.
-                StreamElement::Watermark(_)
-                | StreamElement::Status(_)
-                | StreamElement::Barrier(_) => {}
+                StreamElement::Barrier(b) => self.writer.pre_commit(b.checkpoint_id).await?,
+                StreamElement::Watermark(_) | StreamElement::Status(_) => {}
             }
         }
     }

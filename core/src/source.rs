@@ -70,6 +70,19 @@ pub trait Source: Send + Sync + 'static {
     fn split_bytes(&self, _split: &Self::Split) -> Option<u64> {
         None
     }
+    /// Encodes a split for a checkpoint, so that a restore — with any number of workers — can
+    /// reopen it. `None` (the default): the source cannot replay what it read (a socket), so
+    /// a restore opens fresh splits and the source is at most once.
+    fn encode_split(&self, _split: &Self::Split) -> Option<Vec<u8>> {
+        None
+    }
+    /// Decodes a split written by [`encode_split`](Self::encode_split).
+    fn decode_split(&self, _bytes: &[u8]) -> Result<Self::Split> {
+        Err(crate::Error::Config(format!(
+            "source {} cannot resume from a checkpoint",
+            self.name()
+        )))
+    }
     /// Opens a reader for `split` on the current worker, at `start` or at the split's start.
     async fn open(
         &self,

@@ -1,0 +1,191 @@
+//! The drivers that run one stage on one worker: [`SourceStage`] (splits of a source → chain
+//! → outputs) and [`GateStage`] (input channels → chain → outputs).
+//!
+//! A driver owns its chain and moves everything else around it: it reads batches from the
+//! source or the input gate and pushes them through the chain, keeps the stage's combined
+//! watermark and status ([`WatermarkTracker`]), tells the chain the watermark of the input each
+//! batch came from (for lateness), calls the chain back when a processing-time deadline that an
+//! operator asked for has passed, passes control elements to the side outputs after the chain
+//! saw them, and drains the stage's outbox into channels or a sink, awaiting capacity
+//! (backpressure). Processing-time deadlines also interrupt a wait for input, so a processing
+//! time window fires on a quiet stream.
+//!
+//! With checkpoints, a source stage injects barriers between batches when the coordinator
+//! triggers one, noting where its splits are; a gate stage aligns barriers over its inputs
+//! ([`BarrierAligner`](crate::checkpoint::BarrierAligner)), blocking the inputs whose barrier
+//! came first. Either way, the barrier goes through the chain (operators snapshot), on to the
+//! outputs (sinks pre-commit), and the instance acknowledges it to the coordinator.
+
+mod gate;
+mod source;
+
+pub use gate::GateStage;
+pub use source::SourceStage;
+
+use std::time::Duration;
+
+use crate::chain::{Collector, Outbox, OutboxRef, Pipe};
+use crate::checkpoint::{Ack, SplitState, ToCoordinator};
+use crate::context::{ContextBuilder, OperatorContext};
+use crate::element::{CheckpointBarrier, Watermark, WatermarkStatus};
+use crate::error::Result;
+use crate::exchange::OutputDrain;
+use crate::graph::{OutputSpec, SideOutputSpec, SidePort, WorkerContext};
+
+/// A stage's running parts on one worker: the chain, where its output goes, its side outputs.
+struct Running<In, T, C, D> {
+    _in: std::marker::PhantomData<fn(In)>,
+    chain: C,
+    drain: D,
+    outbox: OutboxRef<T>,
+    sides: Vec<Box<dyn SidePort>>,
+    ctx: OperatorContext,
+}
+
+/// Opens a stage's outputs on one worker and attaches its chain in front of them.
+async fn open_stage<In, P, O>(
+    ctx: &WorkerContext,
+    pipe: P,
+    out: &O,
+    sides: &[Box<dyn SideOutputSpec>],
+    name: &str,
+    periodic_watermarks: bool,
+) -> Result<Running<In, P::Out, P::Op<O::Tail>, O::Drain>>
+where
+    P: Pipe<In>,
+    O: OutputSpec<P::Out>,
+{
+    let outbox = Outbox::new_ref();
+    let (tail, drain) = out.open(ctx, outbox.clone(), name).await?;
+    let mut builder = ContextBuilder::new(ctx.worker, ctx.key_groups, name, ctx.metrics.clone());
+    builder.periodic_watermarks = periodic_watermarks;
+    let mut ports = Vec::with_capacity(sides.len());
+    for side in sides {
+        ports.push(side.open(ctx, &mut builder, name).await?);
+    }
+    let op_ctx = builder.build();
+    let chain = pipe.attach(tail, &op_ctx);
+    Ok(Running {
+        _in: std::marker::PhantomData,
+        chain,
+        drain,
+        outbox,
+        sides: ports,
+        ctx: op_ctx,
+    })
+}
+
+impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
+    fn watermark(&mut self, w: Watermark) -> Result<()> {
+        self.chain.on_watermark(w)?;
+        self.sides.iter_mut().try_for_each(|s| s.on_watermark(w))
+    }
+
+    fn status(&mut self, status: WatermarkStatus) -> Result<()> {
+        self.chain.on_status(status)?;
+        self.sides.iter_mut().try_for_each(|s| s.on_status(status))
+    }
+
+    fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        self.chain.on_barrier(barrier)?;
+        self.sides
+            .iter_mut()
+            .try_for_each(|s| s.on_barrier(barrier))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.chain.flush()?;
+        self.sides.iter_mut().try_for_each(|s| s.flush())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.chain.on_end()?;
+        self.sides.iter_mut().try_for_each(|s| s.on_end())
+    }
+
+    /// Calls the chain back if a processing-time deadline has passed.
+    fn fire_due(&mut self) -> Result<()> {
+        if self.ctx.next_deadline().is_none() {
+            return Ok(());
+        }
+        let now = self.ctx.processing_time_ms();
+        if self.ctx.take_due(now) {
+            self.chain.on_processing_time(now)?;
+        }
+        Ok(())
+    }
+
+    /// How long until the next processing-time deadline, if any.
+    fn time_to_deadline(&self) -> Option<Duration> {
+        let deadline = self.ctx.next_deadline()?;
+        let wait = deadline
+            .saturating_sub(self.ctx.processing_time_ms())
+            .max(0);
+        Some(Duration::from_millis(wait as u64))
+    }
+
+    /// Takes checkpoint `barrier`: the chain snapshots and passes it on, the outputs send it
+    /// (sinks pre-commit), then the instance acknowledges it with `splits`.
+    async fn checkpoint(
+        &mut self,
+        wctx: &WorkerContext,
+        barrier: CheckpointBarrier,
+        splits: Vec<SplitState>,
+    ) -> Result<()> {
+        let started = self.ctx.monotonic_us();
+        self.barrier(barrier)?;
+        let sync_us = self.ctx.monotonic_us() - started;
+        self.drain().await?;
+        if let Some(control) = &wctx.checkpoints {
+            control.send(ToCoordinator::Ack(Ack {
+                checkpoint_id: barrier.checkpoint_id,
+                stage: wctx.stage,
+                worker: wctx.worker,
+                splits,
+                state: None,
+                sync_us,
+                duration_us: self.ctx.monotonic_us() - started,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Sends what the chain emitted, awaiting channel capacity or sink I/O.
+    async fn drain(&mut self) -> Result<()> {
+        self.drain.drain(&self.outbox).await?;
+        for side in &mut self.sides {
+            if side.has_output() {
+                side.drain().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stage_name(
+    head: String,
+    names: &[String],
+    out: String,
+    sides: &[Box<dyn SideOutputSpec>],
+) -> String {
+    let mut parts = vec![head];
+    parts.extend(names.iter().cloned());
+    parts.push(out);
+    let mut name = parts.join(" -> ");
+    for side in sides {
+        name.push_str(&format!(" (+ {})", side.describe()));
+    }
+    name
+}
+
+
+/// Tells the coordinator that this instance finished: no more acknowledgements from it.
+fn report_finished(wctx: &WorkerContext, splits: Vec<SplitState>) {
+    if let Some(control) = &wctx.checkpoints {
+        control.send(ToCoordinator::Finished {
+            stage: wctx.stage,
+            worker: wctx.worker,
+            splits,
+        });
+    }
+}
