@@ -467,6 +467,37 @@ pub fn assert_same<T: Ord + Debug>(mut expected: Vec<T>, mut got: Vec<T>, what: 
     );
 }
 
+/// Fails with the entries that differ (at most 8) if the maps `expected` and `got` differ.
+#[track_caller]
+pub fn assert_same_map<K: Ord + Debug, V: PartialEq + Debug>(
+    expected: &BTreeMap<K, V>,
+    got: &BTreeMap<K, V>,
+    what: &str,
+) {
+    if expected == got {
+        return;
+    }
+    let keys: std::collections::BTreeSet<&K> = expected.keys().chain(got.keys()).collect();
+    let differing: Vec<String> = keys
+        .into_iter()
+        .filter(|k| expected.get(*k) != got.get(*k))
+        .map(|k| {
+            format!(
+                "  {k:?}: expected {:?}, got {:?}",
+                expected.get(k),
+                got.get(k)
+            )
+        })
+        .collect();
+    panic!(
+        "{what}: {} entries differ ({} expected, {} got):\n{}",
+        differing.len(),
+        expected.len(),
+        got.len(),
+        differing[..differing.len().min(8)].join("\n")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
