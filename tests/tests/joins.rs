@@ -156,7 +156,7 @@ fn ms(e: &[Ev], w: usize, delay: i64, interval: usize) -> (Vec<Ev>, Watermarks) 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(8)))]
+    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(16)))]
 
     #[test]
     fn window_join_matches_reference_on_random_streams(
@@ -489,5 +489,29 @@ fn interval_join_near_the_i64_limits() {
     let right = near_the_limits(&[1, 5, 900, 2_000], 100);
     for (lower, upper) in [(-1_000, 1_000), (0, 0), (i64::MIN, i64::MAX), (-3, 2)] {
         check_interval_join(&left, &right, lower, upper, wm(2, 0, 1), wm(2, 0, 1));
+    }
+}
+
+#[test]
+fn a_key_that_appears_only_after_a_long_quiet_stretch() {
+    // Keys 0 to 2 for a while, then nothing for 50 000 s of event time, then only key 9, on
+    // both sides: a jump of the watermark past every window of the old keys at once.
+    let mut left = events(800, 3, 51, 0, 3, 20);
+    let mut right = events(800, 3, 52, 0, 3, 20);
+    for i in 0..200u32 {
+        let t = 50_000_000 + i64::from(i);
+        left.push(ev(9, t * 2 - 50_000_000, 800 + i));
+        right.push(ev(9, t * 3 - 100_000_000, 800 + i));
+    }
+    for workers in [1, 2, 3] {
+        let (wl, wr) = (wm(workers, 10, 64), wm(workers, 25, 9));
+        for windows in [
+            Windows::tumbling(100),
+            Windows::sliding(100, 25),
+            Windows::session(10),
+        ] {
+            check_window_join(&left, &right, windows, wl, wr);
+        }
+        check_interval_join(&left, &right, -5, 5, wl, wr);
     }
 }

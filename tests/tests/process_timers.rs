@@ -199,7 +199,7 @@ fn check_buckets(input: &[Ev], wm: Watermarks, size: i64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(10)))]
+    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(16)))]
 
     #[test]
     fn keyed_state_and_event_time_timers_match_reference_on_random_streams(

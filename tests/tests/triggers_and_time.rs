@@ -1,10 +1,12 @@
 //! Windows through the public API on real multi-worker runs, for what the `window-agg` tests
 //! do not reach: count and purging count triggers on global windows (keyed and `window_all`),
-//! processing-time windows (firing while the input is open; the rest at the end of a bounded
-//! input), allowed lateness with updates (each window's last result is the reference's),
-//! late records to a side output, `reduce` and `process` window functions (a process
-//! function sees every record of its window, sliding windows included), `window_all`, and
-//! windows without records (which emit nothing).
+//! a custom trigger (early firings, then the final one) on every window kind, processing-time
+//! windows (firing while the input is open; the rest at the end of a bounded input), allowed
+//! lateness with updates (each window's last result is the reference's) on the sliced,
+//! session and general operators, late records to a side output, `reduce` and `process`
+//! window functions (a process function sees every record of its window, sliding windows
+//! included), `window_all`, windows without records (which emit nothing), a source that emits
+//! its own watermarks, and a window ending exactly at `i64::MAX`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sluice::{
     AggregateFunction, CountTrigger, EventTimeTrigger, OutputTag, PurgingTrigger, Result,
-    TimeWindow, Trigger, WatermarkStrategy, WindowAssigner,
+    TimeWindow, Trigger, TriggerContext, TriggerResult, WatermarkStrategy, WindowAssigner,
 };
 use sluice_tests::event_time::{
     Ev, Span, Watermarks, Windows, assert_same, assert_same_map, events, place, window_contents,
@@ -169,7 +171,7 @@ fn windows_strategy() -> impl Strategy<Value = Windows> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(10)))]
+    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(16)))]
 
     #[test]
     fn allowed_lateness_and_late_output_match_reference_on_random_streams(
@@ -635,4 +637,257 @@ fn a_window_ending_exactly_at_i64_max() {
     assert_eq!(run(true), today, "general operator");
     // With a size that does not divide i64::MAX, every operator agrees with the reference.
     check_lateness(&input, wm, Windows::tumbling(70), 0);
+}
+
+/// A custom trigger: fires early on every `n`-th record of a window, and finally when the
+/// watermark passes the window's end. Its count is merged when sessions merge.
+#[derive(Clone, Copy)]
+struct EarlyEveryN {
+    n: u64,
+}
+
+impl Trigger<Ev> for EarlyEveryN {
+    type State = u64;
+    fn on_element(
+        &mut self,
+        _record: &Ev,
+        _ts: i64,
+        window: &TimeWindow,
+        seen: &mut u64,
+        ctx: &mut TriggerContext,
+    ) -> TriggerResult {
+        ctx.register_event_time_timer(window.max_timestamp());
+        *seen += 1;
+        if *seen % self.n == 0 {
+            TriggerResult::Fire
+        } else {
+            TriggerResult::Continue
+        }
+    }
+    fn on_event_time(
+        &mut self,
+        time: i64,
+        window: &TimeWindow,
+        _seen: &mut u64,
+        _ctx: &mut TriggerContext,
+    ) -> TriggerResult {
+        if time == window.max_timestamp() {
+            TriggerResult::Fire
+        } else {
+            TriggerResult::Continue
+        }
+    }
+    fn on_processing_time(
+        &mut self,
+        _time: i64,
+        _window: &TimeWindow,
+        _seen: &mut u64,
+        _ctx: &mut TriggerContext,
+    ) -> TriggerResult {
+        TriggerResult::Continue
+    }
+    fn merge_state(&mut self, into: &mut u64, from: u64) {
+        *into += from;
+    }
+    fn on_merge(&mut self, window: &TimeWindow, _seen: &mut u64, ctx: &mut TriggerContext) {
+        ctx.register_event_time_timer(window.max_timestamp());
+    }
+    fn clear(&mut self, window: &TimeWindow, _seen: &mut u64, ctx: &mut TriggerContext) {
+        ctx.delete_event_time_timer(window.max_timestamp());
+    }
+    fn name(&self) -> String {
+        format!("early_every({})", self.n)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(sluice_tests::proptest_cases(16)))]
+
+    /// Early firings are partial results of their window; the last result of each window is
+    /// the reference's.
+    #[test]
+    fn a_custom_trigger_fires_early_and_at_the_end(
+        n in 0usize..600,
+        keys in 1u8..6,
+        seed in any::<u64>(),
+        step in 0i64..6,
+        back in 0i64..60,
+        delay in 0i64..30,
+        interval in 1usize..60,
+        workers in 1usize..=4,
+        windows in windows_strategy(),
+        every in 1u64..8,
+    ) {
+        let input = events(n, keys, seed, -300, step, back);
+        let wm = Watermarks { workers, delay, interval };
+        let placed = place(&input, wm, |e| e.key, |e| e.ts, |e| e.id);
+        let (contents, _) = window_contents(windows, &placed, 0);
+        let assigner = windows.assigner();
+        let items = input.clone();
+        let fired = run_job(workers, "custom trigger", move |env| {
+            let out = env
+                .from_iter(items)
+                .assign_timestamps_and_watermarks(strategy(wm))
+                .key_by(|e: &Ev| e.key)
+                .window(assigner)
+                .trigger(EarlyEveryN { n: every })
+                .process(ids_of::<u8>)
+                .collect();
+            move || out.take()
+        });
+        let expected: BTreeMap<(u8, Span), Vec<u32>> = contents
+            .into_iter()
+            .map(|(kw, mut ids)| {
+                ids.sort_unstable();
+                (kw, ids)
+            })
+            .collect();
+        let session = matches!(windows, Windows::Session { .. });
+        for (k, span, ids) in &fired {
+            // An early result of a fixed window holds some of its records; of a session, some
+            // of the records of the session it ends up in.
+            let holder = expected.iter().find(|((k2, (s, e)), _)| {
+                k2 == k && if session { s <= &span.0 && e >= &span.1 } else { (*s, *e) == *span }
+            });
+            let Some((_, all)) = holder else {
+                panic!("{windows:?}: a result for no window of the reference: {k} {span:?}");
+            };
+            prop_assert!(ids.iter().all(|id| all.contains(id)), "{:?} {:?}", span, ids);
+        }
+        let mut last = last_results(fired);
+        if session {
+            last = maximal(last);
+        }
+        assert_same_map(&expected, &last, &format!("{windows:?}, every {every}, {wm:?}"));
+    }
+}
+
+/// A source whose readers stamp their records with event time and emit watermarks
+/// themselves, with no `WatermarkStrategy`: worker `w` of `W` reads the items
+/// `[w·n/W, (w+1)·n/W)` in batches of `interval`, each followed by the watermark
+/// `max timestamp so far − delay − 1`, as a strategy on a `from_iter` source would.
+struct SelfTimedSource {
+    items: Arc<Vec<Ev>>,
+    delay: i64,
+    interval: usize,
+}
+
+struct SelfTimedReader {
+    items: Arc<Vec<Ev>>,
+    next: usize,
+    end: usize,
+    max: Option<i64>,
+    delay: i64,
+    interval: usize,
+}
+
+impl sluice::Source for SelfTimedSource {
+    type Item = Ev;
+    type Split = std::ops::Range<usize>;
+    type Reader = SelfTimedReader;
+    fn name(&self) -> String {
+        "self-timed".into()
+    }
+    fn is_bounded(&self) -> bool {
+        true
+    }
+    fn splits(&self, workers: usize) -> Result<Vec<std::ops::Range<usize>>> {
+        let n = self.items.len();
+        Ok((0..workers)
+            .map(|w| w * n / workers..(w + 1) * n / workers)
+            .collect())
+    }
+    async fn open(
+        &self,
+        split: std::ops::Range<usize>,
+        _start: Option<sluice::ReadPosition>,
+        _ctx: &sluice::SourceContext,
+    ) -> Result<SelfTimedReader> {
+        Ok(SelfTimedReader {
+            items: self.items.clone(),
+            next: split.start,
+            end: split.end,
+            max: None,
+            delay: self.delay,
+            interval: self.interval,
+        })
+    }
+}
+
+impl sluice::SourceReader for SelfTimedReader {
+    type Item = Ev;
+    async fn read_batch(
+        &mut self,
+        out: &mut sluice::Batch<Ev>,
+        records_max: usize,
+    ) -> Result<sluice::ReadStatus> {
+        let end = self.end.min(self.next + self.interval.min(records_max));
+        for e in &self.items[self.next..end] {
+            out.push(*e, e.ts);
+            self.max = Some(self.max.map_or(e.ts, |m| m.max(e.ts)));
+        }
+        self.next = end;
+        Ok(match self.next == self.end {
+            true => sluice::ReadStatus::End,
+            false => sluice::ReadStatus::More,
+        })
+    }
+    fn position(&self) -> sluice::ReadPosition {
+        sluice::ReadPosition(self.next as u64)
+    }
+    fn watermark(&self) -> Option<sluice::Watermark> {
+        // After every batch: a whole interval, but for the last batch, after which no record
+        // of this reader is judged.
+        let max = self.max?;
+        Some(sluice::Watermark(max - self.delay - 1))
+    }
+}
+
+#[test]
+fn a_source_that_emits_its_own_watermarks() {
+    let input = events(3_000, 5, 41, -1_000, 4, 90);
+    for workers in [1, 2, 4] {
+        let wm = Watermarks {
+            workers,
+            delay: 15,
+            interval: 40,
+        };
+        for windows in [
+            Windows::tumbling(60),
+            Windows::sliding(80, 20),
+            Windows::session(7),
+        ] {
+            let placed = place(&input, wm, |e| e.key, |e| e.ts, |e| e.id);
+            let (contents, late) = window_contents(windows, &placed, 0);
+            let expected: Vec<Fired<u8>> = contents
+                .into_iter()
+                .map(|((k, span), mut ids)| {
+                    ids.sort_unstable();
+                    (k, span, ids)
+                })
+                .collect();
+            let source = SelfTimedSource {
+                items: Arc::new(input.clone()),
+                delay: wm.delay,
+                interval: wm.interval,
+            };
+            let late_tag: OutputTag<(u8, Ev)> = OutputTag::new("late");
+            let (got, got_late) = run_job(workers, "self-timed source", move |env| {
+                let mut out = env
+                    .from_source(source)
+                    .key_by(|e: &Ev| e.key)
+                    .window(windows.assigner())
+                    .side_output_late_data(&late_tag)
+                    .process(ids_of::<u8>);
+                let late = out.side_output(&late_tag).collect();
+                let out = out.collect();
+                move || (out.take(), late.take())
+            });
+            let what = format!("{windows:?}, {workers} workers");
+            assert!(!late.is_empty(), "{what}: the case has late records");
+            assert_same(expected, got, &what);
+            let got_late = got_late.into_iter().map(|(_, e)| e.id).collect();
+            assert_same(late, got_late, &format!("late, {what}"));
+        }
+    }
 }
