@@ -155,6 +155,18 @@ struct Buffers<A, B> {
     right: BTreeMap<i64, Vec<B>>,
 }
 
+/// The timestamps `[ts + lo, ts + hi]`, computed without overflow: clamped into `i64`, or
+/// `None` when none of them is an `i64` (clamping such a range onto a limit would pair records
+/// that are not within the bounds).
+fn shifted(ts: i64, lo: i128, hi: i128) -> Option<std::ops::RangeInclusive<i64>> {
+    let (lo, hi) = (i128::from(ts) + lo, i128::from(ts) + hi);
+    let (min, max) = (i128::from(i64::MIN), i128::from(i64::MAX));
+    if lo > max || hi < min {
+        return None;
+    }
+    Some(crate::window::saturate(lo)..=crate::window::saturate(hi))
+}
+
 /// The instantiated [`IntervalJoin`].
 pub struct IntervalJoinOp<F, K, A, B, C> {
     f: F,
@@ -205,21 +217,24 @@ where
             left: BTreeMap::new(),
             right: BTreeMap::new(),
         });
+        let (lower, upper) = (i128::from(self.lower), i128::from(self.upper));
         match value {
             Either::Left(a) => {
-                let (lo, hi) = (ts.saturating_add(self.lower), ts.saturating_add(self.upper));
-                for (&rts, rights) in b.right.range(lo..=hi) {
-                    for r in rights {
-                        self.next.collect((self.f)(&a, r), ts.max(rts))?;
+                if let Some(partners) = shifted(ts, lower, upper) {
+                    for (&rts, rights) in b.right.range(partners) {
+                        for r in rights {
+                            self.next.collect((self.f)(&a, r), ts.max(rts))?;
+                        }
                     }
                 }
                 b.left.entry(ts).or_default().push(a);
             }
             Either::Right(r) => {
-                let (lo, hi) = (ts.saturating_sub(self.upper), ts.saturating_sub(self.lower));
-                for (&lts, lefts) in b.left.range(lo..=hi) {
-                    for a in lefts {
-                        self.next.collect((self.f)(a, &r), ts.max(lts))?;
+                if let Some(partners) = shifted(ts, -upper, -lower) {
+                    for (&lts, lefts) in b.left.range(partners) {
+                        for a in lefts {
+                            self.next.collect((self.f)(a, &r), ts.max(lts))?;
+                        }
                     }
                 }
                 b.right.entry(ts).or_default().push(r);

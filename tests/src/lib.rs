@@ -10,9 +10,15 @@
 //! - [`wordcount_to_dir`] and [`wordcount_collect`]: the word count job built in this process
 //!   with the public `sluice` API, as `tools/src/jobs.rs` builds it for the binary;
 //! - [`within`]: runs a job on another thread and fails the test if it hangs;
-//! - [`windows`]: a brute-force reference for the `window-agg` job.
+//! - [`windows`]: a brute-force reference for the `window-agg` job;
+//! - [`event_time`]: brute-force references for windows, window and interval joins and bounded
+//!   joins built with the API, and [`run_job`] to run such a job;
+//! - [`held`]: a source that stays open until the test releases it, and a sink that releases
+//!   it once the output it waits for has arrived.
 #![forbid(unsafe_code)]
 
+pub mod event_time;
+pub mod held;
 pub mod windows;
 
 use std::collections::BTreeMap;
@@ -231,6 +237,28 @@ pub fn within<T: Send + 'static>(
             Ok(()) => panic!("test thread ended without a result"),
         },
     }
+}
+
+/// Builds a job with `build` on an environment of `workers` workers, runs it on another thread
+/// (failing the test if it takes longer than a minute or fails), and returns what the function
+/// that `build` returned reads afterwards (the collect sinks' records, say).
+#[track_caller]
+pub fn run_job<B, T, R>(workers: usize, what: &str, build: B) -> R
+where
+    B: FnOnce(&Env) -> T + Send + 'static,
+    T: FnOnce() -> R,
+    R: Send + 'static,
+{
+    let name = what.to_owned();
+    within(Duration::from_secs(60), what, move || {
+        let env = Env::new();
+        env.set_workers(workers);
+        let take = build(&env);
+        if let Err(e) = env.execute(&name) {
+            panic!("{name}: job failed on {workers} workers: {e}");
+        }
+        take()
+    })
 }
 
 /// Cases per property test: `default`, or `SLUICE_PROPTEST_CASES` when set (the extended
