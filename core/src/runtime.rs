@@ -29,8 +29,8 @@ use crate::checkpoint::CheckpointConfig;
 use crate::checkpoint::coordinator::{CheckpointStats, Coordinator, JobInfo, Tick};
 use crate::checkpoint::metadata::{self, CheckpointMetadata};
 use crate::clock::{Clock, SystemClock};
-use crate::graph::Prepare;
 use crate::error::{Error, Result};
+use crate::graph::Prepare;
 use crate::graph::{JobGraph, WorkerContext};
 use crate::key::{KEY_GROUPS_DEFAULT, KeyGroups};
 use crate::metrics::{JobMetrics, Progress};
@@ -236,7 +236,11 @@ fn resolve_restore(
     Ok(found)
 }
 
-fn check_same_job(dir: &std::path::Path, meta: &CheckpointMetadata, graph: &JobGraph) -> Result<()> {
+fn check_same_job(
+    dir: &std::path::Path,
+    meta: &CheckpointMetadata,
+    graph: &JobGraph,
+) -> Result<()> {
     let names: Vec<String> = graph.stages.iter().map(|s| s.name()).collect();
     let theirs: Vec<&str> = meta.stages.iter().map(|s| s.name.as_str()).collect();
     if names.len() != theirs.len() {

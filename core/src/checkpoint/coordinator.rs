@@ -205,7 +205,9 @@ impl Coordinator {
         self.stats.completed += 1;
         self.stats.last_completed = id;
         if self.started_ms.id == id {
-            self.stats.durations_ms.push(now.saturating_sub(self.started_ms.ms));
+            self.stats
+                .durations_ms
+                .push(now.saturating_sub(self.started_ms.ms));
         }
         let sync_max = meta
             .stages

@@ -135,7 +135,10 @@ impl CheckpointMetadata {
         if meta.format != METADATA_FORMAT {
             return Err(corrupt(
                 &path,
-                format!("format {} (this version reads {METADATA_FORMAT})", meta.format),
+                format!(
+                    "format {} (this version reads {METADATA_FORMAT})",
+                    meta.format
+                ),
             ));
         }
         Ok(meta)
@@ -285,6 +288,10 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         retain(dir.path(), 1).unwrap();
         let left: Vec<u64> = list(dir.path()).unwrap().iter().map(|f| f.id).collect();
-        assert_eq!(left, vec![2, 3, 4], "incomplete newer ones stay; older ones go");
+        assert_eq!(
+            left,
+            vec![2, 3, 4],
+            "incomplete newer ones stay; older ones go"
+        );
     }
 }

@@ -265,7 +265,12 @@ impl CheckpointTracker {
 
     /// A stage instance finished: it counts as acknowledged from now on. May complete the
     /// pending checkpoint.
-    pub fn on_finished(&mut self, stage: usize, worker: usize, splits: Vec<SplitState>) -> AckOutcome {
+    pub fn on_finished(
+        &mut self,
+        stage: usize,
+        worker: usize,
+        splits: Vec<SplitState>,
+    ) -> AckOutcome {
         self.finished.insert((stage, worker), splits.clone());
         let Some(id) = self.pending.as_ref().map(|p| p.id) else {
             return AckOutcome::Stale;
@@ -413,7 +418,11 @@ mod tests {
         assert_eq!(t.due(10), Some(5));
         assert_eq!(t.timed_out(50), None);
         assert_eq!(t.timed_out(110), Some(5));
-        assert_eq!(t.on_ack(ack(5, 0, 0)), AckOutcome::Stale, "late ack of an aborted one");
+        assert_eq!(
+            t.on_ack(ack(5, 0, 0)),
+            AckOutcome::Stale,
+            "late ack of an aborted one"
+        );
         assert_eq!(t.due(112), None, "minimum pause");
         assert_eq!(t.due(115), Some(6));
         assert!(matches!(t.on_ack(ack(6, 0, 0)), AckOutcome::Complete(6, _)));

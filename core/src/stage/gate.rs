@@ -97,8 +97,15 @@ where
             receivers.extend(edge.take_receivers(ctx.worker)?);
         }
         let mut gate = InputGate::connect(receivers, &self.name).await;
-        let mut st =
-            open_stage(&ctx, self.pipe.clone(), &self.out, &self.sides, &self.name, false).await?;
+        let mut st = open_stage(
+            &ctx,
+            self.pipe.clone(),
+            &self.out,
+            &self.sides,
+            &self.name,
+            false,
+        )
+        .await?;
         let mut time = Time {
             watermarks: WatermarkTracker::new(gate.inputs()),
             barriers: BarrierAligner::new(gate.inputs()),
@@ -114,8 +121,7 @@ where
                 }
             };
             let Some((input, element)) = next else { break };
-            if let Some(barrier) = handle_element(&mut st, &mut time, &mut gate, input, element)?
-            {
+            if let Some(barrier) = handle_element(&mut st, &mut time, &mut gate, input, element)? {
                 st.checkpoint(&ctx, barrier, Vec::new()).await?;
             }
             st.fire_due()?;

@@ -178,7 +178,6 @@ fn stage_name(
     name
 }
 
-
 /// Tells the coordinator that this instance finished: no more acknowledgements from it.
 fn report_finished(wctx: &WorkerContext, splits: Vec<SplitState>) {
     if let Some(control) = &wctx.checkpoints {

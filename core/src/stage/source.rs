@@ -135,7 +135,8 @@ impl Throttle {
     /// How many records may be read now, `elapsed_us` after the start; 0 means wait.
     fn allowed(&self, elapsed_us: u64) -> usize {
         let due = (self.per_sec * elapsed_us as f64 / 1e6) as u64;
-        due.saturating_sub(self.emitted).min(BATCH_RECORDS_MAX as u64) as usize
+        due.saturating_sub(self.emitted)
+            .min(BATCH_RECORDS_MAX as u64) as usize
     }
 }
 
@@ -183,9 +184,15 @@ where
             (mine, all.len().min(ctx.workers).max(1))
         };
         let periodic = !self.source.is_bounded();
-        let mut st =
-            open_stage(&ctx, self.pipe.clone(), &self.out, &self.sides, &self.name, periodic)
-                .await?;
+        let mut st = open_stage(
+            &ctx,
+            self.pipe.clone(),
+            &self.out,
+            &self.sides,
+            &self.name,
+            periodic,
+        )
+        .await?;
         let mut throttle = ctx.source_rate.map(|rate| Throttle {
             per_sec: rate / readers as f64,
             emitted: 0,
@@ -193,10 +200,9 @@ where
         let sctx = SourceContext::new(ctx.worker, ctx.workers, ctx.metrics.clone());
         let counters = ctx.metrics.worker(ctx.worker);
         let cancelled = ctx.cancel_flag();
-        let mut injected = ctx
-            .checkpoints
-            .as_ref()
-            .map_or(0, |c| c.completed.load(std::sync::atomic::Ordering::Acquire));
+        let mut injected = ctx.checkpoints.as_ref().map_or(0, |c| {
+            c.completed.load(std::sync::atomic::Ordering::Acquire)
+        });
         let mut buf = Batch::with_capacity();
         // Watermarks the source's readers emit themselves, kept monotonic across splits.
         let mut source_watermark = Watermark::MIN;
@@ -204,7 +210,10 @@ where
             if plan.done {
                 continue;
             }
-            let mut reader = self.source.open(plan.split.clone(), plan.start, &sctx).await?;
+            let mut reader = self
+                .source
+                .open(plan.split.clone(), plan.start, &sctx)
+                .await?;
             loop {
                 if let Some(control) = &ctx.checkpoints
                     && let Some((id, ms)) = control.pending_trigger(injected)
@@ -267,7 +276,10 @@ where
         st.watermark(Watermark::MAX)?;
         st.end()?;
         st.drain().await?;
-        report_finished(&ctx, self.split_states(&plans, plans.len(), ReadPosition(0)));
+        report_finished(
+            &ctx,
+            self.split_states(&plans, plans.len(), ReadPosition(0)),
+        );
         Ok(())
     }
 }
