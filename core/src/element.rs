@@ -17,6 +17,13 @@ pub type Timestamp = i64;
 /// reject such records with an error; `i64::MIN` is therefore not a valid event time.
 pub const NO_TIMESTAMP: Timestamp = i64::MIN;
 
+/// Whether `ts` is an event time: anything strictly between `i64::MIN` (no timestamp) and
+/// `i64::MAX` (the final watermark's instant, after every record).
+#[inline]
+pub fn is_event_time(ts: Timestamp) -> bool {
+    ts != i64::MIN && ts != i64::MAX
+}
+
 /// An event-time watermark: no record with a timestamp `<=` this value will follow on the
 /// channel it was sent on (records that do are *late*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -531,8 +531,13 @@ impl WatermarkTracker {
         }
     }
 
-    /// Input `i` reports `w`; returns the new combined watermark if it advanced.
+    /// Input `i` reports `w`; returns the new combined watermark if it advanced. The final
+    /// watermark counts as the input's end: it stops holding the stage back, but does not
+    /// carry the stage past an idle input that may still send records.
     pub fn update(&mut self, i: usize, w: Watermark) -> Option<Watermark> {
+        if w == Watermark::MAX {
+            return self.end(i);
+        }
         let current = self.current;
         let input = &mut self.inputs[i];
         input.watermark = input.watermark.max(w);

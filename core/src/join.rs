@@ -205,8 +205,8 @@ where
     C: Collector<O>,
 {
     fn collect(&mut self, (key, value): (K, Either<A, B>), ts: Timestamp) -> Result<()> {
-        if ts == NO_TIMESTAMP {
-            return Err(crate::window::no_timestamp_error());
+        if !crate::element::is_event_time(ts) {
+            return Err(crate::window::no_timestamp_error(ts));
         }
         let horizon = self.watermark.max(self.ctx.input_watermark()).0;
         if ts <= horizon {

@@ -189,7 +189,7 @@ pub fn execute(
 
 /// The newest complete checkpoint of the job's checkpoint directory, warning about newer ones
 /// that are incomplete or corrupt.
-fn latest_checkpoint(config: &RuntimeConfig) -> Result<Option<(PathBuf, CheckpointMetadata)>> {
+fn latest_checkpoint(config: &RuntimeConfig) -> Result<Option<metadata::Complete>> {
     let Some(c) = &config.checkpoints else {
         return Ok(None);
     };
@@ -201,10 +201,7 @@ fn latest_checkpoint(config: &RuntimeConfig) -> Result<Option<(PathBuf, Checkpoi
 }
 
 /// The checkpoint the job starts from, checked against the job.
-fn resolve_restore(
-    config: &RuntimeConfig,
-    graph: &JobGraph,
-) -> Result<Option<(PathBuf, CheckpointMetadata)>> {
+fn resolve_restore(config: &RuntimeConfig, graph: &JobGraph) -> Result<Option<metadata::Complete>> {
     let found = match &config.restore {
         None => return Ok(None),
         Some(RestoreFrom::Latest) => {
@@ -267,7 +264,7 @@ fn check_same_job(
 fn run_once(
     graph: &Arc<JobGraph>,
     config: &RuntimeConfig,
-    restore: Option<&(PathBuf, CheckpointMetadata)>,
+    restore: Option<&metadata::Complete>,
     on_progress: &mut impl FnMut(Progress, Duration),
 ) -> Result<JobReport> {
     let workers = config.workers;

@@ -10,12 +10,14 @@
 //!   every `k`-th record a worker reads, its watermark becomes `max timestamp so far − d − 1`
 //!   if that is higher. A record's *horizon* is its worker's watermark before it: lateness is
 //!   judged against it alone, whatever the other inputs do;
+//! - event times lie strictly between `i64::MIN` and `i64::MAX`; a window's end is shown
+//!   clamped to `i64::MAX`;
 //! - a tumbling or sliding window holds a record if the window's largest timestamp (`end − 1`,
-//!   at most `i64::MAX`) plus the allowed lateness is above the record's horizon; a record in
+//!   with `end` clamped) plus the allowed lateness is above the record's horizon; a record in
 //!   no such window is late;
 //! - a session record is late when its timestamp plus the allowed lateness is at or below its
 //!   horizon; the others form, per key, the sessions `[first, last + gap)` of records less
-//!   than `gap` apart (a session ending at `i64::MAX` holds everything after it);
+//!   than `gap` apart;
 //! - a window join emits every (left, right) pair of a key and window, at the window's
 //!   largest timestamp; an interval join every pair of a key whose `right.ts − left.ts` is in
 //!   `[lower, upper]` and neither of which is late (at or below its horizon), at the later
@@ -199,10 +201,9 @@ pub fn clamp(x: i128) -> i64 {
     x.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-/// The largest timestamp of a window `[start, end)` as the engine shows it (`end` clamped; a
-/// window ending at `i64::MAX` holds `i64::MAX`).
+/// The largest timestamp of a window `[start, end)` as the engine shows it (`end` clamped).
 pub fn max_timestamp(end: i64) -> i64 {
-    if end == i64::MAX { i64::MAX } else { end - 1 }
+    end - 1
 }
 
 /// One input record as the references see it: key, timestamp, horizon, payload.
@@ -292,7 +293,7 @@ pub fn window_contents<K: Ord + Clone, T: Clone>(
                 for (ts, i) in recs {
                     let end = ts.saturating_add(gap);
                     current = match current {
-                        Some((s, e, mut held)) if ts < e || e == i64::MAX => {
+                        Some((s, e, mut held)) if ts < e => {
                             held.push(i);
                             Some((s, e.max(end), held))
                         }

@@ -9,7 +9,9 @@
 //! - a record of a tumbling or sliding window counts in each of its windows whose end − 1 is
 //!   above its worker's watermark at the time; a record counting in none is late;
 //! - a session record is late when its timestamp is at or below that watermark; the others
-//!   form, per key, the sessions `[first, last + gap)` of records less than `gap` apart.
+//!   form, per key, the sessions `[first, last + gap)` of records less than `gap` apart;
+//! - event times lie strictly between `i64::MIN` and `i64::MAX`; a window's end is shown clamped
+//!   to `i64::MAX`.
 
 use std::collections::BTreeMap;
 
@@ -163,7 +165,7 @@ pub fn reference_window_agg(
             for (line, &h) in lines.iter().zip(&horizon) {
                 let open: Vec<_> = fixed_windows(spec, line.ts)
                     .into_iter()
-                    .filter(|&(_, end)| (end - 1).min(i64::MAX as i128) > h as i128)
+                    .filter(|&(_, end)| end.min(i64::MAX as i128) - 1 > h as i128)
                     .collect();
                 if open.is_empty() {
                     late.push(line.text.to_owned());

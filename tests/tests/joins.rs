@@ -336,13 +336,13 @@ fn a_record_of_one_side_bridges_two_sessions_of_the_other() {
     assert_eq!(got, vec![]);
 }
 
-/// Events of one key near `i64::MIN` and `i64::MAX`.
+/// Events of one key near `i64::MIN` and `i64::MAX` (event times lie strictly between them).
 fn near_the_limits(offsets: &[i64], id: u32) -> Vec<Ev> {
     let mut out = Vec::new();
     for (i, &o) in offsets.iter().enumerate() {
         let key = i as u8 % 2;
         out.push(ev(key, i64::MIN + 1 + o, id + 2 * i as u32));
-        out.push(ev(key, i64::MAX - o, id + 2 * i as u32 + 1));
+        out.push(ev(key, i64::MAX - 1 - o, id + 2 * i as u32 + 1));
     }
     out
 }
@@ -361,15 +361,16 @@ fn window_join_near_the_i64_limits() {
             check_window_join(&left, &right, windows, w, w);
         }
     }
-    // The window reaching past i64::MAX shows end = i64::MAX and fires at i64::MAX.
+    // The window reaching past i64::MAX shows end = i64::MAX and fires with the final
+    // watermark.
     let got = run_window_join(
-        &[ev(0, i64::MAX, 1)],
+        &[ev(0, i64::MAX - 1, 1)],
         &[ev(0, i64::MAX - 3, 2)],
         Windows::tumbling(1_000),
         wm(1, 0, 1),
         wm(1, 0, 1),
     );
-    assert_eq!(got, vec![(0, 1, 2, i64::MAX)]);
+    assert_eq!(got, vec![(0, 1, 2, i64::MAX - 1)]);
 }
 
 #[test]
@@ -455,8 +456,8 @@ fn interval_join_near_the_i64_limits() {
     // Key 1: right.ts − left.ts = 5; key 2: −5. Near i64::MAX, `ts + bound` overflows: the
     // range of partners must not be clamped onto i64::MAX, pairing records that are not
     // within the bounds, whichever side's record comes first.
-    let left = vec![ev(1, i64::MAX - 5, 0), ev(2, i64::MAX, 1)];
-    let right = vec![ev(1, i64::MAX, 0), ev(2, i64::MAX - 5, 1)];
+    let left = vec![ev(1, i64::MAX - 6, 0), ev(2, i64::MAX - 1, 1)];
+    let right = vec![ev(1, i64::MAX - 1, 0), ev(2, i64::MAX - 6, 1)];
     let w = wm(1, 0, 1);
     let lp = place(&left, w, |e| e.key, |e| e.ts, |e| e.id);
     let rp = place(&right, w, |e| e.key, |e| e.ts, |e| e.id);

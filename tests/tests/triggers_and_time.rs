@@ -582,15 +582,11 @@ fn window_all_matches_reference() {
 #[test]
 fn a_window_ending_exactly_at_i64_max() {
     // i64::MAX is a multiple of 7, so the tumbling window [MAX − 7, MAX) ends exactly at
-    // i64::MAX: its largest timestamp is MAX − 1, and a watermark of MAX − 1 has passed it.
-    // One worker, a watermark after each record: MAX moves the watermark to MAX − 1, so MAX − 3,
-    // which arrives next, is late (the sliced operator and the reference agree).
-    //
-    // BUG (today's behaviour, wrong): `TimeWindow { end: i64::MAX }` also stands for windows
-    // clamped at the limit, which hold i64::MAX, so the general operator (any explicit
-    // trigger) takes MAX as this window's largest timestamp and accepts MAX − 3 into it.
+    // i64::MAX and holds the largest event time, MAX − 1 (i64::MAX itself is the final
+    // watermark's instant, not an event time). After MAX − 1 the watermark is MAX − 2, so
+    // MAX − 3 is still on time: both operators put the two records in that one window.
     assert_eq!(i64::MAX % 7, 0);
-    let input = [(0, i64::MAX), (1, i64::MAX - 3)].map(|(id, ts)| Ev { key: 1, ts, id });
+    let input = [(0, i64::MAX - 1), (1, i64::MAX - 3)].map(|(id, ts)| Ev { key: 1, ts, id });
     let wm = Watermarks {
         workers: 1,
         delay: 0,
@@ -627,16 +623,35 @@ fn a_window_ending_exactly_at_i64_max() {
             }
         })
     };
-    let (max, end) = (i64::MAX, i64::MAX);
-    let expected = (vec![(1, (max, end), vec![0])], vec![1]);
+    let expected = (vec![(1, (i64::MAX - 7, i64::MAX), vec![0, 1])], vec![]);
     assert_eq!(run(false), expected, "sliced operator");
-    let today = (
-        vec![(1, (max - 7, end), vec![1]), (1, (max, end), vec![0])],
-        vec![],
-    );
-    assert_eq!(run(true), today, "general operator");
-    // With a size that does not divide i64::MAX, every operator agrees with the reference.
+    assert_eq!(run(true), expected, "general operator");
+    check_lateness(&input, wm, Windows::tumbling(7), 0);
     check_lateness(&input, wm, Windows::tumbling(70), 0);
+}
+
+#[test]
+fn the_timestamp_i64_max_is_reserved() {
+    let env = sluice::Env::new();
+    env.set_workers(1);
+    let out = env
+        .from_iter([Ev {
+            key: 1,
+            ts: i64::MAX,
+            id: 0,
+        }])
+        .assign_timestamps_and_watermarks(strategy(Watermarks {
+            workers: 1,
+            delay: 0,
+            interval: 1,
+        }))
+        .key_by(|e: &Ev| e.key)
+        .window(WindowAssigner::tumbling(7))
+        .process(ids_of::<u8>)
+        .collect();
+    let err = env.execute("reserved timestamp").unwrap_err().to_string();
+    assert!(err.contains("reserved for the final watermark"), "{err}");
+    assert!(out.take().is_empty());
 }
 
 /// A custom trigger: fires early on every `n`-th record of a window, and finally when the

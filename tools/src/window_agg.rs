@@ -49,8 +49,8 @@ fn parse_line(line: &str) -> Result<(i64, &str, i64), &'static str> {
         return Err("expected three fields ts,key,value (the key may not contain commas)");
     }
     let ts: i64 = ts.parse().map_err(|_| "the timestamp is not an integer")?;
-    if ts == i64::MIN {
-        return Err("the timestamp -9223372036854775808 is reserved for 'no timestamp'");
+    if ts == i64::MIN || ts == i64::MAX {
+        return Err("the timestamps -9223372036854775808 and 9223372036854775807 are reserved");
     }
     let value: i64 = value.parse().map_err(|_| "the value is not an integer")?;
     Ok((ts, key, value))

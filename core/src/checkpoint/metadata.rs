@@ -182,9 +182,12 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
     Ok(found)
 }
 
+/// A complete checkpoint: its directory and metadata.
+pub type Complete = (PathBuf, CheckpointMetadata);
+
 /// The newest complete checkpoint under `root` (or `root` itself, if it is one), and the
 /// incomplete or corrupt ones newer than it, each with its reason.
-pub fn latest(root: &Path) -> Result<(Option<(PathBuf, CheckpointMetadata)>, Vec<String>)> {
+pub fn latest(root: &Path) -> Result<(Option<Complete>, Vec<String>)> {
     if root.join(METADATA_FILE).exists() {
         let meta = CheckpointMetadata::read(root)?;
         return Ok((Some((root.to_owned(), meta)), Vec::new()));

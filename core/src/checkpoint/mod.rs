@@ -183,6 +183,7 @@ struct Pending {
 /// };
 /// let mut t = CheckpointTracker::new(2, 0, Duration::from_millis(100), Duration::ZERO,
 ///     Duration::from_secs(10));
+/// assert_eq!(t.due(0), None); // the first call starts the clock
 /// assert_eq!(t.due(50), None);
 /// assert_eq!(t.due(100), Some(1));
 /// assert_eq!(t.on_ack(ack(1, 0, 0)), AckOutcome::Pending);

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use crate::FastMap;
 use crate::chain::Collector;
 use crate::context::{OperatorContext, SideOutput};
-use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
+use crate::element::{CheckpointBarrier, Timestamp, Watermark, is_event_time};
 use crate::error::Result;
 use crate::key::Key;
 use crate::process::TimeDomain;
@@ -378,9 +378,11 @@ where
                 "internal: a partial window accumulator reached a window that is not sliced".into(),
             ));
         };
-        let event = self.event_time();
+        // Global windows hold everything: they need no time (Flink's `GlobalWindows`).
+        let global = self.assigner == WindowAssigner::Global;
+        let event = self.event_time() && !global;
         let time = match event {
-            true if ts == NO_TIMESTAMP => return Err(no_timestamp_error()),
+            true if !is_event_time(ts) => return Err(no_timestamp_error(ts)),
             true => ts,
             false => self.ctx.processing_time_ms(),
         };

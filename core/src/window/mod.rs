@@ -13,10 +13,11 @@
 //! - [`general`]: everything else — processing-time windows, global windows, custom triggers
 //!   (Flink's `WindowOperator`, with a timer per key and window).
 //!
-//! **Time.** A window `[start, end)` fires when the watermark reaches `end − 1`. A window whose
-//! end would pass `i64::MAX` ends at `i64::MAX` and then includes `i64::MAX` itself (it fires
-//! with the final watermark). `i64::MIN` is no event time ([`NO_TIMESTAMP`]): an event-time
-//! window rejects a record without a timestamp with an error.
+//! **Time.** A window `[start, end)` fires when the watermark reaches `end − 1`. Event times
+//! lie strictly between `i64::MIN` ([`NO_TIMESTAMP`]) and `i64::MAX` (the instant of the final
+//! watermark): an event-time window rejects a record outside with an error. A window whose end
+//! would pass `i64::MAX` is shown ending at `i64::MAX`; it holds everything up to
+//! `i64::MAX − 1` and fires with the final watermark.
 //!
 //! **Lateness is judged per input.** A record is late when the watermark *of the input it
 //! arrived on* (see [`OperatorContext::input_watermark`]) has passed the end of every window
@@ -59,14 +60,14 @@ use crate::error::{Error, Result};
 pub struct TimeWindow {
     /// First timestamp in the window.
     pub start: i64,
-    /// One past the last timestamp in the window (`i64::MAX`: the window includes `i64::MAX`).
+    /// One past the last timestamp in the window.
     pub end: i64,
 }
 
 impl TimeWindow {
     /// The window `[start, end)`.
     pub fn new(start: i64, end: i64) -> TimeWindow {
-        debug_assert!(start < end || end == i64::MAX, "start={start} end={end}");
+        debug_assert!(start < end, "start={start} end={end}");
         TimeWindow { start, end }
     }
 
@@ -106,7 +107,7 @@ impl TimeWindow {
 /// The largest timestamp of a window ending at `end`.
 #[inline]
 pub(crate) fn max_timestamp(end: i64) -> i64 {
-    if end == i64::MAX { i64::MAX } else { end - 1 }
+    end - 1
 }
 
 /// The start of the window of `size` (aligned to `offset`) that holds `ts`, and its end, both
@@ -352,13 +353,18 @@ pub(crate) fn gcd(mut a: i64, mut b: i64) -> i64 {
     a.abs()
 }
 
-/// The error for a record that reaches an event-time window without a timestamp.
-pub(crate) fn no_timestamp_error() -> Error {
+/// The error for a record that reaches an event-time operator without an event time.
+pub(crate) fn no_timestamp_error(ts: Timestamp) -> Error {
+    let message = if ts == crate::element::NO_TIMESTAMP {
+        "a record has no event-time timestamp: assign timestamps with a WatermarkStrategy \
+         before event-time windows"
+            .to_owned()
+    } else {
+        format!("a record's timestamp {ts} is reserved for the final watermark")
+    };
     Error::Operator {
         operator: "window".to_owned(),
-        message: "a record has no event-time timestamp: assign timestamps with a \
-                  WatermarkStrategy before event-time windows"
-            .to_owned(),
+        message,
     }
 }
 
@@ -389,9 +395,9 @@ mod tests {
     #[test]
     fn windows_near_the_limits_saturate() {
         let t = WindowAssigner::tumbling(100);
-        let (s, e) = windows(t, i64::MAX)[0];
+        let (s, e) = windows(t, i64::MAX - 1)[0];
         assert_eq!(e, i64::MAX);
-        assert!(TimeWindow::new(s, e).contains(i64::MAX));
+        assert!(TimeWindow::new(s, e).contains(i64::MAX - 1));
         let (s, e) = windows(t, i64::MIN + 1)[0];
         assert_eq!(s, i64::MIN);
         assert!(TimeWindow::new(s, e).contains(i64::MIN + 1));

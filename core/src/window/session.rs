@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use crate::FastMap;
 use crate::chain::Collector;
 use crate::context::{OperatorContext, SideOutput};
-use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
+use crate::element::{CheckpointBarrier, Timestamp, Watermark, is_event_time};
 use crate::error::Result;
 use crate::key::Key;
 use crate::window::combine::Combined;
@@ -227,8 +227,8 @@ where
                 "internal: a partial window accumulator reached a window that is not sliced".into(),
             ));
         };
-        if ts == NO_TIMESTAMP {
-            return Err(no_timestamp_error());
+        if !is_event_time(ts) {
+            return Err(no_timestamp_error(ts));
         }
         let horizon = self.watermark.max(self.ctx.input_watermark()).0;
         if ts.saturating_add(self.lateness) <= horizon {

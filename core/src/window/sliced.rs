@@ -19,7 +19,7 @@ use std::marker::PhantomData;
 use crate::FastMap;
 use crate::chain::Collector;
 use crate::context::{OperatorContext, SideOutput};
-use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
+use crate::element::{CheckpointBarrier, Timestamp, Watermark, is_event_time};
 use crate::error::Result;
 use crate::key::Key;
 use crate::window::combine::Combined;
@@ -79,11 +79,11 @@ impl SliceSpec {
         t - rem(t - self.offset, self.slide)
     }
 
-    /// The largest timestamp of the window starting at `start` (`i64::MAX` at most: a window
-    /// reaching past it holds `i64::MAX` and fires with the final watermark).
+    /// The largest timestamp of the window starting at `start` (`i64::MAX − 1` at most: event
+    /// times stop there).
     #[inline]
     pub(crate) fn max_timestamp(&self, start: i128) -> i64 {
-        saturate(start + self.size - 1)
+        saturate(start + self.size) - 1
     }
 
     /// The windows holding `ts`, as their starts, earliest first.
@@ -486,8 +486,8 @@ where
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
-        if ts == NO_TIMESTAMP {
-            return Err(no_timestamp_error());
+        if !is_event_time(ts) {
+            return Err(no_timestamp_error(ts));
         }
         let value = match value {
             Combined::Raw(value) => value,
