@@ -10,7 +10,10 @@ use sluice_core::chain::Identity;
 use sluice_core::exchange::AnyEdge;
 use sluice_core::graph::{JobGraph, StageFactory};
 use sluice_core::metrics::Progress;
-use sluice_core::runtime::{self, JobReport, RuntimeConfig};
+use std::sync::atomic::AtomicBool;
+
+use sluice_core::checkpoint::CheckpointConfig;
+use sluice_core::runtime::{self, JobReport, RestoreFrom, RuntimeConfig};
 use sluice_core::source::Source;
 use sluice_core::{Error, Result};
 
@@ -76,6 +79,51 @@ impl Env {
     /// Sets the number of key groups (the most workers a keyed state can be spread over).
     pub fn set_key_groups_max(&self, key_groups_max: u32) -> &Self {
         self.inner.borrow_mut().config.key_groups_max = Some(key_groups_max);
+        self
+    }
+
+    /// Takes a checkpoint into `dir` every `interval`: with replayable sources and the
+    /// two-phase-commit file sink, the job's output is exactly once, and a failure restarts it
+    /// from its latest checkpoint (see [`set_restart_strategy`](Self::set_restart_strategy)).
+    pub fn enable_checkpointing(&self, dir: impl Into<PathBuf>, interval: Duration) -> &Self {
+        self.inner.borrow_mut().config.checkpoints = Some(CheckpointConfig::new(dir, interval));
+        self
+    }
+
+    /// Sets every checkpoint option (retention, timeout, minimum pause).
+    pub fn set_checkpoint_config(&self, config: CheckpointConfig) -> &Self {
+        self.inner.borrow_mut().config.checkpoints = Some(config);
+        self
+    }
+
+    /// Resumes the job from a checkpoint or savepoint.
+    pub fn restore_from(&self, from: RestoreFrom) -> &Self {
+        self.inner.borrow_mut().config.restore = Some(from);
+        self
+    }
+
+    /// After a failure (with checkpoints), restarts the job up to `attempts` times, each after
+    /// `delay` (a fixed-delay restart strategy).
+    pub fn set_restart_strategy(&self, attempts: u32, delay: Duration) -> &Self {
+        let mut b = self.inner.borrow_mut();
+        b.config.restart_attempts = attempts;
+        b.config.restart_delay = delay;
+        self
+    }
+
+    /// Throttles every source to `records_per_second` in total over its workers.
+    pub fn set_source_rate(&self, records_per_second: f64) -> &Self {
+        self.inner.borrow_mut().config.source_rate = Some(records_per_second);
+        self
+    }
+
+    /// When `stop` is raised (by a signal handler, say), the job stops with a savepoint in a
+    /// new directory under `dir`: sources stop, a last barrier passes, sinks commit, and
+    /// [`execute`](Self::execute) returns with the savepoint's path in the report.
+    pub fn stop_with_savepoint_on(&self, stop: Arc<AtomicBool>, dir: impl Into<PathBuf>) -> &Self {
+        let mut b = self.inner.borrow_mut();
+        b.config.stop = Some(stop);
+        b.config.savepoint_dir = Some(dir.into());
         self
     }
 
@@ -175,7 +223,9 @@ impl Env {
                 stages: std::mem::take(&mut b.stages),
                 edges: b.edges.drain(..).map(|(e, _)| e).collect(),
             };
-            (graph, b.config.clone(), b.progress.take())
+            let mut config = b.config.clone();
+            config.job_name = name.to_owned();
+            (graph, config, b.progress.take())
         };
         tracing::debug!(job = name, plan = %graph.describe(), "executing");
         runtime::execute(graph, &config, |p, elapsed| {

@@ -49,6 +49,8 @@ pub use stream::{
 };
 
 pub use sluice_core::chain::Identity;
+pub use sluice_core::checkpoint::CheckpointConfig;
+pub use sluice_core::checkpoint::coordinator::CheckpointStats;
 pub use sluice_core::context::{OutputTag, SideOutput};
 pub use sluice_core::join::{Either, JoinType};
 pub use sluice_core::keyed::{AggregateFunction, Emit};
@@ -57,7 +59,7 @@ pub use sluice_core::keyed_state::{
 };
 pub use sluice_core::metrics::Progress;
 pub use sluice_core::process::{KeyedProcessFunction, ProcessContext, TimeDomain};
-pub use sluice_core::runtime::{JobReport, RuntimeConfig, available_cpus};
+pub use sluice_core::runtime::{JobReport, RestoreFrom, RuntimeConfig, available_cpus};
 pub use sluice_core::sink::{Sink, SinkContext, SinkWriter};
 pub use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, SourceReader};
 pub use sluice_core::time::{

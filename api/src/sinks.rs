@@ -60,16 +60,33 @@ impl<T: Debug> SinkWriter<T> for PrintWriter {
     }
 }
 
-/// Writes records as lines of text (their `Display`) into part files in a directory, one per
-/// worker that received records: `part-<worker>-<run>` where `<run>` is unique to the sink,
-/// so a sink never overwrites a file. While written, a part file is named
-/// `.part-<worker>-<run>.inprogress`; at the end of input each worker syncs its file, and only
-/// when the whole job succeeded are they renamed to their final names and the directory
-/// synced. A failed job leaves no output: its pending files are removed.
+/// Writes records as lines of text (their `Display`) into part files in a directory:
+/// `part-<worker>-<run>-<epoch>`, where `<run>` is unique to the sink, so a sink — restored
+/// or not — never overwrites a file.
+///
+/// Exactly once, by two-phase commit. Worker `w` writes the records it gets into
+/// `.part-<w>-<run>-<epoch>.pending`, where `<epoch>` is one more than the id of the last
+/// checkpoint barrier it saw (or than the checkpoint the job resumed from). When the next
+/// barrier arrives, the file is synced and closed (pre-commit) and a new one starts with the
+/// next epoch. When checkpoint `n` completes, the pending files of epochs up to `n` are renamed
+/// to their final names and the directory synced; when the job ends, all of them. On a restore
+/// from checkpoint `r`, the pending files of epochs up to `r` — complete, but not yet renamed
+/// when the previous run stopped — are committed, and later ones (their records will be read
+/// again) deleted. A job without checkpoints has one epoch, committed when it succeeds; a
+/// failed one leaves no output.
 pub struct TextFileSink<D: Disk = GlommioDisk> {
     dir: PathBuf,
     run: String,
     disk: D,
+}
+
+/// A pending part file's name: `.part-<worker>-<run>-<epoch>.pending`.
+fn pending_epoch(name: &str) -> Option<(&str, u64)> {
+    let final_name = name.strip_prefix('.')?.strip_suffix(".pending")?;
+    let epoch = final_name.rsplit('-').next()?.parse().ok()?;
+    final_name
+        .starts_with("part-")
+        .then_some((final_name, epoch))
 }
 
 impl TextFileSink {
@@ -102,6 +119,8 @@ pub struct TextFileWriter<D: Disk> {
     disk: D,
     dir: PathBuf,
     name: String,
+    /// The epoch of the file being written: one past the last barrier seen.
+    epoch: u64,
     file: Option<D::Write>,
     text: String,
 }
@@ -124,40 +143,32 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
             source,
         })
     }
-    fn commit(&self) -> Result<()> {
-        // Rename this run's synced part files to their final names, then make the renames
-        // durable. On the job's own thread, after every worker finished: plain std calls.
-        let io = |op, path: &std::path::Path| {
-            let path = path.to_owned();
-            move |source| Error::Io { op, path, source }
-        };
-        for pending in self.pending_files()? {
-            let name = pending
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
-            let done = name
-                .as_deref()
-                .and_then(|n| n.strip_prefix('.'))
-                .and_then(|n| n.strip_suffix(".inprogress"))
-                .map(|n| self.dir.join(n));
-            if let Some(done) = done {
-                std::fs::rename(&pending, &done).map_err(io("commit part file", &done))?;
-            }
+    fn recover(&self, restored_id: u64) -> Result<()> {
+        if restored_id == 0 {
+            return Ok(());
         }
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync output directory", &self.dir))
+        // Every run's pending files: the ones the resumed checkpoint covers are output, the
+        // rest will be written again.
+        self.settle(|_, epoch| (epoch <= restored_id).then_some(true).or(Some(false)))
+    }
+    fn commit_checkpoint(&self, id: u64) -> Result<()> {
+        let own = format!("-{}-", self.run);
+        self.settle(|name, epoch| (name.contains(&own) && epoch <= id).then_some(true))
+    }
+    fn commit(&self) -> Result<()> {
+        let own = format!("-{}-", self.run);
+        self.settle(|name, _| name.contains(&own).then_some(true))
     }
     fn abort(&self) {
-        for pending in self.pending_files().unwrap_or_default() {
-            let _ = std::fs::remove_file(pending);
-        }
+        let own = format!("-{}-", self.run);
+        let _ = self.settle(|name, _| name.contains(&own).then_some(false));
     }
     async fn open(&self, ctx: &SinkContext) -> Result<TextFileWriter<D>> {
         Ok(TextFileWriter {
             disk: self.disk.clone(),
             dir: self.dir.clone(),
             name: format!("part-{:05}-{}", ctx.worker, self.run),
+            epoch: ctx.restored_id + 1,
             file: None,
             text: String::with_capacity(WRITE_BUFFER_BYTES + 4096),
         })
@@ -165,29 +176,62 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
 }
 
 impl<D: Disk> TextFileSink<D> {
-    /// This run's part files still waiting for the commit.
-    fn pending_files(&self) -> Result<Vec<PathBuf>> {
-        let suffix = format!("-{}.inprogress", self.run);
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| Error::Io {
-            op: "list output directory",
-            path: self.dir.clone(),
-            source,
-        })?;
-        Ok(entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with(".part-") && name.ends_with(&suffix)
-            })
-            .map(|e| e.path())
-            .collect())
+    /// For each pending part file, `decide(name, epoch)`: `Some(true)` commits it (renames it
+    /// to its final name), `Some(false)` deletes it, `None` leaves it. Then syncs the
+    /// directory if anything changed. On the job's own thread: plain std calls.
+    fn settle(&self, decide: impl Fn(&str, u64) -> Option<bool>) -> Result<()> {
+        let io = |op, path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { op, path, source }
+        };
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(io("list output directory", &self.dir))?;
+        let mut changed = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((final_name, epoch)) = pending_epoch(&name) else {
+                continue;
+            };
+            let path = entry.path();
+            match decide(final_name, epoch) {
+                Some(true) => {
+                    let done = self.dir.join(final_name);
+                    std::fs::rename(&path, &done).map_err(io("commit part file", &done))?;
+                }
+                Some(false) => {
+                    std::fs::remove_file(&path).map_err(io("remove part file", &path))?;
+                }
+                None => continue,
+            }
+            changed = true;
+        }
+        if changed {
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("sync output directory", &self.dir))?;
+        }
+        Ok(())
     }
 }
 
 impl<D: Disk> TextFileWriter<D> {
     fn pending_path(&self) -> PathBuf {
-        self.dir.join(format!(".{}.inprogress", self.name))
+        self.dir
+            .join(format!(".{}-{}.pending", self.name, self.epoch))
+    }
+
+    /// Syncs and closes the file being written, if any.
+    async fn close_file(&mut self) -> Result<()> {
+        self.write_out().await?;
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        let pending = self.pending_path();
+        file.sync_close().await.map_err(|source| Error::Io {
+            op: "sync part file",
+            path: pending,
+            source,
+        })
     }
 
     async fn write_out(&mut self) -> Result<()> {
@@ -234,16 +278,13 @@ impl<T: Display, D: Disk> SinkWriter<T> for TextFileWriter<D> {
     }
 
     async fn finish(&mut self) -> Result<()> {
-        self.write_out().await?;
-        let Some(file) = self.file.take() else {
-            return Ok(());
-        };
-        let pending = self.pending_path();
-        file.sync_close().await.map_err(|source| Error::Io {
-            op: "sync part file",
-            path: pending,
-            source,
-        })
+        self.close_file().await
+    }
+
+    async fn pre_commit(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.close_file().await?;
+        self.epoch = self.epoch.max(checkpoint_id + 1);
+        Ok(())
     }
 }
 

@@ -22,6 +22,13 @@ fn line_too_long(path: &Path, offset: u64) -> Error {
     }
 }
 
+/// Two little-endian `u64`s at the start of `bytes`.
+fn decode_two_u64(bytes: &[u8]) -> Option<(u64, u64)> {
+    let a = u64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
+    let b = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((a, b))
+}
+
 /// A bounded source over the items of a collection, split into one contiguous slice per
 /// worker. Its read position is the index of the next item, so it can be replayed.
 pub struct CollectionSource<T> {
@@ -61,6 +68,22 @@ impl<T: Clone + Send + Sync + 'static> Source for CollectionSource<T> {
         Ok((0..workers)
             .map(|w| (w * n / workers)..((w + 1) * n / workers))
             .collect())
+    }
+    fn encode_split(&self, split: &std::ops::Range<usize>) -> Option<Vec<u8>> {
+        let mut bytes = (split.start as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&(split.end as u64).to_le_bytes());
+        Some(bytes)
+    }
+    fn decode_split(&self, bytes: &[u8]) -> Result<std::ops::Range<usize>> {
+        let (start, end) = decode_two_u64(bytes)
+            .filter(|&(s, e)| s <= e && e <= self.items.len() as u64)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "a checkpointed split of from_iter does not fit its {} items",
+                    self.items.len()
+                ))
+            })?;
+        Ok(start as usize..end as usize)
     }
     async fn open(
         &self,
@@ -176,7 +199,8 @@ pub struct TextFileSource<D: Disk = GlommioDisk, M: LineMapper = Lines> {
 }
 
 impl TextFileSource {
-    /// Lines of the file or directory at `path`.
+    /// Lines of the file or directory at `path` (made absolute, so that a checkpoint names
+    /// the same files from any working directory).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         TextFileSource::with_mapper(path, Lines)
     }
@@ -185,8 +209,9 @@ impl TextFileSource {
 impl<M: LineMapper> TextFileSource<GlommioDisk, M> {
     /// Records made by `mapper` from the lines of the file or directory at `path`.
     pub fn with_mapper(path: impl Into<PathBuf>, mapper: M) -> Self {
+        let path: PathBuf = path.into();
         TextFileSource {
-            path: path.into(),
+            path: std::path::absolute(&path).unwrap_or(path),
             disk: GlommioDisk,
             mapper,
         }
@@ -288,6 +313,24 @@ impl<D: Disk, M: LineMapper> Source for TextFileSource<D, M> {
     }
     fn split_bytes(&self, split: &TextSplit) -> Option<u64> {
         Some(split.end - split.start)
+    }
+    fn encode_split(&self, split: &TextSplit) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut bytes = split.start.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&split.end.to_le_bytes());
+        bytes.extend_from_slice(split.path.as_os_str().as_bytes());
+        Some(bytes)
+    }
+    fn decode_split(&self, bytes: &[u8]) -> Result<TextSplit> {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = || Error::Config("a checkpointed text split is malformed".into());
+        let (start, end) = decode_two_u64(bytes).ok_or_else(bad)?;
+        let path = std::ffi::OsStr::from_bytes(bytes.get(16..).ok_or_else(bad)?);
+        Ok(TextSplit {
+            path: Arc::new(PathBuf::from(path)),
+            start,
+            end,
+        })
     }
     async fn open(
         &self,

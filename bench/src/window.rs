@@ -110,6 +110,25 @@ impl Source for EventSource {
             .map(|first| EventSplit { first, stride })
             .collect())
     }
+    fn encode_split(&self, split: &EventSplit) -> Option<Vec<u8>> {
+        let mut bytes = split.first.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&split.stride.to_le_bytes());
+        Some(bytes)
+    }
+    fn decode_split(&self, bytes: &[u8]) -> sluice::Result<EventSplit> {
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        match (word(0), word(1)) {
+            (Some(first), Some(stride)) if stride > 0 => Ok(EventSplit { first, stride }),
+            _ => Err(sluice::Error::Config(
+                "a checkpointed event split is malformed".into(),
+            )),
+        }
+    }
     async fn open(
         &self,
         split: EventSplit,

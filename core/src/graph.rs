@@ -45,6 +45,8 @@ pub struct WorkerContext {
     pub checkpoints: Option<Arc<CheckpointControl>>,
     /// Records per second each source stage may emit over all its workers (`--rate`).
     pub source_rate: Option<f64>,
+    /// The checkpoint the job resumed from (0: a fresh start).
+    pub restored_id: u64,
     cancelled: Arc<AtomicBool>,
 }
 
@@ -65,6 +67,7 @@ impl WorkerContext {
             stage: 0,
             checkpoints: None,
             source_rate: None,
+            restored_id: 0,
             cancelled,
         }
     }
@@ -338,6 +341,7 @@ impl<T: 'static, S: Sink<T>> OutputSpec<T> for ToSink<S> {
         let sctx = SinkContext {
             worker: ctx.worker,
             workers: ctx.workers,
+            restored_id: ctx.restored_id,
         };
         let writer = self.sink.open(&sctx).await?;
         Ok((crate::chain::SinkTail::new(outbox), SinkDrain::new(writer)))

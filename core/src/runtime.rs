@@ -321,6 +321,7 @@ fn run_once(
         let mut ctx = WorkerContext::new(w, key_groups, metrics.clone(), cancelled.clone());
         ctx.checkpoints = coordinator.as_ref().map(Coordinator::control);
         ctx.source_rate = config.source_rate;
+        ctx.restored_id = restored_id;
         let (graph, events_tx) = (graph.clone(), events_tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("{WORKER_THREAD_PREFIX}{w}"))

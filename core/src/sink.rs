@@ -14,6 +14,8 @@ pub struct SinkContext {
     pub worker: usize,
     /// Number of workers.
     pub workers: usize,
+    /// The checkpoint the job resumed from (0: a fresh start).
+    pub restored_id: u64,
 }
 
 /// A destination for records.

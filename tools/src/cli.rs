@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use sluice::RestoreFrom;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         bench: bench::Bench,
     },
+    /// Describes a checkpoint or savepoint: job, key groups, source positions, state, pauses.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 /// Options every `sluice run` job takes.
@@ -45,6 +52,46 @@ pub struct CommonRunArgs {
     /// No progress line on stderr (it is also off when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Take exactly-once checkpoints into this directory (with --checkpoint-interval-ms).
+    #[arg(long, value_name = "DIR", requires = "checkpoint_interval_ms")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Time between two checkpoints.
+    #[arg(long, value_name = "MS", requires = "checkpoint_dir",
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Complete checkpoints to keep (older ones are deleted).
+    #[arg(long, value_name = "N", default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub checkpoints_retained: u32,
+    /// Resume: `latest` (the newest complete checkpoint in --checkpoint-dir, or a fresh start
+    /// if there is none), or the path of a checkpoint or savepoint (or a directory holding
+    /// them: the newest complete one).
+    #[arg(long, value_name = "latest|PATH", value_parser = restore_arg)]
+    pub restore: Option<RestoreFrom>,
+    /// On SIGTERM or Ctrl-C, stop with a savepoint in a new directory under DIR (printed),
+    /// and exit 0.
+    #[arg(long, value_name = "DIR")]
+    pub savepoint_dir: Option<PathBuf>,
+    /// Throttle the sources to this many records per second in total.
+    #[arg(long, value_name = "EVENTS_PER_S", value_parser = positive_rate)]
+    pub rate: Option<f64>,
+}
+
+fn restore_arg(s: &str) -> Result<RestoreFrom, String> {
+    match s {
+        "" => Err("empty --restore".into()),
+        "latest" => Ok(RestoreFrom::Latest),
+        path => Ok(RestoreFrom::Path(PathBuf::from(path))),
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a positive number of records per second"
+        )),
+    }
 }
 
 impl CommonRunArgs {
@@ -52,6 +99,41 @@ impl CommonRunArgs {
     pub fn workers(&self) -> usize {
         self.workers
             .map_or_else(|| sluice::available_cpus().len().max(1), |w| w as usize)
+    }
+
+    /// Whether the job resumes from a checkpoint (its output directories then already hold
+    /// the output committed before).
+    pub fn restoring(&self) -> bool {
+        self.restore.is_some()
+    }
+
+    /// Applies the options to `env`: workers, checkpoints, restore, rate, and (with
+    /// `--savepoint-dir`) a SIGTERM/SIGINT handler that stops the job with a savepoint.
+    pub fn apply(&self, env: &sluice::Env) -> Result<()> {
+        env.set_workers(self.workers());
+        if let (Some(dir), Some(ms)) = (&self.checkpoint_dir, self.checkpoint_interval_ms) {
+            let mut config = sluice::CheckpointConfig::new(dir, Duration::from_millis(ms));
+            config.retain = self.checkpoints_retained as usize;
+            env.set_checkpoint_config(config);
+        }
+        if let Some(restore) = &self.restore {
+            if *restore == RestoreFrom::Latest && self.checkpoint_dir.is_none() {
+                anyhow::bail!("--restore latest needs --checkpoint-dir (where to look)");
+            }
+            env.restore_from(restore.clone());
+        }
+        if let Some(rate) = self.rate {
+            env.set_source_rate(rate);
+        }
+        if let Some(dir) = &self.savepoint_dir {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.clone())
+                    .map_err(|e| anyhow::anyhow!("install a signal handler: {e}"))?;
+            }
+            env.stop_with_savepoint_on(stop, dir);
+        }
+        Ok(())
     }
 }
 
@@ -73,6 +155,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Run { job } => jobs::run(job),
         Command::Bench { bench } => bench::run(bench),
+        Command::Inspect(args) => crate::inspect::run(&args),
     }
 }
 

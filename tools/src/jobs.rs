@@ -88,9 +88,11 @@ pub fn run(job: Job) -> Result<()> {
     match job {
         Job::WindowAgg(args) => run_window_agg(args),
         Job::Wordcount(args) => {
-            check_output_dir(&args.output)?;
+            if !args.common.restoring() {
+                check_output_dir(&args.output)?;
+            }
             let env = Env::new();
-            env.set_workers(args.common.workers());
+            args.common.apply(&env)?;
             wordcount(&env, &args.input, &args.output);
             let shown = progress::attach(&env, args.common.quiet);
             let report = env.execute("wordcount");
@@ -105,9 +107,14 @@ pub fn run(job: Job) -> Result<()> {
 pub use sluice_tools::wordcount;
 
 fn run_window_agg(args: WindowAggArgs) -> Result<()> {
-    check_output_dir(&args.output)?;
+    let restoring = args.common.restoring();
+    if !restoring {
+        check_output_dir(&args.output)?;
+    }
     if let Some(late) = &args.late_output {
-        check_output_dir(late)?;
+        if !restoring {
+            check_output_dir(late)?;
+        }
         if paths_overlap(late, &args.output) {
             bail!(
                 "--late-output {} and --output {} must be separate directories",
@@ -125,7 +132,7 @@ fn run_window_agg(args: WindowAggArgs) -> Result<()> {
         skip_bad_lines: args.skip_bad_lines,
     };
     let env = Env::new();
-    env.set_workers(args.common.workers());
+    args.common.apply(&env)?;
     let counts = window_agg(&env, &cfg);
     let shown = progress::attach(&env, args.common.quiet);
     let report = env.execute("window-agg");
@@ -178,12 +185,34 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
 
 fn print_summary(report: &JobReport) {
     let secs = report.elapsed.as_secs_f64();
+    let what = if report.savepoint.is_some() {
+        "stopped"
+    } else {
+        "done"
+    };
     eprintln!(
-        "done: {} records ({} MB) in {:.2}s on {} workers{}",
+        "{what}: {} records ({} MB) in {:.2}s on {} workers{}",
         report.progress.records_in,
         report.progress.bytes_in / 1_000_000,
         secs,
         report.workers,
         if report.pinned { " (pinned)" } else { "" }
     );
+    if let Some(id) = report.restored_from {
+        eprintln!("resumed from checkpoint {id}");
+    }
+    if report.restarts > 0 {
+        eprintln!("restarted {} times after failures", report.restarts);
+    }
+    let c = &report.checkpoints;
+    if c.completed + c.aborted > 0 {
+        eprintln!(
+            "checkpoints: {} completed (last {}), {} aborted",
+            c.completed, c.last_completed, c.aborted
+        );
+    }
+    if let Some(dir) = &report.savepoint {
+        // The one line a script reads: the savepoint's path, on stdout.
+        println!("savepoint: {}", dir.display());
+    }
 }

@@ -6,6 +6,7 @@ mod bench;
 mod bench_window;
 mod cli;
 mod demo;
+mod inspect;
 mod jobs;
 mod progress;
 
