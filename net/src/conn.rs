@@ -125,6 +125,7 @@ struct State {
     out_bytes: usize,
     spare: Vec<Vec<u8>>,
     credit_dirty: Vec<u32>,
+    credit_dirty_spare: Vec<u32>,
     control_in: VecDeque<Control>,
     control_waker: Option<Waker>,
     writer_waker: Option<Waker>,
@@ -519,7 +520,10 @@ impl Shared {
         if st.closed.is_some() {
             return Poll::Ready(WriteJob::Stop);
         }
-        for channel in std::mem::take(&mut st.credit_dirty) {
+        // Swapped with a spare list rather than taken, so that neither ever reallocates.
+        std::mem::swap(&mut st.credit_dirty, &mut st.credit_dirty_spare);
+        for k in 0..st.credit_dirty_spare.len() {
+            let channel = st.credit_dirty_spare[k];
             let chan = &mut st.inbound[channel as usize];
             let credits = std::mem::take(&mut chan.pending_return);
             if credits == 0 || chan.dropped {
@@ -536,6 +540,7 @@ impl Shared {
                 Err(e) => unreachable!("a credit always serializes: {e}"),
             }
         }
+        st.credit_dirty_spare.clear();
         let mut popped = false;
         while let Some(front) = st.out_queue.front() {
             if batch.is_empty() && front.len() >= COALESCE_BYTES {

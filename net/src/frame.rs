@@ -276,13 +276,16 @@ pub fn check_payload(
     Ok(())
 }
 
+/// A whole frame split off a buffer: its header, its payload, and the bytes it took in all.
+pub type SplitFrame<'a> = (FrameHeader, &'a [u8], usize);
+
 /// Splits the first complete frame off `buf`: its header, payload and the bytes it takes in
 /// all, checked; `Ok(None)` if `buf` does not hold a whole frame yet.
 pub fn split_frame(
     buf: &[u8],
     offset: u64,
     max: u32,
-) -> Result<Option<(FrameHeader, &[u8], usize)>, FrameError> {
+) -> Result<Option<SplitFrame<'_>>, FrameError> {
     let Some(header) = decode_header(buf, offset, max)? else {
         return Ok(None);
     };

@@ -312,7 +312,10 @@ fn a_receiver_sees_its_sender_disconnect_as_an_error() {
             // Dropped without an end of input: a failed sender.
         },
     );
-    assert!(matches!(result, Err(NetError::Disconnected { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(NetError::Disconnected { .. })),
+        "{result:?}"
+    );
 }
 
 /// Runs a listener for `ms` and a plain-thread client `client`; returns the listener's stats.
@@ -385,7 +388,11 @@ fn a_wrong_secret_or_cluster_is_refused_both_ways() {
         },
     );
     // The server proves itself first, so a client with a wrong secret refuses the server.
-    assert!(matches!(results.0, Err(NetError::Auth { .. })), "{:?}", results.0);
+    assert!(
+        matches!(results.0, Err(NetError::Auth { .. })),
+        "{:?}",
+        results.0
+    );
     assert!(results.1.is_err(), "{:?}", results.1);
     assert_eq!(stats.auth_failures, 1, "{stats:?}"); // the wrong cluster
     assert_eq!(stats.accepted, 0, "{stats:?}");
@@ -486,8 +493,15 @@ fn silent_and_half_open_peers_time_out_and_cannot_exhaust_the_listener() {
     );
     let (stats, accepted) = stats;
     assert!(good && accepted);
-    assert_eq!(stats.handshake_timeouts + stats.refused_busy, 100, "{stats:?}");
-    assert!(stats.handshake_timeouts <= 100 && stats.handshake_timeouts >= 16, "{stats:?}");
+    assert_eq!(
+        stats.handshake_timeouts + stats.refused_busy,
+        100,
+        "{stats:?}"
+    );
+    assert!(
+        stats.handshake_timeouts <= 100 && stats.handshake_timeouts >= 16,
+        "{stats:?}"
+    );
 }
 
 #[test]

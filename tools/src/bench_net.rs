@@ -199,8 +199,7 @@ fn net_run<const N: usize>(
     batches: u64,
     records_per_batch: u64,
     credits: u32,
-) -> Result<RunResult>
-{
+) -> Result<RunResult> {
     let cfg = config()?;
     let client_cfg = cfg.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -245,7 +244,11 @@ fn net_run<const N: usize>(
     sent.map_err(|e| anyhow::anyhow!("sender: {e}"))?;
     let r = received.map_err(|e| anyhow::anyhow!("receiver: {e}"))?;
     if r.records != batches * records_per_batch {
-        bail!("received {} of {} records", r.records, batches * records_per_batch);
+        bail!(
+            "received {} of {} records",
+            r.records,
+            batches * records_per_batch
+        );
     }
     Ok(r)
 }
@@ -254,8 +257,7 @@ async fn receive<const N: usize>(
     rx: &mut sluice_net::ChannelReceiver<Rec<N>>,
     variant: Variant,
     conn: &sluice_net::Connection,
-) -> Result<RunResult, sluice_net::NetError>
-{
+) -> Result<RunResult, sluice_net::NetError> {
     let mut start = None;
     let (mut records, mut timestamps) = (Vec::new(), Vec::new());
     let mut r = RunResult::default();
