@@ -1,8 +1,9 @@
 //! Tests of the wire codec: round trips of every payload type as properties (encode → frame →
 //! validated access → deserialize equals the input), and seeded mutations of valid frames (bit
 //! flips, byte changes, truncation, lying lengths, with and without a repaired crc) through
-//! [`decode_stream`], which must never panic. `SLUICE_NET_MUTATIONS=1000000` runs the large
-//! count (about 30 s in release); the default is sized for a few seconds in a debug build.
+//! [`decode_stream`], which must never panic. By default 200,000 mutations in a debug build
+//! (about a second) and 1,000,000 in release; `SLUICE_NET_MUTATIONS=N` sets the count and
+//! `SLUICE_NET_SEED=S` the seed.
 
 use proptest::prelude::*;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -321,9 +322,9 @@ fn mutations() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if cfg!(debug_assertions) {
-            20_000
-        } else {
             200_000
+        } else {
+            1_000_000
         })
 }
 
