@@ -32,7 +32,7 @@ pub struct NetBench {
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     batches: u64,
     /// Records per batch.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 1024, value_parser = records_range())]
     records_per_batch: u64,
     /// Bytes per record: 16, 32, 64, 128 or 256 (a key, a value and padding).
     #[arg(long, default_value_t = 16)]
@@ -46,6 +46,10 @@ pub struct NetBench {
     /// Print a JSON record to stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn records_range() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=1_000_000)
 }
 
 /// A benchmark record of `16 + N` bytes.

@@ -88,7 +88,9 @@ fn round_trip_batch<T: WireRecord + Clone + PartialEq + std::fmt::Debug>(
 
 proptest! {
     #[test]
-    fn record_batches_round_trip((records, timestamps) in batch(prop::collection::vec(rec(), 0..40))) {
+    fn record_batches_round_trip(
+        (records, timestamps) in batch(prop::collection::vec(rec(), 0..40))
+    ) {
         round_trip_batch(&records, &timestamps);
     }
 
@@ -124,7 +126,8 @@ proptest! {
         let credit = WireCredit { credits, window };
         let (buf, _) = encode_archive(FrameKind::Credit, 9, &credit, Vec::new()).unwrap();
         prop_assert_eq!(decode_credit(&payload_of(&buf, FrameKind::Credit, 9)).unwrap(), credit);
-        for msg in [Control::Heartbeat { sequence: seq }, Control::Goodbye { reason: reason.clone() }] {
+        let goodbye = Control::Goodbye { reason: reason.clone() };
+        for msg in [Control::Heartbeat { sequence: seq }, goodbye] {
             let (buf, _) = encode_archive(FrameKind::Control, 0, &msg, Vec::new()).unwrap();
             let payload = payload_of(&buf, FrameKind::Control, 0);
             prop_assert_eq!(decode_control_message(&payload).unwrap(), msg);
