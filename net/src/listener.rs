@@ -407,6 +407,12 @@ async fn server_handshake(
             reason: format!("protocol version {version}, expected {PROTOCOL_VERSION}"),
         });
     }
+    if node.len() > NAME_BYTES_MAX {
+        return Err(NetError::Protocol {
+            peer,
+            reason: format!("a node name of {} bytes", node.len()),
+        });
+    }
     if cluster != config.cluster {
         return Err(auth_failed(peer, "wrong cluster name"));
     }
@@ -416,6 +422,7 @@ async fn server_handshake(
     }
     let nonce_s = fresh_nonce()?;
     let challenge = Handshake::Challenge {
+        node: config.node.clone(),
         nonce: nonce_s,
         proof: auth::server_proof(&config.secret, &config.cluster, &nonce_c, &nonce_s),
         buffer_bytes: config.buffer_bytes,
@@ -452,6 +459,7 @@ async fn client_handshake(
     write_handshake(&mut stream, peer, &hello).await?;
     let challenge = read_handshake(&mut stream, peer).await?;
     let Handshake::Challenge {
+        node,
         nonce: nonce_s,
         proof,
         buffer_bytes,
@@ -476,7 +484,13 @@ async fn client_handshake(
         return Err(unexpected(peer, "acceptance", &accepted));
     }
     let _ = stream.set_nodelay(true);
-    let params = config.params(peer, String::new(), buffer_bytes, frame_payload_max);
+    if node.len() > NAME_BYTES_MAX {
+        return Err(NetError::Protocol {
+            peer,
+            reason: format!("a node name of {} bytes", node.len()),
+        });
+    }
+    let params = config.params(peer, node, buffer_bytes, frame_payload_max);
     Ok((stream, params))
 }
 

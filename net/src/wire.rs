@@ -124,6 +124,8 @@ pub enum Handshake {
     },
     /// Server → client: the server's fresh nonce and its proof that it knows the secret.
     Challenge {
+        /// The server node's name, for logs.
+        node: String,
         /// 32 fresh random bytes.
         nonce: [u8; 32],
         /// HMAC-SHA256 of the server's transcript.

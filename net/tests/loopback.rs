@@ -158,6 +158,7 @@ fn three_multiplexed_channels_deliver_in_order_exactly_once() {
         cfg,
         |listener| async move {
             let conn = listener.accept().await.unwrap();
+            assert_eq!(conn.peer_node(), "node");
             let mut tasks = Vec::new();
             for c in 0..CHANNELS {
                 // Few credits, so that flow control is exercised throughout.
@@ -174,6 +175,7 @@ fn three_multiplexed_channels_deliver_in_order_exactly_once() {
         },
         move |addr| async move {
             let conn = connect(addr, &client_cfg).await.unwrap();
+            assert_eq!(conn.peer_node(), "node");
             let mut tasks = Vec::new();
             for c in 0..CHANNELS {
                 let mut tx = conn.sender::<(u64, u64)>(c as u32).unwrap();

@@ -135,7 +135,8 @@ proptest! {
         let steps = [
             Handshake::Hello { version: 1, cluster: name.clone(), node: reason.clone(), nonce,
                                buffer_bytes: credits, frame_payload_max: window },
-            Handshake::Challenge { nonce, proof: nonce, buffer_bytes: 1, frame_payload_max: 2 },
+            Handshake::Challenge { node: name.clone(), nonce, proof: nonce, buffer_bytes: 1,
+                                   frame_payload_max: 2 },
             Handshake::Response { proof: nonce },
             Handshake::Accepted,
         ];
