@@ -36,6 +36,9 @@ use crate::wire::{
 pub const CHANNELS_MAX: u32 = 4096;
 /// Control messages queued unread before the peer is judged to flood the connection.
 pub const CONTROL_QUEUE_MAX: usize = 1024;
+/// Payload bytes of control messages queued unread, at most (control messages are not
+/// flow-controlled, so this bounds what a peer can make a connection hold).
+pub const CONTROL_QUEUE_BYTES_MAX: usize = 8 << 20;
 /// Frames smaller than this are coalesced into one write.
 const COALESCE_BYTES: usize = 64 << 10;
 /// How long a locally closed connection keeps reading for the peer's end of stream.
@@ -126,7 +129,8 @@ struct State {
     spare: Vec<Vec<u8>>,
     credit_dirty: Vec<u32>,
     credit_dirty_spare: Vec<u32>,
-    control_in: VecDeque<Control>,
+    control_in: VecDeque<(Control, usize)>,
+    control_in_bytes: usize,
     control_waker: Option<Waker>,
     writer_waker: Option<Waker>,
     reader_waker: Option<Waker>,
@@ -254,12 +258,16 @@ impl Shared {
             FrameKind::Control => {
                 let msg = wire::decode_control_message(bytes).map_err(|e| self.malformed(e))?;
                 let mut st = self.st.borrow_mut();
-                if st.control_in.len() >= CONTROL_QUEUE_MAX {
+                let full = st.control_in.len() >= CONTROL_QUEUE_MAX
+                    || st.control_in_bytes + bytes.len() > CONTROL_QUEUE_BYTES_MAX;
+                if full {
                     return Err(self.protocol(format!(
-                        "more than {CONTROL_QUEUE_MAX} control messages unread"
+                        "more than {CONTROL_QUEUE_MAX} control messages or \
+                         {CONTROL_QUEUE_BYTES_MAX} bytes of them unread"
                     )));
                 }
-                st.control_in.push_back(msg);
+                st.control_in_bytes += bytes.len();
+                st.control_in.push_back((msg, bytes.len()));
                 if let Some(w) = st.control_waker.take() {
                     w.wake();
                 }
@@ -785,7 +793,8 @@ impl Connection {
     pub async fn recv_control(&self) -> Result<Option<Control>, NetError> {
         poll_fn(|cx| {
             let mut st = self.sh.st.borrow_mut();
-            if let Some(m) = st.control_in.pop_front() {
+            if let Some((m, len)) = st.control_in.pop_front() {
+                st.control_in_bytes -= len;
                 return Poll::Ready(Ok(Some(m)));
             }
             match st.closed.as_deref() {

@@ -74,8 +74,8 @@ pub mod wire;
 pub use auth::ClusterSecret;
 pub use buf::{RECV_ALIGN, RecvBuf};
 pub use conn::{
-    CHANNELS_MAX, CONTROL_QUEUE_MAX, ChannelReceiver, ChannelSender, ConnStats, Connection,
-    Received, RecvBatch, unless_cancelled,
+    CHANNELS_MAX, CONTROL_QUEUE_BYTES_MAX, CONTROL_QUEUE_MAX, ChannelReceiver, ChannelSender,
+    ConnStats, Connection, Received, RecvBatch, unless_cancelled,
 };
 pub use error::NetError;
 pub use frame::{FRAME_ALIGN, FRAME_HEADER_BYTES, FRAME_PAYLOAD_MAX, FrameError, FrameKind};

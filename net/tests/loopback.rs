@@ -520,3 +520,47 @@ fn listening_beyond_loopback_needs_an_explicit_opt_in() {
     );
     assert!(err.unwrap().contains("not a loopback address"));
 }
+
+#[test]
+fn control_messages_cross_in_order_beside_data() {
+    use sluice_net::wire::Control;
+    let cfg = config(&secret());
+    let client_cfg = cfg.clone();
+    let (got, ()) = two_executors(
+        cfg,
+        |listener| async move {
+            let conn = listener.accept().await.unwrap();
+            let mut rx = conn.receiver::<u64>(0, 4).unwrap();
+            let mut got = Vec::new();
+            while let Some(m) = conn.recv_control().await.unwrap() {
+                let last = matches!(m, Control::Goodbye { .. });
+                got.push(m);
+                if last {
+                    break;
+                }
+            }
+            assert!(matches!(
+                rx.recv().await.unwrap(),
+                Some(Received::EndOfInput)
+            ));
+            got
+        },
+        move |addr| async move {
+            let conn = connect(addr, &client_cfg).await.unwrap();
+            let mut tx = conn.sender::<u64>(0).unwrap();
+            for sequence in 0..3 {
+                conn.send_control(&Control::Heartbeat { sequence }).unwrap();
+            }
+            tx.send(Element::EndOfInput).await.unwrap();
+            let bye = Control::Goodbye {
+                reason: "done".into(),
+            };
+            conn.send_control(&bye).unwrap();
+            while !conn.is_closed() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        },
+    );
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[2], sluice_net::wire::Control::Heartbeat { sequence: 2 });
+}
