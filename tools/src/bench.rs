@@ -24,6 +24,8 @@ pub enum Bench {
     /// Windowed count and sum per key over generated events: the hand-written tumbling-window
     /// loop, the engine on 1 worker and on N workers, interleaved; medians and ratios.
     Window(crate::bench_window::WindowBench),
+    /// Record-batch throughput through the network transport against raw TCP on loopback.
+    Net(crate::bench_net::NetBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -50,6 +52,7 @@ pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Wordcount(args) => wordcount(&args),
         Bench::Window(args) => crate::bench_window::window(&args),
+        Bench::Net(args) => crate::bench_net::net(&args),
     }
 }
 
