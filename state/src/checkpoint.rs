@@ -16,7 +16,7 @@ use crate::store::{FrozenMeta, IDENTITY_FILE, Store, mem_bytes};
 use crate::table::SERIALIZE_CHUNK;
 
 /// Bytes per DMA write.
-pub(crate) const WRITE_CHUNK_BYTES: usize = 4 << 20;
+pub(crate) const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
 /// A checkpoint whose dirty set is frozen; hand it to [`Store::write`].
 #[derive(Debug)]

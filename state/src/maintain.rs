@@ -21,7 +21,7 @@ use crate::manifest::{Manifest, NsDropRec, SegmentRec};
 use crate::segment::{self, SegIndex, SegmentBuilder, SegmentMeta, Source};
 use crate::store::{IDENTITY_FILE, Store, StoreConfig, read_manifest};
 
-const CURSOR_CHUNK_BYTES: usize = 1 << 20;
+const CURSOR_CHUNK_BYTES: usize = 256 << 10;
 
 /// The bytes of a segment being merged.
 enum Bytes<R> {

@@ -323,6 +323,7 @@ pub struct SegmentBuilder {
     extents: Vec<Extent>,
     entries: u64,
     last: Option<SortKey>,
+    last_ns: Option<(u32, u64)>,
 }
 
 impl SegmentBuilder {
@@ -336,10 +337,11 @@ impl SegmentBuilder {
             scratch: Vec::new(),
             fences: Vec::new(),
             next_fence: 0,
-            bloom: Bloom::with_keys(entries.max(16) * 2),
+            bloom: Bloom::with_keys(entries.max(16)),
             extents: Vec::new(),
             entries: 0,
             last: None,
+            last_ns: None,
         }
     }
     /// Appends a frame (entries must come in sort order).
@@ -384,8 +386,14 @@ impl SegmentBuilder {
             self.fences.push((sort, offset));
             self.next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
         }
+        let new_ns = self
+            .last_ns
+            .is_none_or(|(st, h)| st != sort.state || h != sort.ns_hash);
+        if new_ns {
+            self.bloom.insert(ns_hash(sort.state, sort.ns_hash));
+            self.last_ns = Some((sort.state, sort.ns_hash));
+        }
         self.bloom.insert(entry_hash(&sort));
-        self.bloom.insert(ns_hash(sort.state, sort.ns_hash));
         match self.extents.last_mut() {
             Some(e) if e.state == sort.state && e.kg == sort.kg => {
                 e.len += len;
@@ -480,7 +488,8 @@ pub fn scan_segment<R: DiskReader>(
     checkpoint_max: u64,
 ) -> FaultResult<(Vec<(SortKey, u64)>, Bloom)> {
     let mut fences = Vec::new();
-    let mut bloom = Bloom::with_keys(meta.entries.max(16) * 2);
+    let mut bloom = Bloom::with_keys(meta.entries.max(16));
+    let mut last_ns: Option<(u32, u64)> = None;
     let mut next_fence = 0;
     let mut last: Option<(SortKey, u64)> = None;
     let mut entries = 0u64;
@@ -529,7 +538,10 @@ pub fn scan_segment<R: DiskReader>(
             next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
         }
         bloom.insert(entry_hash(&sort));
-        bloom.insert(ns_hash(sort.state, sort.ns_hash));
+        if last_ns.is_none_or(|(st, h)| st != sort.state || h != sort.ns_hash) {
+            bloom.insert(ns_hash(sort.state, sort.ns_hash));
+            last_ns = Some((sort.state, sort.ns_hash));
+        }
         entries += 1;
         Ok(true)
     })?;

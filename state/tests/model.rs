@@ -103,7 +103,11 @@ fn check_all(sut: &Sut, model: &Model, lists: &Lists) {
             got.insert((ns, *k), *v);
         })
         .unwrap();
-        let want: Model = model.iter().filter(|(k, _)| k.0 == ns).map(|(k, v)| (*k, *v)).collect();
+        let want: Model = model
+            .iter()
+            .filter(|(k, _)| k.0 == ns)
+            .map(|(k, v)| (*k, *v))
+            .collect();
         assert_eq!(got, want, "namespace {ns}");
     }
     let mut l = sut.l.lock();
@@ -144,12 +148,17 @@ fn run(ops: Vec<Op>, canary: bool) {
             }
             Op::IterNs(n) => {
                 let mut got = Model::new();
-                sut.t.lock().for_each_in_namespace(&n, |k, v| {
-                    got.insert((n, *k), *v);
-                })
-                .unwrap();
-                let want: Model =
-                    model.iter().filter(|(k, _)| k.0 == n).map(|(k, v)| (*k, *v)).collect();
+                sut.t
+                    .lock()
+                    .for_each_in_namespace(&n, |k, v| {
+                        got.insert((n, *k), *v);
+                    })
+                    .unwrap();
+                let want: Model = model
+                    .iter()
+                    .filter(|(k, _)| k.0 == n)
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
                 assert_eq!(got, want, "iterate namespace {n}");
             }
             Op::Freeze => {
@@ -210,7 +219,13 @@ proptest! {
 /// The canary: a model off by one value must make the check fail.
 #[test]
 fn canary_a_wrong_model_is_caught() {
-    let ops = vec![Op::Put(0, 0, 5), Op::Checkpoint, Op::Add(0, 1, 3), Op::Flush, Op::Reopen];
+    let ops = vec![
+        Op::Put(0, 0, 5),
+        Op::Checkpoint,
+        Op::Add(0, 1, 3),
+        Op::Flush,
+        Op::Reopen,
+    ];
     let caught = std::panic::catch_unwind(|| run(ops, true)).is_err();
     assert!(caught, "the model check did not notice a wrong value");
 }
