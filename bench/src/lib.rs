@@ -4,9 +4,12 @@
 //!   count runs of any size;
 //! - [`baseline`]: the hand-written single-threaded word count that stands for the machine's
 //!   limit, run beside the engine in the same invocation;
-//! - [`stats`]: medians and ratios for reports.
+//! - [`stats`]: medians and ratios for reports;
+//! - [`state`]: the state store's workloads, with a hash map and (feature `rocksdb`) RocksDB
+//!   on the same keys.
 #![forbid(unsafe_code)]
 
 pub mod baseline;
 pub mod corpus;
+pub mod state;
 pub mod stats;

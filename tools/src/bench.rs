@@ -21,6 +21,9 @@ pub enum Bench {
     /// Word count: the hand-written single-threaded loop, the engine on 1 worker, and the
     /// engine on N workers, interleaved run by run on the same file; medians and ratios.
     Wordcount(WordcountBench),
+    /// The state store against a hash map and RocksDB: point updates and reads, checkpoints,
+    /// recovery.
+    State(crate::bench_state::StateBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -46,6 +49,7 @@ pub struct WordcountBench {
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Wordcount(args) => wordcount(&args),
+        Bench::State(args) => crate::bench_state::run(&args),
     }
 }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_state;
 mod cli;
 mod demo;
 mod jobs;
