@@ -146,7 +146,8 @@ impl<D: Disk> Store<D> {
             ..CheckpointInfo::default()
         };
         for seg in &snapshot {
-            info.bytes_written += self.persist_segment(*seg).await?;
+            info.bytes_written += self.persist_segment(*seg, true).await?;
+            self.sync_segment(*seg).await?;
         }
         let batch = self.serialize_tables().await?;
         info.entries = batch.len() as u64;
@@ -163,7 +164,7 @@ impl<D: Disk> Store<D> {
             }
             let n = mem_bytes_of(self, segment_id);
             self.shared.counters.spill_add(n);
-            info.bytes_written += self.persist_segment(segment_id).await?;
+            info.bytes_written += self.persist_segment(segment_id, true).await?;
             segments.push(segment_id);
         }
         self.shared.counters.registered_epoch.set(epoch);
@@ -249,8 +250,30 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
-    /// Writes an in-memory segment to its file and syncs it; returns the bytes written.
-    pub(crate) async fn persist_segment(&self, id: u64) -> FaultResult<u64> {
+    /// Syncs a segment that was written without a sync (evicted entries).
+    async fn sync_segment(&self, id: u64) -> FaultResult<()> {
+        let path = {
+            let core = self.shared.core.borrow();
+            match core.segments.iter().find(|s| s.meta.id == id) {
+                Some(s) if !s.synced => s.path.clone(),
+                _ => return Ok(()),
+            }
+        };
+        self.shared
+            .disk
+            .sync_file(&path)
+            .await
+            .map_err(|e| self.fail(Fault::io("fdatasync segment", &path, e)))?;
+        let mut core = self.shared.core.borrow_mut();
+        if let Some(s) = core.segments.iter_mut().find(|s| s.meta.id == id) {
+            s.synced = true;
+        }
+        Ok(())
+    }
+
+    /// Writes an in-memory segment to its file (and syncs it, with `sync`); returns the
+    /// bytes written.
+    pub(crate) async fn persist_segment(&self, id: u64, sync: bool) -> FaultResult<u64> {
         loop {
             let (bytes, path) = {
                 let mut core = self.shared.core.borrow_mut();
@@ -271,7 +294,7 @@ impl<D: Disk> Store<D> {
                 futures_lite::future::yield_now().await; // another task is writing it
                 continue;
             };
-            let written = write_file(&self.shared.disk, &path, &bytes, "segment")
+            let written = write_file(&self.shared.disk, &path, &bytes, "segment", sync)
                 .await
                 .map_err(|f| self.fail(f))?;
             let reader = self
@@ -282,6 +305,7 @@ impl<D: Disk> Store<D> {
             let mut core = self.shared.core.borrow_mut();
             if let Some(seg) = core.segments.iter_mut().find(|s| s.meta.id == id) {
                 seg.source = Source::Disk(Rc::new(reader));
+                seg.synced = sync;
             }
             self.shared.counters.spill_done(bytes.len());
             return Ok(written);
@@ -374,6 +398,7 @@ pub(crate) async fn write_file<D: Disk>(
     path: &Path,
     bytes: &[u8],
     what: &'static str,
+    sync: bool,
 ) -> FaultResult<u64> {
     let (op_create, op_write, op_sync, op_close) = match what {
         "segment" => (
@@ -411,7 +436,9 @@ pub(crate) async fn write_file<D: Disk>(
             .map_err(|e| Fault::io(op_write, path, e))?;
         pos += align;
     }
-    w.sync().await.map_err(|e| Fault::io(op_sync, path, e))?;
+    if sync {
+        w.sync().await.map_err(|e| Fault::io(op_sync, path, e))?;
+    }
     w.close().await.map_err(|e| Fault::io(op_close, path, e))?;
     Ok(pos as u64)
 }
@@ -428,7 +455,7 @@ pub(crate) async fn write_manifest_in<D: Disk>(
     // Padded to the file's own alignment by `write_file`.
     let bytes = manifest::encode(m, 1)
         .map_err(|e| Fault::io("encode manifest", &path, std::io::Error::other(e)))?;
-    let n = write_file(disk, &tmp, &bytes, "manifest").await?;
+    let n = write_file(disk, &tmp, &bytes, "manifest", true).await?;
     disk.rename(&tmp, &path)
         .await
         .map_err(|e| Fault::io("rename manifest", &path, e))?;

@@ -44,6 +44,8 @@ pub trait Disk: Clone + 'static {
     fn write_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Prepares DMA I/O on the device of `path`, an existing non-empty file.
     async fn prime(&self, path: &Path) -> io::Result<()>;
+    /// `fdatasync` of an existing file written earlier and closed without a sync.
+    async fn sync_file(&self, path: &Path) -> io::Result<()>;
 }
 
 /// A new file, written with aligned positional writes.
@@ -201,6 +203,17 @@ impl Disk for GlommioDisk {
     }
     async fn prime(&self, path: &Path) -> io::Result<()> {
         prime_dma_probe(path).await
+    }
+    async fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(io::Error::from)?;
+        let synced = file.fdatasync().await.map_err(io::Error::from);
+        let closed = file.close().await.map_err(io::Error::from);
+        synced.and(closed)
     }
 }
 

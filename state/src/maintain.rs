@@ -278,7 +278,7 @@ impl<D: Disk> Store<D> {
         }
         self.prepare_io().await?;
         for id in ids {
-            self.persist_segment(id).await?;
+            self.persist_segment(id, false).await?;
         }
         // A few tiers may be due after a burst of evictions.
         for _ in 0..4 {
@@ -404,6 +404,7 @@ impl<D: Disk> Store<D> {
             .map_err(|e| Fault::io("open segment", &path, e))?;
         let mut seg = builder.finish::<D::Reader>(dir);
         seg.source = Source::Disk(Rc::new(reader));
+        seg.synced = true;
         Ok(seg)
     }
 

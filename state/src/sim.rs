@@ -383,6 +383,19 @@ impl Disk for SimDisk {
     async fn prime(&self, _path: &Path) -> io::Result<()> {
         Ok(())
     }
+    async fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let ino = *self
+            .0
+            .borrow()
+            .live_dir
+            .get(path)
+            .ok_or_else(|| not_found(path))?;
+        let mut w = SimWriter {
+            disk: self.clone(),
+            ino,
+        };
+        w.sync().await
+    }
     fn write_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut s = self.0.borrow_mut();
         let ino = s.next_inode;

@@ -107,6 +107,8 @@ pub(crate) struct Shared<D: Disk> {
     pub cfg: StoreConfig,
     pub counters: Rc<Counters>,
     pub core: RefCell<Core<D::Reader>>,
+    /// The read buffer of lookups (reused: a miss allocates nothing but its value).
+    pub lookup_buf: RefCell<Scratch>,
 }
 
 /// A per-worker state store over a [`Disk`]. Clones share the store.
@@ -189,6 +191,7 @@ pub(crate) fn open_segment<D: Disk>(
         fences,
         bloom,
         source: Source::Disk(Rc::new(reader)),
+        synced: true,
     })
 }
 
@@ -256,6 +259,7 @@ impl<D: Disk> Store<D> {
             cfg,
             counters,
             core: RefCell::new(core),
+            lookup_buf: RefCell::new(Scratch::new()),
         });
         Ok(Store { shared })
     }
@@ -532,7 +536,8 @@ impl<D: Disk> StoreLink for Shared<D> {
 
     fn lookup(&self, sort: &SortKey, ns: &[u8], key: &[u8]) -> FaultResult<Found> {
         let core = self.core.borrow();
-        let mut buf = Scratch::new();
+        let mut guard = self.lookup_buf.borrow_mut();
+        let buf = &mut *guard;
         for seg in core.segments.iter().rev() {
             if !seg.may_contain(sort) {
                 continue;
@@ -541,10 +546,10 @@ impl<D: Disk> StoreLink for Shared<D> {
             if start >= end {
                 continue;
             }
-            seg.read(start, (end - start) as usize, &mut buf)?;
+            seg.read(start, (end - start) as usize, buf)?;
             let mut hit: Option<(Kind, u64, std::ops::Range<usize>)> = None;
             let base = buf.as_ptr() as usize;
-            segment::for_each_frame(&seg.path, seg.meta.id, start, &buf, |fr| {
+            segment::for_each_frame(&seg.path, seg.meta.id, start, buf, |fr| {
                 if fr.head.sort > *sort {
                     return Ok(false);
                 }

@@ -147,6 +147,100 @@ struct Slot<V> {
     weight: u32,
 }
 
+/// The namespaces of a table: a dense list, an index, and the last namespace found, so
+/// that runs of accesses to one namespace (always, for `()`) skip the namespace lookup.
+struct Spaces<N, K, V> {
+    list: Vec<(N, Space<K, V>)>,
+    index: FxHashMap<N, usize>,
+    last: Cell<usize>,
+}
+
+impl<N, K, V> Default for Spaces<N, K, V> {
+    fn default() -> Self {
+        Spaces {
+            list: Vec::new(),
+            index: FxHashMap::default(),
+            last: Cell::new(usize::MAX),
+        }
+    }
+}
+
+impl<N: Eq + Hash + Clone, K, V> Spaces<N, K, V> {
+    #[inline]
+    fn find(&self, ns: &N) -> Option<usize> {
+        let l = self.last.get();
+        if let Some((n, _)) = self.list.get(l) {
+            if n == ns {
+                return Some(l);
+            }
+        }
+        let i = *self.index.get(ns)?;
+        self.last.set(i);
+        Some(i)
+    }
+    #[inline]
+    fn get(&self, ns: &N) -> Option<&Space<K, V>> {
+        let i = self.find(ns)?;
+        self.list.get(i).map(|e| &e.1)
+    }
+    #[inline]
+    fn get_mut(&mut self, ns: &N) -> Option<&mut Space<K, V>> {
+        let i = self.find(ns)?;
+        self.list.get_mut(i).map(|e| &mut e.1)
+    }
+    fn contains_key(&self, ns: &N) -> bool {
+        self.find(ns).is_some()
+    }
+    fn insert(&mut self, ns: N, space: Space<K, V>) {
+        match self.find(&ns) {
+            Some(i) => self.list[i].1 = space,
+            None => {
+                self.index.insert(ns.clone(), self.list.len());
+                self.list.push((ns, space));
+            }
+        }
+    }
+    fn remove(&mut self, ns: &N) -> Option<Space<K, V>> {
+        let i = self.index.remove(ns)?;
+        let (_, space) = self.list.swap_remove(i);
+        if let Some((moved, _)) = self.list.get(i) {
+            self.index.insert(moved.clone(), i);
+        }
+        self.last.set(usize::MAX);
+        Some(space)
+    }
+    fn retain(&mut self, mut f: impl FnMut(&N, &Space<K, V>) -> bool) {
+        self.list.retain(|(n, s)| f(n, s));
+        self.index = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        self.last.set(usize::MAX);
+    }
+    fn keys(&self) -> impl Iterator<Item = &N> {
+        self.list.iter().map(|e| &e.0)
+    }
+    fn values(&self) -> impl Iterator<Item = &Space<K, V>> {
+        self.list.iter().map(|e| &e.1)
+    }
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Space<K, V>> {
+        self.list.iter_mut().map(|e| &mut e.1)
+    }
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&N, &mut Space<K, V>)> {
+        self.list.iter_mut().map(|e| (&e.0, &mut e.1))
+    }
+    fn consistent(&self) -> bool {
+        self.index.len() == self.list.len()
+            && self
+                .list
+                .iter()
+                .enumerate()
+                .all(|(i, (n, _))| self.index.get(n) == Some(&i))
+    }
+}
+
 struct Space<K, V> {
     map: FxHashMap<K, Slot<V>>,
     /// Every entry of this namespace is resident.
@@ -223,7 +317,7 @@ impl<N: Codec, K: Codec> Ser<N, K> {
 
 /// The contents of a table; operators reach it through [`Table::lock`].
 pub struct TableData<N, K, V> {
-    spaces: FxHashMap<N, Space<K, V>>,
+    spaces: Spaces<N, K, V>,
     ser: Ser<N, K>,
     cfg: TableConfig<N, K, V>,
     counters: Rc<Counters>,
@@ -271,7 +365,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
     ) -> Table<N, K, V> {
         let entry_bytes = std::mem::size_of::<(K, Slot<V>)>() * 8 / 7 + 1;
         let data = TableData {
-            spaces: FxHashMap::default(),
+            spaces: Spaces::default(),
             ser: Ser {
                 superseded: counters.clone(),
                 state,
@@ -390,7 +484,9 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         // SAFETY: `touch` only changes fields of existing slots and pushes to `self.dirty`;
         // it never inserts into or removes from the maps, so `p` is still valid and unique.
         let slot = unsafe { &mut *p };
-        slot.state |= REF;
+        if slot.state & REF == 0 {
+            slot.state |= REF;
+        }
         if self.cfg.ttl_ms != 0 {
             slot.expires_ms = self.expiry();
         }
@@ -407,7 +503,9 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         // SAFETY: as in `slot_for_write`: `p` comes from a finished `&mut self` borrow of the
         // maps and nothing changed them since.
         let slot = unsafe { &mut *p };
-        slot.state |= REF;
+        if slot.state & REF == 0 {
+            slot.state |= REF; // written only when clear: reads dirty no cache line
+        }
         Ok(slot.value.as_ref())
     }
 
@@ -851,6 +949,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             return Err(e);
         }
         self.spaces.retain(|_, s| !s.map.is_empty() || !s.complete);
+        debug_assert!(self.spaces.consistent());
         self.resident_all = false;
         self.prune_dirty();
         self.weight_total = self.weight_total.saturating_sub(freed);
