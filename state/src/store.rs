@@ -35,6 +35,9 @@ pub struct StoreConfig {
     pub key_groups: (u32, u32),
     /// Compaction merges the segments once there are more than this many.
     pub segments_max: usize,
+    /// Whether registering a table loads its restored entries into memory (up to the
+    /// budget) at once; otherwise they are read on first access (a faster restart).
+    pub restore_eagerly: bool,
 }
 
 impl Default for StoreConfig {
@@ -44,6 +47,7 @@ impl Default for StoreConfig {
             retained_checkpoints: 3,
             key_groups: (0, u32::MAX),
             segments_max: 8,
+            restore_eagerly: true,
         }
     }
 }
@@ -402,7 +406,24 @@ impl<D: Disk> Store<D> {
     ) -> Result<(), OpenError> {
         let core = self.shared.core.borrow();
         let mut t = table.lock();
+        let any = core
+            .segments
+            .iter()
+            .any(|s| s.meta.extents.iter().any(|e| e.state == id));
+        if any && !self.shared.cfg.restore_eagerly {
+            t.set_resident_all(false);
+            t.restore_done(false);
+            return Ok(());
+        }
         t.set_resident_all(true);
+        let entries: u64 = core
+            .segments
+            .iter()
+            .flat_map(|s| s.meta.extents.iter())
+            .filter(|e| e.state == id)
+            .map(|e| e.entries)
+            .sum();
+        t.reserve_for_restore(entries as usize);
         let mut buf = Scratch::new();
         for seg in &core.segments {
             for e in seg.meta.extents.iter().filter(|e| e.state == id) {

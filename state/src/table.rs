@@ -335,6 +335,8 @@ pub struct TableData<N, K, V> {
     resident_all: bool,
     /// A namespace is being loaded: no eviction until it is complete.
     loading: bool,
+    /// Entries a restore will load: the capacity of the first namespace's map.
+    reserve_hint: usize,
 }
 
 /// A table handle: the operator keeps it and borrows its contents once per batch.
@@ -389,6 +391,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             entry_bytes,
             weight_total: 0,
             loading: false,
+            reserve_hint: 0,
         };
         Table {
             inner: Rc::new(RefCell::new(data)),
@@ -769,8 +772,9 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                 let sort = self.ser.keys(ns, &key)?;
                 !self.store.may_have_ns(self.ser.state, sort.ns_hash)
             };
+            let hint = std::mem::take(&mut self.reserve_hint);
             let space = Space {
-                map: FxHashMap::default(),
+                map: FxHashMap::with_capacity_and_hasher(hint, Default::default()),
                 complete,
                 persisted: !complete,
             };
@@ -1032,6 +1036,13 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
 
     pub(crate) fn set_resident_all(&mut self, v: bool) {
         self.resident_all = v;
+    }
+
+    /// Sizes the first namespace's map for a restore of `entries` entries (as far as the
+    /// budget allows), so that loading does not rehash.
+    pub(crate) fn reserve_for_restore(&mut self, entries: usize) {
+        let fit = self.counters.mem_budget.get() / self.entry_bytes.max(1);
+        self.reserve_hint = entries.min(fit);
     }
 
     pub(crate) fn resident_all(&self) -> bool {

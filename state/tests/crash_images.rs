@@ -154,7 +154,8 @@ fn crash_at_every_durability_point_recovers_the_last_durable_checkpoint() {
         }
     }
     println!(
-        "{{\"suite\":\"R6\",\"workloads\":{},\"images\":{images},\"recoveries_by_checkpoint\":{:?},\"corrupted_reads\":0,\"lost_acks\":0}}",
+        "{{\"suite\":\"R6\",\"workloads\":{},\"images\":{images},\
+         \"recoveries_by_checkpoint\":\"{:?}\",\"corrupted_reads\":0,\"lost_acks\":0}}",
         workloads(),
         recoveries
     );
@@ -258,7 +259,8 @@ fn bit_rot_truncation_missing_segments_and_bad_manifests_are_detected() {
         }
     }
     println!(
-        "{{\"suite\":\"R6b\",\"mutations\":{mutations},\"detected\":{detected},\"harmless\":{},\"corrupted_reads\":0}}",
+        "{{\"suite\":\"R6b\",\"mutations\":{mutations},\"detected\":{detected},\
+         \"harmless\":{},\"corrupted_reads\":0}}",
         mutations - detected
     );
     assert_eq!(

@@ -30,6 +30,7 @@ fn cfg() -> StoreConfig {
         memory_budget_bytes: 60_000,
         key_groups: (0, 15),
         segments_max: 4,
+        restore_eagerly: false,
         ..StoreConfig::default()
     }
 }
@@ -204,7 +205,8 @@ fn sigkill_at_random_moments_recovers_exactly_the_last_complete_checkpoint() {
         recovered = c;
     }
     println!(
-        "{{\"suite\":\"R7a\",\"seed\":{seed},\"kills\":{kills},\"last_checkpoint\":{recovered},\"lost\":0}}"
+        "{{\"suite\":\"R7a\",\"seed\":{seed},\"kills\":{kills},\
+         \"last_checkpoint\":{recovered},\"lost\":0}}"
     );
     assert!(
         recovered >= kills as u64 / 2,

@@ -69,19 +69,21 @@ struct Sut {
     next_ckpt: u64,
 }
 
-fn cfg() -> StoreConfig {
+fn cfg(eager: bool) -> StoreConfig {
     StoreConfig {
         memory_budget_bytes: 6_000,
         key_groups: (0, 7),
         segments_max: 3,
         retained_checkpoints: 2,
+        restore_eagerly: eager,
     }
 }
 
 impl Sut {
     fn open(disk: SimDisk, next_ckpt: u64) -> Sut {
         let dir = PathBuf::from("/sim/model");
-        let store = Store::open(disk.clone(), &dir, cfg(), None).unwrap();
+        // Reopens alternate between eager and lazy restores.
+        let store = Store::open(disk.clone(), &dir, cfg(next_ckpt % 2 == 0), None).unwrap();
         let t = store.table("t", TableConfig::new(kg)).unwrap();
         let l = store.table("l", TableConfig::new(kgl)).unwrap();
         Sut {
