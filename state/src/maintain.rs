@@ -325,9 +325,17 @@ impl<D: Disk> Store<D> {
                 .segments
                 .get(range.end)
                 .map_or(u64::MAX, |s| s.meta.order);
-            (id, cursors, core.drops_vec(), after, range.start == 0)
+            let planned = core.next_order;
+            (
+                id,
+                cursors,
+                core.drops_vec(),
+                after,
+                range.start == 0,
+                planned,
+            )
         };
-        let (id, mut cursors, drops, after, oldest) = plan;
+        let (id, mut cursors, drops, after, oldest, planned) = plan;
         let order = cursors.last().map_or(0, |c| c.meta.order);
         let result = self
             .merge_into(&self.shared.dir, id, order, &mut cursors, &drops, oldest)
@@ -345,8 +353,9 @@ impl<D: Disk> Store<D> {
             let c = &self.shared.counters.superseded;
             c.set(c.get().min(left));
             // A drop is still needed only by older segments that were not merged.
+            // Drops made while the merge ran were not applied by it: they stay.
             for list in core.ns_drops.values_mut() {
-                list.retain(|d| d.order > after);
+                list.retain(|d| d.order > after || d.order >= planned);
             }
             core.ns_drops.retain(|_, l| !l.is_empty());
         }

@@ -458,6 +458,9 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         if slot.state & DIRTY != 0 && slot.state & EPOCH != self.cur && self.frozen_epoch != 0 {
             self.ser
                 .entry(ns, key, slot, self.frozen_id, &mut self.cow)?;
+            // The old value goes to disk with the frozen checkpoint: removing this entry
+            // later needs a tombstone (found by the extended crash-image run, seed 42).
+            slot.state |= PERSISTED;
             space.persisted = true;
         }
         slot.state = (slot.state & (PERSISTED | REF)) | DIRTY | self.cur;

@@ -40,7 +40,7 @@ fn dir() -> PathBuf {
 fn workloads() -> u64 {
     match std::env::var("SLUICE_RELIABILITY").as_deref() {
         Ok("extended") => 400,
-        _ => 20,
+        _ => 60,
     }
 }
 
@@ -210,7 +210,7 @@ fn detected_or_harmless(image: &CrashImage, want: &Model, what: &str) -> bool {
 fn bit_rot_truncation_missing_segments_and_bad_manifests_are_detected() {
     let mut rng = Rng(77);
     let (mut mutations, mut detected) = (0usize, 0usize);
-    let rounds = if workloads() > 20 { 200 } else { 12 };
+    let rounds = if workloads() > 60 { 200 } else { 12 };
     for seed in 1..=rounds {
         let disk = SimDisk::new(512);
         let (models, _) = run(&disk, seed);
