@@ -477,12 +477,11 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                 None => return Ok(None),
             },
         };
-        // SAFETY: `p` points into `self.spaces` and was obtained from a `&mut self` borrow
-        // that has ended; nothing has touched `self.spaces` since, so the slot is still there
-        // and no other reference to it exists. Returning a reference derived from the hit
-        // directly is rejected by today's borrow checker on the miss branch (NLL problem case
-        // #3), which is why the pointer exists; the measured alternative, a second lookup on
-        // every hit, costs a hash and a probe per access.
+        // Why a pointer: returning the reference found by the hit path directly is rejected
+        // by today's borrow checker on the miss branch (NLL problem case #3); the safe
+        // alternative is a second hash lookup on every hit.
+        // SAFETY: `p` points into `self.spaces`, from a `&mut self` borrow that has ended;
+        // nothing touched the maps since, so the slot is there and nothing else refers to it.
         let state = unsafe { (*p).state };
         if state & (DIRTY | EPOCH) != DIRTY | self.cur {
             self.touch(ns, key)?;
