@@ -6,6 +6,8 @@
 //!   limit, run beside the engine in the same invocation;
 //! - [`nexmark`]: the Nexmark event generator and source, equal event for event to the
 //!   `nexmark` crate's;
+//! - [`state`]: the state store's workloads, with a hash map and (feature `rocksdb`) RocksDB
+//!   on the same keys;
 //! - [`stats`]: medians and ratios for reports;
 //! - [`window`]: the windowed-aggregation benchmark's event generator, its hand-written
 //!   tumbling-window loop, and a digest sink that checks the engine against it.
@@ -14,5 +16,6 @@
 pub mod baseline;
 pub mod corpus;
 pub mod nexmark;
+pub mod state;
 pub mod stats;
 pub mod window;

@@ -26,6 +26,9 @@ pub enum Bench {
     Window(crate::bench_window::WindowBench),
     /// Record-batch throughput through the network transport against raw TCP on loopback.
     Net(crate::bench_net::NetBench),
+    /// The state store against a hash map and RocksDB: point updates and reads, checkpoints,
+    /// recovery.
+    State(crate::bench_state::StateBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -53,6 +56,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Wordcount(args) => wordcount(&args),
         Bench::Window(args) => crate::bench_window::window(&args),
         Bench::Net(args) => crate::bench_net::net(&args),
+        Bench::State(args) => crate::bench_state::run(&args),
     }
 }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_net;
 mod bench_window;
+mod bench_state;
 mod cli;
 mod demo;
 mod inspect;

@@ -1,0 +1,333 @@
+//! The state store's workloads, shared by `sluice bench state` and the criterion benches:
+//! point updates (read-modify-write) and reads of 16-byte keys with 64-byte values, in
+//! memory and with the memory budget at a fraction of the state; checkpoints as a function
+//! of the number of dirty keys; recovery time against state size. Each workload runs on
+//! Sluice's store (glommio DMA files on the disk under `dir`), on a hand-written `FxHashMap`
+//! (the in-memory limit) and, with the `rocksdb` feature, on RocksDB configured as Flink's
+//! RocksDB state backend configures it (no write-ahead log), on the same keys in the same
+//! order.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use glommio::{LocalExecutorBuilder, Placement};
+use rustc_hash::FxHashMap;
+use sluice_state::{GlommioDisk, Store, StoreConfig, TableConfig};
+
+/// Keys per batch between two `Store::flush` calls (the runtime's batch size).
+pub const BATCH: u64 = 1024;
+/// Bytes the store accounts per resident entry of this workload (measured: `memory_used`
+/// after loading divided by the keys).
+pub const ENTRY_BYTES: usize = 119;
+
+/// The workload's key number `i`: 16 bytes, spread over key groups.
+#[inline]
+pub fn key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&mix(i).to_le_bytes());
+    k[8..].copy_from_slice(&i.to_le_bytes());
+    k
+}
+
+/// A 64-bit mixer (splitmix64's finalizer): the random order of the accesses.
+#[inline]
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn kg(_: &(), k: &[u8; 16]) -> u32 {
+    u32::from(k[0] & 127)
+}
+
+/// Throughputs of one point workload run.
+#[derive(Clone, Debug, Default)]
+pub struct PointResult {
+    /// Inserts per second while loading.
+    pub load_per_s: f64,
+    /// Read-modify-write updates per second.
+    pub update_per_s: f64,
+    /// Point reads per second.
+    pub read_per_s: f64,
+    /// Bytes the engine accounts in memory at the end (the store's budget accounting).
+    pub memory_bytes: u64,
+}
+
+/// Runs `f` on a fresh glommio executor (the store's futures are not `Send`).
+pub fn on_glommio<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> Result<T> {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(64 << 10)
+        .spawn(move || async move { f().await })
+        .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))
+}
+
+fn rate(n: u64, start: Instant) -> f64 {
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Point updates and reads on Sluice's store in `dir` with a memory budget.
+pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<PointResult> {
+    let dir = dir.to_path_buf();
+    on_glommio(async move || -> Result<PointResult> {
+        let cfg = StoreConfig {
+            memory_budget_bytes: budget,
+            key_groups: (0, 127),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(GlommioDisk, &dir, cfg, None)?;
+        let t = store.table::<(), [u8; 16], [u8; 64]>("point", TableConfig::new(kg))?;
+        let mut r = PointResult::default();
+        let start = Instant::now();
+        let mut i = 0;
+        while i < keys {
+            {
+                let mut tl = t.lock();
+                for j in i..(i + BATCH).min(keys) {
+                    tl.insert(&(), key(j), [j as u8; 64])?;
+                }
+            }
+            i += BATCH;
+            store.flush().await?;
+        }
+        r.load_per_s = rate(keys, start);
+        let start = Instant::now();
+        let mut i = 0;
+        while i < ops {
+            {
+                let mut tl = t.lock();
+                for j in i..(i + BATCH).min(ops) {
+                    let v = tl.get_or_insert_with(&(), key(mix(j) % keys), || [0; 64])?;
+                    v[1] = v[1].wrapping_add(1);
+                }
+            }
+            i += BATCH;
+            store.flush().await?;
+        }
+        r.update_per_s = rate(ops, start);
+        let start = Instant::now();
+        let mut i = 0;
+        while i < ops {
+            {
+                let mut tl = t.lock();
+                for j in i..(i + BATCH).min(ops) {
+                    black_box(tl.get(&(), &key(mix(j ^ 0x55) % keys))?);
+                }
+            }
+            i += BATCH;
+            store.flush().await?;
+        }
+        r.read_per_s = rate(ops, start);
+        r.memory_bytes = store.memory_used() as u64;
+        Ok(r)
+    })?
+}
+
+/// The same workload on a plain `FxHashMap` (no store): the in-memory limit.
+pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
+    let mut m: FxHashMap<[u8; 16], [u8; 64]> = FxHashMap::default();
+    let mut r = PointResult::default();
+    let start = Instant::now();
+    for j in 0..keys {
+        m.insert(key(j), [j as u8; 64]);
+    }
+    r.load_per_s = rate(keys, start);
+    let start = Instant::now();
+    for j in 0..ops {
+        let v = m.entry(key(mix(j) % keys)).or_insert([0; 64]);
+        v[1] = v[1].wrapping_add(1);
+    }
+    r.update_per_s = rate(ops, start);
+    let start = Instant::now();
+    for j in 0..ops {
+        black_box(m.get(&key(mix(j ^ 0x55) % keys)));
+    }
+    r.read_per_s = rate(ops, start);
+    r.memory_bytes = (m.capacity() * (16 + 64 + 1)) as u64;
+    r
+}
+
+/// RocksDB as Flink's state backend runs it: no write-ahead log; the block cache and the
+/// memtables together get `budget` bytes (or plenty, for the in-memory case).
+#[cfg(feature = "rocksdb")]
+pub fn rocksdb_point(
+    dir: &Path,
+    keys: u64,
+    ops: u64,
+    budget: Option<usize>,
+) -> Result<PointResult> {
+    use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBatch, WriteOptions};
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    let (cache, memtable) = match budget {
+        Some(b) => (b / 2, (b / 4).max(1 << 20)),
+        None => (8 << 30, 256 << 20),
+    };
+    opts.set_write_buffer_size(memtable);
+    opts.set_max_write_buffer_number(2);
+    let mut bbo = BlockBasedOptions::default();
+    bbo.set_block_cache(&Cache::new_lru_cache(cache));
+    bbo.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&bbo);
+    let db = anyhow::Context::context(DB::open(&opts, dir), "open RocksDB")?;
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    let mut r = PointResult::default();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < keys {
+        let mut wb = WriteBatch::default();
+        for j in i..(i + BATCH).min(keys) {
+            wb.put(key(j), [j as u8; 64]);
+        }
+        db.write_opt(wb, &wo)?;
+        i += BATCH;
+    }
+    r.load_per_s = rate(keys, start);
+    let start = Instant::now();
+    for j in 0..ops {
+        let k = key(mix(j) % keys);
+        let mut v = match db.get_pinned(k)? {
+            Some(p) => <[u8; 64]>::try_from(&p[..]).unwrap_or([0; 64]),
+            None => [0; 64],
+        };
+        v[1] = v[1].wrapping_add(1);
+        db.put_opt(k, v, &wo)?;
+    }
+    r.update_per_s = rate(ops, start);
+    let start = Instant::now();
+    for j in 0..ops {
+        black_box(db.get_pinned(key(mix(j ^ 0x55) % keys))?.map(|p| p.len()));
+    }
+    r.read_per_s = rate(ops, start);
+    r.memory_bytes = db
+        .property_int_value("rocksdb.cur-size-all-mem-tables")?
+        .unwrap_or(0);
+    Ok(r)
+}
+
+/// One checkpoint's figures.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointResult {
+    /// Keys changed since the previous checkpoint.
+    pub dirty: u64,
+    /// The synchronous part: `Store::freeze`, in µs.
+    pub freeze_us: f64,
+    /// Freeze plus write until the manifest is durable, in ms.
+    pub total_ms: f64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Loads `keys` keys, takes a full first checkpoint, then one checkpoint per entry of
+/// `dirty` after changing that many random keys.
+pub fn sluice_checkpoints(dir: &Path, keys: u64, dirty: &[u64]) -> Result<Vec<CheckpointResult>> {
+    let dir = dir.to_path_buf();
+    let dirty = dirty.to_vec();
+    on_glommio(async move || -> Result<Vec<CheckpointResult>> {
+        let cfg = StoreConfig {
+            memory_budget_bytes: usize::MAX / 2,
+            key_groups: (0, 127),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(GlommioDisk, &dir, cfg, None)?;
+        let t = store.table::<(), [u8; 16], [u8; 64]>("ckpt", TableConfig::new(kg))?;
+        {
+            let mut tl = t.lock();
+            for j in 0..keys {
+                tl.insert(&(), key(j), [j as u8; 64])?;
+            }
+        }
+        let mut out = Vec::new();
+        let mut id = 0;
+        let mut salt = 0u64;
+        for d in std::iter::once(keys).chain(dirty) {
+            if id > 0 {
+                let mut tl = t.lock();
+                for _ in 0..d {
+                    salt += 1;
+                    if let Some(v) = tl.get_mut(&(), &key(mix(salt) % keys))? {
+                        v[2] = v[2].wrapping_add(1);
+                    }
+                }
+            }
+            id += 1;
+            let start = Instant::now();
+            let frozen = store.freeze(id)?;
+            let freeze_us = start.elapsed().as_secs_f64() * 1e6;
+            let info = store.write(frozen).await?;
+            let total_ms = start.elapsed().as_secs_f64() * 1e3;
+            out.push(CheckpointResult {
+                dirty: d,
+                freeze_us,
+                total_ms,
+                bytes: info.bytes_written,
+            });
+        }
+        Ok(out)
+    })?
+}
+
+/// One recovery's figures.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryResult {
+    /// Keys in the state.
+    pub keys: u64,
+    /// Bytes of segments read.
+    pub bytes: u64,
+    /// Open (validate every frame, build indexes) plus loading the table, in ms.
+    pub ms: f64,
+    /// The open alone, in ms.
+    pub open_ms: f64,
+    /// Whether the page cache was dropped first (needs root).
+    pub cold: bool,
+}
+
+/// Writes a checkpoint of `keys` keys, then times reopening it and loading the table.
+pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryResult> {
+    let d = dir.to_path_buf();
+    on_glommio(async move || -> Result<()> {
+        let cfg = StoreConfig {
+            memory_budget_bytes: usize::MAX / 2,
+            key_groups: (0, 127),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(GlommioDisk, &d, cfg, None)?;
+        let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
+        {
+            let mut tl = t.lock();
+            for j in 0..keys {
+                tl.insert(&(), key(j), [j as u8; 64])?;
+            }
+        }
+        store.checkpoint(1).await?;
+        Ok(())
+    })??;
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok();
+    let d = dir.to_path_buf();
+    on_glommio(async move || -> Result<RecoveryResult> {
+        let cfg = StoreConfig {
+            memory_budget_bytes: budget,
+            key_groups: (0, 127),
+            ..StoreConfig::default()
+        };
+        let start = Instant::now();
+        let store = Store::open(GlommioDisk, &d, cfg, Some(1))?;
+        let open_ms = start.elapsed().as_secs_f64() * 1e3;
+        let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        black_box(t.lock().resident_len());
+        Ok(RecoveryResult {
+            keys,
+            bytes: store.stats().segment_bytes,
+            ms,
+            open_ms,
+            cold,
+        })
+    })?
+}

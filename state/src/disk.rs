@@ -1,0 +1,232 @@
+//! The store's I/O seam (STYLE item 4): [`Disk`] creates, syncs, renames and removes files,
+//! [`DiskWriter`] writes a new file with aligned positional writes, [`DiskReader`] reads with
+//! blocking positional reads.
+//!
+//! Production is [`GlommioDisk`]: writes are glommio DMA (`O_DIRECT`) writes on io_uring,
+//! with buffers aligned to the file's own `alignment()` (512 on this disk, 4096 on a 4Kn
+//! device: never a constant, RELIABILITY §5 #6); files are opened read+write, never with
+//! `DmaFile::create`, which is write-only (§5 #5). Reads are `pread` on the page cache: the
+//! per-record path that reads an evicted entry is synchronous, and a `pread` of a cached
+//! block costs about a microsecond without touching glommio's ring (an io_uring
+//! submit-and-wait would cost the same syscall and could not reuse the page cache under
+//! `O_DIRECT`). Reads never go through glommio's DMA path, so its first-read probe bug
+//! (§5 #4) cannot hit them; the store still primes the probe with a non-empty file.
+//! The simulated disk for crash tests is `crate::sim::SimDisk`.
+#![allow(async_fn_in_trait)]
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use glommio::io::{DmaFile, OpenOptions};
+
+/// Files and directories, as the store uses them.
+pub trait Disk: Clone + 'static {
+    /// A new file being written.
+    type Writer: DiskWriter;
+    /// A file open for reading.
+    type Reader: DiskReader;
+    /// Creates a new file (fails if it exists), open for aligned writes.
+    async fn create(&self, path: &Path) -> io::Result<Self::Writer>;
+    /// Opens an existing file for positional reads.
+    fn open(&self, path: &Path) -> io::Result<Self::Reader>;
+    /// Renames a file (atomic on POSIX file systems; durable after [`Disk::sync_dir`]).
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes a file.
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// The names of the files in a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Writes a small file in one go and syncs it and its directory (store identity file).
+    fn write_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Prepares DMA I/O on the device of `path`, an existing non-empty file.
+    async fn prime(&self, path: &Path) -> io::Result<()>;
+    /// `fdatasync` of an existing file written earlier and closed without a sync.
+    async fn sync_file(&self, path: &Path) -> io::Result<()>;
+}
+
+/// A new file, written with aligned positional writes.
+pub trait DiskWriter {
+    /// Positions and lengths of writes must be multiples of this.
+    fn alignment(&self) -> usize;
+    /// Writes all of `buf` at `pos`.
+    async fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()>;
+    /// `fdatasync`: the written data is on the medium when this returns Ok.
+    async fn sync(&mut self) -> io::Result<()>;
+    /// Closes the file.
+    async fn close(self) -> io::Result<()>;
+}
+
+/// A file open for reading.
+pub trait DiskReader {
+    /// The file's length.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` from `pos` (blocking); fails if the file ends first.
+    fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// [`Disk`] on glommio DMA files (writes) and `pread` (reads).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GlommioDisk;
+
+/// A file written with glommio DMA writes.
+pub struct GlommioWriter {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+/// A file read with `pread`.
+pub struct StdReader {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl DiskWriter for GlommioWriter {
+    fn alignment(&self) -> usize {
+        self.file.alignment() as usize
+    }
+    async fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()> {
+        let align = self.alignment();
+        assert!(
+            pos as usize % align == 0,
+            "unaligned write at {pos} (alignment {align})"
+        );
+        assert!(
+            buf.len() % align == 0,
+            "unaligned length {} (alignment {align})",
+            buf.len()
+        );
+        let mut dma = self.file.alloc_dma_buffer(buf.len());
+        dma.as_bytes_mut().copy_from_slice(buf);
+        let n = self
+            .file
+            .write_at(dma, pos)
+            .await
+            .map_err(io::Error::from)?;
+        if n != buf.len() {
+            // A short O_DIRECT write (ENOSPC on the way): the rest is not written.
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!(
+                    "short write of {n} of {} bytes to {}",
+                    buf.len(),
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+    async fn sync(&mut self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(io::Error::from)
+    }
+    async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(io::Error::from)
+    }
+}
+
+impl DiskReader for StdReader {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, pos)
+    }
+}
+
+impl Disk for GlommioDisk {
+    type Writer = GlommioWriter;
+    type Reader = StdReader;
+
+    async fn create(&self, path: &Path) -> io::Result<GlommioWriter> {
+        // read + write, never `DmaFile::create` (write-only: RELIABILITY §5 #5).
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(path)
+            .await
+            .map_err(io::Error::from)?;
+        Ok(GlommioWriter {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+    fn open(&self, path: &Path) -> io::Result<StdReader> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(StdReader { file, len })
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        glommio::io::rename(from, to).await.map_err(io::Error::from)
+    }
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let d = glommio::io::Directory::open(dir)
+            .await
+            .map_err(io::Error::from)?;
+        let synced = d.sync().await.map_err(io::Error::from);
+        let closed = d.close().await.map_err(io::Error::from);
+        synced.and(closed)
+    }
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        glommio::io::remove(path).await.map_err(io::Error::from)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn write_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        {
+            let f = std::fs::File::create(&tmp)?;
+            f.write_all_at(bytes, 0)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+    async fn prime(&self, path: &Path) -> io::Result<()> {
+        prime_dma_probe(path).await
+    }
+    async fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(io::Error::from)?;
+        let synced = file.fdatasync().await.map_err(io::Error::from);
+        let closed = file.close().await.map_err(io::Error::from);
+        synced.and(closed)
+    }
+}
+
+/// Primes glommio's per-device O_DIRECT poll probe with a non-empty file, so that the probe
+/// reads real blocks and caches "not pollable" on devices without polled I/O (glommio #605:
+/// probing through a fresh, empty file records a false "pollable", after which DMA I/O to
+/// that device fails with `EOPNOTSUPP`; RELIABILITY §5 #4).
+pub async fn prime_dma_probe(path: &Path) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(io::Error::from)?;
+    file.close().await.map_err(io::Error::from)
+}

@@ -1,0 +1,666 @@
+//! Segments: immutable files of frames sorted by [`SortKey`], written once (by a checkpoint,
+//! by eviction, or by compaction) and then only read. A segment in memory ([`SegIndex`]) has
+//! a sparse index (the first frame at or after every 4 KiB), a bloom filter over its entries
+//! and namespaces, and its per-(state, key group) extents, so that a point lookup reads one
+//! block and a key-group subset reads only its own byte ranges.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rkyv::util::AlignedVec;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::codec::ARCHIVE_ALIGN;
+use crate::disk::DiskReader;
+use crate::error::{Fault, FaultResult};
+use crate::frame::{self, Decoded, FrameHead, FrameRef, Kind, SortKey};
+
+/// Bytes between two sparse-index entries.
+pub const FENCE_BYTES: u64 = 4096;
+/// Bloom filter bits per entry (about 1% false positives with 7 probes).
+const BLOOM_BITS_PER_KEY: u64 = 10;
+const BLOOM_PROBES: u64 = 7;
+/// How much a sequential scan reads at a time.
+pub const SCAN_CHUNK_BYTES: usize = 4 << 20;
+
+/// The name of segment `id` in a store directory.
+pub fn segment_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+/// One (state, key group) range of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// State id.
+    pub state: u32,
+    /// Key group.
+    pub kg: u32,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Frames.
+    pub entries: u64,
+}
+
+/// What the manifest records about a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentMeta {
+    /// File id (name).
+    pub id: u64,
+    /// Precedence: an entry in a segment of higher order is newer.
+    pub order: u64,
+    /// Bytes of frames (the file is padded to the device alignment after them).
+    pub data_len: u64,
+    /// Frames.
+    pub entries: u64,
+    /// Ranges per (state, key group), in file order.
+    pub extents: Vec<Extent>,
+}
+
+/// A blocked bloom filter over 64-bit hashes: all probes of a key fall into one 512-bit
+/// block (one cache line), so an insert or a query costs one cache miss, not seven.
+#[derive(Clone, Debug, Default)]
+pub struct Bloom {
+    bits: Vec<u64>,
+}
+
+const BLOCK_WORDS: usize = 8;
+
+impl Bloom {
+    /// A filter sized for `n` keys.
+    pub fn with_keys(n: u64) -> Bloom {
+        let words = (n * BLOOM_BITS_PER_KEY).div_ceil(64).max(1) as usize;
+        Bloom {
+            bits: vec![0; words.div_ceil(BLOCK_WORDS) * BLOCK_WORDS],
+        }
+    }
+    /// The bit positions of a hash: a block chosen by multiply-high (no division), then
+    /// `BLOOM_PROBES` 9-bit offsets inside it.
+    fn positions(&self, h: u64) -> impl Iterator<Item = u64> + use<> {
+        let blocks = (self.bits.len() / BLOCK_WORDS) as u128;
+        let x = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let block = ((u128::from(x) * blocks) >> 64) as u64 * (BLOCK_WORDS as u64 * 64);
+        let bits = h ^ (h >> 29);
+        (0..BLOOM_PROBES).map(move |i| block + ((bits >> (i * 9)) & 511))
+    }
+    /// Adds a hash.
+    pub fn insert(&mut self, h: u64) {
+        for p in self.positions(h) {
+            self.bits[(p / 64) as usize] |= 1 << (p % 64);
+        }
+    }
+    /// Whether the hash may have been added.
+    pub fn may_contain(&self, h: u64) -> bool {
+        self.positions(h)
+            .all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bits.len() * 8
+    }
+}
+
+/// The bloom hash of an entry.
+pub fn entry_hash(sort: &SortKey) -> u64 {
+    sort.key_hash ^ sort.ns_hash.rotate_left(21) ^ (u64::from(sort.state) << 40)
+}
+
+/// The bloom hash of a namespace of a state.
+pub fn ns_hash(state: u32, ns_hash: u64) -> u64 {
+    xxh3_64(&[ns_hash.to_le_bytes(), u64::from(state).to_le_bytes()].concat())
+}
+
+/// Where a segment's bytes are.
+pub enum Source<R> {
+    /// Only in memory: an evicted batch not yet written.
+    Mem(Rc<AlignedVec<ARCHIVE_ALIGN>>),
+    /// Being written; still read from memory.
+    Writing(Rc<AlignedVec<ARCHIVE_ALIGN>>),
+    /// On disk, synced.
+    Disk(Rc<R>),
+}
+
+/// A live segment: its metadata, index and bytes.
+pub struct SegIndex<R> {
+    /// What the manifest records.
+    pub meta: SegmentMeta,
+    /// The file.
+    pub path: PathBuf,
+    /// Sparse index: sort key and offset of the first frame at or after each 4 KiB.
+    pub fences: Vec<(SortKey, u64)>,
+    /// Entries and namespaces.
+    pub bloom: Bloom,
+    /// Where the bytes are.
+    pub source: Source<R>,
+    /// Its data is durable (`fdatasync`ed). Evicted entries are written without a sync; the
+    /// next checkpoint syncs them before its manifest names them.
+    pub synced: bool,
+}
+
+impl<R: DiskReader> SegIndex<R> {
+    /// Reads `len` bytes at `pos` into an aligned buffer.
+    pub fn read(
+        &self,
+        pos: u64,
+        len: usize,
+        buf: &mut AlignedVec<ARCHIVE_ALIGN>,
+    ) -> FaultResult<()> {
+        buf.clear();
+        match &self.source {
+            Source::Mem(b) | Source::Writing(b) => {
+                let end = pos as usize + len;
+                if end > b.len() {
+                    return Err(Fault::corrupt(
+                        &self.path,
+                        pos,
+                        "read past the segment's end",
+                    ));
+                }
+                buf.extend_from_slice(&b[pos as usize..end]);
+            }
+            Source::Disk(r) => {
+                buf.resize(len, 0);
+                r.read_exact_at(pos, buf.as_mut_slice())
+                    .map_err(|e| Fault::io("read segment", &self.path, e))?;
+            }
+        }
+        Ok(())
+    }
+    /// The byte range that holds every frame with sort keys in `[lo, hi]`.
+    pub fn range_of(&self, lo: &SortKey, hi: &SortKey) -> (u64, u64) {
+        let i = self.fences.partition_point(|(k, _)| k < lo);
+        let start = if i == 0 { 0 } else { self.fences[i - 1].1 };
+        let j = self.fences.partition_point(|(k, _)| k <= hi);
+        let end = self.fences.get(j).map_or(self.meta.data_len, |f| f.1);
+        (start, end.max(start))
+    }
+    /// Whether an entry may be here.
+    pub fn may_contain(&self, sort: &SortKey) -> bool {
+        self.bloom.may_contain(entry_hash(sort))
+    }
+}
+
+/// Calls `f` for every frame in `buf` (which starts at segment offset `base` and ends at a
+/// frame boundary), checking each frame's own header against where it was found.
+pub fn for_each_frame<'a>(
+    path: &Path,
+    segment_id: u64,
+    base: u64,
+    buf: &'a [u8],
+    mut f: impl FnMut(FrameRef<'a>) -> FaultResult<bool>,
+) -> FaultResult<()> {
+    let mut at = 0usize;
+    while at < buf.len() {
+        let offset = base + at as u64;
+        let fr = match frame::decode(&buf[at..]) {
+            Ok(Decoded::Frame(fr)) => fr,
+            Ok(Decoded::End) => {
+                return Err(Fault::corrupt(
+                    path,
+                    offset,
+                    "zero bytes where a frame belongs",
+                ));
+            }
+            Err(reason) => return Err(Fault::corrupt(path, offset, reason)),
+        };
+        check_place(path, &fr.head, segment_id, offset)?;
+        at += fr.len;
+        if !f(fr)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A frame must say it is where it was found (misdirected writes, RELIABILITY R6b).
+pub fn check_place(path: &Path, h: &FrameHead, segment_id: u64, offset: u64) -> FaultResult<()> {
+    if h.segment_id != segment_id || h.offset != offset {
+        return Err(Fault::corrupt(
+            path,
+            offset,
+            format!(
+                "frame belongs to segment {:x} offset {} (misdirected write)",
+                h.segment_id, h.offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Serialized entries waiting to be sorted into a segment.
+#[derive(Default)]
+pub struct EntryBatch {
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+}
+
+#[derive(Clone, Copy)]
+struct Item {
+    sort: SortKey,
+    kind: Kind,
+    expires_ms: u64,
+    checkpoint_id: u64,
+    at: usize,
+    ns: u32,
+    key: u32,
+    value: u32,
+}
+
+impl EntryBatch {
+    /// Adds an entry (later pushes of the same entry replace earlier ones).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        sort: SortKey,
+        kind: Kind,
+        expires_ms: u64,
+        checkpoint_id: u64,
+        ns: &[u8],
+        key: &[u8],
+        value: &[u8],
+    ) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(ns);
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.items.push(Item {
+            sort,
+            kind,
+            expires_ms,
+            checkpoint_id,
+            at,
+            ns: ns.len() as u32,
+            key: key.len() as u32,
+            value: value.len() as u32,
+        });
+    }
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len() + self.items.len() * std::mem::size_of::<Item>()
+    }
+    /// Moves all of `other`'s entries in after this batch's.
+    pub fn append(&mut self, other: &mut EntryBatch) {
+        let base = self.bytes.len();
+        self.bytes.append(&mut other.bytes);
+        self.items.extend(other.items.drain(..).map(|i| Item {
+            at: i.at + base,
+            ..i
+        }));
+    }
+    fn parts(&self, i: &Item) -> (&[u8], &[u8], &[u8]) {
+        let (n, k, v) = (i.ns as usize, i.key as usize, i.value as usize);
+        let b = &self.bytes[i.at..i.at + n + k + v];
+        (&b[..n], &b[n..n + k], &b[n + k..])
+    }
+    /// Sorts by segment order, keeping only the last push of each entry.
+    fn sort_dedup(&mut self) {
+        let mut idx: Vec<(usize, Item)> = self.items.drain(..).enumerate().collect();
+        let bytes = &self.bytes;
+        let key = |i: &Item| {
+            let (n, k) = (i.ns as usize, i.key as usize);
+            (&bytes[i.at..i.at + n], &bytes[i.at + n..i.at + n + k])
+        };
+        idx.sort_by(|(ia, a), (ib, b)| {
+            a.sort
+                .cmp(&b.sort)
+                .then_with(|| key(a).cmp(&key(b)))
+                .then(ib.cmp(ia))
+        });
+        idx.dedup_by(|(_, later), (_, kept)| later.sort == kept.sort && key(later) == key(kept));
+        self.items = idx.into_iter().map(|(_, i)| i).collect();
+    }
+}
+
+/// Builds a segment image in memory, frame by frame, in sort order.
+pub struct SegmentBuilder {
+    base: u64,
+    id: u64,
+    order: u64,
+    buf: AlignedVec<ARCHIVE_ALIGN>,
+    scratch: Vec<u8>,
+    fences: Vec<(SortKey, u64)>,
+    next_fence: u64,
+    bloom: Bloom,
+    extents: Vec<Extent>,
+    entries: u64,
+    last: Option<SortKey>,
+    last_ns: Option<(u32, u64)>,
+}
+
+impl SegmentBuilder {
+    /// A builder for segment `id` with precedence `order`, sized for about `entries` frames.
+    pub fn new(id: u64, order: u64, entries: u64) -> SegmentBuilder {
+        SegmentBuilder {
+            base: 0,
+            id,
+            order,
+            buf: AlignedVec::new(),
+            scratch: Vec::new(),
+            fences: Vec::new(),
+            next_fence: 0,
+            bloom: Bloom::with_keys(entries.max(16)),
+            extents: Vec::new(),
+            entries: 0,
+            last: None,
+            last_ns: None,
+        }
+    }
+    /// Appends a frame (entries must come in sort order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        sort: SortKey,
+        kind: Kind,
+        expires_ms: u64,
+        checkpoint_id: u64,
+        ns: &[u8],
+        key: &[u8],
+        value: &[u8],
+    ) {
+        let offset = self.base + self.buf.len() as u64;
+        let head = FrameHead {
+            segment_id: self.id,
+            offset,
+            checkpoint_id,
+            sort,
+            expires_ms,
+            kind,
+        };
+        self.scratch.clear();
+        frame::encode(&mut self.scratch, &head, ns, key, value);
+        self.note(sort, offset, self.scratch.len() as u64);
+        self.buf.extend_from_slice(&self.scratch);
+    }
+    /// Appends an already encoded frame, rewriting its segment id and offset.
+    pub fn push_frame(&mut self, fr: &FrameRef<'_>, raw: &[u8]) {
+        let offset = self.base + self.buf.len() as u64;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(raw);
+        frame::relocate(&mut self.scratch, self.id, offset);
+        self.note(fr.head.sort, offset, raw.len() as u64);
+        self.buf.extend_from_slice(&self.scratch);
+    }
+    fn note(&mut self, sort: SortKey, offset: u64, len: u64) {
+        debug_assert!(self.last.is_none_or(|l| l <= sort), "frames out of order");
+        self.last = Some(sort);
+        if offset >= self.next_fence {
+            self.fences.push((sort, offset));
+            self.next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
+        }
+        let new_ns = self
+            .last_ns
+            .is_none_or(|(st, h)| st != sort.state || h != sort.ns_hash);
+        if new_ns {
+            self.bloom.insert(ns_hash(sort.state, sort.ns_hash));
+            self.last_ns = Some((sort.state, sort.ns_hash));
+        }
+        self.bloom.insert(entry_hash(&sort));
+        match self.extents.last_mut() {
+            Some(e) if e.state == sort.state && e.kg == sort.kg => {
+                e.len += len;
+                e.entries += 1;
+            }
+            _ => self.extents.push(Extent {
+                state: sort.state,
+                kg: sort.kg,
+                offset,
+                len,
+                entries: 1,
+            }),
+        }
+        self.entries += 1;
+    }
+    /// Adds a sorted batch.
+    pub fn push_batch(&mut self, mut batch: EntryBatch) {
+        batch.sort_dedup();
+        for i in &batch.items {
+            let (ns, key, value) = batch.parts(i);
+            self.push(
+                i.sort,
+                i.kind,
+                i.expires_ms,
+                i.checkpoint_id,
+                ns,
+                key,
+                value,
+            );
+        }
+    }
+    /// Frames so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+    /// Bytes so far.
+    pub fn len(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes buffered and not yet drained.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+    /// Removes and returns the longest prefix of the buffered bytes that is a multiple of
+    /// `alignment`, for streaming a large segment to disk while it is built.
+    pub fn drain_aligned(&mut self, alignment: usize) -> Vec<u8> {
+        let n = self.buf.len() / alignment * alignment;
+        let head = self.buf[..n].to_vec();
+        let rest = self.buf[n..].to_vec();
+        self.buf.clear();
+        self.buf.extend_from_slice(&rest);
+        self.base += n as u64;
+        head
+    }
+    /// Removes the rest of the buffered bytes, padded with zeros to `alignment`.
+    pub fn drain_padded(&mut self, alignment: usize) -> Vec<u8> {
+        let mut out = self.buf.to_vec();
+        self.base += out.len() as u64;
+        self.buf.clear();
+        out.resize(out.len().div_ceil(alignment) * alignment, 0);
+        out
+    }
+    /// The finished segment, its bytes in memory (only the bytes not drained).
+    pub fn finish<R>(self, dir: &Path) -> SegIndex<R> {
+        let meta = SegmentMeta {
+            id: self.id,
+            order: self.order,
+            data_len: self.base + self.buf.len() as u64,
+            entries: self.entries,
+            extents: self.extents,
+        };
+        SegIndex {
+            path: dir.join(segment_name(self.id)),
+            meta,
+            fences: self.fences,
+            bloom: self.bloom,
+            source: Source::Mem(Rc::new(self.buf)),
+            synced: false,
+        }
+    }
+}
+
+/// Rebuilds a segment's sparse index and bloom filter from its bytes while validating every
+/// frame (recovery): sequential reads of [`SCAN_CHUNK_BYTES`].
+pub fn scan_segment<R: DiskReader>(
+    meta: &SegmentMeta,
+    path: &Path,
+    reader: &R,
+    checkpoint_max: u64,
+) -> FaultResult<(Vec<(SortKey, u64)>, Bloom)> {
+    let mut fences = Vec::new();
+    let mut bloom = Bloom::with_keys(meta.entries.max(16));
+    let mut last_ns: Option<(u32, u64)> = None;
+    let mut next_fence = 0;
+    let mut last: Option<(SortKey, u64)> = None;
+    let mut entries = 0u64;
+    let mut ext = meta.extents.iter().peekable();
+    let mut ext_left = 0u64;
+    let mut cur_ext: Option<Extent> = None;
+    scan_range(path, meta.id, reader, 0, meta.data_len, |fr| {
+        let offset = fr.head.offset;
+        if fr.head.checkpoint_id > checkpoint_max {
+            return Err(Fault::corrupt(
+                path,
+                offset,
+                format!(
+                    "frame of checkpoint {} after checkpoint {checkpoint_max}",
+                    fr.head.checkpoint_id
+                ),
+            ));
+        }
+        let sort = fr.head.sort;
+        if let Some((l, at)) = last {
+            if l > sort {
+                return Err(Fault::corrupt(
+                    path,
+                    offset,
+                    format!("out of order after {at}"),
+                ));
+            }
+        }
+        if ext_left == 0 {
+            cur_ext = ext.next().copied();
+            ext_left = cur_ext.map_or(0, |e| e.entries);
+        }
+        match cur_ext {
+            Some(e) if e.state == sort.state && e.kg == sort.kg => ext_left -= 1,
+            _ => {
+                return Err(Fault::corrupt(
+                    path,
+                    offset,
+                    "frame outside the manifest's extents",
+                ));
+            }
+        }
+        last = Some((sort, offset));
+        if offset >= next_fence {
+            fences.push((sort, offset));
+            next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
+        }
+        bloom.insert(entry_hash(&sort));
+        if last_ns.is_none_or(|(st, h)| st != sort.state || h != sort.ns_hash) {
+            bloom.insert(ns_hash(sort.state, sort.ns_hash));
+            last_ns = Some((sort.state, sort.ns_hash));
+        }
+        entries += 1;
+        Ok(true)
+    })?;
+    if entries != meta.entries {
+        return Err(Fault::corrupt(
+            path,
+            meta.data_len,
+            format!("{entries} frames, the manifest says {}", meta.entries),
+        ));
+    }
+    Ok((fences, bloom))
+}
+
+/// Reads `[start, end)` of a segment file sequentially, calling `f` for each frame (which
+/// gets the frame and its raw bytes); `f` returns false to stop.
+pub fn scan_range<R: DiskReader>(
+    path: &Path,
+    segment_id: u64,
+    reader: &R,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&FrameRef<'_>) -> FaultResult<bool>,
+) -> FaultResult<()> {
+    let mut buf: AlignedVec<ARCHIVE_ALIGN> = AlignedVec::new();
+    let mut pos = start;
+    let mut carry = 0usize;
+    while pos + (carry as u64) < end {
+        let want = (SCAN_CHUNK_BYTES as u64).min(end - pos - carry as u64) as usize;
+        let have = buf.len();
+        buf.resize(have + want, 0);
+        reader
+            .read_exact_at(pos + have as u64, &mut buf.as_mut_slice()[have..])
+            .map_err(|e| Fault::io("read segment", path, e))?;
+        let filled = buf.len();
+        let mut at = 0usize;
+        let mut stop = false;
+        while at < filled {
+            let offset = pos + at as u64;
+            if needs_more(&buf[at..filled], offset, end) {
+                break; // the frame continues in the next chunk
+            }
+            let fr = match frame::decode(&buf[at..filled]) {
+                Ok(Decoded::Frame(fr)) => fr,
+                Ok(Decoded::End) => {
+                    return Err(Fault::corrupt(
+                        path,
+                        offset,
+                        "zero bytes where a frame belongs",
+                    ));
+                }
+                Err(reason) => return Err(Fault::corrupt(path, offset, reason)),
+            };
+            check_place(path, &fr.head, segment_id, offset)?;
+            at += fr.len;
+            if !f(&fr)? {
+                stop = true;
+                break;
+            }
+        }
+        if stop {
+            return Ok(());
+        }
+        if at == 0 && filled >= frame::FRAME_BYTES_MAX {
+            return Err(Fault::corrupt(path, pos, "frame larger than the maximum"));
+        }
+        // Keep the partial frame at the end for the next read.
+        let rest = buf.as_slice()[at..filled].to_vec();
+        buf.clear();
+        buf.extend_from_slice(&rest);
+        pos += at as u64;
+        carry = rest.len();
+        if want == 0 {
+            break;
+        }
+    }
+    if carry != 0 {
+        return Err(Fault::corrupt(
+            path,
+            pos,
+            "torn frame at the end of the data",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the frame at the start of `rem` (at segment offset `offset`) continues past the
+/// bytes read so far but ends within the data.
+fn needs_more(rem: &[u8], offset: u64, end: u64) -> bool {
+    if rem.len() < 4 {
+        return offset + (rem.len() as u64) < end;
+    }
+    let len = u32::from_le_bytes([rem[0], rem[1], rem[2], rem[3]]) as usize;
+    len > rem.len() && len <= frame::FRAME_BYTES_MAX && offset + len as u64 <= end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bloom_has_no_false_negatives_and_few_false_positives() {
+        let mut b = Bloom::with_keys(10_000);
+        let h = |i: u64| xxh3_64(&i.to_le_bytes());
+        for i in 0..10_000 {
+            b.insert(h(i));
+        }
+        assert!((0..10_000).all(|i| b.may_contain(h(i))));
+        let fp = (10_000..110_000).filter(|&i| b.may_contain(h(i))).count();
+        assert!(fp < 3_000, "{fp} false positives in 100k (over 3%)");
+    }
+}

@@ -1,0 +1,218 @@
+//! The table's side of eviction, restores and checkpoints: clock eviction into spill
+//! batches, the restore of entries read from disk, and the `TableOps` the store's checkpoint
+//! writer drives (freeze, serialize the frozen entries, finish or abort).
+
+use super::*;
+
+impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
+    /// Clock eviction: frees about a tenth of the budget from this table. Clean entries are
+    /// dropped (their newest version is in a searchable segment); dirty ones are serialized
+    /// into a spill segment, which `Store::flush` writes. Entries that a pending checkpoint
+    /// still has to write, and recently used ones (clock bit set, then cleared), stay.
+    pub(super) fn evict(&mut self) -> FaultResult<()> {
+        let c = self.counters.clone();
+        let budget = c.mem_budget.get();
+        let target = c.mem_used.get().saturating_sub(budget - budget / 10);
+        let registered = c.registered_epoch.get();
+        let tag = c.tag.get();
+        let (cur, frozen_pending) = (self.cur, self.frozen_epoch != 0);
+        let mut batch = EntryBatch::default();
+        let mut freed = 0usize;
+        let mut err = None;
+        for _pass in 0..2 {
+            for (ns, space) in self.spaces.iter_mut() {
+                if freed >= target {
+                    break;
+                }
+                let ser = &mut self.ser;
+                let mut any = false;
+                space.map.retain(|k, slot| {
+                    if freed >= target || err.is_some() {
+                        return true;
+                    }
+                    if slot.state & REF != 0 {
+                        slot.state &= !REF;
+                        return true;
+                    }
+                    let epoch = slot.state & EPOCH;
+                    if slot.state & DIRTY != 0 {
+                        if frozen_pending && epoch != cur {
+                            return true;
+                        }
+                        if let Err(e) = ser.entry(ns, k, slot, tag, &mut batch) {
+                            err = Some(e);
+                            return true;
+                        }
+                    } else if epoch > registered {
+                        return true;
+                    }
+                    freed += slot.weight as usize;
+                    any = true;
+                    false
+                });
+                if any {
+                    space.complete = false;
+                    space.persisted = true;
+                }
+            }
+            if freed >= target {
+                break;
+            }
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        self.spaces.retain(|_, s| !s.map.is_empty() || !s.complete);
+        debug_assert!(self.spaces.consistent());
+        self.resident_all = false;
+        self.prune_dirty();
+        self.weight_total = self.weight_total.saturating_sub(freed);
+        c.release(freed);
+        if !batch.is_empty() {
+            self.store.spill(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the dirty-key list proportional to the resident entries: evicted keys were
+    /// spilled and need no entry in it.
+    fn prune_dirty(&mut self) {
+        if self.dirty.len() <= 2 * self.resident_len() + 1024 {
+            return;
+        }
+        let (spaces, cur) = (&self.spaces, self.cur);
+        self.dirty.retain(|(ns, key)| {
+            spaces
+                .get(ns)
+                .and_then(|s| s.map.get(key))
+                .is_some_and(|slot| slot.state & (DIRTY | EPOCH) == DIRTY | cur)
+        });
+    }
+
+    /// Applies one frame of this table's state while the store is restored (oldest segment
+    /// first). Returns false once the budget is full and the rest must stay on disk.
+    pub(crate) fn restore_frame(&mut self, fr: &FrameRef<'_>) -> Result<(), AccessError> {
+        let name = self.ser.name.clone();
+        let decode = |what: &'static str, reason: String| AccessError::Decode {
+            state: name.to_string(),
+            what,
+            reason,
+        };
+        let ns = crate::codec::decode_unaligned::<N>(fr.ns).map_err(|r| decode("namespace", r))?;
+        let key = crate::codec::decode_unaligned::<K>(fr.key).map_err(|r| decode("key", r))?;
+        let now = self.counters.now_ms.get();
+        let gone = fr.head.kind == Kind::Tombstone || now_expired(fr.head.expires_ms, now);
+        if gone {
+            if let Some(slot) = self.spaces.get_mut(&ns).and_then(|s| s.map.remove(&key)) {
+                self.release(slot.weight as usize);
+            }
+            return Ok(());
+        }
+        let value =
+            crate::codec::decode_unaligned::<V>(fr.value).map_err(|r| decode("value", r))?;
+        if let Some(slot) = self.spaces.get_mut(&ns).and_then(|s| s.map.get_mut(&key)) {
+            slot.value = Some(value);
+            slot.expires_ms = fr.head.expires_ms;
+            return Ok(());
+        }
+        let c = &self.counters;
+        if self.cfg.evictable && c.mem_used.get() + self.entry_bytes > c.mem_budget.get() {
+            self.resident_all = false;
+            if let Some(space) = self.spaces.get_mut(&ns) {
+                space.complete = false;
+            }
+            return Ok(());
+        }
+        let slot = Slot {
+            value: Some(value),
+            expires_ms: fr.head.expires_ms,
+            state: PERSISTED,
+            weight: 0,
+        };
+        self.place(&ns, key, slot)?;
+        Ok(())
+    }
+
+    /// After a restore: the table now reflects the disk (or what fit of it).
+    pub(crate) fn restore_done(&mut self, loaded_everything: bool) {
+        self.resident_all = loaded_everything;
+        for space in self.spaces.values_mut() {
+            space.persisted = true;
+            if self.resident_all {
+                space.complete = true;
+            }
+        }
+    }
+
+    pub(crate) fn set_resident_all(&mut self, v: bool) {
+        self.resident_all = v;
+    }
+
+    /// Sizes the first namespace's map for a restore of `entries` entries (as far as the
+    /// budget allows), so that loading does not rehash.
+    pub(crate) fn reserve_for_restore(&mut self, entries: usize) {
+        let fit = self.counters.mem_budget.get() / self.entry_bytes.max(1);
+        self.reserve_hint = entries.min(fit);
+    }
+
+    pub(crate) fn resident_all(&self) -> bool {
+        self.resident_all
+    }
+}
+
+impl<N: Ns, K: Ns, V: Codec> TableOps for TableData<N, K, V> {
+    fn freeze(&mut self, checkpoint_id: u64) {
+        assert_eq!(
+            self.frozen_epoch, 0,
+            "freeze while a frozen checkpoint is pending"
+        );
+        self.frozen_epoch = self.cur;
+        self.frozen_id = checkpoint_id;
+        self.frozen = std::mem::take(&mut self.dirty);
+        self.frozen_at = 0;
+        self.cur += 1;
+        assert!(self.cur < EPOCH, "epoch counter overflow");
+    }
+    fn serialize_frozen(&mut self, out: &mut EntryBatch, max: usize) -> FaultResult<bool> {
+        let end = (self.frozen_at + max).min(self.frozen.len());
+        let (fe, cur) = (self.frozen_epoch, self.cur);
+        for i in self.frozen_at..end {
+            let (ns, key) = &self.frozen[i];
+            let Some(space) = self.spaces.get_mut(ns) else {
+                continue;
+            };
+            let Some(slot) = space.map.get_mut(key) else {
+                continue;
+            };
+            if slot.state & DIRTY == 0 || slot.state & EPOCH == cur {
+                continue; // written already (duplicate key), or copied on write
+            }
+            self.ser.entry(ns, key, slot, self.frozen_id, out)?;
+            slot.state = (slot.state & REF) | PERSISTED | fe;
+            space.persisted = true;
+        }
+        self.frozen_at = end;
+        let done = end == self.frozen.len();
+        if done {
+            out.append(&mut self.cow);
+        }
+        Ok(done)
+    }
+    fn finish_frozen(&mut self) {
+        self.frozen_epoch = 0;
+        self.frozen = Vec::new();
+        self.frozen_at = 0;
+        self.cow = EntryBatch::default();
+    }
+    fn abort_frozen(&mut self) {
+        let mut frozen = std::mem::take(&mut self.frozen);
+        self.dirty.append(&mut frozen);
+        self.finish_frozen();
+    }
+}
+
+impl<N, K, V> Drop for TableData<N, K, V> {
+    fn drop(&mut self) {
+        self.counters.release(self.weight_total);
+    }
+}
