@@ -145,14 +145,12 @@ impl<D: Disk> Store<D> {
     pub fn timers<K: Ns + Ord, N: Ns + Ord>(
         &self,
         name: &str,
-        key_group: fn(&K) -> u32,
+        key_group: impl Fn(&K) -> u32 + 'static,
     ) -> Result<TimerSet<K, N>, OpenError>
     where
         (u64, K, N): Ns,
     {
-        let kg: fn(&(), &(u64, K, N)) -> u32 = timer_kg::<K, N>;
-        let _ = key_group;
-        let mut cfg = TableConfig::new(kg);
+        let mut cfg = TableConfig::new(move |_: &(), t: &(u64, K, N)| key_group(&t.1));
         cfg.evictable = false;
         let table = self.table(name, cfg)?;
         let mut index = BTreeSet::new();
@@ -166,6 +164,3 @@ impl<D: Disk> Store<D> {
     }
 }
 
-fn timer_kg<K, N>(_: &(), _: &(u64, K, N)) -> u32 {
-    0
-}

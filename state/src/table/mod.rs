@@ -32,8 +32,9 @@ const EPOCH: u32 = REF - 1;
 pub(crate) const SERIALIZE_CHUNK: usize = 4096;
 
 /// How a table finds the key group of an entry: called only when the entry is written or
-/// looked up on disk, never on a resident hit.
-pub type KeyGroupFn<N, K> = fn(&N, &K) -> u32;
+/// looked up on disk, never on a resident hit. A closure, so it can capture the job's number
+/// of key groups.
+pub type KeyGroupFn<N, K> = std::rc::Rc<dyn Fn(&N, &K) -> u32>;
 
 /// Options of a table.
 pub struct TableConfig<N, K, V> {
@@ -51,9 +52,9 @@ pub struct TableConfig<N, K, V> {
 
 impl<N, K, V> TableConfig<N, K, V> {
     /// A table whose entries belong to key group `key_group(ns, key)`.
-    pub fn new(key_group: KeyGroupFn<N, K>) -> Self {
+    pub fn new(key_group: impl Fn(&N, &K) -> u32 + 'static) -> Self {
         TableConfig {
-            key_group,
+            key_group: std::rc::Rc::new(key_group),
             ttl_ms: 0,
             evictable: true,
             weigh: None,
@@ -68,7 +69,12 @@ impl<N, K, V> TableConfig<N, K, V> {
 
 impl<N, K, V> Clone for TableConfig<N, K, V> {
     fn clone(&self) -> Self {
-        TableConfig { ..*self }
+        TableConfig {
+            key_group: self.key_group.clone(),
+            ttl_ms: self.ttl_ms,
+            evictable: self.evictable,
+            weigh: self.weigh,
+        }
     }
 }
 
@@ -270,7 +276,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
                 superseded: counters.clone(),
                 state,
                 name: name.into(),
-                key_group: cfg.key_group,
+                key_group: cfg.key_group.clone(),
                 ns: Scratch::new(),
                 key: Scratch::new(),
                 value: Scratch::new(),
