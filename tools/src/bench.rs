@@ -24,6 +24,9 @@ pub enum Bench {
     /// Windowed count and sum per key over generated events: the hand-written tumbling-window
     /// loop, the engine on 1 worker and on N workers, interleaved; medians and ratios.
     Window(crate::bench_window::WindowBench),
+    /// The Nexmark queries on generated events: throughput, or latency at a fixed rate; one
+    /// query or the suite (`--all`), in a table like the suite's runner.
+    Nexmark(crate::bench_nexmark::NexmarkBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -50,6 +53,7 @@ pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Wordcount(args) => wordcount(&args),
         Bench::Window(args) => crate::bench_window::window(&args),
+        Bench::Nexmark(args) => crate::bench_nexmark::nexmark(&args),
     }
 }
 

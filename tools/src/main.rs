@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_nexmark;
 mod bench_window;
 mod cli;
 mod demo;
