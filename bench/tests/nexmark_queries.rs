@@ -120,7 +120,7 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
             .collect(),
         Query::Q3 => q3(ev),
         Query::Q4 => q4(ev),
-        Query::Q5 => q5(ev),
+        Query::Q5 | Query::Q5Inc => q5(ev),
         Query::Q7 => q7(ev),
         Query::Q8 => q8(ev),
         Query::Q9 => q9(ev),
@@ -394,6 +394,11 @@ fn q4_average_price_per_category() {
 #[test]
 fn q5_hot_items() {
     check(Query::Q5);
+}
+
+#[test]
+fn q5_inc_hot_items_incrementally() {
+    check(Query::Q5Inc);
 }
 
 #[test]

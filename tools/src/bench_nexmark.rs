@@ -34,7 +34,7 @@ use crate::progress::human;
 /// Options of `sluice bench nexmark`.
 #[derive(Args, Debug)]
 pub struct NexmarkBench {
-    /// The query to run: q0, q1, q2, q3, q4, q5, q7, q8, q9, q11, q12, q14, q21 or q22.
+    /// The query to run: q0, q1, q2, q3, q4, q5, q5-inc, q7, q8, q9, q11, q12, q14, q21 or q22.
     #[arg(long, value_name = "QN", value_parser = parse_query, required_unless_present = "all")]
     query: Option<Query>,
     /// Runs every implemented query, one after the other.
@@ -230,7 +230,7 @@ fn ms(us: u64) -> String {
 fn print_table(args: &NexmarkBench, results: &[Measured]) {
     let rate = args.rate.is_some();
     let mut header = format!(
-        "| {:<5} | {:>11} | {:>7} | {:>5} | {:>7} | {:>16} | {:>15} | {:>12} | {:>10} |",
+        "| {:<6} | {:>11} | {:>7} | {:>5} | {:>7} | {:>16} | {:>15} | {:>12} | {:>10} |",
         "Query",
         "Events",
         "Workers",
@@ -255,7 +255,7 @@ fn print_table(args: &NexmarkBench, results: &[Measured]) {
     for m in results {
         let f = figures(args.events, m);
         let mut line = format!(
-            "| {:<5} | {:>11} | {:>7} | {:>5.2} | {:>7.3} | {:>16} | {:>15} | {:>12} | {:>10} |",
+            "| {:<6} | {:>11} | {:>7} | {:>5.2} | {:>7.3} | {:>16} | {:>15} | {:>12} | {:>10} |",
             m.query.name(),
             args.events,
             m.workers,

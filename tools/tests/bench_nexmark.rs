@@ -39,7 +39,7 @@ fn the_suite_at_100k_events_reports_every_query() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for q in Query::ALL {
-        let row = format!("| {:<5} |      100000 |", q.name());
+        let row = format!("| {:<6} |      100000 |", q.name());
         assert!(
             stderr.contains(&row),
             "no table row for {}:\n{stderr}",

@@ -20,8 +20,9 @@
 //! allocation. The sink computes each row's latency as `now − due`, where the row's *due*
 //! instant is the generation time of the event that made it producible (see [`Due`]): the row's
 //! timestamp for a row computed from records alone, the timestamp plus the watermark's 4 s
-//! delay for a row fired by the watermark, the window's end for processing-time windows — and
-//! at most the generation time of the last event, after which the input's end fires the rest.
+//! delay for a row fired by the watermark, the window's end for processing-time windows. Rows
+//! that only the end of the input produces (final values; windows the last event leaves open)
+//! are counted but not measured: an unbounded stream would produce them later.
 //!
 //! Latencies go into an HDR histogram per worker (1 µs to 1 h, 3 significant digits), merged
 //! at the end. They are recorded with `record`, not `record_correct`: `record_correct` fills in
@@ -115,9 +116,10 @@ impl LatencyClock {
             .saturating_mul(1000)
     }
 
-    /// When a row of timestamp `ts` becomes due, in µs since the start (`None`: never).
+    /// When a row of timestamp `ts` becomes due, in µs since the start; `None` for a row that
+    /// only the end of the input produces (a final value, or a window the last event leaves
+    /// open): an unbounded stream would produce it later, so its latency says nothing.
     pub fn due_us(&self, due: Due, ts: i64) -> Option<i64> {
-        let end = self.generated_us(self.inner.last_event_ms);
         let at = match due {
             Due::OnRecord => self.generated_us(ts),
             Due::OnWatermark => self.generated_us(ts.saturating_add(WATERMARK_DELAY_MS)),
@@ -129,7 +131,7 @@ impl LatencyClock {
             }
             Due::AtEnd => return None,
         };
-        Some(at.min(end))
+        (at <= self.generated_us(self.inner.last_event_ms)).then_some(at)
     }
 }
 

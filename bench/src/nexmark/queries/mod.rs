@@ -22,6 +22,7 @@
 //! rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
 //! same rows the SQL produces, each once.
 
+pub mod hot_items;
 pub mod joins;
 pub mod stateless;
 pub mod windows;
@@ -92,6 +93,8 @@ pub enum Query {
     Q4,
     /// Hot items: sliding windows.
     Q5,
+    /// Hot items (q5's rows), with an incremental operator instead of the window operator.
+    Q5Inc,
     /// Highest bid: tumbling windows.
     Q7,
     /// Monitor new users: a window join.
@@ -119,6 +122,7 @@ impl Query {
         Query::Q3,
         Query::Q4,
         Query::Q5,
+        Query::Q5Inc,
         Query::Q7,
         Query::Q8,
         Query::Q9,
@@ -138,6 +142,7 @@ impl Query {
             Query::Q3 => "q3",
             Query::Q4 => "q4",
             Query::Q5 => "q5",
+            Query::Q5Inc => "q5-inc",
             Query::Q7 => "q7",
             Query::Q8 => "q8",
             Query::Q9 => "q9",
@@ -165,7 +170,7 @@ impl Query {
             Query::Q2 => "auction,price",
             Query::Q3 => "name,city,state,id",
             Query::Q4 => "category,avg",
-            Query::Q5 => "auction,num",
+            Query::Q5 | Query::Q5Inc => "auction,num",
             Query::Q7 => "auction,price,bidder,dateTime,extra",
             Query::Q8 => "id,name,starttime",
             Query::Q9 => {
@@ -190,7 +195,9 @@ impl Query {
             | Query::Q21
             | Query::Q22 => Due::OnRecord,
             Query::Q4 => Due::AtEnd,
-            Query::Q5 | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => Due::OnWatermark,
+            Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
+                Due::OnWatermark
+            }
             Query::Q12 => Due::OnProcessingTime,
         }
     }
@@ -208,6 +215,7 @@ impl Query {
             Query::Q3 => joins::q3(events, out),
             Query::Q4 => joins::q4(events, out),
             Query::Q5 => windows::q5(events, out),
+            Query::Q5Inc => hot_items::q5_incremental(events, out),
             Query::Q7 => windows::q7(events, out),
             Query::Q8 => windows::q8(events, out),
             Query::Q9 => joins::q9(events, out),

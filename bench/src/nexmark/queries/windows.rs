@@ -93,6 +93,12 @@ pub struct Q5Row {
     num: u64,
 }
 
+impl Q5Row {
+    pub(crate) fn new(auction: u64, num: u64) -> Q5Row {
+        Q5Row { auction, num }
+    }
+}
+
 impl Display for Q5Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{},{}", self.auction, self.num)
