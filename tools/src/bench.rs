@@ -29,6 +29,9 @@ pub enum Bench {
     /// The state store against a hash map and RocksDB: point updates and reads, checkpoints,
     /// recovery.
     State(crate::bench_state::StateBench),
+    /// The Nexmark queries on generated events: throughput, or latency at a fixed rate; one
+    /// query or the suite (`--all`), in a table like the suite's runner.
+    Nexmark(crate::bench_nexmark::NexmarkBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -57,6 +60,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Window(args) => crate::bench_window::window(&args),
         Bench::Net(args) => crate::bench_net::net(&args),
         Bench::State(args) => crate::bench_state::run(&args),
+        Bench::Nexmark(args) => crate::bench_nexmark::nexmark(&args),
     }
 }
 

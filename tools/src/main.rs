@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_net;
+mod bench_nexmark;
 mod bench_window;
 mod bench_state;
 mod cli;

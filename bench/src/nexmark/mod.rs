@@ -66,7 +66,9 @@
 
 mod generator;
 mod model;
+pub mod queries;
 mod rng;
+pub mod run;
 mod source;
 mod tables;
 

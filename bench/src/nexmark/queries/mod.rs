@@ -1,0 +1,286 @@
+//! The Nexmark queries on the DataStream API, each a function that builds its pipeline from a
+//! stream of [`Event`]s and hands its result rows to a [`RowOutput`], so that the tests, the
+//! benchmark runner and `--output` all run the same code.
+//!
+//! Each query follows the SQL of the nexmark repository (`nexmark-flink/src/main/resources/
+//! queries/qN.sql`), as its doc comment says; rows are written with their fields in the order
+//! of the query's SELECT list (see [`Query::columns`]), comma-separated, timestamps as epoch
+//! milliseconds, decimals plainly.
+//!
+//! # Event time
+//!
+//! As in the suite's DDL, every query reads one table of events whose watermark is
+//! `dateTime - INTERVAL '4' SECOND`: the watermark is the largest `dateTime` seen less 4,000 ms,
+//! and a record at or behind it is late ([`nexmark_watermarks`]). The generator's splits are
+//! each in time order, so no record is ever late.
+//!
+//! # Bounded runs and changelogs
+//!
+//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category) produces a
+//! changelog in Flink: a new value per group after every input. Over a bounded run it is
+//! represented here by its final rows only, one per group, emitted when the input ends — the
+//! rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
+//! same rows the SQL produces, each once.
+
+pub mod hot_items;
+pub mod joins;
+pub mod stateless;
+pub mod windows;
+
+use std::fmt::Display;
+
+use sluice::ops::Pipe;
+use sluice::{
+    BoundedOutOfOrderness, DataStream, Env, Head, Source, TimestampAssigner, WatermarkStrategy,
+};
+
+use super::model::Event;
+
+/// How far the watermark trails the largest `dateTime` seen: the DDL's `INTERVAL '4' SECOND`.
+pub const WATERMARK_DELAY_MS: i64 = 4_000;
+
+/// The DDL's watermark, `dateTime - INTERVAL '4' SECOND`: the largest timestamp seen less
+/// 4,000 ms. Sluice's (and Flink's DataStream) bounded out-of-orderness generator emits
+/// `max − d − 1`, so `d` is 3,999. Timestamps are the source's (each event's `date_time`).
+pub fn nexmark_watermarks()
+-> WatermarkStrategy<impl TimestampAssigner<Event>, BoundedOutOfOrderness> {
+    WatermarkStrategy::for_bounded_out_of_orderness(WATERMARK_DELAY_MS - 1)
+        .with_timestamp_assigner(|e: &Event| e.date_time())
+}
+
+/// When a query's row is *due*: the earliest moment the engine could produce it, from which the
+/// benchmark's latency is measured. A row's timestamp (which the engine carries beside every
+/// record) says which event made it due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Computed from records alone (a projection, a regular join): due when the event with the
+    /// row's timestamp (the latest of its inputs) is generated.
+    OnRecord,
+    /// Fired by the watermark (a window, a timer): the row's timestamp is the window's last
+    /// instant (or the timer's time), and the watermark passes it once an event
+    /// [`WATERMARK_DELAY_MS`] later is generated.
+    OnWatermark,
+    /// Fired by processing time (q12): the row's timestamp is the window's last millisecond on
+    /// the wall clock.
+    OnProcessingTime,
+    /// A final value of an unbounded aggregation, emitted when the input ends: no latency.
+    AtEnd,
+}
+
+/// Where a query's rows go: the benchmark's counting, latency and file sinks, or a test's
+/// collection. `due` says how the rows become due (for latency).
+pub trait RowOutput {
+    /// Ends the query's stream of rows.
+    fn rows<H, P>(&self, rows: DataStream<H, P>, due: Due)
+    where
+        H: Head,
+        P: Pipe<H::Item>,
+        P::Out: Display + Send + 'static;
+}
+
+/// A Nexmark query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Query {
+    /// Pass-through.
+    Q0,
+    /// Currency conversion.
+    Q1,
+    /// Selection.
+    Q2,
+    /// Local item suggestion: a regular join of persons and auctions.
+    Q3,
+    /// Average price per category.
+    Q4,
+    /// Hot items: sliding windows.
+    Q5,
+    /// Hot items (q5's rows), with an incremental operator instead of the window operator.
+    Q5Inc,
+    /// Highest bid: tumbling windows.
+    Q7,
+    /// Monitor new users: a window join.
+    Q8,
+    /// Winning bids.
+    Q9,
+    /// User sessions: session windows.
+    Q11,
+    /// Processing-time windows.
+    Q12,
+    /// Bidding statistics per time of day (filter and projection).
+    Q14,
+    /// Channel ids from URLs.
+    Q21,
+    /// URL directories.
+    Q22,
+}
+
+impl Query {
+    /// Every implemented query, in order.
+    pub const ALL: &'static [Query] = &[
+        Query::Q0,
+        Query::Q1,
+        Query::Q2,
+        Query::Q3,
+        Query::Q4,
+        Query::Q5,
+        Query::Q5Inc,
+        Query::Q7,
+        Query::Q8,
+        Query::Q9,
+        Query::Q11,
+        Query::Q12,
+        Query::Q14,
+        Query::Q21,
+        Query::Q22,
+    ];
+
+    /// Its name: `q0`, `q1`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Query::Q0 => "q0",
+            Query::Q1 => "q1",
+            Query::Q2 => "q2",
+            Query::Q3 => "q3",
+            Query::Q4 => "q4",
+            Query::Q5 => "q5",
+            Query::Q5Inc => "q5-inc",
+            Query::Q7 => "q7",
+            Query::Q8 => "q8",
+            Query::Q9 => "q9",
+            Query::Q11 => "q11",
+            Query::Q12 => "q12",
+            Query::Q14 => "q14",
+            Query::Q21 => "q21",
+            Query::Q22 => "q22",
+        }
+    }
+
+    /// The query named `name` (`q5` or `Q5`).
+    pub fn parse(name: &str) -> Option<Query> {
+        Query::ALL
+            .iter()
+            .copied()
+            .find(|q| q.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The columns of its rows, in order: the SELECT list.
+    pub fn columns(self) -> &'static str {
+        match self {
+            Query::Q0 => "auction,bidder,price,dateTime,extra",
+            Query::Q1 => "auction,bidder,price,dateTime,extra",
+            Query::Q2 => "auction,price",
+            Query::Q3 => "name,city,state,id",
+            Query::Q4 => "category,avg",
+            Query::Q5 | Query::Q5Inc => "auction,num",
+            Query::Q7 => "auction,price,bidder,dateTime,extra",
+            Query::Q8 => "id,name,starttime",
+            Query::Q9 => {
+                "id,itemName,description,initialBid,reserve,dateTime,expires,seller,category,\
+                 extra,auction,bidder,price,bid_dateTime,bid_extra"
+            }
+            Query::Q11 | Query::Q12 => "bidder,bid_count,starttime,endtime",
+            Query::Q14 => "auction,bidder,price,bidTimeType,dateTime,extra,c_counts",
+            Query::Q21 => "auction,bidder,price,channel,channel_id",
+            Query::Q22 => "auction,bidder,price,channel,dir1,dir2,dir3",
+        }
+    }
+
+    /// How its rows become due.
+    pub fn due(self) -> Due {
+        match self {
+            Query::Q0
+            | Query::Q1
+            | Query::Q2
+            | Query::Q3
+            | Query::Q14
+            | Query::Q21
+            | Query::Q22 => Due::OnRecord,
+            Query::Q4 => Due::AtEnd,
+            Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
+                Due::OnWatermark
+            }
+            Query::Q12 => Due::OnProcessingTime,
+        }
+    }
+
+    /// Builds the query on `env`: `source`'s events, stamped with their `date_time` and
+    /// given the DDL's watermarks, through the query's operators into `out`.
+    pub fn build<S: Source<Item = Event>>(self, env: &Env, source: S, out: &impl RowOutput) {
+        let events = env
+            .from_source(source)
+            .assign_timestamps_and_watermarks(nexmark_watermarks());
+        match self {
+            Query::Q0 => stateless::q0(events, out),
+            Query::Q1 => stateless::q1(events, out),
+            Query::Q2 => stateless::q2(events, out),
+            Query::Q3 => joins::q3(events, out),
+            Query::Q4 => joins::q4(events, out),
+            Query::Q5 => windows::q5(events, out),
+            Query::Q5Inc => hot_items::q5_incremental(events, out),
+            Query::Q7 => windows::q7(events, out),
+            Query::Q8 => windows::q8(events, out),
+            Query::Q9 => joins::q9(events, out),
+            Query::Q11 => windows::q11(events, out),
+            Query::Q12 => windows::q12(events, out),
+            Query::Q14 => stateless::q14(events, out),
+            Query::Q21 => stateless::q21(events, out),
+            Query::Q22 => stateless::q22(events, out),
+        }
+    }
+}
+
+/// Writes a price in cents times 0.908 — `DECIMAL(23, 3)` in the SQL — plainly, exactly: the
+/// integer part, a point and three decimals (`0.908 * 1234` is `1120.472`).
+pub fn write_price_eur(f: &mut std::fmt::Formatter<'_>, price: u64) -> std::fmt::Result {
+    let thousandths = u128::from(price) * 908;
+    write!(f, "{}.{:03}", thousandths / 1000, thousandths % 1000)
+}
+
+/// A `COUNT(*)` per key and window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Count;
+
+impl<T> sluice::AggregateFunction<T> for Count {
+    type Acc = u64;
+    type Out = u64;
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    #[inline]
+    fn add(&self, acc: &mut u64, _value: T) {
+        *acc += 1;
+    }
+    fn merge(&self, acc: &mut u64, other: u64) {
+        *acc += other;
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        for q in Query::ALL {
+            assert_eq!(Query::parse(q.name()), Some(*q));
+            assert_eq!(Query::parse(&q.name().to_uppercase()), Some(*q));
+        }
+        assert_eq!(Query::parse("q6"), None);
+    }
+
+    #[test]
+    fn euro_prices_are_exact_decimals() {
+        struct P(u64);
+        impl Display for P {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write_price_eur(f, self.0)
+            }
+        }
+        assert_eq!(P(1234).to_string(), "1120.472");
+        assert_eq!(P(1).to_string(), "0.908");
+        assert_eq!(P(1000).to_string(), "908.000");
+        assert_eq!(P(0).to_string(), "0.000");
+    }
+}

@@ -1,0 +1,288 @@
+//! The stateless queries: projections and filters of bids, one row per input bid at most
+//! (q0, q1, q2, q14, q21, q22). Each is a chain of one `flat_map` after the source, with no
+//! exchange.
+
+use std::fmt::{self, Display};
+
+use sluice::ops::Pipe;
+use sluice::{DataStream, Head};
+
+use super::{Due, RowOutput, write_price_eur};
+use crate::nexmark::model::{Bid, Event, LazyText};
+
+/// q0, pass-through: `SELECT auction, bidder, price, dateTime, extra FROM bid`.
+pub fn q0<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    out.rows(
+        events.flat_map(|e: Event| e.bid().map(BidRow)),
+        Due::OnRecord,
+    );
+}
+
+/// A row of q0: a bid's `auction,bidder,price,dateTime,extra`.
+#[derive(Clone, Copy, Debug)]
+pub struct BidRow(pub Bid);
+
+impl Display for BidRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        let (a, bidder, p, t, x) = (b.auction, b.bidder, b.price, b.date_time, &b.extra);
+        write!(f, "{a},{bidder},{p},{t},{x}")
+    }
+}
+
+/// q1, currency conversion: `SELECT auction, bidder, 0.908 * price as price, dateTime, extra
+/// FROM bid`. The price is `DECIMAL(23, 3)`, written with three decimals, exactly.
+pub fn q1<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    out.rows(
+        events.flat_map(|e: Event| e.bid().map(EuroRow)),
+        Due::OnRecord,
+    );
+}
+
+/// A row of q1: the bid with its price in euros.
+#[derive(Clone, Copy, Debug)]
+pub struct EuroRow(pub Bid);
+
+impl Display for EuroRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        write!(f, "{},{},", b.auction, b.bidder)?;
+        write_price_eur(f, b.price)?;
+        write!(f, ",{},{}", b.date_time, b.extra)
+    }
+}
+
+/// q2, selection: `SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0`.
+pub fn q2<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events.flat_map(|e: Event| {
+        e.bid()
+            .filter(|b| b.auction % 123 == 0)
+            .map(|b| Q2Row(b.auction, b.price))
+    });
+    out.rows(rows, Due::OnRecord);
+}
+
+/// A row of q2: `auction,price`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q2Row(pub u64, pub u64);
+
+impl Display for Q2Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", self.0, self.1)
+    }
+}
+
+/// q14, a filter and projection with a UDF: bids with `0.908 * price` strictly between
+/// 1,000,000 and 50,000,000, with the price in euros, `bidTimeType` from `HOUR(dateTime)`
+/// ('dayTime' for hours 8 to 18, 'nightTime' for 0 to 6 and 20 to 23, else 'otherTime'), and
+/// `c_counts`, the number of `c`s in `extra` (the suite's `count_char` UDF). Hours are UTC: the
+/// connector turns epoch milliseconds into a `TIMESTAMP` without a zone.
+pub fn q14<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events.flat_map(|e: Event| {
+        let b = e.bid()?;
+        // In thousandths of a cent, exactly: 0.908 × price.
+        let eur = u128::from(b.price) * 908;
+        (1_000_000_000 < eur && eur < 50_000_000_000).then(|| Q14Row {
+            bid: b,
+            c_counts: count_char(&b.extra, b'c'),
+        })
+    });
+    out.rows(rows, Due::OnRecord);
+}
+
+/// `count_char(extra, 'c')`: the letters are drawn to count them.
+fn count_char(text: &LazyText, c: u8) -> u64 {
+    struct Counter(u8, u64);
+    impl fmt::Write for Counter {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.1 += s.bytes().filter(|&b| b == self.0).count() as u64;
+            Ok(())
+        }
+    }
+    let mut counter = Counter(c, 0);
+    let _ = fmt::Write::write_fmt(&mut counter, format_args!("{text}"));
+    counter.1
+}
+
+/// `HOUR(dateTime)` of epoch milliseconds, in UTC.
+fn hour_utc(ms: i64) -> i64 {
+    ms.div_euclid(3_600_000).rem_euclid(24)
+}
+
+/// The `bidTimeType` of q14.
+fn bid_time_type(ms: i64) -> &'static str {
+    match hour_utc(ms) {
+        8..=18 => "dayTime",
+        h if h <= 6 || h >= 20 => "nightTime",
+        _ => "otherTime",
+    }
+}
+
+/// A row of q14: `auction,bidder,price,bidTimeType,dateTime,extra,c_counts`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q14Row {
+    /// The bid.
+    pub bid: Bid,
+    /// The `c`s in its `extra`.
+    pub c_counts: u64,
+}
+
+impl Display for Q14Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.bid;
+        write!(f, "{},{},", b.auction, b.bidder)?;
+        write_price_eur(f, b.price)?;
+        let kind = bid_time_type(b.date_time);
+        write!(f, ",{kind},{},{},{}", b.date_time, b.extra, self.c_counts)
+    }
+}
+
+/// q21, channel ids: bids whose URL has a `channel_id` parameter (`REGEXP_EXTRACT(url,
+/// '(&|^)channel_id=([^&]*)', 2)` is not null) or whose channel is one of the four hot ones
+/// (compared in lower case), with `channel_id` '0' to '3' for Apple, Google, Facebook and
+/// Baidu, else the URL's parameter.
+pub fn q21<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events.flat_map(|e: Event| {
+        let b = e.bid()?;
+        let id = hot_channel_id(b.channel.as_str()).or_else(|| channel_id(b.url.as_str()))?;
+        Some(Q21Row { bid: b, id })
+    });
+    out.rows(rows, Due::OnRecord);
+}
+
+/// The `CASE` of q21 for the hot channels, `lower(channel)` compared.
+fn hot_channel_id(channel: &str) -> Option<&'static str> {
+    [
+        ("apple", "0"),
+        ("google", "1"),
+        ("facebook", "2"),
+        ("baidu", "3"),
+    ]
+    .into_iter()
+    .find(|(name, _)| channel.eq_ignore_ascii_case(name))
+    .map(|(_, id)| id)
+}
+
+/// `REGEXP_EXTRACT(url, '(&|^)channel_id=([^&]*)', 2)`: the value of the first `channel_id`
+/// parameter that starts the URL or follows a `&`.
+pub fn channel_id(url: &str) -> Option<&str> {
+    const KEY: &str = "channel_id=";
+    let mut from = 0;
+    while let Some(i) = url[from..].find(KEY) {
+        let at = from + i;
+        if at == 0 || url.as_bytes()[at - 1] == b'&' {
+            let value = &url[at + KEY.len()..];
+            return Some(value.split('&').next().unwrap_or(value));
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// A row of q21: `auction,bidder,price,channel,channel_id`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q21Row {
+    /// The bid.
+    pub bid: Bid,
+    /// Its channel id: a URL's symbol lives as long as the process.
+    pub id: &'static str,
+}
+
+impl Display for Q21Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.bid;
+        let (a, bidder, p, c) = (b.auction, b.bidder, b.price, b.channel);
+        write!(f, "{a},{bidder},{p},{c},{}", self.id)
+    }
+}
+
+/// q22, URL directories: `SPLIT_INDEX(url, '/', 3)`, `…4)` and `…5)` of every bid — the three
+/// path segments of the generator's URLs.
+pub fn q22<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events.flat_map(|e: Event| {
+        let b = e.bid()?;
+        let mut parts = b.url.as_str().split('/').skip(3);
+        let dirs = [parts.next(), parts.next(), parts.next()];
+        Some(Q22Row { bid: b, dirs })
+    });
+    out.rows(rows, Due::OnRecord);
+}
+
+/// A row of q22: `auction,bidder,price,channel,dir1,dir2,dir3` (a missing segment, SQL's
+/// NULL, is an empty field).
+#[derive(Clone, Copy, Debug)]
+pub struct Q22Row {
+    /// The bid.
+    pub bid: Bid,
+    /// Segments 3, 4 and 5 of its URL split at `/`.
+    pub dirs: [Option<&'static str>; 3],
+}
+
+impl Display for Q22Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.bid;
+        write!(f, "{},{},{},{}", b.auction, b.bidder, b.price, b.channel)?;
+        for dir in self.dirs {
+            write!(f, ",{}", dir.unwrap_or(""))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_id_follows_the_regular_expression() {
+        assert_eq!(
+            channel_id("https://x/a/b/c/item.htm?query=1&channel_id=42"),
+            Some("42")
+        );
+        assert_eq!(channel_id("channel_id=7&x=1"), Some("7"));
+        assert_eq!(channel_id("https://x?query=1&channel_id="), Some(""));
+        assert_eq!(channel_id("https://x?mychannel_id=3"), None);
+        assert_eq!(
+            channel_id("https://x?mychannel_id=3&channel_id=4"),
+            Some("4")
+        );
+        assert_eq!(channel_id("https://x/a/b/c/item.htm?query=1"), None);
+    }
+
+    #[test]
+    fn bid_time_types_by_utc_hour() {
+        let at = |h: i64| h * 3_600_000 + 59_000;
+        assert_eq!(bid_time_type(at(8)), "dayTime");
+        assert_eq!(bid_time_type(at(18)), "dayTime");
+        assert_eq!(bid_time_type(at(7)), "otherTime");
+        assert_eq!(bid_time_type(at(19)), "otherTime");
+        assert_eq!(bid_time_type(at(6)), "nightTime");
+        assert_eq!(bid_time_type(at(20)), "nightTime");
+        // The default base time, 1700000000000, is 22:13 UTC.
+        assert_eq!(hour_utc(1_700_000_000_000), 22);
+    }
+}
