@@ -77,6 +77,16 @@ pub use window::{
     JoinBuilder, JoinWhere, JoinedStreams, WindowJoinPipe, WindowResult, WindowedStream,
 };
 
+/// What keyed state holds (keys, reduced values, accumulators, buffered records): a type
+/// the state store writes as an rkyv archive. The primitives, `String`, `CompactString`,
+/// `Vec`, `Option`, tuples and arrays of such types are; a type of your own derives
+/// `rkyv::Archive`, `rkyv::Serialize` and `rkyv::Deserialize` (re-exported as
+/// [`rkyv`](crate::rkyv)).
+pub use sluice_core::state::StateCodec;
+
+/// rkyv, the serialization framework of state and of records between nodes, for its derives.
+pub use rkyv;
+
 /// Small-string type for keys such as words: strings of up to 24 bytes live inline, so a
 /// record keyed by a short word needs no heap allocation.
 pub use compact_str::CompactString;

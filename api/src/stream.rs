@@ -28,6 +28,7 @@ use sluice_core::process::{KeyedProcess, KeyedProcessFunction};
 use sluice_core::sink::Sink;
 use sluice_core::source::Source;
 use sluice_core::stage::{GateStage, SourceStage};
+use sluice_core::state::StateCodec;
 use sluice_core::time::{
     AssignTimestamps, TimestampAssigner, WatermarkGenerator, WatermarkStrategy,
 };
@@ -285,10 +286,10 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
     ///
     /// ```
     /// let out = sluice::testing::run_local(2, |env| {
-    ///     let pairs = env.from_iter(vec![("a", 1), ("b", 2), ("a", 3)]);
+    ///     let pairs = env.from_iter(vec![('a', 1), ('b', 2), ('a', 3)]);
     ///     pairs.into_keyed().emit_final().sum().collect()
     /// });
-    /// assert_eq!(out, vec![("a", 4), ("b", 2)]);
+    /// assert_eq!(out, vec![('a', 4), ('b', 2)]);
     /// ```
     pub fn into_keyed<K, V>(self) -> PairKeyedStream<H, P, K, V>
     where
@@ -498,7 +499,7 @@ where
     /// after every record.
     pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, T)>, Reduce<F, K, T>>
     where
-        T: Clone,
+        T: Clone + StateCodec,
         F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     {
         let gate = hash_exchange(self.stream);
@@ -513,7 +514,7 @@ where
         field: F,
     ) -> DataStream<GateHead<(K, T)>, Reduce<impl FnMut(T, T) -> T + Clone + Send + Sync, K, T>>
     where
-        T: Clone,
+        T: Clone + StateCodec,
         N: AddAssign + Copy + 'static,
         F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
     {
@@ -525,6 +526,7 @@ where
     pub fn aggregate<A>(self, agg: A) -> DataStream<GateHead<(K, T)>, Aggregate<A, K, T>>
     where
         A: AggregateFunction<T>,
+        A::Acc: StateCodec,
     {
         let gate = hash_exchange(self.stream);
         DataStream::new(gate.env, gate.head, Aggregate::new(agg, Emit::Running))
@@ -548,8 +550,8 @@ where
     /// let env = sluice::Env::new();
     /// let out = env
     ///     .from_iter(vec![("a", 1), ("b", 2), ("a", 3)])
-    ///     .key_by(|(k, _): &(&str, i32)| *k)
-    ///     .process(|(k, v), ctx: &mut ProcessContext<'_, &'static str, String>| {
+    ///     .key_by(|(k, _): &(&str, i32)| k.to_string())
+    ///     .process(|(k, v), ctx: &mut ProcessContext<'_, String, String>| {
     ///         ctx.output(format!("{k}={v}"));
     ///         Ok(())
     ///     })
@@ -583,19 +585,19 @@ where
     /// ```
     /// let env = sluice::Env::new();
     /// let out = env
-    ///     .from_iter(vec![("a", 1), ("b", 2), ("a", 3)])
-    ///     .key_by(|(k, _): &(&str, i32)| *k)
+    ///     .from_iter(vec![("a".to_owned(), 1), ("b".to_owned(), 2), ("a".to_owned(), 3)])
+    ///     .key_by(|(k, _): &(String, i32)| k.clone())
     ///     .emit_final()
     ///     .reduce(|(k, x), (_, y)| (k, x + y))
     ///     .collect();
     /// env.execute("doc").unwrap();
     /// let mut got = out.take();
     /// got.sort();
-    /// assert_eq!(got, vec![("a", 4), ("b", 2)]);
+    /// assert_eq!(got, vec![("a".to_owned(), 4), ("b".to_owned(), 2)]);
     /// ```
     pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, T)>, Reduce<F, K, T>>
     where
-        T: Clone,
+        T: Clone + StateCodec,
         F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     {
         let gate = hash_exchange(self.stream.then(Combine::new(f.clone())));
@@ -610,7 +612,7 @@ where
         field: F,
     ) -> DataStream<GateHead<(K, T)>, Reduce<impl FnMut(T, T) -> T + Clone + Send + Sync, K, T>>
     where
-        T: Clone,
+        T: Clone + StateCodec,
         N: AddAssign + Copy + 'static,
         F: Fn(&mut T) -> &mut N + Clone + Send + Sync + 'static,
     {
@@ -623,6 +625,7 @@ where
     pub fn aggregate<A>(self, agg: A) -> DataStream<GateHead<(K, A::Acc)>, MergeAgg<A, K, T>>
     where
         A: AggregateFunction<T>,
+        A::Acc: StateCodec,
     {
         let gate = hash_exchange(self.stream.then(CombineAgg::new(agg.clone())));
         DataStream::new(gate.env, gate.head, MergeAgg::new(agg))
@@ -676,6 +679,7 @@ where
     /// after every record.
     pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, V)>, ReducePairs<F, K, V>>
     where
+        V: StateCodec,
         F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
     {
         let gate = hash_exchange(self.stream);
@@ -685,7 +689,7 @@ where
     /// Sums each key's values, emitting `(key, running sum)` after every record.
     pub fn sum(self) -> DataStream<GateHead<(K, V)>, ReducePairs<fn(V, V) -> V, K, V>>
     where
-        V: AddAssign,
+        V: AddAssign + StateCodec,
     {
         self.reduce(add_fn::<V> as fn(V, V) -> V)
     }
@@ -702,6 +706,7 @@ where
     /// when the input ends. `f` should be associative and commutative.
     pub fn reduce<F>(self, f: F) -> DataStream<GateHead<(K, V)>, ReducePairs<F, K, V>>
     where
+        V: StateCodec,
         F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
     {
         let gate = hash_exchange(self.stream.then(Combine::new(f.clone())));
@@ -711,7 +716,7 @@ where
     /// Sums each key's values; emits `(key, sum)` per key when the input ends.
     pub fn sum(self) -> DataStream<GateHead<(K, V)>, ReducePairs<fn(V, V) -> V, K, V>>
     where
-        V: AddAssign,
+        V: AddAssign + StateCodec,
     {
         self.reduce(add_fn::<V> as fn(V, V) -> V)
     }

@@ -144,12 +144,13 @@ where
     ///             WatermarkStrategy::for_bounded_out_of_orderness(0)
     ///                 .with_timestamp_assigner(|e: &(i64, &'static str)| e.0),
     ///         )
-    ///         .key_by(|e: &(i64, &'static str)| e.1)
+    ///         .key_by(|e: &(i64, &'static str)| e.1.to_owned())
     ///         .window(WindowAssigner::tumbling(1_000))
     ///         .aggregate(Count)
     ///         .map(|w| (w.key, w.window.start, w.value))
     ///         .collect()
     /// });
+    /// let out: Vec<(&str, i64, u64)> = out.iter().map(|(k, s, n)| (k.as_str(), *s, *n)).collect();
     /// assert_eq!(out, vec![("a", 0, 2), ("a", 1_000, 1), ("b", 0, 1)]);
     /// ```
     pub fn aggregate<A>(self, agg: A) -> WindowResult<K, T, AggregateWindow<A, T>, Tr>

@@ -328,7 +328,7 @@ fn many_unpinned_workers_connect_and_finish_repeatedly() {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let out = run_local(16, |env| {
-                env.from_iter(vec![("a", 1u32), ("b", 1), ("a", 1)])
+                env.from_iter(vec![('a', 1u32), ('b', 1), ('a', 1)])
                     .into_keyed()
                     .emit_final()
                     .sum()
@@ -339,7 +339,7 @@ fn many_unpinned_workers_connect_and_finish_repeatedly() {
         let out = done_rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("run {run} of 16 workers did not finish within 60 s"));
-        assert_eq!(out, vec![("a", 2), ("b", 1)]);
+        assert_eq!(out, vec![('a', 2), ('b', 1)]);
     }
 }
 

@@ -110,6 +110,11 @@ pub trait Pipe<In>: Clone + Send + Sync + 'static {
     fn attach<C: Collector<Self::Out>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C>;
     /// Appends the names of the operators in this step, for plans and error messages.
     fn names(&self, out: &mut Vec<String>);
+    /// Whether an operator of this step keeps keyed state (the stage then opens a state store
+    /// before attaching its chain).
+    fn uses_state(&self) -> bool {
+        false
+    }
 }
 
 /// The empty chain.
@@ -138,6 +143,9 @@ impl<In, A: Pipe<In>, B: Pipe<A::Out>> Pipe<In> for Then<A, B> {
     fn names(&self, out: &mut Vec<String>) {
         self.0.names(out);
         self.1.names(out);
+    }
+    fn uses_state(&self) -> bool {
+        self.0.uses_state() || self.1.uses_state()
     }
 }
 

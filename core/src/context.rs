@@ -22,6 +22,7 @@ use crate::element::{Timestamp, Watermark};
 use crate::error::Result;
 use crate::key::KeyGroups;
 use crate::metrics::JobMetrics;
+use crate::state::StageState;
 
 /// Processing-time callbacks one stage instance may have pending at once (Flink keeps one
 /// timer per key and window; Sluice coalesces per instant, so this bounds distinct instants).
@@ -123,6 +124,9 @@ struct Inner {
     sides: FastMap<u64, Rc<dyn Any>>,
     metrics: Arc<JobMetrics>,
     periodic_watermarks: bool,
+    state: Option<Rc<StageState>>,
+    /// A standalone context's store in memory, opened at first use.
+    memory_state: Option<std::cell::OnceCell<Rc<StageState>>>,
 }
 
 /// What an operator instance sees of where it runs. Cheap to clone: operators that need it
@@ -145,6 +149,8 @@ pub struct ContextBuilder {
     /// Whether watermark generators should also emit on a wall-clock period (a stage fed by an
     /// unbounded source, where records may trickle).
     pub periodic_watermarks: bool,
+    /// The stage instance's state store, if its operators keep keyed state.
+    pub state: Option<Rc<StageState>>,
     sides: FastMap<u64, Rc<dyn Any>>,
 }
 
@@ -162,6 +168,7 @@ impl ContextBuilder {
             stage: stage.to_owned(),
             metrics,
             periodic_watermarks: false,
+            state: None,
             sides: FastMap::default(),
         }
     }
@@ -186,6 +193,8 @@ impl ContextBuilder {
                 sides: self.sides,
                 metrics: self.metrics,
                 periodic_watermarks: self.periodic_watermarks,
+                state: self.state,
+                memory_state: None,
             }),
         }
     }
@@ -196,7 +205,12 @@ impl OperatorContext {
     pub fn standalone() -> OperatorContext {
         let key_groups = KeyGroups::new(crate::key::KEY_GROUPS_DEFAULT, 1)
             .unwrap_or_else(|_| unreachable!("128 key groups over 1 worker is valid"));
-        ContextBuilder::new(0, key_groups, "standalone", Arc::new(JobMetrics::new(1))).build()
+        let mut ctx =
+            ContextBuilder::new(0, key_groups, "standalone", Arc::new(JobMetrics::new(1))).build();
+        if let Some(inner) = Rc::get_mut(&mut ctx.inner) {
+            inner.memory_state = Some(std::cell::OnceCell::new());
+        }
+        ctx
     }
 
     /// This worker's index.
@@ -274,6 +288,26 @@ impl OperatorContext {
     /// Whether watermark generators in this stage should also emit on a wall-clock period.
     pub fn periodic_watermarks(&self) -> bool {
         self.inner.periodic_watermarks
+    }
+
+    /// The stage instance's state store. Present in a job when the chain's
+    /// [`Pipe::uses_state`](crate::chain::Pipe::uses_state) said so; a
+    /// [standalone](Self::standalone) context keeps its state in memory.
+    ///
+    /// # Panics
+    /// If the chain uses state but did not say so (a bug in the operator).
+    pub fn state(&self) -> &StageState {
+        if let Some(state) = self.inner.state.as_deref() {
+            return state;
+        }
+        let Some(memory) = &self.inner.memory_state else {
+            panic!("an operator uses keyed state without declaring it (Pipe::uses_state)")
+        };
+        memory.get_or_init(|| {
+            let state = StageState::in_memory(self.inner.key_groups)
+                .unwrap_or_else(|e| panic!("a state store in memory: {e}"));
+            Rc::new(state)
+        })
     }
 
     /// The side output `tag` of this stage, or a discarding one if no stream reads it.

@@ -82,6 +82,15 @@ pub enum Error {
     /// A bad job definition or option.
     #[error("{0}")]
     Config(String),
+    /// The state store failed (an I/O error, corrupt state on disk, a store that failed
+    /// closed after an earlier error).
+    #[error("{op}: {message}")]
+    State {
+        /// What was being done.
+        op: &'static str,
+        /// The store's one-line error.
+        message: String,
+    },
     /// A channel closed because another part of the job failed first. Never the root cause:
     /// the runtime reports the error that caused it instead.
     #[error("stage '{stage}' stopped: {what} closed before the end of input")]
@@ -100,9 +109,10 @@ impl Error {
     /// The error's domain.
     pub fn domain(&self) -> ErrorDomain {
         match self {
-            Error::Io { .. } | Error::IoOther { .. } | Error::Startup { .. } => {
-                ErrorDomain::External
-            }
+            Error::Io { .. }
+            | Error::IoOther { .. }
+            | Error::Startup { .. }
+            | Error::State { .. } => ErrorDomain::External,
             Error::Corrupt { .. } | Error::Operator { .. } | Error::Panic { .. } => {
                 ErrorDomain::User
             }

@@ -27,6 +27,7 @@ use crate::exchange::{
 use crate::key::{Key, KeyGroups};
 use crate::metrics::JobMetrics;
 use crate::sink::{Sink, SinkContext, SinkDrain};
+use crate::state::{StateRestore, StateSettings};
 
 /// What a stage instance knows about where it runs.
 #[derive(Clone)]
@@ -47,6 +48,10 @@ pub struct WorkerContext {
     pub source_rate: Option<f64>,
     /// The checkpoint the job resumed from (0: a fresh start).
     pub restored_id: u64,
+    /// Where stateful stages keep their stores.
+    pub state: Option<Arc<StateSettings>>,
+    /// Per stage, where its state comes from on a restore.
+    pub state_restore: Arc<Vec<Option<StateRestore>>>,
     cancelled: Arc<AtomicBool>,
 }
 
@@ -68,6 +73,8 @@ impl WorkerContext {
             checkpoints: None,
             source_rate: None,
             restored_id: 0,
+            state: None,
+            state_restore: Arc::new(Vec::new()),
             cancelled,
         }
     }

@@ -10,6 +10,7 @@
 //! length as a little-endian `u32`.
 
 use compact_str::CompactString;
+use sluice_state::Codec as StateCodec;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 /// Default number of key groups, like Flink's default max parallelism.
@@ -47,9 +48,14 @@ impl Default for StableHasher {
     }
 }
 
-/// A key of a keyed stream: comparable, hashable in memory, and with a stable, portable hash
-/// ([`Key::stable_hash`]) that decides its key group.
-pub trait Key: Clone + Eq + std::hash::Hash + Send + 'static {
+/// A key of a keyed stream: comparable, hashable in memory, storable (keyed state keeps it in
+/// the state store, so it is an rkyv archive there: [`StateCodec`]), and with a stable, portable
+/// hash ([`Key::stable_hash`]) that decides its key group.
+///
+/// Implemented for strings (`String`, `CompactString`), byte strings, integers, `bool`,
+/// `char`, `()` and tuples of keys; a key type of your own derives rkyv's `Archive`,
+/// `Serialize` and `Deserialize` and implements [`Key::write_canonical`].
+pub trait Key: StateCodec + Clone + Eq + std::hash::Hash + Send {
     /// Feeds the key's canonical bytes into `h` (as one field when part of a tuple).
     fn write_canonical(&self, h: &mut StableHasher);
     /// The stable hash of the key. The default streams [`Key::write_canonical`]; leaf types
@@ -80,7 +86,6 @@ bytes_key! {
     String => |v| v.as_bytes(),
     CompactString => |v| v.as_bytes(),
     Vec<u8> => |v| v.as_slice(),
-    &'static str => |v| v.as_bytes(),
 }
 
 macro_rules! int_key {

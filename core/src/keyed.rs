@@ -2,8 +2,10 @@
 //! that pre-aggregate before the exchange when only final values are wanted.
 //!
 //! Records arrive as `(key, value)` pairs: the key is extracted once, before the hash exchange,
-//! and travels with the value. State is one map per worker holding the worker's key groups.
-//! The state-store issue moves it into the log-structured store behind the same operators.
+//! and travels with the value. The aggregations keep their values in a table of the stage's
+//! state store (`crate::state`), so they are checkpointed and may exceed memory; the combiners
+//! hold values only until the next barrier, watermark maximum or end of input, when they send
+//! them all on, so they keep no state across a checkpoint.
 //!
 //! Two emission modes ([`Emit`]): `Running` emits the updated value for every record, as
 //! Flink's keyed `reduce` does; `Final` emits one value per key when the input ends. Under
@@ -21,6 +23,7 @@ use crate::context::OperatorContext;
 use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::state::{OpTable, StateCodec};
 
 /// Distinct keys a combiner holds before it sends them all on: bounds its memory.
 pub const COMBINE_KEYS_MAX: usize = 1 << 16;
@@ -141,33 +144,54 @@ impl<F, K, T> Reduce<F, K, T> {
 pub struct ReduceOp<F, K, T, C> {
     f: F,
     emit: Emit,
-    state: FastMap<K, Option<T>>,
+    state: OpTable<(), K, Option<T>>,
     next: C,
+}
+
+/// Emits and drops every value of `state` (the final values).
+fn emit_all<K, V, O, C>(
+    state: &mut OpTable<(), K, V>,
+    next: &mut C,
+    mut out: impl FnMut(K, V) -> Option<O>,
+) -> Result<()>
+where
+    K: Key,
+    V: StateCodec,
+    C: Collector<O>,
+{
+    let values = state.get()?.lock().take_namespace(&())?;
+    for (key, value) in values {
+        if let Some(o) = out(key, value) {
+            next.collect(o, NO_TIMESTAMP)?;
+        }
+    }
+    Ok(())
 }
 
 impl<F, K, T, C> Collector<(K, T)> for ReduceOp<F, K, T, C>
 where
     F: FnMut(T, T) -> T,
     K: Key,
-    T: Clone,
+    T: Clone + StateCodec,
     C: Collector<T>,
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
-        let slot = self.state.entry(key).or_insert(None);
+        let mut table = self.state.get()?.lock();
+        let slot = table.get_or_insert_with(&(), key, || None)?;
         fold_into(&mut self.f, slot, value);
         match (self.emit, slot.as_ref()) {
-            (Emit::Running, Some(v)) => self.next.collect(v.clone(), ts),
+            (Emit::Running, Some(v)) => {
+                let v = v.clone();
+                drop(table);
+                self.next.collect(v, ts)
+            }
             _ => Ok(()),
         }
     }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
-            for (_, value) in this.state.drain() {
-                if let Some(v) = value {
-                    this.next.collect(v, NO_TIMESTAMP)?;
-                }
-            }
+            emit_all(&mut this.state, &mut this.next, |_, v| v)?;
         }
         Ok::<(), Error>(())
     });
@@ -177,20 +201,23 @@ impl<F, K, T> Pipe<(K, T)> for Reduce<F, K, T>
 where
     F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     K: Key,
-    T: Clone + 'static,
+    T: Clone + StateCodec,
 {
     type Out = T;
     type Op<C: Collector<T>> = ReduceOp<F, K, T, C>;
-    fn attach<C: Collector<T>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
+    fn attach<C: Collector<T>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
         ReduceOp {
             f: self.f,
             emit: self.emit,
-            state: FastMap::default(),
+            state: OpTable::register(ctx, "reduce"),
             next,
         }
     }
     fn names(&self, out: &mut Vec<String>) {
         out.push(format!("reduce({})", emit_name(self.emit)));
+    }
+    fn uses_state(&self) -> bool {
+        true
     }
 }
 
@@ -301,35 +328,37 @@ impl<A, K, T> Aggregate<A, K, T> {
 pub struct AggregateOp<A: AggregateFunction<T>, K, T, C> {
     f: A,
     emit: Emit,
-    state: FastMap<K, A::Acc>,
+    state: OpTable<(), K, A::Acc>,
     next: C,
 }
 
 impl<A, K, T, C> Collector<(K, T)> for AggregateOp<A, K, T, C>
 where
     A: AggregateFunction<T>,
+    A::Acc: StateCodec,
     K: Key,
     C: Collector<A::Out>,
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
         let f = &self.f;
-        let acc = self
-            .state
-            .entry(key)
-            .or_insert_with(|| f.create_accumulator());
+        let mut table = self.state.get()?.lock();
+        let acc = table.get_or_insert_with(&(), key, || f.create_accumulator())?;
         f.add(acc, value);
         if self.emit == Emit::Running {
-            self.next.collect(f.get_result(acc), ts)
+            let out = f.get_result(acc);
+            drop(table);
+            self.next.collect(out, ts)
         } else {
             Ok(())
         }
     }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
-            for (_, acc) in this.state.drain() {
-                this.next.collect(this.f.get_result(&acc), NO_TIMESTAMP)?;
-            }
+            let f = &this.f;
+            emit_all(&mut this.state, &mut this.next, |_, acc| {
+                Some(f.get_result(&acc))
+            })?;
         }
         Ok::<(), Error>(())
     });
@@ -338,21 +367,25 @@ where
 impl<A, K, T> Pipe<(K, T)> for Aggregate<A, K, T>
 where
     A: AggregateFunction<T>,
+    A::Acc: StateCodec,
     K: Key,
     T: 'static,
 {
     type Out = A::Out;
     type Op<C: Collector<A::Out>> = AggregateOp<A, K, T, C>;
-    fn attach<C: Collector<A::Out>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
+    fn attach<C: Collector<A::Out>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
         AggregateOp {
             f: self.f,
             emit: self.emit,
-            state: FastMap::default(),
+            state: OpTable::register(ctx, "aggregate"),
             next,
         }
     }
     fn names(&self, out: &mut Vec<String>) {
         out.push(format!("aggregate({})", emit_name(self.emit)));
+    }
+    fn uses_state(&self) -> bool {
+        true
     }
 }
 
@@ -458,30 +491,31 @@ impl<A, K, T> MergeAgg<A, K, T> {
 /// The instantiated [`MergeAgg`].
 pub struct MergeAggOp<A: AggregateFunction<T>, K, T, C> {
     f: A,
-    state: FastMap<K, A::Acc>,
+    state: OpTable<(), K, A::Acc>,
     next: C,
 }
 
 impl<A, K, T, C> Collector<(K, A::Acc)> for MergeAggOp<A, K, T, C>
 where
     A: AggregateFunction<T>,
+    A::Acc: StateCodec,
     K: Key,
     C: Collector<A::Out>,
 {
     #[inline]
     fn collect(&mut self, (key, other): (K, A::Acc), _ts: Timestamp) -> Result<()> {
-        match self.state.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut e) => self.f.merge(e.get_mut(), other),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(other);
-            }
+        let mut table = self.state.get()?.lock();
+        match table.get_mut(&(), &key)? {
+            Some(acc) => self.f.merge(acc, other),
+            None => table.insert(&(), key, other)?,
         }
         Ok(())
     }
     final_hooks!(|this| {
-        for (_, acc) in this.state.drain() {
-            this.next.collect(this.f.get_result(&acc), NO_TIMESTAMP)?;
-        }
+        let f = &this.f;
+        emit_all(&mut this.state, &mut this.next, |_, acc| {
+            Some(f.get_result(&acc))
+        })?;
         Ok::<(), Error>(())
     });
 }
@@ -489,20 +523,24 @@ where
 impl<A, K, T> Pipe<(K, A::Acc)> for MergeAgg<A, K, T>
 where
     A: AggregateFunction<T>,
+    A::Acc: StateCodec,
     K: Key,
     T: 'static,
 {
     type Out = A::Out;
     type Op<C: Collector<A::Out>> = MergeAggOp<A, K, T, C>;
-    fn attach<C: Collector<A::Out>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
+    fn attach<C: Collector<A::Out>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
         MergeAggOp {
             f: self.f,
-            state: FastMap::default(),
+            state: OpTable::register(ctx, "aggregate"),
             next,
         }
     }
     fn names(&self, out: &mut Vec<String>) {
         out.push("aggregate(final)".to_owned());
+    }
+    fn uses_state(&self) -> bool {
+        true
     }
 }
 
@@ -530,7 +568,7 @@ impl<F, K, V> ReducePairs<F, K, V> {
 pub struct ReducePairsOp<F, K, V, C> {
     f: F,
     emit: Emit,
-    state: FastMap<K, Option<V>>,
+    state: OpTable<(), K, Option<V>>,
     next: C,
 }
 
@@ -538,34 +576,34 @@ impl<F, K, V, C> Collector<(K, V)> for ReducePairsOp<F, K, V, C>
 where
     F: FnMut(V, V) -> V,
     K: Key,
-    V: Clone,
+    V: Clone + StateCodec,
     C: Collector<(K, V)>,
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, V), ts: Timestamp) -> Result<()> {
+        let mut table = self.state.get()?.lock();
         if self.emit == Emit::Final {
-            let slot = self.state.entry(key).or_insert(None);
+            let slot = table.get_or_insert_with(&(), key, || None)?;
             fold_into(&mut self.f, slot, value);
             return Ok(());
         }
         // The key is cloned only when it is new.
-        let slot = match self.state.get_mut(&key) {
+        let slot = match table.get_mut(&(), &key)? {
             Some(slot) => slot,
-            None => self.state.entry(key.clone()).or_insert(None),
+            None => table.get_or_insert_with(&(), key.clone(), || None)?,
         };
         fold_into(&mut self.f, slot, value);
-        match slot.as_ref() {
-            Some(v) => self.next.collect((key, v.clone()), ts),
+        match slot.clone() {
+            Some(v) => {
+                drop(table);
+                self.next.collect((key, v), ts)
+            }
             None => Ok(()),
         }
     }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
-            for (key, value) in this.state.drain() {
-                if let Some(v) = value {
-                    this.next.collect((key, v), NO_TIMESTAMP)?;
-                }
-            }
+            emit_all(&mut this.state, &mut this.next, |k, v| v.map(|v| (k, v)))?;
         }
         Ok::<(), Error>(())
     });
@@ -575,20 +613,23 @@ impl<F, K, V> Pipe<(K, V)> for ReducePairs<F, K, V>
 where
     F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
     K: Key,
-    V: Clone + 'static,
+    V: Clone + StateCodec,
 {
     type Out = (K, V);
     type Op<C: Collector<(K, V)>> = ReducePairsOp<F, K, V, C>;
-    fn attach<C: Collector<(K, V)>>(self, next: C, _ctx: &OperatorContext) -> Self::Op<C> {
+    fn attach<C: Collector<(K, V)>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
         ReducePairsOp {
             f: self.f,
             emit: self.emit,
-            state: FastMap::default(),
+            state: OpTable::register(ctx, "reduce"),
             next,
         }
     }
     fn names(&self, out: &mut Vec<String>) {
         out.push(format!("reduce({})", emit_name(self.emit)));
+    }
+    fn uses_state(&self) -> bool {
+        true
     }
 }
 

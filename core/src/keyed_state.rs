@@ -407,13 +407,13 @@ mod tests {
     fn handles_are_scoped_to_the_current_key() {
         let mut s: KeyedState<u32> = KeyedState::default();
         let count = s.value_state::<u64>("count");
-        let seen = s.list_state::<&str>("seen");
+        let seen = s.list_state::<char>("seen");
         let tags = s.map_state::<&str, u8>("tags");
         let sum = s.reducing_state("sum", |a: i64, b: i64| a + b);
         s.set_current_key(1);
         count.update(&mut s, 5);
-        seen.add(&mut s, "a");
-        seen.add(&mut s, "b");
+        seen.add(&mut s, 'a');
+        seen.add(&mut s, 'b');
         tags.put(&mut s, "x", 1);
         sum.add(&mut s, 3);
         sum.add(&mut s, 4);
@@ -423,10 +423,10 @@ mod tests {
         count.update(&mut s, 9);
         s.set_current_key(1);
         assert_eq!(count.value(&s), Some(&5));
-        assert_eq!(seen.get(&s), &["a", "b"]);
+        assert_eq!(seen.get(&s), &['a', 'b']);
         assert_eq!(tags.get(&s, &"x"), Some(&1));
         assert_eq!(sum.get(&s), Some(&7));
-        assert_eq!(seen.clear(&mut s), vec!["a", "b"]);
+        assert_eq!(seen.clear(&mut s), vec!['a', 'b']);
         assert!(seen.get(&s).is_empty());
         // Declaring again by name finds the same state.
         let again = s.value_state::<u64>("count");

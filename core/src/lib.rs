@@ -6,8 +6,8 @@
 //! ([`source`], [`sink`]), the seams through which time and I/O enter ([`clock`], [`io`]), and
 //! the thread-per-core worker runtime ([`runtime`]).
 //!
-//! Invariant: nothing here depends on `sluice-state` or `sluice-net` types at the API surface,
-//! and no module but [`clock`] reads the wall clock.
+//! Invariant: no module but [`clock`] reads the wall clock. `sluice-state` (the store) and
+//! `sluice-net` (the transport) sit below this crate and never depend on it.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
@@ -31,6 +31,7 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod state;
 pub mod testkit;
 pub mod time;
 pub mod timers;

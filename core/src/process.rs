@@ -304,8 +304,8 @@ mod tests {
         last: ValueState<i64>,
     }
 
-    impl KeyedProcessFunction<&'static str, u32, (&'static str, u64)> for CountWithTimeout {
-        fn open(&mut self, state: &mut KeyedState<&'static str>) -> Result<()> {
+    impl KeyedProcessFunction<char, u32, (char, u64)> for CountWithTimeout {
+        fn open(&mut self, state: &mut KeyedState<char>) -> Result<()> {
             self.count = state.value_state("count");
             self.last = state.value_state("last");
             Ok(())
@@ -313,7 +313,7 @@ mod tests {
         fn process_element(
             &mut self,
             _value: u32,
-            ctx: &mut ProcessContext<'_, &'static str, (&'static str, u64)>,
+            ctx: &mut ProcessContext<'_, char, (char, u64)>,
         ) -> Result<()> {
             let ts = ctx.timestamp();
             let n = self.count.value(ctx.state()).copied().unwrap_or(0) + 1;
@@ -329,7 +329,7 @@ mod tests {
             &mut self,
             timestamp: Timestamp,
             domain: TimeDomain,
-            ctx: &mut ProcessContext<'_, &'static str, (&'static str, u64)>,
+            ctx: &mut ProcessContext<'_, char, (char, u64)>,
         ) -> Result<()> {
             assert_eq!(domain, TimeDomain::EventTime);
             let n = self.count.clear(ctx.state()).unwrap_or(0);
@@ -342,13 +342,13 @@ mod tests {
     #[test]
     fn timers_fire_in_order_before_the_watermark_passes() {
         let mut h = Harness::new(KeyedProcess::new(CountWithTimeout::default()));
-        h.record(("a", 1), 100).unwrap();
-        h.record(("b", 1), 101).unwrap();
-        h.record(("a", 1), 105).unwrap();
+        h.record(('a', 1), 100).unwrap();
+        h.record(('b', 1), 101).unwrap();
+        h.record(('a', 1), 105).unwrap();
         h.watermark(111).unwrap();
-        assert_eq!(h.take_timestamped(), vec![(("b", 1), 111)]);
+        assert_eq!(h.take_timestamped(), vec![(('b', 1), 111)]);
         h.watermark(200).unwrap();
-        assert_eq!(h.take_timestamped(), vec![(("a", 2), 115)]);
+        assert_eq!(h.take_timestamped(), vec![(('a', 2), 115)]);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -34,6 +34,7 @@ use crate::graph::Prepare;
 use crate::graph::{JobGraph, WorkerContext};
 use crate::key::{KEY_GROUPS_DEFAULT, KeyGroups};
 use crate::metrics::{JobMetrics, Progress};
+use crate::state::{StateRestore, StateSettings};
 
 /// glommio refuses to start below this locked-memory limit.
 const MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
@@ -75,6 +76,12 @@ pub struct RuntimeConfig {
     pub savepoint_dir: Option<PathBuf>,
     /// Raised (by a signal handler) to stop the job with a savepoint in `savepoint_dir`.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Resident bytes of keyed state per stateful stage and worker before the store evicts to
+    /// disk.
+    pub state_budget_bytes: usize,
+    /// Where keyed state lives without checkpoints (default: a scratch directory under the
+    /// system's temporary directory, removed when the job ends).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where a job resumes from.
@@ -101,6 +108,8 @@ impl Default for RuntimeConfig {
             source_rate: None,
             savepoint_dir: None,
             stop: None,
+            state_budget_bytes: crate::state::STATE_BUDGET_BYTES_DEFAULT,
+            state_dir: None,
         }
     }
 }
@@ -305,6 +314,9 @@ fn run_once(
         Coordinator::new(config.checkpoints.clone(), info, restored_id)
     });
 
+    let (state, scratch) = state_settings(config)?;
+    let state_restore = Arc::new(state_restores(graph, restore));
+
     let cpus = available_cpus();
     let pinned = config.pin && workers <= cpus.len();
     let cancelled = Arc::new(AtomicBool::new(false));
@@ -322,6 +334,8 @@ fn run_once(
         ctx.checkpoints = coordinator.as_ref().map(Coordinator::control);
         ctx.source_rate = config.source_rate;
         ctx.restored_id = restored_id;
+        ctx.state = Some(state.clone());
+        ctx.state_restore = state_restore.clone();
         let (graph, events_tx) = (graph.clone(), events_tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("{WORKER_THREAD_PREFIX}{w}"))
@@ -407,6 +421,9 @@ fn run_once(
     let elapsed = clock.elapsed();
     let progress = metrics.snapshot();
     on_progress(progress, elapsed);
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let stats = coordinator.map(|c| c.stats().clone()).unwrap_or_default();
     if savepoint.is_some() {
         // Stopped with a savepoint: the cancellations it caused are the way it stops.
@@ -431,6 +448,81 @@ fn run_once(
         savepoint,
         checkpoints: stats,
     })
+}
+
+/// Where this run's stores go: under the checkpoint directory with checkpoints, else in a
+/// scratch directory (returned, to be removed when the run ends).
+fn state_settings(config: &RuntimeConfig) -> Result<(Arc<StateSettings>, Option<PathBuf>)> {
+    // Unique among the runs of this process (tests run jobs concurrently) and across processes.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let clock = SystemClock::new();
+    let run = format!(
+        "run-{:x}-{:x}-{}",
+        clock.now_ms(),
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    let (root, scratch) = match (&config.checkpoints, &config.state_dir) {
+        (Some(c), _) => (c.dir.join("state"), None),
+        (None, Some(dir)) => (dir.clone(), Some(dir.join(&run))),
+        (None, None) => {
+            // Its own directory, not a shared parent another user may own.
+            let dir = std::env::temp_dir().join(format!("sluice-state-{run}"));
+            (dir.clone(), Some(dir))
+        }
+    };
+    let retained = config.checkpoints.as_ref().map_or(1, |c| c.retain.max(1));
+    let settings = StateSettings {
+        root,
+        run,
+        budget_bytes: config.state_budget_bytes,
+        retained,
+    };
+    Ok((Arc::new(settings), scratch))
+}
+
+/// Per stage of the graph, where its state comes from on this restore: the stores its
+/// instances acknowledged, resolved against the checkpoint's directory.
+fn state_restores(
+    graph: &JobGraph,
+    restore: Option<&metadata::Complete>,
+) -> Vec<Option<StateRestore>> {
+    let Some((dir, meta)) = restore else {
+        return Vec::new();
+    };
+    (0..graph.stages.len())
+        .map(|i| {
+            let stage = meta.stages.get(i)?;
+            let mut instances: Vec<_> = stage.instances.iter().collect();
+            instances.sort_by_key(|inst| inst.worker);
+            let dirs: Option<Vec<PathBuf>> = instances
+                .iter()
+                .map(|inst| inst.state.as_ref().map(|rel| normalize(&dir.join(rel))))
+                .collect();
+            let dirs = dirs.filter(|d| !d.is_empty())?;
+            Some(StateRestore {
+                checkpoint_id: meta.checkpoint_id,
+                workers: meta.workers,
+                dirs,
+                savepoint: meta.savepoint,
+            })
+        })
+        .collect()
+}
+
+/// `path` without `..` and `.` components (a checkpoint's state paths are relative to it).
+fn normalize(path: &std::path::Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The error to report: the first that is not a mere consequence of another.

@@ -19,7 +19,17 @@ pub const ARCHIVE_ALIGN: usize = 16;
 pub type Scratch = AlignedVec<ARCHIVE_ALIGN>;
 
 /// A type the store can write to and read from disk.
-pub trait Codec: Sized + 'static {
+///
+/// The rkyv bounds are supertraits, so generic code that knows `T: Codec` also knows that
+/// `Option<T>`, `Vec<T>`, `(i64, T)` and any `#[derive(Archive, …)]` struct of `T` are `Codec`.
+pub trait Codec:
+    Archive<
+        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+                      + Deserialize<Self, HighDeserializer<rancor::Error>>,
+    > + for<'a> Serialize<HighSerializer<Scratch, ArenaHandle<'a>, rancor::Error>>
+    + Sized
+    + 'static
+{
     /// Serializes `self` into `scratch` (cleared first).
     fn encode(&self, scratch: &mut Scratch) -> Result<(), String>;
     /// Validates and deserializes an archive; `bytes` must start at an address aligned to

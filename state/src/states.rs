@@ -163,4 +163,3 @@ impl<D: Disk> Store<D> {
         Ok(TimerSet { table, index })
     }
 }
-

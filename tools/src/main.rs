@@ -5,8 +5,8 @@
 mod bench;
 mod bench_net;
 mod bench_nexmark;
-mod bench_window;
 mod bench_state;
+mod bench_window;
 mod cli;
 mod demo;
 mod inspect;

@@ -154,10 +154,16 @@ impl Coordinator {
             return Ok(Tick::Continue);
         }
         let id = match (&self.savepoint_dir, self.savepoint_id) {
-            (Some(_), None) => {
+            (Some(root), None) => {
                 let id = self.tracker.start_now(now);
                 if let Some(id) = id {
                     self.savepoint_id = Some(id);
+                    let dir = root.join(format!("savepoint-{id}-{now}"));
+                    *self
+                        .control
+                        .savepoint_dir
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(dir);
                     self.control.stop_after.store(id, Ordering::Release);
                 }
                 id
@@ -184,8 +190,9 @@ impl Coordinator {
     ) -> Result<Option<PathBuf>> {
         let now = self.clock.now_ms();
         let savepoint = self.savepoint_id == Some(id);
-        let dir = match (&self.savepoint_dir, &self.config) {
-            (Some(root), _) if savepoint => root.join(format!("savepoint-{id}-{now}")),
+        let savepoint_dir = self.control.savepoint_dir(id);
+        let dir = match (savepoint_dir, &self.config) {
+            (Some(dir), _) if savepoint => dir,
             (_, Some(config)) => metadata::checkpoint_dir(&config.dir, id),
             (_, None) => return Ok(None),
         };

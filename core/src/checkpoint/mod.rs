@@ -113,6 +113,8 @@ pub struct CheckpointControl {
     pub completed: AtomicU64,
     /// A savepoint was asked for: sources stop after injecting its barrier.
     pub stop_after: AtomicU64,
+    /// The directory of that savepoint, where the stages write their state.
+    pub savepoint_dir: Mutex<Option<std::path::PathBuf>>,
     to_coordinator: Mutex<mpsc::Sender<ToCoordinator>>,
 }
 
@@ -125,6 +127,7 @@ impl CheckpointControl {
             trigger_ms: AtomicU64::new(0),
             completed: AtomicU64::new(last),
             stop_after: AtomicU64::new(0),
+            savepoint_dir: Mutex::new(None),
             to_coordinator: Mutex::new(to_coordinator),
         })
     }
@@ -144,6 +147,16 @@ impl CheckpointControl {
     /// Whether checkpoint `id` was taken to stop the job (a savepoint).
     pub fn stops_at(&self, id: u64) -> bool {
         self.stop_after.load(Ordering::Acquire) == id && id != 0
+    }
+    /// The directory of the savepoint `id`, if it is the stopping savepoint.
+    pub fn savepoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
+        if !self.stops_at(id) {
+            return None;
+        }
+        self.savepoint_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -22,6 +22,7 @@ mod source;
 pub use gate::GateStage;
 pub use source::SourceStage;
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::chain::{Collector, Outbox, OutboxRef, Pipe};
@@ -31,6 +32,7 @@ use crate::element::{CheckpointBarrier, Watermark, WatermarkStatus};
 use crate::error::Result;
 use crate::exchange::OutputDrain;
 use crate::graph::{OutputSpec, SideOutputSpec, SidePort, WorkerContext};
+use crate::state::StageState;
 
 /// A stage's running parts on one worker: the chain, where its output goes, its side outputs.
 struct Running<In, T, C, D> {
@@ -40,6 +42,7 @@ struct Running<In, T, C, D> {
     outbox: OutboxRef<T>,
     sides: Vec<Box<dyn SidePort>>,
     ctx: OperatorContext,
+    state: Option<Rc<StageState>>,
 }
 
 /// Opens a stage's outputs on one worker and attaches its chain in front of them.
@@ -57,8 +60,18 @@ where
 {
     let outbox = Outbox::new_ref();
     let (tail, drain) = out.open(ctx, outbox.clone(), name).await?;
+    let state = match (&ctx.state, pipe.uses_state()) {
+        (Some(settings), true) => {
+            let restore = ctx.state_restore.get(ctx.stage).and_then(Option::as_ref);
+            let opened =
+                StageState::open(settings, ctx.stage, ctx.worker, ctx.key_groups, restore).await?;
+            Some(Rc::new(opened))
+        }
+        _ => None,
+    };
     let mut builder = ContextBuilder::new(ctx.worker, ctx.key_groups, name, ctx.metrics.clone());
     builder.periodic_watermarks = periodic_watermarks;
+    builder.state = state.clone();
     let mut ports = Vec::with_capacity(sides.len());
     for side in sides {
         ports.push(side.open(ctx, &mut builder, name).await?);
@@ -72,6 +85,7 @@ where
         outbox,
         sides: ports,
         ctx: op_ctx,
+        state,
     })
 }
 
@@ -132,27 +146,84 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
         barrier: CheckpointBarrier,
         splits: Vec<SplitState>,
     ) -> Result<()> {
+        let id = barrier.checkpoint_id;
         let started = self.ctx.monotonic_us();
+        let savepoint = wctx.checkpoints.as_ref().and_then(|c| c.savepoint_dir(id));
         self.barrier(barrier)?;
+        // The synchronous part: freeze the dirty state (a savepoint copies it whole below).
+        let frozen = match (&self.state, &savepoint) {
+            (Some(state), None) => Some(
+                state
+                    .store()
+                    .freeze(id)
+                    .map_err(|e| state_err("freeze state", e))?,
+            ),
+            _ => None,
+        };
         let sync_us = self.ctx.monotonic_us() - started;
         self.drain().await?;
-        if let Some(control) = &wctx.checkpoints {
-            control.send(ToCoordinator::Ack(Ack {
-                checkpoint_id: barrier.checkpoint_id,
-                stage: wctx.stage,
-                worker: wctx.worker,
-                splits,
-                state: None,
-                sync_us,
-                duration_us: self.ctx.monotonic_us() - started,
-            }));
+        let ack = Ack {
+            checkpoint_id: id,
+            stage: wctx.stage,
+            worker: wctx.worker,
+            splits,
+            state: None,
+            sync_us,
+            duration_us: 0,
+        };
+        let Some(state) = self.state.clone() else {
+            send_ack(wctx, ack, self.ctx.monotonic_us() - started);
+            return Ok(());
+        };
+        if let Some(dir) = savepoint {
+            // A savepoint: a self-contained copy, key-group ordered, inside its directory.
+            let rel = format!("state/stage-{}/worker-{}", wctx.stage, wctx.worker);
+            state
+                .store()
+                .savepoint(id, &dir.join(&rel))
+                .await
+                .map_err(|e| state_err("write savepoint state", e))?;
+            let ack = Ack {
+                state: Some(rel),
+                ..ack
+            };
+            send_ack(wctx, ack, self.ctx.monotonic_us() - started);
+            return Ok(());
         }
+        let Some(frozen) = frozen else {
+            return Ok(());
+        };
+        // The frozen entries are written in a task of their own while records keep flowing;
+        // the acknowledgement goes out once they are durable.
+        let (wctx, ctx) = (wctx.clone(), self.ctx.clone());
+        let rel = checkpoint_relative(&state, &wctx);
+        glommio::spawn_local(async move {
+            match state.store().write(frozen).await {
+                Ok(_) => {
+                    let ack = Ack {
+                        state: Some(rel),
+                        ..ack
+                    };
+                    send_ack(&wctx, ack, ctx.monotonic_us() - started);
+                }
+                Err(e) => {
+                    state.fail(state_err("write checkpoint state", e));
+                    wctx.cancel();
+                }
+            }
+        })
+        .detach();
         Ok(())
     }
 
-    /// Sends what the chain emitted, awaiting channel capacity or sink I/O.
+    /// Sends what the chain emitted, awaiting channel capacity or sink I/O, and writes out
+    /// state evicted meanwhile.
     async fn drain(&mut self) -> Result<()> {
         self.drain.drain(&self.outbox).await?;
+        if let Some(state) = &self.state {
+            state.check()?;
+            state.flush().await?;
+        }
         for side in &mut self.sides {
             if side.has_output() {
                 side.drain().await?;
@@ -176,6 +247,30 @@ fn stage_name(
         name.push_str(&format!(" (+ {})", side.describe()));
     }
     name
+}
+
+fn state_err(op: &'static str, e: impl std::fmt::Display) -> crate::Error {
+    crate::Error::State {
+        op,
+        message: crate::runtime::one_line(&e.to_string()),
+    }
+}
+
+fn send_ack(wctx: &WorkerContext, ack: Ack, duration_us: u64) {
+    if let Some(control) = &wctx.checkpoints {
+        control.send(ToCoordinator::Ack(Ack { duration_us, ..ack }));
+    }
+}
+
+/// A checkpoint's state directory as its metadata names it: relative to the metadata's own
+/// directory (`<checkpoint dir>/chk-<id>`).
+fn checkpoint_relative(state: &StageState, wctx: &WorkerContext) -> String {
+    let root = wctx.state.as_ref().map(|s| s.root.as_path());
+    let checkpoint_dir = root.and_then(std::path::Path::parent);
+    match checkpoint_dir.and_then(|d| state.dir().strip_prefix(d).ok()) {
+        Some(rel) => format!("../{}", rel.display()),
+        None => state.dir().display().to_string(),
+    }
 }
 
 /// Tells the coordinator that this instance finished: no more acknowledgements from it.

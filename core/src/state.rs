@@ -1,0 +1,383 @@
+//! Keyed state in the per-core log-structured store (`sluice-state`): one store per stateful
+//! stage instance, opened before the stage's chain is attached, so its operators register
+//! their tables when they attach.
+//!
+//! Where a store lives: under the job's state root (`<checkpoint dir>/state`, or a scratch
+//! directory removed at the end of a job without checkpoints), in `<run>/stage-<i>/worker-<w>`
+//! where `<run>` is unique to the run that created it. A restore with the same number of
+//! workers reopens each instance's store at the restored checkpoint and goes on writing
+//! incrementally into it; a restore with another number of workers (or from a savepoint)
+//! builds a new store per worker from the key groups it now owns, read out of the old stores.
+//!
+//! At a barrier the stage freezes its store (the synchronous part: copy-on-write of the dirty
+//! sets), sends the barrier on, and writes the frozen entries in a task of its own while
+//! records keep flowing; the acknowledgement goes out when they are durable.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use std::io;
+
+use sluice_state::sim::SimDisk;
+use sluice_state::{
+    Codec, Disk, DiskReader, DiskWriter, GlommioDisk, Ns, Store, StoreConfig, Table, TableConfig,
+};
+
+use crate::error::{Error, Result};
+use crate::key::{Key, KeyGroups};
+
+pub use sluice_state::{Codec as StateCodec, Ns as StateNs};
+
+/// The store of one stage instance.
+pub type StateStore = Store<StateDisk>;
+
+/// Where a store keeps its files: real files through io_uring in a job, or memory for an
+/// operator tested on its own ([`crate::testkit`], [`OperatorContext::standalone`]).
+///
+/// [`OperatorContext::standalone`]: crate::context::OperatorContext::standalone
+#[derive(Clone, Debug)]
+pub enum StateDisk {
+    /// glommio DMA files.
+    Files(GlommioDisk),
+    /// A simulated disk in memory.
+    Memory(SimDisk),
+}
+
+/// A file being written on a [`StateDisk`].
+pub enum StateWriter {
+    /// On glommio.
+    Files(<GlommioDisk as Disk>::Writer),
+    /// In memory.
+    Memory(<SimDisk as Disk>::Writer),
+}
+
+/// A file being read on a [`StateDisk`].
+pub enum StateReader {
+    /// On glommio.
+    Files(<GlommioDisk as Disk>::Reader),
+    /// In memory.
+    Memory(<SimDisk as Disk>::Reader),
+}
+
+macro_rules! on_disk {
+    ($self:expr, |$d:ident| $e:expr) => {
+        match $self {
+            StateDisk::Files($d) => $e,
+            StateDisk::Memory($d) => $e,
+        }
+    };
+}
+
+impl Disk for StateDisk {
+    type Writer = StateWriter;
+    type Reader = StateReader;
+    async fn create(&self, path: &Path) -> io::Result<StateWriter> {
+        Ok(match self {
+            StateDisk::Files(d) => StateWriter::Files(d.create(path).await?),
+            StateDisk::Memory(d) => StateWriter::Memory(d.create(path).await?),
+        })
+    }
+    fn open(&self, path: &Path) -> io::Result<StateReader> {
+        Ok(match self {
+            StateDisk::Files(d) => StateReader::Files(d.open(path)?),
+            StateDisk::Memory(d) => StateReader::Memory(d.open(path)?),
+        })
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        on_disk!(self, |d| d.rename(from, to).await)
+    }
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        on_disk!(self, |d| d.sync_dir(dir).await)
+    }
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        on_disk!(self, |d| d.remove(path).await)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        on_disk!(self, |d| d.list(dir))
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        on_disk!(self, |d| d.create_dir_all(dir))
+    }
+    fn write_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        on_disk!(self, |d| d.write_small(path, bytes))
+    }
+    async fn prime(&self, path: &Path) -> io::Result<()> {
+        on_disk!(self, |d| d.prime(path).await)
+    }
+    async fn sync_file(&self, path: &Path) -> io::Result<()> {
+        on_disk!(self, |d| d.sync_file(path).await)
+    }
+}
+
+impl DiskWriter for StateWriter {
+    fn alignment(&self) -> usize {
+        match self {
+            StateWriter::Files(w) => w.alignment(),
+            StateWriter::Memory(w) => w.alignment(),
+        }
+    }
+    async fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()> {
+        match self {
+            StateWriter::Files(w) => w.write_at(pos, buf).await,
+            StateWriter::Memory(w) => w.write_at(pos, buf).await,
+        }
+    }
+    async fn sync(&mut self) -> io::Result<()> {
+        match self {
+            StateWriter::Files(w) => w.sync().await,
+            StateWriter::Memory(w) => w.sync().await,
+        }
+    }
+    async fn close(self) -> io::Result<()> {
+        match self {
+            StateWriter::Files(w) => w.close().await,
+            StateWriter::Memory(w) => w.close().await,
+        }
+    }
+}
+
+impl DiskReader for StateReader {
+    fn len(&self) -> u64 {
+        match self {
+            StateReader::Files(r) => r.len(),
+            StateReader::Memory(r) => r.len(),
+        }
+    }
+    fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            StateReader::Files(r) => r.read_exact_at(pos, buf),
+            StateReader::Memory(r) => r.read_exact_at(pos, buf),
+        }
+    }
+}
+
+/// Bytes of resident state a store keeps by default before it evicts to disk.
+pub const STATE_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
+
+/// How a job's stores are placed and sized (the same for every stage instance).
+#[derive(Clone, Debug)]
+pub struct StateSettings {
+    /// The root of the job's state.
+    pub root: PathBuf,
+    /// This run's directory name under the root.
+    pub run: String,
+    /// Resident bytes per store.
+    pub budget_bytes: usize,
+    /// Checkpoints a store keeps.
+    pub retained: usize,
+}
+
+/// Where one stage's state comes from on a restore.
+#[derive(Clone, Debug)]
+pub struct StateRestore {
+    /// The checkpoint.
+    pub checkpoint_id: u64,
+    /// The workers of the job that took it.
+    pub workers: usize,
+    /// Each old instance's store directory (absolute), by worker.
+    pub dirs: Vec<PathBuf>,
+    /// Whether it is a savepoint (always restored by key groups).
+    pub savepoint: bool,
+}
+
+fn state_error(op: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::State {
+        op,
+        message: crate::runtime::one_line(&e.to_string()),
+    }
+}
+
+/// A stage instance's store and what its operators need to register tables in it.
+pub struct StageState {
+    store: Rc<StateStore>,
+    dir: PathBuf,
+    key_groups: KeyGroups,
+    next_operator: Cell<u32>,
+    /// A background write failed: the next call reports it.
+    failed: RefCell<Option<Error>>,
+}
+
+impl StageState {
+    /// Opens (or restores) the store of `stage` on `worker`.
+    pub async fn open(
+        settings: &StateSettings,
+        stage: usize,
+        worker: usize,
+        key_groups: KeyGroups,
+        restore: Option<&StateRestore>,
+    ) -> Result<StageState> {
+        let range = key_groups.range_of(worker);
+        let cfg = StoreConfig {
+            memory_budget_bytes: settings.budget_bytes,
+            retained_checkpoints: settings.retained.max(1),
+            key_groups: (range.start, range.end.saturating_sub(1)),
+            ..StoreConfig::default()
+        };
+        let fresh = settings
+            .root
+            .join(&settings.run)
+            .join(format!("stage-{stage}"))
+            .join(format!("worker-{worker}"));
+        let same_layout = restore.filter(|r| {
+            !r.savepoint && r.workers == key_groups.workers() as usize && r.dirs.len() > worker
+        });
+        let (store, dir) = match (same_layout, restore) {
+            (Some(r), _) => {
+                let dir = r.dirs[worker].clone();
+                let store = Store::open(
+                    StateDisk::Files(GlommioDisk),
+                    &dir,
+                    cfg,
+                    Some(r.checkpoint_id),
+                )
+                .map_err(|e| state_error("reopen state store", e))?;
+                (store, dir)
+            }
+            (None, Some(r)) => {
+                let sources: Vec<(PathBuf, u64)> = r
+                    .dirs
+                    .iter()
+                    .map(|d| (d.clone(), r.checkpoint_id))
+                    .collect();
+                let kgs = (range.start, range.end.saturating_sub(1));
+                let store = Store::restore_key_groups(
+                    StateDisk::Files(GlommioDisk),
+                    &fresh,
+                    cfg,
+                    &sources,
+                    kgs,
+                )
+                .await
+                .map_err(|e| state_error("restore state by key groups", e))?;
+                (store, fresh)
+            }
+            (None, None) => {
+                let store = Store::open(StateDisk::Files(GlommioDisk), &fresh, cfg, None)
+                    .map_err(|e| state_error("open state store", e))?;
+                (store, fresh)
+            }
+        };
+        Ok(StageState {
+            store: Rc::new(store),
+            dir,
+            key_groups,
+            next_operator: Cell::new(0),
+            failed: RefCell::new(None),
+        })
+    }
+
+    /// A store in memory for an operator run on its own (tests): no files, no checkpoints.
+    pub fn in_memory(key_groups: KeyGroups) -> Result<StageState> {
+        let cfg = StoreConfig {
+            memory_budget_bytes: STATE_BUDGET_BYTES_DEFAULT,
+            key_groups: (0, key_groups.key_groups_max().saturating_sub(1)),
+            ..StoreConfig::default()
+        };
+        let dir = PathBuf::from("/memory/state");
+        let store = Store::open(StateDisk::Memory(SimDisk::default()), &dir, cfg, None)
+            .map_err(|e| state_error("open state store", e))?;
+        Ok(StageState {
+            store: Rc::new(store),
+            dir,
+            key_groups,
+            next_operator: Cell::new(0),
+            failed: RefCell::new(None),
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Rc<StateStore> {
+        &self.store
+    }
+
+    /// A new operator's prefix for its state names: `op<n>`, in attach order (the same in
+    /// every run of the same job, so a restore finds each operator's tables).
+    pub fn operator_prefix(&self) -> String {
+        let n = self.next_operator.get();
+        self.next_operator.set(n + 1);
+        format!("op{n}")
+    }
+
+    /// Registers (or restores) table `name` of keys `K` in namespaces `N`.
+    pub fn table<N: Ns, K: Key, V: Codec>(&self, name: &str) -> Result<Table<N, K, V>> {
+        let kg = self.key_groups;
+        let cfg = TableConfig::new(move |_: &N, k: &K| kg.key_group(k.stable_hash()));
+        self.store
+            .table(name, cfg)
+            .map_err(|e| state_error("register state", e))
+    }
+
+    /// Records a failure of a background write, reported by [`check`](Self::check).
+    pub fn fail(&self, e: Error) {
+        self.failed.borrow_mut().get_or_insert(e);
+    }
+
+    /// Fails if a background write failed.
+    pub fn check(&self) -> Result<()> {
+        match self.failed.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// After a batch: writes out evicted entries if any wait in memory.
+    pub async fn flush(&self) -> Result<()> {
+        if self.store.needs_flush() {
+            self.store
+                .flush()
+                .await
+                .map_err(|e| state_error("write evicted state", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl From<sluice_state::AccessError> for Error {
+    fn from(e: sluice_state::AccessError) -> Error {
+        state_error("access state", e)
+    }
+}
+
+/// The state directory an acknowledgement names: relative to `root` when inside it.
+pub fn relative_to(dir: &Path, root: &Path) -> String {
+    dir.strip_prefix(root)
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A table an operator registered when it attached, or why registering failed (reported at
+/// its first use: attaching cannot fail).
+pub struct OpTable<N, K, V> {
+    table: std::result::Result<Table<N, K, V>, Option<Error>>,
+}
+
+impl<N: Ns, K: Key, V: Codec> OpTable<N, K, V> {
+    /// Registers table `name` of a new operator of the stage (see
+    /// [`StageState::operator_prefix`]).
+    pub fn register(ctx: &crate::context::OperatorContext, name: &str) -> OpTable<N, K, V> {
+        let state = ctx.state();
+        let name = format!("{}/{name}", state.operator_prefix());
+        OpTable {
+            table: state.table(&name).map_err(Some),
+        }
+    }
+
+    /// The table.
+    #[inline]
+    pub fn get(&mut self) -> Result<&Table<N, K, V>> {
+        match &mut self.table {
+            Ok(table) => Ok(table),
+            Err(e) => Err(e.take().unwrap_or_else(|| Error::State {
+                op: "register state",
+                message: "failed earlier".into(),
+            })),
+        }
+    }
+}
