@@ -204,29 +204,36 @@ impl Env {
         sluice_core::graph::describe_stages(&self.inner.borrow().stages)
     }
 
+    /// Takes the job built so far out of the environment (clearing the builder), with the
+    /// configuration it would run with: for running it elsewhere than [`execute`](Self::execute)
+    /// does — as one node's part of a job on a cluster, say. Fails like `execute` on a job
+    /// that is not complete.
+    pub fn take_job(&self, name: &str) -> Result<(JobGraph, RuntimeConfig)> {
+        let mut b = self.inner.borrow_mut();
+        if let Some((_, _)) = b.edges.iter().find(|(_, consumed)| !*consumed.borrow()) {
+            return Err(Error::Config(format!(
+                "job '{name}': a stream after an exchange is never consumed; \
+                 end it in a sink or an aggregation"
+            )));
+        }
+        if b.stages.is_empty() {
+            return Err(Error::Config(format!("job '{name}' has no sink")));
+        }
+        let graph = JobGraph {
+            stages: std::mem::take(&mut b.stages),
+            edges: b.edges.drain(..).map(|(e, _)| e).collect(),
+        };
+        let mut config = b.config.clone();
+        config.job_name = name.to_owned();
+        Ok((graph, config))
+    }
+
     /// Runs the job built so far to completion, on this machine, and clears the builder so
     /// the environment can build another job. Returns when every bounded input has been
     /// processed and every sink has finished; fails with the first root-cause error.
     pub fn execute(&self, name: &str) -> Result<JobReport> {
-        let (graph, config, mut progress) = {
-            let mut b = self.inner.borrow_mut();
-            if let Some((_, _)) = b.edges.iter().find(|(_, consumed)| !*consumed.borrow()) {
-                return Err(Error::Config(format!(
-                    "job '{name}': a stream after an exchange is never consumed; \
-                     end it in a sink or an aggregation"
-                )));
-            }
-            if b.stages.is_empty() {
-                return Err(Error::Config(format!("job '{name}' has no sink")));
-            }
-            let graph = JobGraph {
-                stages: std::mem::take(&mut b.stages),
-                edges: b.edges.drain(..).map(|(e, _)| e).collect(),
-            };
-            let mut config = b.config.clone();
-            config.job_name = name.to_owned();
-            (graph, config, b.progress.take())
-        };
+        let (graph, config) = self.take_job(name)?;
+        let mut progress = self.inner.borrow_mut().progress.take();
         tracing::debug!(job = name, plan = %graph.describe(), "executing");
         runtime::execute(graph, &config, |p, elapsed| {
             if let Some(f) = progress.as_mut() {

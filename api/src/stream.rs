@@ -25,6 +25,7 @@ use sluice_core::keyed::{
     Aggregate, AggregateFunction, Combine, CombineAgg, Emit, MergeAgg, Reduce, ReducePairs,
 };
 use sluice_core::process::{KeyedProcess, KeyedProcessFunction};
+use sluice_core::remote::{CodecSource, codec_of, pair_codec, register_wire_type};
 use sluice_core::sink::Sink;
 use sluice_core::source::Source;
 use sluice_core::stage::{GateStage, SourceStage};
@@ -312,7 +313,22 @@ impl<H: Head, P: Pipe<H::Item>> DataStream<H, P> {
         P::Out: Send + 'static,
         O: OutputSpec<P::Out>,
     {
-        let edge = Arc::new(Edge::new(partitioning));
+        self.exchange_with(partitioning, codec_of::<P::Out>(), out)
+    }
+
+    /// An exchange whose records cross nodes (when the job runs on a cluster) with the codec
+    /// `codec` finds.
+    pub(crate) fn exchange_with<O>(
+        self,
+        partitioning: Partitioning,
+        codec: CodecSource<P::Out>,
+        out: impl FnOnce(Arc<Edge<P::Out>>) -> O,
+    ) -> DataStream<GateHead<P::Out>, Identity>
+    where
+        P::Out: Send + 'static,
+        O: OutputSpec<P::Out>,
+    {
+        let edge = Arc::new(Edge::with_codec(partitioning, codec));
         let consumed = self.env.add_edge(edge.clone());
         self.head
             .into_stage(&self.env, self.pipe, out(edge.clone()), self.sides);
@@ -448,6 +464,8 @@ fn sum_fn<T, N: AddAssign + Copy + 'static>(
     }
 }
 
+/// The hash exchange of `(key, value)` pairs, whose values cross nodes with the codec
+/// registered for `V` (keys are registered here: a [`Key`] is serializable).
 pub(crate) fn hash_exchange<H, P, K, V>(
     stream: DataStream<H, P>,
 ) -> DataStream<GateHead<(K, V)>, Identity>
@@ -457,7 +475,37 @@ where
     K: Key,
     V: Send + 'static,
 {
-    stream.exchange(Partitioning::Hash, |e| ToEdge::new(e, HashByKey))
+    hash_exchange_with(stream, codec_of::<V>())
+}
+
+/// [`hash_exchange`] of values the API knows to be serializable: registered for the wire.
+pub(crate) fn hash_exchange_stored<H, P, K, V>(
+    stream: DataStream<H, P>,
+) -> DataStream<GateHead<(K, V)>, Identity>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, V)>,
+    K: Key,
+    V: StateCodec + Send,
+{
+    register_wire_type::<V>();
+    hash_exchange(stream)
+}
+
+/// [`hash_exchange`] with the values' codec found by `values`.
+pub(crate) fn hash_exchange_with<H, P, K, V>(
+    stream: DataStream<H, P>,
+    values: CodecSource<V>,
+) -> DataStream<GateHead<(K, V)>, Identity>
+where
+    H: Head,
+    P: Pipe<H::Item, Out = (K, V)>,
+    K: Key,
+    V: Send + 'static,
+{
+    register_wire_type::<K>();
+    let codec = pair_codec(codec_of::<K>(), values);
+    stream.exchange_with(Partitioning::Hash, codec, |e| ToEdge::new(e, HashByKey))
 }
 
 /// Two keyed streams hashed into one stage: a record's key group decides its worker, whichever
@@ -465,6 +513,7 @@ where
 pub(crate) fn hash_exchange_two<H1, P1, H2, P2, K, V>(
     left: DataStream<H1, P1>,
     right: DataStream<H2, P2>,
+    values: CodecSource<V>,
 ) -> DataStream<GateHead<(K, V)>, Identity>
 where
     H1: Head,
@@ -474,8 +523,8 @@ where
     K: Key,
     V: Send + 'static,
 {
-    let mut a = hash_exchange(left);
-    let b = hash_exchange(right);
+    let mut a = hash_exchange_with(left, values.clone());
+    let b = hash_exchange_with(right, values);
     a.head.edges.extend(b.head.edges);
     a
 }
@@ -502,7 +551,7 @@ where
         T: Clone + StateCodec,
         F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     {
-        let gate = hash_exchange(self.stream);
+        let gate = hash_exchange_stored(self.stream);
         DataStream::new(gate.env, gate.head, Reduce::new(f, Emit::Running))
     }
 
@@ -600,7 +649,7 @@ where
         T: Clone + StateCodec,
         F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     {
-        let gate = hash_exchange(self.stream.then(Combine::new(f.clone())));
+        let gate = hash_exchange_stored(self.stream.then(Combine::new(f.clone())));
         DataStream::new(gate.env, gate.head, Reduce::new(f, Emit::Final))
     }
 
@@ -627,7 +676,7 @@ where
         A: AggregateFunction<T>,
         A::Acc: StateCodec,
     {
-        let gate = hash_exchange(self.stream.then(CombineAgg::new(agg.clone())));
+        let gate = hash_exchange_stored(self.stream.then(CombineAgg::new(agg.clone())));
         DataStream::new(gate.env, gate.head, MergeAgg::new(agg))
     }
 }
@@ -682,7 +731,7 @@ where
         V: StateCodec,
         F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
     {
-        let gate = hash_exchange(self.stream);
+        let gate = hash_exchange_stored(self.stream);
         DataStream::new(gate.env, gate.head, ReducePairs::new(f, Emit::Running))
     }
 
@@ -709,7 +758,7 @@ where
         V: StateCodec,
         F: FnMut(V, V) -> V + Clone + Send + Sync + 'static,
     {
-        let gate = hash_exchange(self.stream.then(Combine::new(f.clone())));
+        let gate = hash_exchange_stored(self.stream.then(Combine::new(f.clone())));
         DataStream::new(gate.env, gate.head, ReducePairs::new(f, Emit::Final))
     }
 

@@ -14,7 +14,8 @@ use sluice_core::window::{
     TimeWindow, Trigger, WindowAssigner, WindowFunction, WindowOperator,
 };
 
-use crate::stream::{DataStream, GateHead, Head, hash_exchange, hash_exchange_two};
+use crate::stream::{DataStream, GateHead, Head, hash_exchange_two, hash_exchange_with};
+use sluice_core::remote::{codec_of, combined_codec, either_codec};
 
 /// A keyed stream cut into windows (from [`KeyedStream::window`](crate::KeyedStream::window)),
 /// ready for a window function: [`reduce`](Self::reduce), [`aggregate`](Self::aggregate) or
@@ -102,7 +103,8 @@ where
         W::Acc: Send,
     {
         let combiner = SliceCombiner::new(&self.assigner, function.clone(), self.default_trigger);
-        let gate = hash_exchange(self.stream.then(combiner));
+        let partials = combined_codec(codec_of::<T>(), codec_of::<W::Acc>());
+        let gate = hash_exchange_with(self.stream.then(combiner), partials);
         let op = WindowOperator::new(
             self.assigner,
             function,
@@ -237,7 +239,11 @@ where
             .right
             .map(move |b| (right_key(&b), Either::Right::<P1::Out, P2::Out>(b)));
         JoinedStreams {
-            gate: hash_exchange_two(left, right),
+            gate: hash_exchange_two(
+                left,
+                right,
+                either_codec(codec_of::<P1::Out>(), codec_of::<P2::Out>()),
+            ),
         }
     }
 }

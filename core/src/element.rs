@@ -103,6 +103,21 @@ impl<T> Batch<T> {
         self.records.push(record);
     }
 
+    /// A batch of `records` and their `timestamps` (empty, or one per record); `None` if the
+    /// lengths do not match.
+    pub fn from_parts(records: Vec<T>, timestamps: Vec<Timestamp>) -> Option<Batch<T>> {
+        let ok = timestamps.is_empty() || timestamps.len() == records.len();
+        ok.then_some(Batch {
+            records,
+            timestamps,
+        })
+    }
+
+    /// The records and their timestamps (empty, or one per record).
+    pub fn into_parts(self) -> (Vec<T>, Vec<Timestamp>) {
+        (self.records, self.timestamps)
+    }
+
     /// Appends records without timestamps.
     pub fn extend_untimed(&mut self, records: impl IntoIterator<Item = T>) {
         if self.timestamps.is_empty() {

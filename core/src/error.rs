@@ -103,6 +103,18 @@ pub enum Error {
     /// The job was cancelled (another worker failed, or the user asked).
     #[error("cancelled")]
     Cancelled,
+    /// The network between nodes failed: a peer that broke the protocol, a connection that
+    /// could not be opened, bytes that do not decode.
+    #[error("{op}: {message}")]
+    Network {
+        /// What was being done.
+        op: &'static str,
+        /// The transport's one-line error.
+        message: String,
+    },
+    /// The cluster failed the job: a worker node was lost, or the coordinator cancelled it.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl Error {
@@ -112,7 +124,9 @@ impl Error {
             Error::Io { .. }
             | Error::IoOther { .. }
             | Error::Startup { .. }
-            | Error::State { .. } => ErrorDomain::External,
+            | Error::State { .. }
+            | Error::Network { .. }
+            | Error::Cluster(_) => ErrorDomain::External,
             Error::Corrupt { .. } | Error::Operator { .. } | Error::Panic { .. } => {
                 ErrorDomain::User
             }

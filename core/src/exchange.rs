@@ -33,6 +33,9 @@ use crate::element::{
 };
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyGroups};
+use crate::remote::{CodecSource, RecordCodec};
+use sluice_net::wire::{Element, WatermarkStatus as NetStatus, WireBarrier};
+use sluice_net::{ChannelReceiver, ChannelSender, FrameKind, Received as NetReceived};
 
 /// Batches a channel holds before its sender waits. With [`BATCH_RECORDS_MAX`] records per
 /// batch this bounds the records in flight per channel.
@@ -51,32 +54,100 @@ pub enum Partitioning {
     Hash,
 }
 
+/// Which global workers run in this process, out of how many: all of them for a job run on
+/// one machine, a contiguous range of them for a node of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartLayout {
+    /// Workers of the whole job.
+    pub workers: usize,
+    /// The global indices of the workers in this process.
+    pub local: std::ops::Range<usize>,
+}
+
+impl PartLayout {
+    /// Every worker in this process.
+    pub fn single(workers: usize) -> PartLayout {
+        PartLayout {
+            workers,
+            local: 0..workers,
+        }
+    }
+
+    /// Whether worker `w` runs in this process.
+    pub fn is_local(&self, w: usize) -> bool {
+        self.local.contains(&w)
+    }
+}
+
 /// An edge as the runtime sees it before it knows the worker count.
 pub trait AnyEdge: Send + Sync {
-    /// Creates the channels for `workers` workers.
-    fn materialize(&self, workers: usize);
+    /// Creates the channels for `workers` workers, all in this process.
+    fn materialize(&self, workers: usize) {
+        let layout = PartLayout::single(workers);
+        // Nothing is remote, so no codec is looked up and nothing can fail.
+        let _ = self.materialize_part(0, &layout);
+    }
+    /// Creates the channels of this process's workers in `layout`: in-process channels
+    /// between them, remote ends (over channel `index` of the workers' connections, encoded
+    /// by the edge's codec) to and from the others. Fails if the edge has remote ends and no
+    /// codec for its records.
+    fn materialize_part(&self, index: usize, layout: &PartLayout) -> Result<()>;
     /// How the edge routes.
     fn partitioning(&self) -> Partitioning;
 }
 
 type Chan<T> = StreamElement<T>;
 
+/// The far end of a remote channel: the peer worker, the channel, the records' codec.
+pub struct RemoteEnd<T> {
+    /// The peer's global worker index.
+    pub peer: usize,
+    /// The channel on the connection to it (the edge's index in the job graph).
+    pub channel: u32,
+    /// How the edge's records become bytes.
+    pub codec: Arc<dyn RecordCodec<T>>,
+}
+
+/// A sending end of an edge on one worker, to one target.
+pub enum SendEnd<T: Send> {
+    /// A channel to a worker of this process.
+    Local(SharedSender<Chan<T>>),
+    /// A channel to a worker of another node.
+    Remote(RemoteEnd<T>),
+}
+
+/// A receiving end of an edge on one worker, from one source.
+pub enum RecvEnd<T: Send> {
+    /// A channel from a worker of this process.
+    Local(SharedReceiver<Chan<T>>),
+    /// A channel from a worker of another node.
+    Remote(RemoteEnd<T>),
+}
+
 struct EdgeSlots<T: Send> {
-    senders: Vec<Option<Vec<SharedSender<Chan<T>>>>>,
-    receivers: Vec<Option<Vec<SharedReceiver<Chan<T>>>>>,
+    senders: Vec<Option<Vec<SendEnd<T>>>>,
+    receivers: Vec<Option<Vec<RecvEnd<T>>>>,
 }
 
 /// The channels between two stages, created when the job starts and handed out to workers.
 pub struct Edge<T: Send> {
     partitioning: Partitioning,
+    codec: CodecSource<T>,
     slots: Mutex<Option<EdgeSlots<T>>>,
 }
 
 impl<T: Send + 'static> Edge<T> {
-    /// A new edge, not yet materialized.
+    /// A new edge, not yet materialized, whose records cross nodes with the codec registered
+    /// for `T` (see [`crate::remote`]).
     pub fn new(partitioning: Partitioning) -> Edge<T> {
+        Edge::with_codec(partitioning, crate::remote::codec_of::<T>())
+    }
+
+    /// A new edge whose records cross nodes with the codec `codec` finds.
+    pub fn with_codec(partitioning: Partitioning, codec: CodecSource<T>) -> Edge<T> {
         Edge {
             partitioning,
+            codec,
             slots: Mutex::new(None),
         }
     }
@@ -89,40 +160,87 @@ impl<T: Send + 'static> Edge<T> {
     }
 
     /// Worker `w`'s senders, one per target (one in all for a forward edge).
-    pub fn take_senders(&self, w: usize) -> Result<Vec<SharedSender<Chan<T>>>> {
+    pub fn take_senders(&self, w: usize) -> Result<Vec<SendEnd<T>>> {
         self.take(|s| s.senders.get_mut(w).and_then(Option::take))
     }
 
     /// Worker `w`'s receivers, one per source worker (one for a forward edge).
-    pub fn take_receivers(&self, w: usize) -> Result<Vec<SharedReceiver<Chan<T>>>> {
+    pub fn take_receivers(&self, w: usize) -> Result<Vec<RecvEnd<T>>> {
         self.take(|s| s.receivers.get_mut(w).and_then(Option::take))
     }
 }
 
+/// A receiving end and the worker it receives from.
+type Sourced<T> = (usize, RecvEnd<T>);
+
+/// Worker `w`'s list of ends in `slots`.
+fn slot<E>(slots: &mut [Option<Vec<E>>], w: usize) -> Result<&mut Vec<E>> {
+    slots
+        .get_mut(w)
+        .and_then(Option::as_mut)
+        .ok_or_else(|| Error::Config(format!("internal: worker {w} is not in this process")))
+}
+
 impl<T: Send + 'static> AnyEdge for Edge<T> {
-    fn materialize(&self, workers: usize) {
-        let mut senders: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut receivers: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    fn materialize_part(&self, index: usize, layout: &PartLayout) -> Result<()> {
+        let workers = layout.workers;
+        let mut senders: Vec<Option<Vec<SendEnd<T>>>> = (0..workers).map(|_| None).collect();
+        // Each receiving end with its source worker, sorted by it at the end.
+        let mut receivers: Vec<Option<Vec<Sourced<T>>>> = (0..workers).map(|_| None).collect();
+        for w in layout.local.clone() {
+            senders[w] = Some(Vec::new());
+            receivers[w] = Some(Vec::new());
+        }
         if self.partitioning == Partitioning::Forward {
-            for w in 0..workers {
+            for w in layout.local.clone() {
                 let (tx, rx) = shared_channel::new_bounded(CHANNEL_BATCHES_MAX);
-                senders[w].push(tx);
-                receivers[w].push(rx);
+                slot(&mut senders, w)?.push(SendEnd::Local(tx));
+                slot(&mut receivers, w)?.push((w, RecvEnd::Local(rx)));
             }
         } else {
-            for source_senders in senders.iter_mut() {
-                for target_receivers in receivers.iter_mut() {
-                    let (tx, rx) = shared_channel::new_bounded(CHANNEL_BATCHES_MAX);
-                    source_senders.push(tx);
-                    target_receivers.push(rx);
+            let remote = workers > layout.local.len();
+            let codec = if remote { Some((self.codec)()?) } else { None };
+            let channel = u32::try_from(index)
+                .map_err(|_| Error::Config(format!("internal: edge index {index}")))?;
+            let remote_end = |peer: usize| -> Result<RemoteEnd<T>> {
+                let codec = codec.clone().ok_or_else(|| {
+                    Error::Config("internal: a remote end without a codec".into())
+                })?;
+                Ok(RemoteEnd {
+                    peer,
+                    channel,
+                    codec,
+                })
+            };
+            // Channels between two workers of this process; remote ends to and from the rest.
+            // A sender's targets and a receiver's sources are in global worker order.
+            for source in layout.local.clone() {
+                for target in 0..workers {
+                    let end = if layout.is_local(target) {
+                        let (tx, rx) = shared_channel::new_bounded(CHANNEL_BATCHES_MAX);
+                        slot(&mut receivers, target)?.push((source, RecvEnd::Local(rx)));
+                        SendEnd::Local(tx)
+                    } else {
+                        SendEnd::Remote(remote_end(target)?)
+                    };
+                    slot(&mut senders, source)?.push(end);
                 }
             }
+            for target in layout.local.clone() {
+                let ends = slot(&mut receivers, target)?;
+                for source in (0..workers).filter(|s| !layout.is_local(*s)) {
+                    ends.push((source, RecvEnd::Remote(remote_end(source)?)));
+                }
+                ends.sort_by_key(|(source, _)| *source);
+            }
         }
-        let slots = EdgeSlots {
-            senders: senders.into_iter().map(Some).collect(),
-            receivers: receivers.into_iter().map(Some).collect(),
-        };
+        let receivers = receivers
+            .into_iter()
+            .map(|r| r.map(|ends| ends.into_iter().map(|(_, end)| end).collect()))
+            .collect();
+        let slots = EdgeSlots { senders, receivers };
         *self.slots.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots);
+        Ok(())
     }
     fn partitioning(&self) -> Partitioning {
         self.partitioning
@@ -395,32 +513,88 @@ pub trait OutputDrain<T> {
     fn drain(&mut self, outbox: &OutboxRef<T>) -> impl Future<Output = Result<()>>;
 }
 
+/// A connected sending end.
+enum Out<T: Send> {
+    Local(ConnectedSender<Chan<T>>),
+    Remote(RemoteOut<T>),
+}
+
+/// The sending end of a remote channel: batches are encoded by the edge's codec, control
+/// elements as the transport's own frames.
+struct RemoteOut<T> {
+    sender: ChannelSender<()>,
+    codec: Arc<dyn RecordCodec<T>>,
+}
+
+impl<T: Send + 'static> RemoteOut<T> {
+    async fn send(&mut self, element: Chan<T>) -> Result<()> {
+        let sent = match element {
+            StreamElement::Records(batch) => {
+                let codec = self.codec.clone();
+                self.sender
+                    .send_payload(FrameKind::Records, move |buf| {
+                        crate::remote::encode_batch(&*codec, batch, buf)
+                    })
+                    .await
+            }
+            StreamElement::Watermark(w) => self.sender.send(Element::Watermark(w.0)).await,
+            StreamElement::Status(s) => {
+                let s = match s {
+                    WatermarkStatus::Active => NetStatus::Active,
+                    WatermarkStatus::Idle => NetStatus::Idle,
+                };
+                self.sender.send(Element::Status(s)).await
+            }
+            StreamElement::Barrier(b) => {
+                let b = WireBarrier {
+                    checkpoint_id: b.checkpoint_id,
+                    timestamp_ms: b.timestamp_ms,
+                };
+                self.sender.send(Element::Barrier(b)).await
+            }
+            StreamElement::EndOfInput => self.sender.send(Element::EndOfInput).await,
+        };
+        sent.map_err(|e| crate::remote::net_error("send to another node", &e))
+    }
+}
+
 /// The connected sending ends of an edge on one worker.
 pub struct ExchangeSender<T: Send> {
-    senders: Vec<ConnectedSender<Chan<T>>>,
+    senders: Vec<Out<T>>,
     stage: String,
     cancelled: Arc<AtomicBool>,
 }
 
 impl<T: Send + 'static> ExchangeSender<T> {
-    /// Connects worker-local senders (must run on the worker's executor).
+    /// Connects worker-local senders and opens remote ones (must run on the worker's
+    /// executor).
     ///
     /// `cancelled` is the job's cancellation flag: a send waiting for room gives up when it is
     /// set.
     pub async fn connect(
-        senders: Vec<SharedSender<Chan<T>>>,
+        senders: Vec<SendEnd<T>>,
         stage: &str,
         cancelled: Arc<AtomicBool>,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut connected = Vec::with_capacity(senders.len());
         for s in senders {
-            connected.push(poll_until_ready(s.connect()).await);
+            connected.push(match s {
+                SendEnd::Local(s) => Out::Local(poll_until_ready(s.connect()).await),
+                SendEnd::Remote(end) => {
+                    let mut sender = crate::remote::links::sender(end.peer, end.channel)?;
+                    sender.set_cancel(cancelled.clone());
+                    Out::Remote(RemoteOut {
+                        sender,
+                        codec: end.codec,
+                    })
+                }
+            });
         }
-        ExchangeSender {
+        Ok(ExchangeSender {
             senders: connected,
             stage: stage.to_owned(),
             cancelled,
-        }
+        })
     }
 
     /// Number of targets.
@@ -428,13 +602,16 @@ impl<T: Send + 'static> ExchangeSender<T> {
         self.senders.len()
     }
 
-    async fn send(&self, target: usize, element: Chan<T>) -> Result<()> {
-        let sender = self.senders.get(target).ok_or_else(|| {
-            Error::Config(format!(
-                "internal: target {target} out of {}",
-                self.senders.len()
-            ))
-        })?;
+    async fn send(&mut self, target: usize, element: Chan<T>) -> Result<()> {
+        let n = self.senders.len();
+        let sender = self
+            .senders
+            .get_mut(target)
+            .ok_or_else(|| Error::Config(format!("internal: target {target} out of {n}")))?;
+        let sender = match sender {
+            Out::Local(s) => s,
+            Out::Remote(r) => return r.send(element).await,
+        };
         let disconnected = || Error::Disconnected {
             stage: self.stage.clone(),
             what: "a downstream channel",
@@ -651,8 +828,59 @@ impl Wake for InputWaker {
     }
 }
 
+/// A connected receiving end.
+enum In<T: Send> {
+    Local(ConnectedReceiver<Chan<T>>),
+    Remote {
+        receiver: ChannelReceiver<()>,
+        codec: Arc<dyn RecordCodec<T>>,
+    },
+}
+
+impl<T: Send + 'static> In<T> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chan<T>>>> {
+        match self {
+            In::Local(r) => Pin::new(r).poll_next(cx).map(|e| e.map(Ok)),
+            In::Remote { receiver, codec } => match receiver.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(None)) => Poll::Ready(None),
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(crate::remote::net_error(
+                    "receive from another node",
+                    &e,
+                )))),
+                Poll::Ready(Ok(Some(received))) => Poll::Ready(Some(from_wire(received, &**codec))),
+            },
+        }
+    }
+}
+
+/// A remote channel's element as a stream element: a batch decoded by the edge's codec (its
+/// receive buffer, and so its credit, goes back at once).
+fn from_wire<T: 'static>(received: NetReceived<()>, codec: &dyn RecordCodec<T>) -> Result<Chan<T>> {
+    Ok(match received {
+        NetReceived::Records(frame) => {
+            let mut batch = Batch::default();
+            crate::remote::decode_batch(codec, frame.payload(), &mut batch).map_err(|e| {
+                Error::Network {
+                    op: "decode records from another node",
+                    message: e,
+                }
+            })?;
+            StreamElement::Records(batch)
+        }
+        NetReceived::Watermark(w) => StreamElement::Watermark(Watermark(w)),
+        NetReceived::Status(NetStatus::Active) => StreamElement::Status(WatermarkStatus::Active),
+        NetReceived::Status(NetStatus::Idle) => StreamElement::Status(WatermarkStatus::Idle),
+        NetReceived::Barrier(b) => StreamElement::Barrier(CheckpointBarrier {
+            checkpoint_id: b.checkpoint_id,
+            timestamp_ms: b.timestamp_ms,
+        }),
+        NetReceived::EndOfInput => StreamElement::EndOfInput,
+    })
+}
+
 struct Input<T: Send> {
-    receiver: ConnectedReceiver<Chan<T>>,
+    receiver: In<T>,
     ended: bool,
     /// Not read until unblocked (its checkpoint barrier came before the others').
     blocked: bool,
@@ -671,17 +899,25 @@ pub struct InputGate<T: Send> {
 }
 
 impl<T: Send + 'static> InputGate<T> {
-    /// Connects worker-local receivers (must run on the worker's executor).
-    pub async fn connect(receivers: Vec<SharedReceiver<Chan<T>>>, stage: &str) -> Self {
+    /// Connects worker-local receivers and opens remote ones (must run on the worker's
+    /// executor).
+    pub async fn connect(receivers: Vec<RecvEnd<T>>, stage: &str) -> Result<Self> {
         let mut inputs = Vec::with_capacity(receivers.len());
         for r in receivers {
+            let receiver = match r {
+                RecvEnd::Local(r) => In::Local(poll_until_ready(r.connect()).await),
+                RecvEnd::Remote(end) => In::Remote {
+                    receiver: crate::remote::links::receiver(end.peer, end.channel)?,
+                    codec: end.codec,
+                },
+            };
             let wake = Arc::new(InputWaker {
                 notified: AtomicBool::new(false),
                 task: Mutex::new(None),
             });
             let waker = Waker::from(wake.clone());
             inputs.push(Input {
-                receiver: poll_until_ready(r.connect()).await,
+                receiver,
                 ended: false,
                 blocked: false,
                 armed: false,
@@ -690,12 +926,12 @@ impl<T: Send + 'static> InputGate<T> {
             });
         }
         let live = inputs.len();
-        InputGate {
+        Ok(InputGate {
             inputs,
             live,
             next: 0,
             stage: stage.into(),
-        }
+        })
     }
 
     /// Number of inputs.
@@ -740,8 +976,9 @@ impl<T: Send + 'static> InputGate<T> {
             }
             input.armed = false;
             let mut input_cx = Context::from_waker(&input.waker);
-            match Pin::new(&mut input.receiver).poll_next(&mut input_cx) {
-                Poll::Ready(Some(element)) => {
+            match input.receiver.poll_next(&mut input_cx) {
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(element))) => {
                     if matches!(element, StreamElement::EndOfInput) {
                         input.ended = true;
                         self.live -= 1;

@@ -105,6 +105,22 @@ pub struct Prepare<'a> {
     pub restored_id: u64,
     /// This stage's part of that checkpoint.
     pub restore: Option<&'a StageMetadata>,
+    /// Whether to settle what earlier runs left in the outputs (commit what the restored
+    /// checkpoint covers, remove the rest): once per run, by one process. The nodes of a
+    /// cluster leave it to the coordinator, which does it before any of them starts.
+    pub settle_output: bool,
+}
+
+impl Prepare<'_> {
+    /// The checkpoint an output settles against: the restored one, or 0 (nothing to settle)
+    /// when this process must not settle outputs.
+    pub fn settle_id(&self) -> u64 {
+        if self.settle_output {
+            self.restored_id
+        } else {
+            0
+        }
+    }
 }
 
 /// A stage of the job graph, instantiated once per worker.
@@ -267,7 +283,7 @@ impl<T: Send + 'static, PF: PartitionerFactory<T>> OutputSpec<T> for ToEdge<T, P
             stage,
             ctx.cancel_flag(),
         )
-        .await;
+        .await?;
         let targets = sender.targets();
         let tail = ExchangeTail::new(self.partitioner.make(ctx, targets), targets, outbox);
         Ok((tail, sender))
@@ -303,7 +319,7 @@ impl<T: Clone + Send + 'static> OutputSpec<T> for ToBroadcast<T> {
             stage,
             ctx.cancel_flag(),
         )
-        .await;
+        .await?;
         Ok((BroadcastTail::new(sender.targets(), outbox), sender))
     }
 }
@@ -436,7 +452,7 @@ impl<T: Send + 'static> SideOutputSpec for ToSide<T> {
     ) -> OpenSide<'a> {
         Box::pin(async move {
             let senders = self.edge.take_senders(ctx.worker)?;
-            let sender = ExchangeSender::connect(senders, stage, ctx.cancel_flag()).await;
+            let sender = ExchangeSender::connect(senders, stage, ctx.cancel_flag()).await?;
             let outbox = Outbox::new_ref();
             let tail = Rc::new(RefCell::new(ExchangeTail::new(
                 ForwardPartitioner,

@@ -27,6 +27,7 @@ pub mod keyed;
 pub mod keyed_state;
 pub mod metrics;
 pub mod process;
+pub mod remote;
 pub mod runtime;
 pub mod sink;
 pub mod source;

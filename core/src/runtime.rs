@@ -41,10 +41,10 @@ const MEMLOCK_MIN_BYTES: u64 = 512 * 1024;
 /// Memory each executor registers with io_uring for DMA I/O: glommio's minimum. Sluice's file
 /// I/O is buffered (page cache) today, so registered buffers would go unused, and every
 /// executor's registration counts against the user's locked-memory limit.
-const IO_MEMORY_BYTES: usize = 64 * 1024;
+pub(crate) const IO_MEMORY_BYTES: usize = 64 * 1024;
 /// How long workers have to report that they started.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
 
 /// How to run a job.
 #[derive(Clone, Debug)]
@@ -242,7 +242,7 @@ fn resolve_restore(config: &RuntimeConfig, graph: &JobGraph) -> Result<Option<me
     Ok(found)
 }
 
-fn check_same_job(
+pub(crate) fn check_same_job(
     dir: &std::path::Path,
     meta: &CheckpointMetadata,
     graph: &JobGraph,
@@ -296,6 +296,7 @@ fn run_once(
             metrics: &metrics,
             restored_id,
             restore: restore.and_then(|(_, m)| m.stages.get(i)),
+            settle_output: true,
         })?;
     }
     preflight()?;
@@ -393,7 +394,7 @@ fn run_once(
                 c.request_savepoint(dir);
             }
             match c.tick(&graph.stages) {
-                Ok(Tick::Continue) => {}
+                Ok(Tick::Continue | Tick::Savepoint(_) | Tick::SavepointFailed(_)) => {}
                 Ok(Tick::Stopped(dir)) => {
                     savepoint = Some(dir);
                     cancelled.store(true, Ordering::Relaxed);
@@ -452,7 +453,9 @@ fn run_once(
 
 /// Where this run's stores go: under the checkpoint directory with checkpoints, else in a
 /// scratch directory (returned, to be removed when the run ends).
-fn state_settings(config: &RuntimeConfig) -> Result<(Arc<StateSettings>, Option<PathBuf>)> {
+pub(crate) fn state_settings(
+    config: &RuntimeConfig,
+) -> Result<(Arc<StateSettings>, Option<PathBuf>)> {
     // Unique among the runs of this process (tests run jobs concurrently) and across processes.
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let clock = SystemClock::new();
@@ -483,7 +486,7 @@ fn state_settings(config: &RuntimeConfig) -> Result<(Arc<StateSettings>, Option<
 
 /// Per stage of the graph, where its state comes from on this restore: the stores its
 /// instances acknowledged, resolved against the checkpoint's directory.
-fn state_restores(
+pub(crate) fn state_restores(
     graph: &JobGraph,
     restore: Option<&metadata::Complete>,
 ) -> Vec<Option<StateRestore>> {
@@ -526,7 +529,7 @@ fn normalize(path: &std::path::Path) -> PathBuf {
 }
 
 /// The error to report: the first that is not a mere consequence of another.
-fn root_cause(errors: Vec<Error>) -> Option<Error> {
+pub(crate) fn root_cause(errors: Vec<Error>) -> Option<Error> {
     let primary = errors.iter().position(|e| !e.is_secondary());
     let mut errors = errors;
     match primary {
@@ -604,7 +607,7 @@ fn worker_main(
 }
 
 /// Runs every stage of the graph on this worker; returns the first root-cause error.
-async fn run_stages(ctx: WorkerContext, graph: Arc<JobGraph>) -> Result<()> {
+pub(crate) async fn run_stages(ctx: WorkerContext, graph: Arc<JobGraph>) -> Result<()> {
     let mut tasks = Vec::with_capacity(graph.stages.len());
     for (i, stage) in graph.stages.iter().enumerate() {
         let name = stage.name();
@@ -633,7 +636,7 @@ async fn run_stages(ctx: WorkerContext, graph: Arc<JobGraph>) -> Result<()> {
 }
 
 /// Checks, before any worker starts, what would otherwise fail inside an executor.
-fn preflight() -> Result<()> {
+pub(crate) fn preflight() -> Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let mut memlock_kib = None;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
@@ -685,7 +688,7 @@ fn memlock_error_text(what: String) -> Error {
 }
 
 /// Turns an executor start error into a message that names the likely cause.
-fn explain_start_error(err: &str) -> String {
+pub(crate) fn explain_start_error(err: &str) -> String {
     if err.contains("memlock") {
         format!("{err}: raise the locked-memory limit, e.g. `ulimit -l 8192`")
     } else if err.contains("CPU") || err.contains("cpu") {
@@ -701,7 +704,7 @@ thread_local! {
 
 /// Installs (once) a panic hook that keeps worker panics off stderr: the runtime reports them
 /// as one-line job errors instead. Panics on other threads go to the previous hook.
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
@@ -719,7 +722,7 @@ fn install_panic_hook() {
     });
 }
 
-fn panic_error(stage: &str, worker: usize, payload: &(dyn Any + Send)) -> Error {
+pub(crate) fn panic_error(stage: &str, worker: usize, payload: &(dyn Any + Send)) -> Error {
     let message = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

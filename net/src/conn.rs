@@ -138,6 +138,9 @@ struct State {
     closed: Option<String>,
     closing: bool,
     stop_reading: bool,
+    /// The writer flushed everything and ended our direction (or gave up).
+    write_done: bool,
+    flush_wakers: Vec<Waker>,
     stats: ConnStats,
 }
 
@@ -180,6 +183,9 @@ impl Shared {
         .into_iter()
         .flatten()
         {
+            w.wake();
+        }
+        for w in st.flush_wakers.drain(..) {
             w.wake();
         }
     }
@@ -641,6 +647,13 @@ async fn writer(sh: Rc<Shared>) {
     }
     // Flushed: end our direction, give the peer a moment to end its own, then stop reading.
     let _ = poll_fn(|cx| Pin::new(&mut *sh.stream.borrow_mut()).poll_close(cx)).await;
+    {
+        let mut st = sh.st.borrow_mut();
+        st.write_done = true;
+        for w in st.flush_wakers.drain(..) {
+            w.wake();
+        }
+    }
     glommio::timer::sleep(LINGER).await;
     let mut st = sh.st.borrow_mut();
     st.stop_reading = true;
@@ -708,7 +721,7 @@ impl Connection {
 
     /// The sending end of `channel`; it sends once the peer opened the channel's receiving end
     /// and granted credits. Each channel has one sender.
-    pub fn sender<T: WireRecord>(&self, channel: u32) -> Result<ChannelSender<T>, NetError> {
+    pub fn sender<T>(&self, channel: u32) -> Result<ChannelSender<T>, NetError> {
         check_channel(channel)?;
         let mut st = self.sh.st.borrow_mut();
         let i = channel as usize;
@@ -732,11 +745,7 @@ impl Connection {
 
     /// The receiving end of `channel`, granting its sender `credits` buffers of this side's
     /// `buffer_bytes`: at most that much of the channel's data is ever held here.
-    pub fn receiver<T: WireRecord>(
-        &self,
-        channel: u32,
-        credits: u32,
-    ) -> Result<ChannelReceiver<T>, NetError> {
+    pub fn receiver<T>(&self, channel: u32, credits: u32) -> Result<ChannelReceiver<T>, NetError> {
         check_channel(channel)?;
         if credits == 0 {
             return Err(NetError::Config(format!("channel {channel}: zero credits")));
@@ -825,6 +834,22 @@ impl Connection {
     pub fn close(&self) {
         self.sh.request_close();
     }
+
+    /// Starts closing and waits until everything queued has been written and our direction
+    /// of the stream ended (or the connection failed): what a worker awaits before its
+    /// executor stops, so that its last frames are not lost with it.
+    pub async fn close_and_flush(&self) {
+        self.sh.request_close();
+        poll_fn(|cx| {
+            let mut st = self.sh.st.borrow_mut();
+            if st.write_done || st.closed.is_some() {
+                return Poll::Ready(());
+            }
+            st.flush_wakers.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
 }
 
 fn check_channel(channel: u32) -> Result<(), NetError> {
@@ -868,7 +893,7 @@ impl<T> std::fmt::Debug for ChannelSender<T> {
     }
 }
 
-impl<T: WireRecord> ChannelSender<T> {
+impl<T> ChannelSender<T> {
     /// A blocked send checks `cancelled` every few milliseconds and fails with
     /// [`NetError::Cancelled`] once it is set (the job's cancellation flag).
     pub fn set_cancel(&mut self, cancelled: Arc<AtomicBool>) {
@@ -888,14 +913,43 @@ impl<T: WireRecord> ChannelSender<T> {
             .map_or(0, |c| c.credits)
     }
 
-    /// Sends `element`: encodes it, waits for credit and room, queues it for the writer.
-    /// Cancel-safe: dropping the future before it completes sends nothing.
-    pub async fn send(&mut self, element: Element<'_, T>) -> Result<(), NetError> {
-        let buf = self.scratch.take().unwrap_or_else(|| self.sh.take_spare());
-        let (buf, len) = wire::encode_element(self.channel, &element, buf)
-            .map_err(|e| NetError::Config(format!("serialize a {:?}: {e}", element.kind())))?;
+    /// Sends a frame of element kind `kind` whose payload `payload` appends to the buffer it
+    /// is given (at an offset that is a multiple of 16): for a sender whose records are
+    /// encoded by its own codec rather than as a [`wire::WireBatch`]. The receiver gets a
+    /// [`Received::Records`] for [`FrameKind::Records`] (read it with
+    /// [`RecvBatch::payload`]); other kinds must carry their usual payloads. Waits for credit
+    /// and room like [`ChannelSender::send`]; cancel-safe.
+    pub async fn send_payload(
+        &mut self,
+        kind: FrameKind,
+        payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), NetError> {
+        let mut buf = self.scratch.take().unwrap_or_else(|| self.sh.take_spare());
+        let start = frame::begin(&mut buf);
+        if let Err(e) = payload(&mut buf) {
+            buf.clear();
+            self.scratch = Some(buf);
+            return Err(NetError::Config(format!("encode a {kind:?} payload: {e}")));
+        }
+        if buf.len() - start - FRAME_HEADER_BYTES > frame::FRAME_PAYLOAD_MAX as usize {
+            let len = buf.len() - start - FRAME_HEADER_BYTES;
+            buf.clear();
+            self.scratch = Some(buf);
+            return Err(NetError::TooLarge {
+                peer: self.sh.params.peer,
+                len,
+                max: self.sh.params.peer_frame_payload_max,
+            });
+        }
+        let len = frame::finish(&mut buf, start, kind, self.channel);
+        self.enqueue(buf, len).await
+    }
+
+    /// Waits for credit and room, then queues the encoded frame `buf` (payload `len` bytes).
+    async fn enqueue(&mut self, mut buf: Vec<u8>, len: u32) -> Result<(), NetError> {
         let max = self.sh.params.peer_frame_payload_max;
         if len > max {
+            buf.clear();
             self.scratch = Some(buf);
             return Err(NetError::TooLarge {
                 peer: self.sh.params.peer,
@@ -912,6 +966,17 @@ impl<T: WireRecord> ChannelSender<T> {
             None => enqueue.await,
             Some(flag) => unless_cancelled(enqueue, flag).await,
         }
+    }
+}
+
+impl<T: WireRecord> ChannelSender<T> {
+    /// Sends `element`: encodes it, waits for credit and room, queues it for the writer.
+    /// Cancel-safe: dropping the future before it completes sends nothing.
+    pub async fn send(&mut self, element: Element<'_, T>) -> Result<(), NetError> {
+        let buf = self.scratch.take().unwrap_or_else(|| self.sh.take_spare());
+        let (buf, len) = wire::encode_element(self.channel, &element, buf)
+            .map_err(|e| NetError::Config(format!("serialize a {:?}: {e}", element.kind())))?;
+        self.enqueue(buf, len).await
     }
 }
 
@@ -996,6 +1061,19 @@ impl<T> std::fmt::Debug for RecvBatch<T> {
     }
 }
 
+impl<T> RecvBatch<T> {
+    /// The payload's length in bytes.
+    pub fn payload_len(&self) -> usize {
+        self.buf.bytes().len()
+    }
+
+    /// The payload's bytes, 16-aligned: for a channel whose sender encodes records with its
+    /// own codec ([`ChannelSender::send_payload`]); nothing has validated them.
+    pub fn payload(&self) -> &[u8] {
+        self.buf.bytes()
+    }
+}
+
 impl<T: WireRecord> RecvBatch<T> {
     /// The batch, validated, read in place. A batch that does not validate closes the
     /// connection and is an error.
@@ -1031,11 +1109,6 @@ impl<T: WireRecord> RecvBatch<T> {
             e
         })
     }
-
-    /// The payload's length in bytes.
-    pub fn payload_len(&self) -> usize {
-        self.buf.bytes().len()
-    }
 }
 
 impl<T> Drop for RecvBatch<T> {
@@ -1063,7 +1136,7 @@ impl<T> std::fmt::Debug for ChannelReceiver<T> {
     }
 }
 
-impl<T: WireRecord> ChannelReceiver<T> {
+impl<T> ChannelReceiver<T> {
     /// The next element; `None` after [`Received::EndOfInput`]. A connection that closes
     /// before the channel's end of input is an error (its sender failed).
     pub fn recv(&mut self) -> impl Future<Output = Result<Option<Received<T>>, NetError>> + '_ {

@@ -178,6 +178,15 @@ impl Listener {
                 "refusing to listen on {addr}: not a loopback address (allow it explicitly)"
             )));
         }
+        if addr.port() != 0 {
+            // glommio binds with SO_REUSEPORT, so a second listener on a taken address would
+            // succeed and share its connections: probe with an exclusive bind first.
+            std::net::TcpListener::bind(addr).map_err(|e| NetError::Io {
+                op: "bind",
+                peer: addr.to_string(),
+                source: e,
+            })?;
+        }
         let listener = TcpListener::bind(addr).map_err(|e| NetError::Io {
             op: "bind",
             peer: addr.to_string(),

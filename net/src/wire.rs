@@ -100,6 +100,21 @@ pub enum Control {
         /// A short reason, for the peer's log.
         reason: String,
     },
+    /// The first message on a data connection between two workers of a job run: who is
+    /// connecting, so the accepting worker knows which of its peers the connection is, and
+    /// whether it belongs to the run it serves.
+    Data {
+        /// The job run (deployment) the connecting worker belongs to.
+        run: u64,
+        /// The connecting worker's global index.
+        worker: u32,
+    },
+    /// An application message (the cluster's control plane), encoded by its user and
+    /// validated by it when decoded.
+    App {
+        /// The message's bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 /// One step of the handshake (see `auth`). Strings are short: the handshake's frames are at

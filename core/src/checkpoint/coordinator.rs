@@ -51,6 +51,11 @@ pub enum Tick {
     Continue,
     /// The savepoint that stops the job is complete, in this directory: stop the job.
     Stopped(PathBuf),
+    /// A savepoint taken while the job goes on is complete, in this directory.
+    Savepoint(PathBuf),
+    /// A savepoint taken while the job goes on failed (it timed out, or its metadata could
+    /// not be written); the job goes on.
+    SavepointFailed(String),
 }
 
 /// The coordinator.
@@ -64,6 +69,8 @@ pub struct Coordinator {
     started_ms: FastStart,
     savepoint_dir: Option<PathBuf>,
     savepoint_id: Option<u64>,
+    /// Whether the requested savepoint stops the job.
+    savepoint_stops: bool,
     stats: CheckpointStats,
 }
 
@@ -99,6 +106,7 @@ impl Coordinator {
             started_ms: FastStart::default(),
             savepoint_dir: None,
             savepoint_id: None,
+            savepoint_stops: true,
             stats: CheckpointStats {
                 last_completed: last,
                 ..CheckpointStats::default()
@@ -120,7 +128,30 @@ impl Coordinator {
     pub fn request_savepoint(&mut self, dir: &Path) {
         if self.savepoint_dir.is_none() {
             self.savepoint_dir = Some(dir.to_owned());
+            self.savepoint_stops = true;
         }
+    }
+
+    /// Asks for a savepoint into a new directory under `dir` while the job goes on (Flink's
+    /// `savepoint`); [`take_savepoint`](Self::take_savepoint) reports it once complete.
+    /// `false` if a savepoint is already under way.
+    pub fn request_savepoint_and_continue(&mut self, dir: &Path) -> bool {
+        if self.savepoint_dir.is_some() {
+            return false;
+        }
+        self.savepoint_dir = Some(dir.to_owned());
+        self.savepoint_stops = false;
+        true
+    }
+
+    /// The savepoint under way, if any: its id once triggered.
+    pub fn savepoint_pending(&self) -> Option<Option<u64>> {
+        self.savepoint_dir.as_ref().map(|_| self.savepoint_id)
+    }
+
+    /// The newest complete checkpoint.
+    pub fn last_completed(&self) -> u64 {
+        self.stats.last_completed
     }
 
     /// Handles what arrived, completes, aborts and triggers checkpoints.
@@ -134,10 +165,22 @@ impl Coordinator {
                     splits,
                 } => self.tracker.on_finished(stage, worker, splits),
             };
-            if let AckOutcome::Complete(id, acks) = outcome
-                && let Some(dir) = self.complete(id, acks, stages)?
-            {
-                return Ok(Tick::Stopped(dir));
+            let AckOutcome::Complete(id, acks) = outcome else {
+                continue;
+            };
+            let savepoint = self.savepoint_id == Some(id);
+            match self.complete(id, acks, stages) {
+                Ok(Some(dir)) if self.savepoint_stops => return Ok(Tick::Stopped(dir)),
+                Ok(Some(dir)) => {
+                    self.end_savepoint();
+                    return Ok(Tick::Savepoint(dir));
+                }
+                Ok(None) => {}
+                Err(e) if savepoint && !self.savepoint_stops => {
+                    self.end_savepoint();
+                    return Ok(Tick::SavepointFailed(e.to_string()));
+                }
+                Err(e) => return Err(e),
             }
         }
         let now = self.clock.now_ms();
@@ -145,9 +188,12 @@ impl Coordinator {
             tracing::warn!(checkpoint = id, "checkpoint timed out: aborted");
             self.stats.aborted += 1;
             if self.savepoint_id == Some(id) {
-                return Err(Error::Config(format!(
-                    "savepoint {id} timed out: the job keeps running"
-                )));
+                let message = format!("savepoint {id} timed out: the job keeps running");
+                if !self.savepoint_stops {
+                    self.end_savepoint();
+                    return Ok(Tick::SavepointFailed(message));
+                }
+                return Err(Error::Config(message));
             }
         }
         if self.tracker.all_finished() {
@@ -159,12 +205,7 @@ impl Coordinator {
                 if let Some(id) = id {
                     self.savepoint_id = Some(id);
                     let dir = root.join(format!("savepoint-{id}-{now}"));
-                    *self
-                        .control
-                        .savepoint_dir
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(dir);
-                    self.control.stop_after.store(id, Ordering::Release);
+                    self.control.set_savepoint(id, dir, self.savepoint_stops);
                 }
                 id
             }
@@ -180,8 +221,13 @@ impl Coordinator {
         Ok(Tick::Continue)
     }
 
+    fn end_savepoint(&mut self) {
+        self.savepoint_dir = None;
+        self.savepoint_id = None;
+    }
+
     /// Completes checkpoint `id`: writes its metadata, then lets the sinks commit. Returns the
-    /// savepoint's directory if it was the savepoint that stops the job.
+    /// savepoint's directory if it was a savepoint.
     fn complete(
         &mut self,
         id: u64,

@@ -111,8 +111,11 @@ pub struct CheckpointControl {
     pub trigger_ms: AtomicU64,
     /// The newest complete checkpoint.
     pub completed: AtomicU64,
-    /// A savepoint was asked for: sources stop after injecting its barrier.
+    /// A savepoint was asked for that stops the job: sources stop after injecting its
+    /// barrier.
     pub stop_after: AtomicU64,
+    /// The checkpoint that is a savepoint (stopping or not), written to `savepoint_dir`.
+    pub savepoint_at: AtomicU64,
     /// The directory of that savepoint, where the stages write their state.
     pub savepoint_dir: Mutex<Option<std::path::PathBuf>>,
     to_coordinator: Mutex<mpsc::Sender<ToCoordinator>>,
@@ -127,6 +130,7 @@ impl CheckpointControl {
             trigger_ms: AtomicU64::new(0),
             completed: AtomicU64::new(last),
             stop_after: AtomicU64::new(0),
+            savepoint_at: AtomicU64::new(0),
             savepoint_dir: Mutex::new(None),
             to_coordinator: Mutex::new(to_coordinator),
         })
@@ -148,9 +152,18 @@ impl CheckpointControl {
     pub fn stops_at(&self, id: u64) -> bool {
         self.stop_after.load(Ordering::Acquire) == id && id != 0
     }
-    /// The directory of the savepoint `id`, if it is the stopping savepoint.
+    /// Marks checkpoint `id` as a savepoint into `dir` (and, with `stop`, as the one that
+    /// stops the job). Set before `id` is triggered.
+    pub fn set_savepoint(&self, id: u64, dir: std::path::PathBuf, stop: bool) {
+        *self.savepoint_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+        self.savepoint_at.store(id, Ordering::Release);
+        if stop {
+            self.stop_after.store(id, Ordering::Release);
+        }
+    }
+    /// The directory of the savepoint `id`, if checkpoint `id` is a savepoint.
     pub fn savepoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
-        if !self.stops_at(id) {
+        if id == 0 || self.savepoint_at.load(Ordering::Acquire) != id {
             return None;
         }
         self.savepoint_dir

@@ -68,7 +68,7 @@ where
         self.inner.name.clone()
     }
     fn prepare(&self, p: &Prepare<'_>) -> Result<()> {
-        self.inner.out.prepare(p.workers, p.restored_id)
+        self.inner.out.prepare(p.workers, p.settle_id())
     }
     fn instantiate(&self, ctx: WorkerContext) -> StageFuture {
         let inner = self.inner.clone();
@@ -96,7 +96,7 @@ where
         for edge in &self.inputs {
             receivers.extend(edge.take_receivers(ctx.worker)?);
         }
-        let mut gate = InputGate::connect(receivers, &self.name).await;
+        let mut gate = InputGate::connect(receivers, &self.name).await?;
         let mut st = open_stage(
             &ctx,
             self.pipe.clone(),

@@ -127,7 +127,9 @@ proptest! {
         let (buf, _) = encode_archive(FrameKind::Credit, 9, &credit, Vec::new()).unwrap();
         prop_assert_eq!(decode_credit(&payload_of(&buf, FrameKind::Credit, 9)).unwrap(), credit);
         let goodbye = Control::Goodbye { reason: reason.clone() };
-        for msg in [Control::Heartbeat { sequence: seq }, goodbye] {
+        let data = Control::Data { run: seq, worker: credits };
+        let app = Control::App { bytes: reason.clone().into_bytes() };
+        for msg in [Control::Heartbeat { sequence: seq }, goodbye, data, app] {
             let (buf, _) = encode_archive(FrameKind::Control, 0, &msg, Vec::new()).unwrap();
             let payload = payload_of(&buf, FrameKind::Control, 0);
             prop_assert_eq!(decode_control_message(&payload).unwrap(), msg);
