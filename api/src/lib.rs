@@ -29,6 +29,8 @@
 // call path. Users rarely name them; inference does.
 #![allow(clippy::type_complexity)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod env;
 mod sinks;
 mod sources;
@@ -86,6 +88,12 @@ pub use sluice_core::state::StateCodec;
 
 /// rkyv, the serialization framework of state and of records between nodes, for its derives.
 pub use rkyv;
+
+/// Lets records of a type cross nodes when a job runs on a cluster (see
+/// [`sluice_core::remote`]): for record types a job moves through an exchange that is not a
+/// keyed aggregation (whose keys and values are registered already). Records inside one
+/// process are never serialized.
+pub use sluice_core::remote::register_wire_type;
 
 /// Small-string type for keys such as words: strings of up to 24 bytes live inline, so a
 /// record keyed by a short word needs no heap allocation.

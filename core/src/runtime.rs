@@ -242,7 +242,8 @@ fn resolve_restore(config: &RuntimeConfig, graph: &JobGraph) -> Result<Option<me
     Ok(found)
 }
 
-pub(crate) fn check_same_job(
+/// Fails unless the checkpoint `meta` (in `dir`) was taken by a job with `graph`'s stages.
+pub fn check_same_job(
     dir: &std::path::Path,
     meta: &CheckpointMetadata,
     graph: &JobGraph,

@@ -13,7 +13,7 @@ use sluice_bench::{baseline, corpus, stats::median};
 
 use crate::demo::scratch_dir;
 use crate::jobs;
-use crate::progress::human;
+use sluice::cli::progress::human;
 
 /// A benchmark.
 #[derive(Subcommand, Debug)]

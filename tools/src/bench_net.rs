@@ -23,7 +23,7 @@ use sluice_bench::stats::median;
 use sluice_net::wire::{self, Element};
 use sluice_net::{ClusterSecret, Listener, NetConfig, Received};
 
-use crate::progress::human;
+use sluice::cli::progress::human;
 
 /// Options of `sluice bench net`.
 #[derive(Args, Debug)]

@@ -29,7 +29,7 @@ use sluice_bench::nexmark::run::{BenchOutput, LatencyClock, ThrottledSource, lat
 use sluice_bench::nexmark::{NexmarkConfig, NexmarkSource};
 use sluice_bench::stats::median;
 
-use crate::progress::human;
+use sluice::cli::progress::human;
 
 /// Options of `sluice bench nexmark`.
 #[derive(Args, Debug)]
@@ -105,7 +105,7 @@ pub fn nexmark(args: &NexmarkBench) -> Result<()> {
         .map_or_else(|| sluice::available_cpus().len().max(1), |w| w as usize);
     if let Some(dir) = &args.output {
         for q in &queries {
-            crate::jobs::check_output_dir(&dir.join(q.name()))?;
+            sluice::cli::check_output_dir(&dir.join(q.name())).map_err(anyhow::Error::msg)?;
         }
     }
     let mut results = Vec::new();

@@ -16,7 +16,7 @@ use sluice_bench::window::{
 };
 use sluice_tools::window_agg::parse_window_spec;
 
-use crate::progress::human;
+use sluice::cli::progress::human;
 
 /// Options of `sluice bench window`.
 #[derive(Args, Debug)]

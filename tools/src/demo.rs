@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sluice::Env;
 
-use crate::{bench, jobs, progress};
+use crate::{bench, jobs};
+use sluice::cli::progress;
 
 /// Options of `sluice demo`.
 #[derive(Args, Debug)]
@@ -21,7 +22,7 @@ pub struct DemoArgs {
     )]
     pub mb: u64,
     #[command(flatten)]
-    pub common: crate::cli::CommonRunArgs,
+    pub common: sluice::cli::CommonRunArgs,
 }
 
 /// A scratch directory under the system's temp dir, removed on drop.

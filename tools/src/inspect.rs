@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sluice_core::checkpoint::metadata::{self, CheckpointMetadata};
 
-use crate::cli::input_path;
+use sluice::cli::input_path;
 
 /// Options of `sluice inspect`.
 #[derive(Args, Debug)]

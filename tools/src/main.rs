@@ -1,5 +1,7 @@
-//! The `sluice` binary: runs built-in jobs embedded on this machine, the demo, and the
-//! benchmarks. Every failure is one line on stderr and a non-zero exit code.
+//! The `sluice` binary: the command line of `sluice::cli` (run a job embedded or on a
+//! cluster, the cluster's nodes, list, cancel, savepoint) with the built-in jobs, plus the
+//! demo, the benchmarks and `inspect`. Every failure is one line on stderr and a non-zero
+//! exit code.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -7,53 +9,44 @@ mod bench_net;
 mod bench_nexmark;
 mod bench_state;
 mod bench_window;
-mod cli;
 mod demo;
 mod inspect;
 mod jobs;
-mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, FromArgMatches, Subcommand};
+use sluice::cli::{BoxError, Cli};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => return cli::exit_on_clap_error(e),
-    };
-    init_tracing();
-    match cli::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the chain of causes, joined, leaving out a cause whose text the
-            // message before it already ends with.
-            let mut line = String::new();
-            for cause in e.chain().map(|c| c.to_string()) {
-                if !line.ends_with(&cause) {
-                    if !line.is_empty() {
-                        line.push_str(": ");
-                    }
-                    line.push_str(&cause);
-                }
-            }
-            eprintln!("error: {line}");
-            ExitCode::FAILURE
-        }
-    }
+fn boxed(e: anyhow::Error) -> BoxError {
+    e.into()
 }
 
-fn init_tracing() {
-    // glommio warns (over several lines) when it cannot register io_uring buffers under a
-    // tight memlock limit and falls back to unregistered ones; that only slows DMA I/O, which
-    // Sluice does not use yet. `RUST_LOG=warn` shows it.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,glommio::sys::uring=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+fn main() -> ExitCode {
+    // `about` after `augment_*`, which would replace it with the type's doc comment.
+    let demo = demo::DemoArgs::augment_args(clap::Command::new("demo")).about(
+        "Runs word count on a generated corpus on every core and prints the top words and \
+         the throughput",
+    );
+    let bench = bench::Bench::augment_subcommands(clap::Command::new("bench"))
+        .about("Benchmarks, with their baselines run in the same invocation")
+        .subcommand_required(true);
+    let inspect = inspect::InspectArgs::augment_args(clap::Command::new("inspect")).about(
+        "Describes a checkpoint or savepoint: job, key groups, source positions, state, pauses",
+    );
+    Cli::new("sluice")
+        .jobs(jobs::builtin())
+        .command(demo, |m| {
+            demo::run(&demo::DemoArgs::from_arg_matches(m)?).map_err(boxed)
+        })
+        .command(bench, |m| {
+            bench::run(bench::Bench::from_arg_matches(m)?).map_err(boxed)
+        })
+        .command(inspect, |m| {
+            inspect::run(&inspect::InspectArgs::from_arg_matches(m)?).map_err(boxed)
+        })
+        .main()
 }

@@ -21,7 +21,8 @@ use sluice::{
 const BAD_LINES_QUOTED_MAX: usize = 5;
 
 /// A record's value, and its input line when printing the fields would not give it back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An rkyv archive when it crosses nodes (inside window partials).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Event {
     /// The value.
     pub value: i64,
@@ -226,6 +227,9 @@ pub struct WindowAggCounts {
 
 /// Builds the window-agg job on `env`.
 pub fn window_agg(env: &Env, cfg: &WindowAggConfig) -> WindowAggCounts {
+    // What crosses nodes on a cluster: events and (count, sum) partials, beside the keys.
+    sluice::register_wire_type::<Event>();
+    sluice::register_wire_type::<(u64, i128)>();
     let counts = WindowAggCounts::default();
     let late_tag: OutputTag<(CompactString, Event)> = OutputTag::new("late");
     let mut windows = env

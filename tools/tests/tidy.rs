@@ -30,7 +30,9 @@ fn tidy_workspace_sources() {
         .parent()
         .expect("workspace root");
     let mut files = Vec::new();
-    for dir in ["core", "net", "state", "api", "tools", "bench", "tests"] {
+    for dir in [
+        "core", "net", "state", "cluster", "api", "tools", "bench", "tests",
+    ] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(

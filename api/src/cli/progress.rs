@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use sluice::{Env, Progress};
+use crate::{Env, Progress};
 
 /// Shows progress on stderr while the job runs, unless `quiet` or stderr is not a terminal.
 /// Returns whether it did (so the caller ends the line).

@@ -1,0 +1,364 @@
+//! The coordinator node (`sluice node coordinator`): accepts worker nodes and clients on one
+//! authenticated listener, keeps the registry of nodes and their worker slots, and runs the
+//! jobs ([`job`]).
+//!
+//! Everything runs on one executor thread: a task per connection reads messages and hands
+//! them to the shared state ([`Coord`]), and a ticker moves jobs along every few
+//! milliseconds — deploys, checkpoint triggers and completions, failovers — and checks the
+//! nodes' heartbeats. The state is a plain struct behind a `RefCell`, never borrowed across
+//! an await.
+
+mod job;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use sluice_core::clock::{Clock, SystemClock};
+use sluice_net::{Connection, Listener};
+
+use crate::JobCatalog;
+use crate::config::ClusterConfig;
+use crate::protocol::{self, HEARTBEAT_INTERVAL, Incoming, Msg};
+use job::Job;
+
+/// How a coordinator runs.
+#[derive(Clone, Debug)]
+pub struct CoordinatorOptions {
+    /// Where it listens for nodes and clients.
+    pub listen: SocketAddr,
+    /// The default root for checkpoints (`DIR/<job id>`, for jobs with an interval but no
+    /// directory of their own) and savepoints (`DIR/savepoints`). It must be reachable by
+    /// every node at the same path (shared storage).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Secret, name, heartbeat timeout.
+    pub cluster: ClusterConfig,
+}
+
+/// How often the coordinator moves its jobs along.
+const TICK: Duration = Duration::from_millis(5);
+/// Time a connection has to say who it is.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a coordinator on this thread, forever (or until it cannot listen). `ready` gets its
+/// address once it listens.
+pub fn run(
+    opts: CoordinatorOptions,
+    catalog: Arc<dyn JobCatalog>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    opts.cluster.check_listen(opts.listen, "--listen")?;
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("sluice-coordinator")
+        .io_memory(64 << 10)
+        .make()
+        .map_err(|e| format!("cannot start the coordinator's executor: {e}"))?;
+    executor.run(serve(opts, catalog, ready))
+}
+
+async fn serve(
+    opts: CoordinatorOptions,
+    catalog: Arc<dyn JobCatalog>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let listener = Listener::bind(opts.listen, &opts.cluster.net())
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    ready(listener.local_addr());
+    let coord = Rc::new(RefCell::new(Coord::new(opts, catalog)));
+    let ticker = coord.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(TICK).await;
+            ticker.borrow_mut().tick();
+        }
+    })
+    .detach();
+    loop {
+        let conn = listener
+            .accept()
+            .await
+            .map_err(|e| format!("accept on {}: {e}", listener.local_addr()))?;
+        glommio::spawn_local(session(conn, coord.clone())).detach();
+    }
+}
+
+/// A connection's first message says what it is: a worker node registering, or a client's
+/// request.
+async fn session(conn: Connection, coord: Rc<RefCell<Coord>>) {
+    let first = async { protocol::recv_msg(&conn).await.map_err(|e| e.to_string()) };
+    let timeout = async {
+        glommio::timer::sleep(FIRST_MESSAGE_TIMEOUT).await;
+        Err("it said nothing".to_owned())
+    };
+    let first = match futures_lite::future::or(first, timeout).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(peer = %conn.peer_addr(), "closing a connection: {e}");
+            conn.close();
+            return;
+        }
+    };
+    match first {
+        Msg::Register { node, slots } => node_session(conn, coord, node, slots).await,
+        request => coord.borrow_mut().client_request(conn, request),
+    }
+}
+
+async fn node_session(conn: Connection, coord: Rc<RefCell<Coord>>, name: String, slots: u32) {
+    let Some(id) = coord.borrow_mut().add_node(conn.clone(), name, slots) else {
+        return;
+    };
+    loop {
+        let incoming = protocol::recv(&conn).await;
+        let mut c = coord.borrow_mut();
+        match incoming {
+            Ok(Incoming::Heartbeat) => c.heard(id),
+            Ok(Incoming::Msg(m)) => {
+                c.heard(id);
+                c.node_message(id, m);
+            }
+            Err(e) => {
+                c.node_lost(id, &e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// A registered worker node.
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) conn: Connection,
+    pub(crate) slots: u32,
+    /// Slots given to runs.
+    pub(crate) used: u32,
+    last_heard_ms: u64,
+}
+
+/// The coordinator's state.
+pub(crate) struct Coord {
+    pub(crate) opts: CoordinatorOptions,
+    pub(crate) catalog: Arc<dyn JobCatalog>,
+    pub(crate) nodes: BTreeMap<u64, Node>,
+    pub(crate) jobs: BTreeMap<String, Job>,
+    pub(crate) clock: SystemClock,
+    next_node: u64,
+    next_job: u64,
+    pub(crate) next_run: u64,
+    last_heartbeat_ms: u64,
+    sequence: u64,
+}
+
+impl Coord {
+    fn new(opts: CoordinatorOptions, catalog: Arc<dyn JobCatalog>) -> Coord {
+        Coord {
+            opts,
+            catalog,
+            nodes: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            clock: SystemClock::new(),
+            next_node: 1,
+            next_job: 1,
+            next_run: 1,
+            last_heartbeat_ms: 0,
+            sequence: 0,
+        }
+    }
+
+    fn add_node(&mut self, conn: Connection, name: String, slots: u32) -> Option<u64> {
+        if slots == 0 || slots > 4096 {
+            let reason = format!("{slots} worker slots");
+            let _ = protocol::send(&conn, &Msg::Refused { reason });
+            conn.close();
+            return None;
+        }
+        let id = self.next_node;
+        self.next_node += 1;
+        let addr = conn.peer_addr();
+        tracing::info!(node = %name, %addr, slots, "worker node registered");
+        if protocol::send(&conn, &Msg::Registered { node_id: id }).is_err() {
+            return None;
+        }
+        let node = Node {
+            name,
+            addr,
+            conn,
+            slots,
+            used: 0,
+            last_heard_ms: self.clock.now_ms(),
+        };
+        self.nodes.insert(id, node);
+        Some(id)
+    }
+
+    fn heard(&mut self, id: u64) {
+        let now = self.clock.now_ms();
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.last_heard_ms = now;
+        }
+    }
+
+    /// A node's connection ended or went silent: its runs fail over.
+    pub(crate) fn node_lost(&mut self, id: u64, why: &str) {
+        let Some(node) = self.nodes.remove(&id) else {
+            return;
+        };
+        node.conn.close();
+        tracing::warn!(node = %node.name, addr = %node.addr, "worker node lost: {why}");
+        let what = format!("worker node '{}' ({}) lost: {why}", node.name, node.addr);
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        for job_id in ids {
+            self.with_job(&job_id, |job, c| job.node_lost(c, id, &what));
+        }
+    }
+
+    fn node_message(&mut self, node: u64, msg: Msg) {
+        let run = match &msg {
+            Msg::Prepared { run, .. }
+            | Msg::Ack { run, .. }
+            | Msg::Finished { run, .. }
+            | Msg::RunEnded { run, .. }
+            | Msg::Committed { run, .. } => *run,
+            other => {
+                tracing::warn!(node, "unexpected message from a worker node: {other:?}");
+                return;
+            }
+        };
+        let owner = self
+            .jobs
+            .iter()
+            .find(|(_, j)| j.run_id() == Some(run))
+            .map(|(id, _)| id.clone());
+        match owner {
+            Some(job_id) => self.with_job(&job_id, |job, c| job.node_message(c, node, msg)),
+            None => tracing::debug!(run, "a message of a run that is over: ignored"),
+        }
+    }
+
+    /// Runs `f` on job `id` with the rest of the state beside it.
+    fn with_job(&mut self, id: &str, f: impl FnOnce(&mut Job, &mut Coord)) {
+        if let Some(mut job) = self.jobs.remove(id) {
+            f(&mut job, self);
+            self.jobs.insert(id.to_owned(), job);
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        if now.saturating_sub(self.last_heartbeat_ms) >= HEARTBEAT_INTERVAL.as_millis() as u64 {
+            self.last_heartbeat_ms = now;
+            self.sequence += 1;
+            let timeout = self.opts.cluster.heartbeat_timeout.as_millis() as u64;
+            let mut silent = Vec::new();
+            for (&id, node) in &self.nodes {
+                let _ = protocol::heartbeat(&node.conn, self.sequence);
+                if now.saturating_sub(node.last_heard_ms) > timeout {
+                    silent.push(id);
+                }
+            }
+            for id in silent {
+                self.node_lost(id, &format!("no heartbeat for {timeout} ms"));
+            }
+        }
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            self.with_job(&id, |job, c| job.tick(c));
+        }
+    }
+
+    /// Free worker slots, per node in id order.
+    pub(crate) fn free_slots(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .map(|(&id, n)| (id, n.slots.saturating_sub(n.used)))
+            .filter(|(_, free)| *free > 0)
+            .collect()
+    }
+
+    fn client_request(&mut self, conn: Connection, request: Msg) {
+        let reply = match request {
+            Msg::Submit { job, args, workers } => {
+                self.submit(conn, job, args, workers);
+                return;
+            }
+            Msg::List => Msg::Jobs {
+                jobs: self.jobs.values().map(Job::row).collect(),
+            },
+            Msg::CancelJob { job_id } => {
+                let mut reply = None;
+                self.with_job(&job_id, |job, c| reply = Some(job.cancel(c)));
+                reply.unwrap_or_else(|| no_such_job(&job_id))
+            }
+            Msg::Savepoint { job_id, dir } => {
+                let default_root = self
+                    .opts
+                    .checkpoint_dir
+                    .as_ref()
+                    .map(|d| d.join("savepoints"));
+                let mut reply: Option<Option<Msg>> = None;
+                self.with_job(&job_id, |job, _| {
+                    reply = Some(job.savepoint(conn.clone(), dir.map(PathBuf::from), default_root))
+                });
+                match reply {
+                    // The answer comes when the savepoint is complete.
+                    Some(None) => return,
+                    Some(Some(r)) => r,
+                    None => no_such_job(&job_id),
+                }
+            }
+            other => Msg::Refused {
+                reason: format!("not a request: {other:?}"),
+            },
+        };
+        let _ = protocol::send(&conn, &reply);
+        conn.close();
+    }
+
+    fn submit(&mut self, conn: Connection, name: String, args: Vec<String>, workers: Option<u32>) {
+        let id = format!("job-{:04}", self.next_job);
+        let args = self.with_default_checkpoint_dir(&id, args);
+        // Built once now so that an unknown job or bad options fail the request at once.
+        let built = match self.catalog.build(&name, &args) {
+            Ok(built) => built,
+            Err(message) => {
+                let _ = protocol::send(&conn, &Msg::Failed { message });
+                conn.close();
+                return;
+            }
+        };
+        self.next_job += 1;
+        let _ = protocol::send(&conn, &Msg::Submitted { job_id: id.clone() });
+        tracing::info!(job = %id, name = %name, "job submitted");
+        let job = Job::new(id.clone(), name, args, workers, built.config, conn);
+        self.jobs.insert(id, job);
+    }
+
+    /// A job with a checkpoint interval but no directory checkpoints under the coordinator's
+    /// root, `DIR/<job id>`.
+    fn with_default_checkpoint_dir(&self, id: &str, mut args: Vec<String>) -> Vec<String> {
+        let has = |flag: &str| {
+            args.iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        if let Some(root) = &self.opts.checkpoint_dir
+            && has("--checkpoint-interval-ms")
+            && !has("--checkpoint-dir")
+        {
+            args.push("--checkpoint-dir".into());
+            args.push(root.join(id).display().to_string());
+        }
+        args
+    }
+}
+
+fn no_such_job(id: &str) -> Msg {
+    Msg::Failed {
+        message: format!("no job '{id}' (see `sluice list`)"),
+    }
+}
