@@ -9,7 +9,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use sluice_net::Connection;
 
 use crate::config::ClusterConfig;
-use crate::protocol::{self, JobRow, Msg};
+use crate::protocol::{self, JobRow, Msg, NodeRow};
 
 /// How long to wait for a coordinator's answer to a short request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,11 +94,14 @@ pub fn submit_and_wait(
     })
 }
 
-/// The coordinator's jobs.
-pub fn list(addr: SocketAddr, cluster: &ClusterConfig) -> Result<Vec<JobRow>, String> {
+/// The coordinator's jobs and worker nodes.
+pub fn list(
+    addr: SocketAddr,
+    cluster: &ClusterConfig,
+) -> Result<(Vec<JobRow>, Vec<NodeRow>), String> {
     on_executor(async move {
         match request(addr, cluster, &Msg::List).await? {
-            Msg::Jobs { jobs } => Ok(jobs),
+            Msg::Jobs { jobs, nodes } => Ok((jobs, nodes)),
             Msg::Failed { message } => Err(message),
             other => Err(format!("unexpected answer from the coordinator: {other:?}")),
         }

@@ -51,6 +51,19 @@ pub struct WireSplit {
     pub done: bool,
 }
 
+/// One worker node in a `List` answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Its name.
+    pub name: String,
+    /// Where its connection to the coordinator comes from.
+    pub addr: String,
+    /// Its worker slots.
+    pub slots: u32,
+    /// Slots given to runs.
+    pub used: u32,
+}
+
 /// A node's part of a run.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Deploy {
@@ -119,7 +132,7 @@ pub use messages::{ArchivedMsg, Msg};
 /// beside it without documentation.
 #[allow(missing_docs)]
 mod messages {
-    use super::{Deploy, JobRow, RunOutcome, WireSplit};
+    use super::{Deploy, JobRow, NodeRow, RunOutcome, WireSplit};
     use rkyv::{Archive, Deserialize, Serialize};
 
     /// A control-plane message.
@@ -262,10 +275,12 @@ mod messages {
         },
         /// Client → coordinator: the jobs, please.
         List,
-        /// Coordinator → client: the jobs.
+        /// Coordinator → client: the jobs, and the worker nodes.
         Jobs {
             /// One row per job.
             jobs: Vec<JobRow>,
+            /// One row per registered worker node.
+            nodes: Vec<NodeRow>,
         },
         /// Client → coordinator: cancel a job.
         CancelJob {
@@ -418,6 +433,12 @@ mod tests {
                     workers: 4,
                     restarts: 0,
                     last_checkpoint: 7,
+                }],
+                nodes: vec![NodeRow {
+                    name: "w1".into(),
+                    addr: "127.0.0.2:5000".into(),
+                    slots: 2,
+                    used: 1,
                 }],
             },
         ];

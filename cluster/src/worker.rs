@@ -106,7 +106,11 @@ async fn register(opts: &WorkerOptions) -> Result<Connection, String> {
     protocol::send(&conn, &hello).map_err(failed)?;
     match protocol::recv_msg(&conn).await.map_err(failed)? {
         Msg::Registered { node_id } => {
-            tracing::info!(node_id, coordinator = %opts.coordinator, "registered");
+            // The line scripts and tests wait for.
+            eprintln!(
+                "worker node {} registered with the coordinator at {} ({} slots, id {node_id})",
+                opts.cluster.node, opts.coordinator, opts.slots
+            );
             Ok(conn)
         }
         Msg::Refused { reason } => Err(format!("the coordinator refused this node: {reason}")),

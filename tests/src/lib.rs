@@ -14,9 +14,11 @@
 //! - [`event_time`]: brute-force references for windows, window and interval joins and bounded
 //!   joins built with the API, and [`run_job`] to run such a job;
 //! - [`held`]: a source that stays open until the test releases it, and a sink that releases
-//!   it once the output it waits for has arrived.
+//!   it once the output it waits for has arrived;
+//! - [`cluster`]: a coordinator and worker nodes as real `sluice` processes on 127.0.0.x.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod event_time;
 pub mod held;
 pub mod windows;
@@ -294,6 +296,29 @@ pub fn sluice_bin() -> &'static Path {
 }
 
 fn build_sluice_bin() -> PathBuf {
+    build_bin(&["-p", "sluice-tools", "--bin", "sluice"], "sluice")
+}
+
+/// The example `name` of the `sluice` crate (a job binary), built like [`sluice_bin`] (at
+/// most once per test process).
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<BTreeMap<String, PathBuf>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    built
+        .entry(name.to_owned())
+        .or_insert_with(|| {
+            build_bin(
+                &["-p", "sluice", "--example", name],
+                &format!("examples/{name}"),
+            )
+        })
+        .clone()
+}
+
+/// Runs `cargo build --quiet ARGS` into this test's target directory and profile, and returns
+/// `<target>/<profile>/<out>`.
+fn build_bin(args: &[&str], out: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("locate the test binary: {e}"));
     // <target>/<profile>/deps/<test>-<hash>
     let profile_dir = exe
@@ -319,7 +344,8 @@ fn build_sluice_bin() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", "sluice-tools", "--bin", "sluice"])
+        .args(["build", "--quiet"])
+        .args(args)
         .arg("--target-dir")
         .arg(target_dir);
     match profile.as_str() {
@@ -331,14 +357,14 @@ fn build_sluice_bin() -> PathBuf {
             cmd.args(["--profile", other]);
         }
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let out_path = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
-        out.status.success(),
+        out_path.status.success(),
         "{cmd:?} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out_path.status,
+        String::from_utf8_lossy(&out_path.stderr)
     );
-    let bin = profile_dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{out}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
         "{cmd:?} succeeded but {} is missing",

@@ -167,7 +167,14 @@ pub(super) fn dispatch(
         "list" => {
             let args = ListArgs::from_arg_matches(m).map_err(parse_err)?;
             let (addr, cluster) = args.target.resolve()?;
-            let jobs = client::list(addr, &cluster)?;
+            let (jobs, nodes) = client::list(addr, &cluster)?;
+            println!(
+                "{:<16} {:<22} {:>5} {:>5}",
+                "NODE", "ADDRESS", "SLOTS", "USED"
+            );
+            for n in nodes {
+                println!("{:<16} {:<22} {:>5} {:>5}", n.name, n.addr, n.slots, n.used);
+            }
             println!(
                 "{:<10} {:<14} {:>7} {:>8} {:>10}  STATE",
                 "JOB_ID", "NAME", "WORKERS", "RESTARTS", "CHECKPOINT"

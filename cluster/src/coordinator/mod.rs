@@ -24,7 +24,7 @@ use sluice_net::{Connection, Listener};
 
 use crate::JobCatalog;
 use crate::config::ClusterConfig;
-use crate::protocol::{self, HEARTBEAT_INTERVAL, Incoming, Msg};
+use crate::protocol::{self, HEARTBEAT_INTERVAL, Incoming, Msg, NodeRow};
 use job::Job;
 
 /// How a coordinator runs.
@@ -289,6 +289,16 @@ impl Coord {
             }
             Msg::List => Msg::Jobs {
                 jobs: self.jobs.values().map(Job::row).collect(),
+                nodes: self
+                    .nodes
+                    .values()
+                    .map(|n| NodeRow {
+                        name: n.name.clone(),
+                        addr: n.addr.to_string(),
+                        slots: n.slots,
+                        used: n.used,
+                    })
+                    .collect(),
             },
             Msg::CancelJob { job_id } => {
                 let mut reply = None;

@@ -1,0 +1,288 @@
+//! A cluster of real `sluice` processes on loopback for the multi-node tests: a coordinator
+//! and worker nodes on 127.0.0.x, each a child process this test started (and kills, by its
+//! own handle, when dropped). Their stderr is collected, so a test can wait for a line (a
+//! node registered) or check one (a refused peer was logged).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{run_command_within, sluice_bin};
+
+/// How long a test waits for a condition it polls (the machine may be loaded).
+pub const WAIT_LIMIT: Duration = Duration::from_secs(90);
+
+/// A child process and what it wrote to stderr so far.
+pub struct Proc {
+    /// The name it goes by in the test.
+    pub name: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `BIN ARGS` (the `sluice` binary or a job binary) with stderr collected.
+    pub fn spawn(bin: &Path, name: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("SLUICE_SECRET_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} ({cmd:?}): {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until its stderr has a line containing `needle`; returns that line.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before saying {needle:?}: {}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                started.elapsed() < WAIT_LIMIT,
+                "{} did not say {needle:?} within {}s: {}",
+                self.name,
+                WAIT_LIMIT.as_secs(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for it to exit, within `limit`; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{} still running after {}s: {}",
+                self.name,
+                limit.as_secs(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs it (this test's own child) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator and its worker nodes.
+pub struct TestCluster {
+    /// The binary every node runs.
+    pub bin: PathBuf,
+    /// The coordinator.
+    pub coordinator: Proc,
+    /// Its address.
+    pub addr: String,
+    /// The worker nodes, in the order they were added.
+    pub workers: Vec<Proc>,
+    secret: Option<String>,
+}
+
+impl TestCluster {
+    /// A coordinator of the `sluice` binary on 127.0.0.1 (a free port), with `extra`
+    /// options, and no workers yet.
+    pub fn coordinator(extra: &[&str]) -> TestCluster {
+        TestCluster::coordinator_of(sluice_bin(), extra)
+    }
+
+    /// A coordinator of binary `bin` on 127.0.0.1 (a free port), with `extra` options, and no
+    /// workers yet.
+    pub fn coordinator_of(bin: &Path, extra: &[&str]) -> TestCluster {
+        let mut args: Vec<String> = ["node", "coordinator", "--listen", "127.0.0.1:0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let secret = extra
+            .iter()
+            .position(|a| *a == "--secret-file")
+            .and_then(|i| extra.get(i + 1))
+            .map(|s| s.to_string());
+        let mut coordinator = Proc::spawn(bin, "coordinator", &args, &[]);
+        let line = coordinator.wait_for_line("coordinator listening on ");
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        TestCluster {
+            bin: bin.to_owned(),
+            coordinator,
+            addr,
+            workers: Vec::new(),
+            secret,
+        }
+    }
+
+    /// A coordinator and worker nodes of `slots` slots each, on 127.0.0.2, 127.0.0.3, ...,
+    /// all registered.
+    pub fn start(slots: &[u32]) -> TestCluster {
+        TestCluster::start_of(sluice_bin(), slots)
+    }
+
+    /// [`TestCluster::start`] with the nodes running binary `bin`.
+    pub fn start_of(bin: &Path, slots: &[u32]) -> TestCluster {
+        let mut c = TestCluster::coordinator_of(bin, &[]);
+        for &s in slots {
+            c.add_worker(s);
+        }
+        c
+    }
+
+    /// Starts a worker node of `slots` slots on the next 127.0.0.x and waits until it has
+    /// registered; returns its index.
+    pub fn add_worker(&mut self, slots: u32) -> usize {
+        let i = self.workers.len();
+        let name = format!("w{}", i + 1);
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "worker".into(),
+            "--coordinator".into(),
+            self.addr.clone(),
+            "--listen".into(),
+            format!("127.0.0.{}:0", i + 2),
+            "--workers".into(),
+            slots.to_string(),
+            "--name".into(),
+            name.clone(),
+        ];
+        if let Some(secret) = &self.secret {
+            args.extend(["--secret-file".into(), secret.clone()]);
+        }
+        let mut worker = Proc::spawn(&self.bin, &name, &args, &[]);
+        worker.wait_for_line("registered with the coordinator");
+        self.workers.push(worker);
+        i
+    }
+
+    /// `sluice ARGS --coordinator ADDR`, run to its end (within `limit`).
+    pub fn sluice(&self, args: &[&str], limit: Duration) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).args(["--coordinator", &self.addr]);
+        if let Some(secret) = &self.secret {
+            cmd.args(["--secret-file", secret]);
+        }
+        cmd.env_remove("SLUICE_SECRET_FILE");
+        run_command_within(cmd, limit)
+    }
+
+    /// `sluice list`'s stdout.
+    pub fn list(&self) -> String {
+        let out = self.sluice(&["list"], Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls `list` until `done` holds for a job's row (split into its columns).
+    pub fn wait_for_job(&self, job_id: &str, what: &str, done: impl Fn(&[&str]) -> bool) {
+        let started = Instant::now();
+        loop {
+            let list = self.list();
+            let row = list
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(job_id));
+            if let Some(row) = row {
+                let cols: Vec<&str> = row.split_whitespace().collect();
+                if done(&cols) {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < WAIT_LIMIT,
+                "{job_id} never {what}; list:\n{list}\ncoordinator:\n{}",
+                self.coordinator.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every process's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- coordinator:\n{}", self.coordinator.log());
+        for w in &self.workers {
+            out.push_str(&format!("--- {}:\n{}", w.name, w.log()));
+        }
+        out
+    }
+}
+
+/// `sluice run JOB ARGS --coordinator ADDR` started in the background (a client process
+/// that waits for the job's end).
+pub fn submit(cluster: &TestCluster, job: &str, args: &[String]) -> Proc {
+    let mut all = vec!["run".to_owned(), job.to_owned()];
+    all.extend(args.iter().cloned());
+    all.extend(["--coordinator".to_owned(), cluster.addr.clone()]);
+    if let Some(secret) = &cluster.secret {
+        all.extend(["--secret-file".to_owned(), secret.clone()]);
+    }
+    Proc::spawn(&cluster.bin, "client", &all, &[])
+}
+
+/// Writes a secret file of `text` in `dir`.
+pub fn secret_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path.display().to_string()
+}

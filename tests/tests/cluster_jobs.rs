@@ -1,0 +1,161 @@
+//! Jobs on a cluster of real `sluice` processes on loopback — a coordinator and two or three
+//! worker nodes on 127.0.0.x — give exactly the output of the same job in one process: word
+//! count against the reference, and window-agg (tumbling, sliding, session, with late
+//! records) line for line against a single-process run on as many workers and against the
+//! brute-force reference.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_tests::cluster::{TestCluster, submit};
+use sluice_tests::windows::{Spec, read_lines, reference_window_agg};
+use sluice_tests::{assert_counts_eq, read_output_dir, reference_word_count, run_sluice};
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("create a temporary directory: {e}"))
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Seeded xorshift.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn cluster_wordcount_on_two_nodes_equals_the_reference() {
+    let dir = tempdir();
+    let input = dir.path().join("input.txt");
+    let mut rng = Rng(42);
+    let mut text = String::new();
+    for _ in 0..20_000 {
+        for _ in 0..8 {
+            let w = rng.next() % 3000;
+            text.push_str(&format!("word{w} "));
+        }
+        text.push('\n');
+    }
+    std::fs::write(&input, &text).unwrap();
+    let cluster = TestCluster::start(&[2, 2]);
+    let output = dir.path().join("out");
+    let args = vec!["--input".into(), s(&input), "--output".into(), s(&output)];
+    let mut client = submit(&cluster, "wordcount", &args);
+    let status = client.wait_exit(Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "client: {}\n{}",
+        client.log(),
+        cluster.logs()
+    );
+    assert!(
+        client.log().contains("on 4 workers of 2 nodes"),
+        "{}",
+        client.log()
+    );
+    let got = read_output_dir(&output).unwrap_or_else(|e| panic!("{e}"));
+    assert_counts_eq(&reference_word_count(&text), &got, "cluster word count");
+}
+
+/// Events with keys, values and timestamps out of order by up to `jitter` ms.
+fn events(lines: usize, keys: u64, jitter: i64, seed: u64) -> String {
+    let mut rng = Rng(seed);
+    let mut csv = String::new();
+    for i in 0..lines as i64 {
+        let j = (rng.next() % (2 * jitter as u64 + 1)) as i64 - jitter;
+        let key = rng.next() % keys;
+        let value = (rng.next() % 201) as i64 - 100;
+        csv.push_str(&format!("{},k{key},{value}\n", i * 7 + j));
+    }
+    csv
+}
+
+#[test]
+fn cluster_window_agg_equals_a_single_process_run_line_for_line() {
+    let dir = tempdir();
+    let csv = events(30_000, 40, 400, 7);
+    let input = dir.path().join("events.csv");
+    std::fs::write(&input, &csv).unwrap();
+    let cluster = TestCluster::start(&[1, 1, 1]);
+    let specs = [
+        Spec::Tumbling(1000),
+        Spec::Sliding(2000, 500),
+        Spec::Session(30),
+    ];
+    for spec in specs {
+        let window = spec.arg();
+        let job = |out: &Path, late: &Path| -> Vec<String> {
+            vec![
+                "--input".into(),
+                s(&input),
+                "--output".into(),
+                s(out),
+                "--late-output".into(),
+                s(late),
+                "--window".into(),
+                window.clone(),
+                "--out-of-orderness-ms".into(),
+                "100".into(),
+                "--quiet".into(),
+            ]
+        };
+        let tag = window.replace(':', "-");
+        let (out, late) = (
+            dir.path().join(format!("c-{tag}")),
+            dir.path().join(format!("cl-{tag}")),
+        );
+        let mut client = submit(&cluster, "window-agg", &job(&out, &late));
+        let status = client.wait_exit(Duration::from_secs(120));
+        assert!(
+            status.success(),
+            "{window}: {}\n{}",
+            client.log(),
+            cluster.logs()
+        );
+        let (one, one_late) = (
+            dir.path().join(format!("e-{tag}")),
+            dir.path().join(format!("el-{tag}")),
+        );
+        let mut args = vec!["run".to_owned(), "window-agg".into()];
+        args.extend(job(&one, &one_late));
+        args.extend(["--workers".into(), "3".into()]);
+        let embedded = run_sluice(&args);
+        assert!(
+            embedded.status.success(),
+            "{window}: {}",
+            String::from_utf8_lossy(&embedded.stderr)
+        );
+        let (expected, expected_late) = reference_window_agg(&csv, 3, spec, 100);
+        if let Spec::Tumbling(_) = spec {
+            assert!(
+                !expected_late.is_empty(),
+                "{window}: the input should have late records"
+            );
+        }
+        assert_eq!(
+            read_lines(&one),
+            expected,
+            "{window}: single process vs reference"
+        );
+        assert_eq!(read_lines(&out), expected, "{window}: cluster vs reference");
+        assert_eq!(
+            read_lines(&late),
+            expected_late,
+            "{window}: late records on the cluster"
+        );
+        assert_eq!(
+            read_lines(&one_late),
+            expected_late,
+            "{window}: late records, one process"
+        );
+    }
+}
