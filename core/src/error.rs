@@ -112,9 +112,6 @@ pub enum Error {
         /// The transport's one-line error.
         message: String,
     },
-    /// The cluster failed the job: a worker node was lost, or the coordinator cancelled it.
-    #[error("{0}")]
-    Cluster(String),
 }
 
 impl Error {
@@ -125,8 +122,7 @@ impl Error {
             | Error::IoOther { .. }
             | Error::Startup { .. }
             | Error::State { .. }
-            | Error::Network { .. }
-            | Error::Cluster(_) => ErrorDomain::External,
+            | Error::Network { .. } => ErrorDomain::External,
             Error::Corrupt { .. } | Error::Operator { .. } | Error::Panic { .. } => {
                 ErrorDomain::User
             }

@@ -333,8 +333,13 @@ impl Coord {
     fn submit(&mut self, conn: Connection, name: String, args: Vec<String>, workers: Option<u32>) {
         let id = format!("job-{:04}", self.next_job);
         let args = self.with_default_checkpoint_dir(&id, args);
-        // Built once now so that an unknown job or bad options fail the request at once.
-        let built = match self.catalog.build(&name, &args) {
+        // Built and checked once now (inputs exist, outputs are directories), so that an
+        // unknown job, bad options or a missing input fail the request itself.
+        let built = match self
+            .catalog
+            .build(&name, &args)
+            .and_then(|b| self.dry_run(b))
+        {
             Ok(built) => built,
             Err(message) => {
                 let _ = protocol::send(&conn, &Msg::Failed { message });
@@ -347,6 +352,30 @@ impl Coord {
         tracing::info!(job = %id, name = %name, "job submitted");
         let job = Job::new(id.clone(), name, args, workers, built.config, conn);
         self.jobs.insert(id, job);
+    }
+
+    /// Prepares the stages of a job built for checking, as a run would (without settling
+    /// outputs).
+    fn dry_run(&self, built: crate::BuiltJob) -> Result<crate::BuiltJob, String> {
+        let workers = self
+            .nodes
+            .values()
+            .map(|n| n.slots as usize)
+            .sum::<usize>()
+            .max(1);
+        let metrics = sluice_core::metrics::JobMetrics::new(workers);
+        for stage in &built.graph.stages {
+            stage
+                .prepare(&sluice_core::graph::Prepare {
+                    workers,
+                    metrics: &metrics,
+                    restored_id: 0,
+                    restore: None,
+                    settle_output: false,
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(built)
     }
 
     /// A job with a checkpoint interval but no directory checkpoints under the coordinator's
