@@ -94,7 +94,7 @@ fn a_worker_and_a_client_with_the_wrong_secret_are_refused_and_logged() {
 
 #[test]
 fn garbage_and_a_4_gib_frame_header_are_disconnected_and_logged() {
-    let mut cluster = TestCluster::start(&[1]);
+    let cluster = TestCluster::start(&[1]);
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let garbage: Vec<u8> = (0..200)
         .map(|_| {
