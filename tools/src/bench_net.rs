@@ -46,6 +46,19 @@ pub struct NetBench {
     /// Print a JSON record to stdout.
     #[arg(long)]
     json: bool,
+    /// Instead of throughput: end-to-end latency percentiles of a keyed pipeline across two
+    /// nodes at 10%, 50% and 90% of its maximum rate (see `bench_net_latency.rs`).
+    #[arg(long)]
+    latency: bool,
+    /// With --latency: events of each maximum-rate run.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    latency_events: u64,
+    /// With --latency: seconds of each latency run.
+    #[arg(long, default_value_t = 3.0)]
+    latency_secs: f64,
+    /// With --latency: distinct keys.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
 }
 
 fn records_range() -> clap::builder::RangedU64ValueParser<u64> {
@@ -316,6 +329,28 @@ fn batch_frame_bytes(args: &NetBench) -> Result<usize> {
 }
 
 pub fn net(args: &NetBench) -> Result<()> {
+    if args.latency {
+        if !(args.latency_secs > 0.0 && args.latency_secs <= 3600.0) {
+            bail!("--latency-secs {}: between 0 and 3600", args.latency_secs);
+        }
+        let mut json = crate::bench_net_latency::latency(
+            args.latency_events,
+            args.latency_secs,
+            args.runs,
+            args.keys,
+        )?;
+        if args.json {
+            json["schema"] = "sluice-bench/1".into();
+            json["bench"] = "net-latency".into();
+            json["runs"] = args.runs.into();
+            json["machine"] = serde_json::json!({
+                "cpus": sluice::available_cpus().len(),
+                "load_avg_1m": load_average(),
+            });
+            println!("{json}");
+        }
+        return Ok(());
+    }
     let frame = batch_frame_bytes(args)?;
     if frame > (16 << 20) {
         bail!("a batch of {frame} bytes exceeds the 16 MiB frame limit");
@@ -346,10 +381,20 @@ fn one(args: &NetBench, v: Variant, frame: usize, batches: u64) -> Result<RunRes
                 credits: args.credits,
                 runs: 1,
                 json: false,
+                latency: false,
+                latency_events: 0,
+                latency_secs: 0.0,
+                keys: 1,
             },
             v,
         ),
     }
+}
+
+/// The 1-minute load average, for the record of a noisy machine.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 fn report(
@@ -416,7 +461,10 @@ fn report(
             "ratio_owned_vs_raw": ratios[1],
             "recv_buffers_allocated_max": allocated,
             "recv_buffer_allocations_per_record": allocated as f64 / records as f64,
-            "machine": { "cpus": sluice::available_cpus().len() },
+            "machine": {
+                "cpus": sluice::available_cpus().len(),
+                "load_avg_1m": load_average(),
+            },
         });
         println!("{json}");
     }

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_net;
+mod bench_net_latency;
 mod bench_nexmark;
 mod bench_state;
 mod bench_window;
