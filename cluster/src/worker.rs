@@ -358,6 +358,11 @@ impl Agent {
                 }
                 Ok(Ok(part)) if cancelled => {
                     part.cancel();
+                    let outcome = RunOutcome {
+                        secondary: true,
+                        ..failed("cancelled before it started".into(), true)
+                    };
+                    self.send(&Msg::RunEnded { run, outcome });
                     None
                 }
                 Ok(Ok(part)) => {
