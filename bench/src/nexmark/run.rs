@@ -464,3 +464,33 @@ impl RowOutput for BenchOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_due_when_their_event_is_generated_or_the_watermark_passes() {
+        let cfg = NexmarkConfig {
+            events: Some(10_000),
+            first_event_rate: 1_000,
+            next_event_rate: 1_000,
+            ..NexmarkConfig::default()
+        };
+        let clock = LatencyClock::new(&cfg).unwrap();
+        let base = cfg.base_time_ms;
+        // 10,000 events at 1,000 events/s: the last one at 9,999 ms.
+        assert_eq!(clock.due_us(Due::OnRecord, base + 1_500), Some(1_500_000));
+        assert_eq!(
+            clock.due_us(Due::OnWatermark, base + 1_999),
+            Some(5_999_000)
+        );
+        // Fired only by the end of the input: not measured.
+        assert_eq!(clock.due_us(Due::OnWatermark, base + 6_000), None);
+        assert_eq!(clock.due_us(Due::AtEnd, base), None);
+        assert!(
+            clock.now_us() < 0,
+            "the first event is due {START_LEAD:?} after the start"
+        );
+    }
+}
