@@ -162,6 +162,29 @@ impl Query {
         }
     }
 
+    /// Its built-in job's name for `sluice run`: `nexmark-q0`, `nexmark-q1`, …
+    pub fn job_name(self) -> &'static str {
+        match self {
+            Query::Q0 => "nexmark-q0",
+            Query::Q1 => "nexmark-q1",
+            Query::Q2 => "nexmark-q2",
+            Query::Q3 => "nexmark-q3",
+            Query::Q4 => "nexmark-q4",
+            Query::Q5 => "nexmark-q5",
+            Query::Q5Inc => "nexmark-q5-inc",
+            Query::Q7 => "nexmark-q7",
+            Query::Q8 => "nexmark-q8",
+            Query::Q9 => "nexmark-q9",
+            Query::Q11 => "nexmark-q11",
+            Query::Q12 => "nexmark-q12",
+            Query::Q14 => "nexmark-q14",
+            Query::Q17 => "nexmark-q17",
+            Query::Q20 => "nexmark-q20",
+            Query::Q21 => "nexmark-q21",
+            Query::Q22 => "nexmark-q22",
+        }
+    }
+
     /// The query named `name` (`q5` or `Q5`).
     pub fn parse(name: &str) -> Option<Query> {
         Query::ALL
@@ -285,6 +308,7 @@ mod tests {
         for q in Query::ALL {
             assert_eq!(Query::parse(q.name()), Some(*q));
             assert_eq!(Query::parse(&q.name().to_uppercase()), Some(*q));
+            assert_eq!(q.job_name().strip_prefix("nexmark-"), Some(q.name()));
         }
         assert_eq!(Query::parse("q6"), None);
     }
