@@ -107,9 +107,11 @@ pub fn describe() -> String {
 /// Runs the job.
 pub fn run(job: NexmarkJob) -> Result<()> {
     let args = &job.args;
-    check_output_dir(&args.output)?;
+    if !args.common.restoring() {
+        check_output_dir(&args.output)?;
+    }
     let env = Env::new();
-    env.set_workers(args.common.workers());
+    args.common.apply(&env)?;
     let cfg = NexmarkConfig {
         events: Some(args.events),
         base_time_ms: args.base_time_ms,

@@ -262,7 +262,8 @@ impl<T: 'static> SinkWriter<T> for DiscardWriter {
     }
 }
 
-/// Counts the rows that pass into another sink.
+/// Counts the rows that pass into another sink (and passes every call of the sink protocol,
+/// checkpoints' two phases included, on to it).
 pub struct Counted<S> {
     inner: S,
     rows: Arc<AtomicU64>,
@@ -297,6 +298,12 @@ impl<T: 'static, S: Sink<T>> Sink<T> for Counted<S> {
             total: self.rows.clone(),
         })
     }
+    fn recover(&self, restored_id: u64) -> Result<()> {
+        self.inner.recover(restored_id)
+    }
+    fn commit_checkpoint(&self, id: u64) -> Result<()> {
+        self.inner.commit_checkpoint(id)
+    }
     fn commit(&self) -> Result<()> {
         self.inner.commit()
     }
@@ -314,6 +321,9 @@ impl<T: 'static, W: SinkWriter<T>> SinkWriter<T> for CountedWriter<W> {
         self.total
             .fetch_add(std::mem::take(&mut self.rows), Ordering::Relaxed);
         self.inner.finish().await
+    }
+    async fn pre_commit(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.inner.pre_commit(checkpoint_id).await
     }
 }
 
@@ -377,6 +387,12 @@ impl<T: 'static, S: Sink<T>> Sink<(T, i64)> for LatencySink<S> {
             merged: self.merged.clone(),
         })
     }
+    fn recover(&self, restored_id: u64) -> Result<()> {
+        self.inner.recover(restored_id)
+    }
+    fn commit_checkpoint(&self, id: u64) -> Result<()> {
+        self.inner.commit_checkpoint(id)
+    }
     fn commit(&self) -> Result<()> {
         self.inner.commit()
     }
@@ -397,6 +413,9 @@ impl<T: 'static, W: SinkWriter<T>> SinkWriter<(T, i64)> for LatencyWriter<T, W> 
             self.rows.push(row);
         }
         self.inner.write_batch(&mut self.rows).await
+    }
+    async fn pre_commit(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.inner.pre_commit(checkpoint_id).await
     }
     async fn finish(&mut self) -> Result<()> {
         self.inner.finish().await?;

@@ -309,8 +309,10 @@ fn write_date(f: &mut fmt::Formatter<'_>, days: i64) -> fmt::Result {
     write!(f, "{year:04}-{month:02}-{day:02}")
 }
 
-/// q17's statistics of a group's prices.
+/// q17's statistics of a group's prices (kept in the state store: an rkyv archive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(sluice::rkyv::Archive, sluice::rkyv::Serialize, sluice::rkyv::Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct PriceStats {
     total: u64,
     rank1: u64,
