@@ -310,8 +310,16 @@ fn write_date(f: &mut fmt::Formatter<'_>, days: i64) -> fmt::Result {
 }
 
 /// q17's statistics of a group's prices (kept in the state store: an rkyv archive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[derive(sluice::rkyv::Archive, sluice::rkyv::Serialize, sluice::rkyv::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
 #[rkyv(crate = sluice::rkyv)]
 pub struct PriceStats {
     total: u64,
