@@ -32,6 +32,9 @@ pub struct JobInfo {
     pub stage_names: Vec<String>,
 }
 
+/// The largest value the histograms of [`CheckpointStats`] tell apart: an hour, in µs.
+pub const HISTOGRAM_US_MAX: u64 = 3_600_000_000;
+
 /// Figures about the checkpoints a run took. The distributions are HDR histograms in µs
 /// (3 significant digits), so a job of any length keeps them in bounded memory.
 #[derive(Clone, Debug)]
@@ -56,8 +59,12 @@ pub struct CheckpointStats {
 
 impl Default for CheckpointStats {
     fn default() -> Self {
-        let histogram =
-            || Histogram::new(3).unwrap_or_else(|e| unreachable!("3 significant digits: {e}"));
+        // Up to an hour, 3 significant digits; longer values are recorded as an hour. (An
+        // auto-resizing histogram would clamp `saturating_record` to its first range.)
+        let histogram = || {
+            Histogram::new_with_bounds(1, HISTOGRAM_US_MAX, 3)
+                .unwrap_or_else(|e| unreachable!("valid bounds: {e}"))
+        };
         CheckpointStats {
             completed: 0,
             aborted: 0,
@@ -595,5 +602,21 @@ mod tests {
         let (_, meta) = metadata::latest(dir.path()).unwrap().0.unwrap();
         assert_eq!(meta.checkpoint_id, 2);
         assert_eq!(meta.stages[0].instances[0].splits, vec![split]);
+    }
+
+    #[test]
+    fn the_histograms_keep_long_pauses_and_alignments() {
+        let mut stats = CheckpointStats::default();
+        for v in [3, 40_000, 7_000_000] {
+            stats.align_us.saturating_record(v);
+        }
+        assert!(
+            stats.align_us.max() >= 6_990_000,
+            "{}",
+            stats.align_us.max()
+        );
+        assert!(stats.align_us.value_at_quantile(0.5) >= 39_900);
+        stats.sync_us.saturating_record(HISTOGRAM_US_MAX * 10);
+        assert!(stats.sync_us.max() >= HISTOGRAM_US_MAX);
     }
 }
