@@ -217,7 +217,7 @@ fn fall_back(
 ) -> Result<Option<metadata::Complete>> {
     let (older, skipped) = metadata::latest_before(root, bad)?;
     for s in skipped {
-        tracing::warn!("skipping an incomplete checkpoint: {s}");
+        tracing::warn!("skipping an incomplete or corrupt checkpoint: {s}");
     }
     let Some((dir, meta)) = older else {
         return Err(Error::Config(format!(
@@ -243,7 +243,7 @@ fn latest_checkpoint(config: &RuntimeConfig) -> Result<Option<metadata::Complete
     };
     let (latest, skipped) = metadata::latest(&c.dir)?;
     for s in skipped {
-        tracing::warn!("skipping an incomplete checkpoint: {s}");
+        tracing::warn!("skipping an incomplete or corrupt checkpoint: {s}");
     }
     Ok(latest)
 }
@@ -269,7 +269,7 @@ fn resolve_restore(
         Some(RestoreFrom::Path(path)) => {
             let (latest, skipped) = metadata::latest(path)?;
             for s in &skipped {
-                tracing::warn!("skipping an incomplete checkpoint: {s}");
+                tracing::warn!("skipping an incomplete or corrupt checkpoint: {s}");
             }
             let found = latest.ok_or_else(|| {
                 Error::Config(format!(

@@ -121,6 +121,11 @@ impl Sluice {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its exit status, if it has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         self.child

@@ -30,7 +30,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     let (found, skipped) = metadata::latest(&args.path)
         .with_context(|| format!("read checkpoints at {}", args.path.display()))?;
     for s in &skipped {
-        eprintln!("skipped an incomplete checkpoint: {s}");
+        eprintln!("skipped an incomplete or corrupt checkpoint: {s}");
     }
     let (dir, meta) = found.with_context(|| {
         format!(
