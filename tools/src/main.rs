@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod inspect;
 mod jobs;
+mod nexmark_job;
 mod progress;
 
 use std::process::ExitCode;
