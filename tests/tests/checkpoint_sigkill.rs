@@ -16,10 +16,6 @@
 //! CI runs 6 kills per job; `SLUICE_KILLS=N` or `SLUICE_RELIABILITY=extended` (40) run more,
 //! and `SLUICE_FAULT_SEED` replays a schedule of kill instants. Each job prints one JSON line
 //! of figures (`{"suite":"R1",…}`).
-//!
-//! The window-agg test needs window state in checkpoints (the window operators' move into the
-//! state store): until then its checkpoints name no state for the window stage, and the test
-//! says so and stops after its first checkpoint instead of failing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -59,16 +55,15 @@ struct Schedule {
 
 /// Runs `sluice` with `args` (which name `chk` as the checkpoint directory), killing it with
 /// SIGKILL as `schedule` says, each time after a new checkpoint completed, and restarting it
-/// with `--restore latest`, until it finishes. `probe` sees the first checkpoint: returning
-/// false stops the loop there (`None`).
+/// with `--restore latest`, until it finishes. `first` checks the first checkpoint.
 fn kill_loop(
     args: &[String],
     chk: &Path,
     logs: &Path,
     schedule: &Schedule,
     rng: &mut Rng,
-    probe: impl Fn(&sluice_core::checkpoint::metadata::CheckpointMetadata) -> bool,
-) -> Option<KillReport> {
+    first: impl Fn(&sluice_core::checkpoint::metadata::CheckpointMetadata),
+) -> KillReport {
     let mut report = KillReport {
         kills: 0,
         runs: 0,
@@ -106,12 +101,12 @@ fn kill_loop(
         };
         if report.kills >= schedule.kills {
             finished(&mut job, &mut report);
-            return Some(report);
+            return report;
         }
         let meta = match wait_for_checkpoint(&mut job, chk, last) {
             Waited::Exited(_) => {
                 finished(&mut job, &mut report);
-                return Some(report);
+                return report;
             }
             Waited::Checkpoint(meta) => meta,
         };
@@ -125,14 +120,13 @@ fn kill_loop(
         );
         last = meta.checkpoint_id;
         report.checkpoints.push(last);
-        if report.runs == 1 && !probe(&meta) {
-            job.kill9();
-            return None;
+        if report.runs == 1 {
+            first(&meta);
         }
         std::thread::sleep(Duration::from_millis(rng.below(schedule.spread_ms + 1)));
         if !job.kill9() {
             finished(&mut job, &mut report);
-            return Some(report);
+            return report;
         }
         report.kills += 1;
         eprintln!(
@@ -258,8 +252,7 @@ fn wordcount_killed_and_restored_repeatedly_counts_every_word_exactly_once() {
         spread_ms: 12_000 / u64::from(kills + 1),
     };
     let logs = dir.path().join("logs");
-    let report = kill_loop(&args, &chk, &logs, &schedule, &mut rng, |_| true)
-        .unwrap_or_else(|| unreachable!("no probe"));
+    let report = kill_loop(&args, &chk, &logs, &schedule, &mut rng, |_| ());
     let expected = reference_word_count(&text);
     let got = read_output_dir(&out).unwrap_or_else(|e| panic!("output: {e}"));
     let (mut lost, mut duplicated) = (0u64, 0u64);
@@ -349,7 +342,7 @@ fn sequence_check(lines: &[String], expected_per_key: u64) -> Result<(u64, u64),
 
 /// window-agg (tumbling event-time windows, committed as checkpoints complete) killed and
 /// restarted: the committed windows must equal the reference exactly, and pass the sequence
-/// check. Needs window state in checkpoints.
+/// check.
 #[test]
 fn window_agg_killed_and_restored_repeatedly_commits_every_window_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,15 +373,12 @@ fn window_agg_killed_and_restored_repeatedly_commits_every_window_exactly_once()
     };
     let logs = dir.path().join("logs");
     let stateful = |meta: &sluice_core::checkpoint::metadata::CheckpointMetadata| {
-        stage_has_state(meta, "window(")
-    };
-    let Some(report) = kill_loop(&args, &chk, &logs, &schedule, &mut rng, stateful) else {
-        eprintln!(
-            "SKIPPED window_agg SIGKILL test: the window stage keeps no state in checkpoints \
-             yet (needs the windows in the state store, from main)"
+        assert!(
+            stage_has_state(meta, "window("),
+            "no window state in {meta:?}"
         );
-        return;
     };
+    let report = kill_loop(&args, &chk, &logs, &schedule, &mut rng, stateful);
     let (expected, late) = reference_window_agg(&csv, 1, spec, 0);
     assert!(
         late.is_empty(),

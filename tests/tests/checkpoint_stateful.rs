@@ -318,4 +318,3 @@ fn stateful_jobs_stopped_with_a_savepoint_resume_at_another_worker_count() {
         );
     }
 }
-

@@ -6,8 +6,8 @@
 //! output must equal the reference exactly: the keyed state moved by key groups to the new
 //! workers, the sources' splits were spread over them, and nothing was written twice.
 //!
-//! Word count's state (a keyed final sum) is in the store today; window-agg needs window state
-//! in savepoints (the window operators' move into the state store) and says SKIPPED until then.
+//! Both jobs keep their state in the store: word count a keyed final sum, window-agg its
+//! windows' accumulators and timers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -189,13 +189,10 @@ fn window_agg_savepoint_at_2_workers_resumes_at_1_3_and_4_exactly() {
         "5000",
     ]);
     let (savepoint, meta) = stop_with_savepoint(dir.path(), &job);
-    if !stage_has_state(&meta, "window(") {
-        eprintln!(
-            "SKIPPED window-agg savepoint rescale: the window stage keeps no state in \
-             savepoints yet (needs the windows in the state store, from main)"
-        );
-        return;
-    }
+    assert!(
+        stage_has_state(&meta, "window("),
+        "the windows are in the savepoint"
+    );
     let (expected, late) = reference_window_agg(&csv, 1, spec, 0);
     assert!(late.is_empty());
     let saved = dir.path().join("out-saved");
