@@ -16,6 +16,7 @@
 //! | coordinator → node | `Start` | every part prepared: every worker's address |
 //! | coordinator → node | `Trigger` | checkpoint (or savepoint) `n` |
 //! | node → coordinator | `Ack`, `Finished` | a stage instance's snapshot is durable / it ended |
+//! | node → coordinator | `Declined` | a stage instance's snapshot failed |
 //! | coordinator → node | `Complete` | checkpoint `n` complete: commit its output |
 //! | node → coordinator | `RunEnded` | the part's workers all ended, with the outcome |
 //! | coordinator → node | `Commit` / `Cancel` | the run succeeded everywhere / stop it |
@@ -200,6 +201,22 @@ mod messages {
             sync_us: u64,
             /// From its barrier to the acknowledgement, in µs.
             duration_us: u64,
+            /// How long its inputs were aligning, in µs.
+            align_us: u64,
+        },
+        /// Node → coordinator: a stage instance could not write its snapshot of a
+        /// checkpoint (the checkpoint cannot complete, the run fails).
+        Declined {
+            /// The run.
+            run: u64,
+            /// The checkpoint.
+            checkpoint_id: u64,
+            /// The stage.
+            stage: u32,
+            /// The global worker.
+            worker: u32,
+            /// Why, one line.
+            reason: String,
         },
         /// Node → coordinator: a stage instance ended.
         Finished {
@@ -424,6 +441,14 @@ mod tests {
                 state: None,
                 sync_us: 1,
                 duration_us: 2,
+                align_us: 3,
+            },
+            Msg::Declined {
+                run: 3,
+                checkpoint_id: 9,
+                stage: 2,
+                worker: 0,
+                reason: "disk full".into(),
             },
             Msg::Jobs {
                 jobs: vec![JobRow {

@@ -455,6 +455,19 @@ fn to_coordinator(run: u64, m: ToCoordinator) -> Msg {
             state: a.state,
             sync_us: a.sync_us,
             duration_us: a.duration_us,
+            align_us: a.align_us,
+        },
+        ToCoordinator::Declined {
+            checkpoint_id,
+            stage,
+            worker,
+            reason,
+        } => Msg::Declined {
+            run,
+            checkpoint_id,
+            stage: stage as u32,
+            worker: worker as u32,
+            reason,
         },
         ToCoordinator::Finished {
             stage,

@@ -22,6 +22,7 @@ use crate::context::OperatorContext;
 use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::state::StateCodec;
 use crate::window::{TimeWindow, WindowFunction};
 
 /// A record of the left or the right input of a join.
@@ -72,8 +73,8 @@ impl<F, A, B, O> WindowJoin<F, A, B, O> {
 impl<K, A, B, O, F> WindowFunction<K, Either<A, B>> for WindowJoin<F, A, B, O>
 where
     K: 'static,
-    A: 'static,
-    B: 'static,
+    A: Clone + StateCodec,
+    B: Clone + StateCodec,
     O: 'static,
     F: FnMut(&A, &B) -> O + Clone + Send + Sync + 'static,
 {

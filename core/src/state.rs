@@ -22,6 +22,7 @@ use std::io;
 use sluice_state::sim::SimDisk;
 use sluice_state::{
     Codec, Disk, DiskReader, DiskWriter, GlommioDisk, Ns, Store, StoreConfig, Table, TableConfig,
+    TimerSet,
 };
 
 use crate::error::{Error, Result};
@@ -344,6 +345,25 @@ impl From<sluice_state::AccessError> for Error {
     }
 }
 
+impl StageState {
+    /// Registers (or restores) table `name` of per-key-group values: the key *is* the key
+    /// group (operator metadata, see [`OpMeta`]).
+    fn group_table<V: Codec>(&self, name: &str) -> Result<Table<(), u32, V>> {
+        let cfg = TableConfig::new(|_: &(), kg: &u32| *kg);
+        self.store
+            .table(name, cfg)
+            .map_err(|e| state_error("register state", e))
+    }
+
+    /// Registers (or restores) timer set `name` of keys `K` in namespaces `N`.
+    fn timer_set<K: Key, N: Ns + Ord>(&self, name: &str) -> Result<TimerSet<K, N>> {
+        let kg = self.key_groups;
+        self.store
+            .timers(name, move |k: &K| kg.key_group(k.stable_hash()))
+            .map_err(|e| state_error("register timers", e))
+    }
+}
+
 /// The state directory an acknowledgement names: relative to `root` when inside it.
 pub fn relative_to(dir: &Path, root: &Path) -> String {
     dir.strip_prefix(root)
@@ -372,12 +392,110 @@ impl<N: Ns, K: Key, V: Codec> OpTable<N, K, V> {
     /// The table.
     #[inline]
     pub fn get(&mut self) -> Result<&Table<N, K, V>> {
-        match &mut self.table {
-            Ok(table) => Ok(table),
-            Err(e) => Err(e.take().unwrap_or_else(|| Error::State {
-                op: "register state",
-                message: "failed earlier".into(),
-            })),
+        registered(&mut self.table).map(|t| &*t)
+    }
+}
+
+/// Registration failed: the error, reported at first use (attaching cannot fail).
+fn registered<T>(r: &mut std::result::Result<T, Option<Error>>) -> Result<&mut T> {
+    match r {
+        Ok(t) => Ok(t),
+        Err(e) => Err(e.take().unwrap_or_else(|| Error::State {
+            op: "register state",
+            message: "failed earlier".into(),
+        })),
+    }
+}
+
+/// An operator's own progress (a window operator's watermark, its open slices): one value per
+/// stage instance, written at every barrier under each key group the instance owns, so that
+/// whichever instance owns a key group after a rescale finds the values of the instances it
+/// took key groups from, and combines them.
+pub struct OpMeta<V> {
+    table: std::result::Result<Table<(), u32, V>, Option<Error>>,
+    key_groups: std::ops::Range<u32>,
+}
+
+impl<V: Codec + Clone> OpMeta<V> {
+    /// Registers metadata `name` of a new operator (named like its tables).
+    pub fn register(ctx: &crate::context::OperatorContext, name: &str) -> OpMeta<V> {
+        let state = ctx.state();
+        let name = format!("{}/{name}", state.operator_prefix());
+        OpMeta {
+            table: state.group_table(&name).map_err(Some),
+            key_groups: ctx.key_groups().range_of(ctx.worker()),
         }
+    }
+
+    /// The values restored for this instance's key groups (none on a fresh start).
+    pub fn restored(&mut self) -> Result<Vec<V>> {
+        let table = registered(&mut self.table)?;
+        let mut data = table.lock();
+        let mut out = Vec::new();
+        for kg in self.key_groups.clone() {
+            if let Some(v) = data.get(&(), &kg)? {
+                out.push(v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `value` for the next checkpoint.
+    pub fn save(&mut self, value: &V) -> Result<()> {
+        let table = registered(&mut self.table)?;
+        let mut data = table.lock();
+        for kg in self.key_groups.clone() {
+            data.insert(&(), kg, value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Event-time order as unsigned order: the sign bit flipped.
+#[inline]
+fn time_key(t: i64) -> u64 {
+    (t as u64) ^ (1 << 63)
+}
+
+#[inline]
+fn time_of(k: u64) -> i64 {
+    (k ^ (1 << 63)) as i64
+}
+
+/// An operator's timers in the store: (time, key, namespace) in time order, deduplicated,
+/// checkpointed with the key's key group. Resident always (timers are few and always needed).
+pub struct OpTimers<K, N> {
+    set: std::result::Result<TimerSet<K, N>, Option<Error>>,
+}
+
+impl<K: Key, N: Ns + Ord> OpTimers<K, N> {
+    /// Registers timer set `name` of a new operator (named like its tables).
+    pub fn register(ctx: &crate::context::OperatorContext, name: &str) -> OpTimers<K, N> {
+        let state = ctx.state();
+        let name = format!("{}/{name}", state.operator_prefix());
+        OpTimers {
+            set: state.timer_set(&name).map_err(Some),
+        }
+    }
+
+    /// Sets a timer at `time` (a no-op if set).
+    pub fn register_at(&mut self, time: i64, key: K, ns: N) -> Result<()> {
+        Ok(registered(&mut self.set)?.register(time_key(time), key, ns)?)
+    }
+
+    /// Deletes a timer, if set.
+    pub fn delete(&mut self, time: i64, key: K, ns: N) -> Result<()> {
+        Ok(registered(&mut self.set)?.delete(time_key(time), key, ns)?)
+    }
+
+    /// The earliest timer's time.
+    pub fn next_time(&mut self) -> Result<Option<i64>> {
+        Ok(registered(&mut self.set)?.peek().map(|t| time_of(t.0)))
+    }
+
+    /// Removes and returns the earliest timer due at `time`.
+    pub fn pop_due(&mut self, time: i64) -> Result<Option<(i64, K, N)>> {
+        let due = registered(&mut self.set)?.pop_due(time_key(time))?;
+        Ok(due.map(|(t, k, n)| (time_of(t), k, n)))
     }
 }

@@ -30,7 +30,20 @@ use std::fmt::Debug;
 use sluice::{Either, JoinType, WindowAssigner};
 
 /// A test record: its key, its event time, and an id unique within its input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Ev {
     /// The key.
     pub key: u8,

@@ -120,7 +120,9 @@ pub fn builtin() -> Vec<JobDef> {
         }
         Ok(())
     });
-    vec![wordcount, window_agg]
+    let mut jobs = vec![wordcount, window_agg];
+    jobs.extend(crate::nexmark_job::jobs());
+    jobs
 }
 
 pub use sluice_tools::wordcount;

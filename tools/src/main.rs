@@ -13,6 +13,7 @@ mod bench_window;
 mod demo;
 mod inspect;
 mod jobs;
+mod nexmark_job;
 
 use std::process::ExitCode;
 

@@ -20,7 +20,17 @@ use super::tables::tables;
 
 /// A string from one of the generator's fixed lists, interned: equal symbols are equal
 /// strings. It dereferences to `&'static str`; it orders as its string does.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Sym(pub(crate) u16);
 
 impl Sym {
@@ -75,7 +85,19 @@ impl fmt::Debug for Sym {
 }
 
 /// An ASCII string of exactly `N` bytes, inline. It dereferences to `&str`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct FixedStr<const N: usize>([u8; N]);
 
 impl<const N: usize> FixedStr<N> {
@@ -131,7 +153,10 @@ impl<const N: usize> fmt::Debug for FixedStr<N> {
 ///
 /// Two texts are equal when their letters are (compared without drawing when their seeds and
 /// offsets agree). `LazyText::default()` is the empty text.
-#[derive(Clone, Copy, Default)]
+#[derive(
+    Clone, Copy, Default, sluice::rkyv::Archive, sluice::rkyv::Serialize, sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct LazyText {
     /// The seed, as two halves so that the type aligns to 4 bytes and packs into 12.
     seed: [u32; 2],
@@ -237,7 +262,17 @@ impl fmt::Debug for LazyText {
 }
 
 /// A person who sells items or bids for them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Person {
     /// The person's id, unique among persons; the first is 1000.
     pub id: u64,
@@ -258,7 +293,17 @@ pub struct Person {
 }
 
 /// An item put up for auction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Auction {
     /// The auction's id, unique among auctions; the first is 1000.
     pub id: u64,
@@ -283,7 +328,17 @@ pub struct Auction {
 }
 
 /// A bid for an auction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Bid {
     /// The [`Auction`] id bid for.
     pub auction: u64,
@@ -304,7 +359,18 @@ pub struct Bid {
 
 /// The kind of an event, chosen by its number: of every 50 events, 1 person, 3 auctions and
 /// 46 bids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub enum EventKind {
     /// A [`Person`].
     Person,
@@ -315,7 +381,17 @@ pub enum EventKind {
 }
 
 /// One Nexmark event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub enum Event {
     /// A new person.
     Person(Person),

@@ -614,6 +614,7 @@ impl Job {
                 state,
                 sync_us,
                 duration_us,
+                align_us,
                 ..
             } => {
                 let ack = Ack {
@@ -624,8 +625,23 @@ impl Job {
                     state,
                     sync_us,
                     duration_us,
+                    align_us,
                 };
                 run.checkpoints.control().send(ToCoordinator::Ack(ack));
+            }
+            Msg::Declined {
+                checkpoint_id,
+                stage,
+                worker,
+                reason,
+                ..
+            } => {
+                run.checkpoints.control().send(ToCoordinator::Declined {
+                    checkpoint_id,
+                    stage: stage as usize,
+                    worker: worker as usize,
+                    reason,
+                });
             }
             Msg::Finished {
                 stage,

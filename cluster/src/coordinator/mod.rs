@@ -222,6 +222,7 @@ impl Coord {
         let run = match &msg {
             Msg::Prepared { run, .. }
             | Msg::Ack { run, .. }
+            | Msg::Declined { run, .. }
             | Msg::Finished { run, .. }
             | Msg::RunEnded { run, .. }
             | Msg::Committed { run, .. } => *run,
