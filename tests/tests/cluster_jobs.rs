@@ -1,8 +1,8 @@
-//! Jobs on a cluster of real `sluice` processes on loopback — a coordinator and two or three
-//! worker nodes on 127.0.0.x — give exactly the output of the same job in one process: word
-//! count against the reference, and window-agg (tumbling, sliding, session, with late
-//! records) line for line against a single-process run on as many workers and against the
-//! brute-force reference.
+//! Jobs on a cluster of real `sluice` processes on loopback — a coordinator and two or three worker
+//! nodes on 127.0.0.x — give exactly the output of the same job in one process: word count against
+//! the reference (and, its final checkpoint taken before the commit, a rerun from the newest
+//! checkpoint adds nothing), and window-agg (tumbling, sliding, session, with late records) line
+//! for line against a single-process run on as many workers and against the brute-force reference.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -48,7 +48,17 @@ fn cluster_wordcount_on_two_nodes_equals_the_reference() {
     std::fs::write(&input, &text).unwrap();
     let cluster = TestCluster::start(&[2, 2]);
     let output = dir.path().join("out");
-    let args = vec!["--input".into(), s(&input), "--output".into(), s(&output)];
+    let checkpoints = dir.path().join("chk");
+    let args = vec![
+        "--input".into(),
+        s(&input),
+        "--output".into(),
+        s(&output),
+        "--checkpoint-dir".into(),
+        s(&checkpoints),
+        "--checkpoint-interval-ms".into(),
+        "100".into(),
+    ];
     let mut client = submit(&cluster, "wordcount", &args);
     let status = client.wait_exit(Duration::from_secs(120));
     assert!(
@@ -64,6 +74,20 @@ fn cluster_wordcount_on_two_nodes_equals_the_reference() {
     );
     let got = read_output_dir(&output).unwrap_or_else(|e| panic!("{e}"));
     assert_counts_eq(&reference_word_count(&text), &got, "cluster word count");
+
+    // The job's final checkpoint (every split read) completed before its commit: resuming
+    // from the newest checkpoint, in one process, adds nothing to the output.
+    let mut rerun = vec!["run".into(), "wordcount".into()];
+    rerun.extend(args);
+    rerun.extend(["--restore", "latest", "--workers", "4", "--quiet"].map(String::from));
+    let out = run_sluice(&rerun);
+    assert!(
+        out.status.success(),
+        "rerun: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = read_output_dir(&output).unwrap_or_else(|e| panic!("after the rerun: {e}"));
+    assert_counts_eq(&reference_word_count(&text), &again, "after a rerun");
 }
 
 /// Events with keys, values and timestamps out of order by up to `jitter` ms.

@@ -429,6 +429,19 @@ impl Job {
             self.fail_run(c, cause.message.clone(), cause.restartable);
             return;
         }
+        // Every instance finished: the final checkpoint (sources all read) completes before
+        // the output is committed, so that a restore after this point writes nothing twice;
+        // its `Complete` reaches the nodes before `Commit`.
+        let finished = match &mut self.run {
+            Some(run) => run.checkpoints.finish(&run.graph.stages),
+            None => return,
+        };
+        if let Err(e) = finished {
+            self.fail_run(c, e.to_string(), false);
+            return;
+        }
+        self.forward_checkpoints(c);
+        let Some(run) = &self.run else { return };
         for p in &run.parts {
             if let Some(n) = c.nodes.get(&p.node) {
                 let _ = protocol::send(&n.conn, &Msg::Commit { run: run.id });
@@ -461,6 +474,8 @@ impl Job {
         let completed = run.checkpoints.last_completed();
         if completed > run.sent_complete {
             run.sent_complete = completed;
+            // A final checkpoint takes an id without a trigger.
+            self.last_triggered = self.last_triggered.max(completed);
             if let Some(cp) = &self.config.checkpoints {
                 let dir = metadata::checkpoint_dir(&cp.dir, completed);
                 if dir.join(metadata::METADATA_FILE).exists() {
