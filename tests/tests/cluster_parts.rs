@@ -1,8 +1,9 @@
 //! Remote exchanges without the cluster around them: a job split into two parts of one
 //! process, each with its own workers, joined by authenticated loopback connections. Word
-//! count across the two parts must equal the reference, and so must a job whose keyed
-//! exchange carries window partials; a record type without a wire codec fails the start
-//! with an error naming the type.
+//! count across the two parts must equal the reference; rebalance and broadcast across them
+//! deliver every record exactly once (to one worker, or to every worker), each sender's
+//! records in order; a record type without a wire codec fails the start with an error
+//! naming the type.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -137,4 +138,105 @@ fn a_record_type_without_a_wire_codec_fails_the_start_naming_it() {
     .expect_err("an opaque record type cannot cross nodes");
     assert!(err.contains("Opaque"), "{err}");
     assert!(err.contains("register_wire_type"), "{err}");
+}
+
+/// The lines of every part file in `dir`, by the worker that wrote them (from the file's
+/// name, `part-<worker>-…`), in file order.
+fn lines_by_worker(dir: &Path, workers: usize) -> Vec<Vec<u64>> {
+    let mut by_worker = vec![Vec::new(); workers];
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let Some(rest) = name.strip_prefix("part-") else {
+            continue;
+        };
+        let worker: usize = rest
+            .split('-')
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no worker in {name}"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for line in text.lines() {
+            let n = line
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: line {line:?}: {e}"));
+            by_worker[worker].push(n);
+        }
+    }
+    by_worker
+}
+
+/// Whether the records of each source worker's range (`from_iter` gives worker `w` the
+/// `w`-th contiguous quarter) arrived in their order: one channel per pair keeps order.
+fn in_order_per_source(lines: &[u64], records: u64, sources: u64) -> bool {
+    let range = |n: u64| n * sources / records;
+    (0..sources).all(|s| {
+        let of_s: Vec<u64> = lines.iter().copied().filter(|&n| range(n) == s).collect();
+        of_s.windows(2).all(|w| w[0] < w[1])
+    })
+}
+
+#[test]
+fn rebalance_and_broadcast_across_two_parts_deliver_like_in_one_process() {
+    const RECORDS: u64 = 20_000;
+    const WORKERS: usize = 4;
+    // A plain record type moved by rebalance or broadcast is registered by the job.
+    sluice::register_wire_type::<u64>();
+    let dir = tempdir();
+    let rebalanced = dir.path().join("rebalance");
+    let broadcast = dir.path().join("broadcast");
+    run_parts(2, 2, |env| {
+        env.from_iter(0..RECORDS)
+            .rebalance()
+            .write_text(rebalanced.clone());
+    })
+    .unwrap_or_else(|e| panic!("rebalance on two parts failed: {e}"));
+    run_parts(2, 2, |env| {
+        env.from_iter(0..RECORDS)
+            .broadcast()
+            .write_text(broadcast.clone());
+    })
+    .unwrap_or_else(|e| panic!("broadcast on two parts failed: {e}"));
+
+    // Rebalance: every record exactly once; every worker received records of every source
+    // worker (round robin per sender, as in one process, so half of them crossed nodes), each
+    // source's records in order.
+    let by_worker = lines_by_worker(&rebalanced, WORKERS);
+    for (w, lines) in by_worker.iter().enumerate() {
+        for source in 0..WORKERS as u64 {
+            assert!(
+                lines
+                    .iter()
+                    .any(|&n| n * WORKERS as u64 / RECORDS == source),
+                "rebalance: worker {w} received nothing from worker {source}"
+            );
+        }
+        assert!(
+            in_order_per_source(lines, RECORDS, WORKERS as u64),
+            "rebalance: worker {w} received a source's records out of order"
+        );
+    }
+    let mut all: Vec<u64> = by_worker.concat();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "rebalance: not exactly once"
+    );
+
+    // Broadcast: every worker received every record once, each source's in order.
+    for (w, lines) in lines_by_worker(&broadcast, WORKERS).iter().enumerate() {
+        assert!(
+            in_order_per_source(lines, RECORDS, WORKERS as u64),
+            "broadcast: worker {w} received a source's records out of order"
+        );
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..RECORDS).collect::<Vec<_>>(),
+            "broadcast: worker {w} did not receive every record exactly once"
+        );
+    }
 }
