@@ -3,6 +3,8 @@
 //! the reference (and, its final checkpoint taken before the commit, a rerun from the newest
 //! checkpoint adds nothing), and window-agg (tumbling, sliding, session, with late records) line
 //! for line against a single-process run on as many workers and against the brute-force reference.
+//! A savepoint taken and the job cancelled through the coordinator resume in one process, on
+//! another worker count, with exact counts.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -182,4 +184,93 @@ fn cluster_window_agg_equals_a_single_process_run_line_for_line() {
             "{window}: late records, one process"
         );
     }
+}
+
+#[test]
+fn savepoint_and_cancel_through_the_coordinator_then_resume_in_one_process() {
+    let dir = tempdir();
+    let input = dir.path().join("input.txt");
+    let mut rng = Rng(7);
+    let mut text = String::new();
+    // At --rate 2000 the cluster's run would take half a minute: it is still running when
+    // the savepoint is taken and when it is cancelled.
+    for _ in 0..60_000 {
+        for _ in 0..4 {
+            text.push_str(&format!("k{} ", rng.next() % 500));
+        }
+        text.push('\n');
+    }
+    std::fs::write(&input, &text).unwrap();
+    let cluster = TestCluster::start(&[1, 1]);
+    let output = dir.path().join("out");
+    let job = vec![
+        "--input".into(),
+        s(&input),
+        "--output".into(),
+        s(&output),
+        "--checkpoint-dir".into(),
+        s(&dir.path().join("chk")),
+        "--checkpoint-interval-ms".into(),
+        "100".into(),
+        "--rate".into(),
+        "2000".into(),
+    ];
+    let mut client = submit(&cluster, "wordcount", &job);
+    client.wait_for_line("submitted ");
+    cluster.wait_for_job("job-0001", "completed a checkpoint", |c| {
+        c.get(4).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) >= 1
+    });
+    // A savepoint: the job goes on; stdout names its directory.
+    let savepoints = dir.path().join("sp");
+    let out = cluster.sluice(
+        &["savepoint", "job-0001", &s(&savepoints)],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "savepoint: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let path = stdout
+        .trim()
+        .strip_prefix("savepoint: ")
+        .unwrap_or_else(|| panic!("no savepoint path in {stdout:?}"))
+        .to_owned();
+    assert!(
+        Path::new(&path).join("_metadata").is_file(),
+        "{path} holds no metadata"
+    );
+    // Cancelled: the client ends with a failure naming the cancellation.
+    let out = cluster.sluice(&["cancel", "job-0001"], Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "cancel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = client.wait_exit(Duration::from_secs(120));
+    assert!(!status.success(), "a cancelled job's client exited 0");
+    assert!(client.log().contains("cancel"), "{}", client.log());
+    // Resumed from the savepoint in one process, on another worker count: exact counts.
+    let mut resume = vec!["run".to_owned(), "wordcount".to_owned()];
+    resume.extend(job[..4].iter().cloned());
+    resume.extend(["--restore", &path, "--workers", "3", "--quiet"].map(String::from));
+    let out = run_sluice(&resume);
+    assert!(
+        out.status.success(),
+        "resume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("resumed from checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = read_output_dir(&output).unwrap_or_else(|e| panic!("{e}"));
+    assert_counts_eq(
+        &reference_word_count(&text),
+        &got,
+        "resumed from a cluster savepoint",
+    );
 }
