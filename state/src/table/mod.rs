@@ -13,8 +13,6 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::hash::Hash;
 use std::rc::Rc;
 
-use rustc_hash::FxHashMap;
-
 use crate::codec::{Codec, Scratch};
 use crate::error::{AccessError, Fault, FaultResult};
 use crate::frame::{FrameRef, Kind, SortKey};
@@ -680,7 +678,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             };
             let hint = std::mem::take(&mut self.reserve_hint);
             let space = Space {
-                map: FxHashMap::with_capacity_and_hasher(hint, Default::default()),
+                map: self.spaces.new_map(hint),
                 complete,
                 persisted: !complete,
             };
@@ -768,7 +766,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         mut f: impl FnMut(K, Slot<V>),
     ) -> Result<(), AccessError> {
         let complete = self.space_complete(ns);
-        let Some(space) = self.spaces.remove(ns) else {
+        let Some(mut space) = self.spaces.remove(ns) else {
             if !complete {
                 self.drop_ns_on_disk(ns)?;
             }
@@ -776,16 +774,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         };
         let frozen_pending = self.frozen_epoch != 0;
         let mut freed = 0usize;
-        for (k, slot) in space.map {
+        let mut failed = None;
+        for (k, slot) in space.map.drain() {
             let dirty_frozen = slot.state & DIRTY != 0 && slot.state & EPOCH != self.cur;
-            if frozen_pending && dirty_frozen {
-                self.ser
-                    .entry(ns, &k, &slot, self.frozen_id, &mut self.cow)?;
+            if frozen_pending && dirty_frozen && failed.is_none() {
+                if let Err(e) = self.ser.entry(ns, &k, &slot, self.frozen_id, &mut self.cow) {
+                    failed = Some(e);
+                }
             }
             freed += slot.weight as usize;
             f(k, slot);
         }
+        self.spaces.recycle(std::mem::take(&mut space.map));
         self.release(freed);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         if space.persisted || !space.complete || frozen_pending {
             self.drop_ns_on_disk(ns)?;
         }
