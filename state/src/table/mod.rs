@@ -529,18 +529,29 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
 
     /// Removes every entry of `ns` and returns them (a window firing: emit, then forget).
     pub fn take_namespace(&mut self, ns: &N) -> Result<Vec<(K, V)>, AccessError> {
+        let mut out = Vec::new();
+        self.take_namespace_into(ns, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`take_namespace`](Self::take_namespace) appending to `out`, a buffer the caller keeps
+    /// from one firing to the next (a fresh vector per window would fault in new pages).
+    pub fn take_namespace_into(
+        &mut self,
+        ns: &N,
+        out: &mut Vec<(K, V)>,
+    ) -> Result<(), AccessError> {
         self.check()?;
         self.load_namespace(ns)?;
         let now = self.counters.now_ms.get();
-        let mut out = Vec::new();
+        out.reserve(self.spaces.get(ns).map_or(0, |s| s.map.len()));
         self.drop_namespace_with(ns, |k, slot| {
             if let Some(v) = slot.value {
                 if !now_expired(slot.expires_ms, now) {
                     out.push((k, v));
                 }
             }
-        })?;
-        Ok(out)
+        })
     }
 
     /// Removes every entry of `ns`: O(1) per resident entry, plus one namespace tombstone if
