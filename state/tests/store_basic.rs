@@ -262,6 +262,42 @@ fn namespaces_iterate_and_drop_including_evicted_entries() {
     assert_eq!(n, 1);
 }
 
+/// Map state reads one namespace per key: loading namespaces one after another, with no
+/// write in between, must evict as it goes (loading a namespace places its entries without
+/// evicting, so it makes room first).
+#[test]
+fn reading_many_evicted_namespaces_stays_within_the_budget() {
+    let disk = SimDisk::default();
+    let budget = 100_000;
+    let store = Store::open(disk.clone(), &dir(), cfg(budget), None).unwrap();
+    let t = store
+        .table::<u64, u64, u64>("maps", TableConfig::new(kg))
+        .unwrap();
+    let keys = 10_000u64;
+    for ns in 0..keys {
+        let mut tl = t.lock();
+        tl.insert(&ns, 1, ns).unwrap();
+        tl.insert(&ns, 2, ns + 1).unwrap();
+        drop(tl);
+        if ns % 256 == 0 {
+            block_on(store.flush()).unwrap();
+        }
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    for ns in 0..keys {
+        let mut sum = 0;
+        t.lock()
+            .for_each_in_namespace(&ns, |_, v| sum += *v)
+            .unwrap();
+        assert_eq!(sum, 2 * ns + 1, "namespace {ns}");
+    }
+    let used = store.memory_used();
+    assert!(
+        used <= budget + budget / 10,
+        "memory {used}, budget {budget}"
+    );
+}
+
 #[test]
 fn ttl_entries_expire_and_are_never_returned() {
     let disk = SimDisk::default();

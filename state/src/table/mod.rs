@@ -700,6 +700,13 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         if self.space_complete(ns) {
             return Ok(());
         }
+        // Loading places entries without evicting (the namespace must be whole when it is
+        // read), so make room first: otherwise reading namespaces one after another (map
+        // state, key after key) would grow past the budget until the next write.
+        let c = &self.counters;
+        if self.cfg.evictable && c.mem_used.get() > c.mem_budget.get() {
+            self.evict()?;
+        }
         let mut ns_bytes = Scratch::new();
         ns.encode(&mut ns_bytes)
             .map_err(|e| AccessError::from(encode_fault(&self.ser.name, "namespace", e)))?;
