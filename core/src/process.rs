@@ -2,19 +2,22 @@
 //! state, per-key event-time and processing-time timers, and side outputs.
 //!
 //! The operator scopes its [`KeyedState`] to the key of each record (and of each timer) before
-//! calling the function. Timers fire in timestamp order: event-time timers when the watermark
-//! reaches them, *before* the watermark is passed on (so what they emit is not late
-//! downstream); processing-time timers when processing time reaches them.
+//! calling the function. State and timers live in the stage's state store, so both are
+//! checkpointed and restored (by key group when the job rescales). Timers fire in timestamp
+//! order: event-time timers when the watermark reaches them, *before* the watermark is passed
+//! on (so what they emit is not late downstream); processing-time timers when processing time
+//! reaches them (restored ones as soon as it has). Timers with the same time fire in an order
+//! that depends on their keys alone ([`KeyedTimers`]).
 
 use std::marker::PhantomData;
 
 use crate::chain::{Collector, Pipe};
 use crate::context::{OperatorContext, OutputTag};
 use crate::element::{CheckpointBarrier, Timestamp, Watermark};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::keyed_state::KeyedState;
-use crate::timers::TimerQueue;
+use crate::timers::{KeyedTimers, TimerKey};
 
 /// Which clock a timer follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,7 +33,7 @@ pub enum TimeDomain {
 /// Closures `FnMut(T, &mut ProcessContext<K, O>) -> Result<()>` are process functions without
 /// state declarations or timers callbacks; implement the trait for more.
 pub trait KeyedProcessFunction<K, T, O>: Clone + Send + Sync + 'static {
-    /// Declares state handles (`ctx.value_state(..)`), once per worker, before any record.
+    /// Declares state handles (`state.value_state(..)`), once per worker, before any record.
     fn open(&mut self, _state: &mut KeyedState<K>) -> Result<()> {
         Ok(())
     }
@@ -56,18 +59,20 @@ where
     }
 }
 
-/// The event-time and processing-time timers of a keyed operator.
+/// The event-time and processing-time timers of a keyed operator, in the state store.
 pub struct Timers<K> {
-    event: TimerQueue<K, ()>,
-    processing: TimerQueue<K, ()>,
+    event: KeyedTimers<K, ()>,
+    processing: KeyedTimers<K, ()>,
 }
 
-impl<K> Default for Timers<K> {
-    fn default() -> Self {
-        Timers {
-            event: TimerQueue::default(),
-            processing: TimerQueue::default(),
-        }
+impl<K: Key> Timers<K> {
+    /// Registers (or restores) the timers of the operator whose state names start with
+    /// `prefix`.
+    fn open(ctx: &OperatorContext, prefix: &str) -> Result<Timers<K>> {
+        Ok(Timers {
+            event: KeyedTimers::open(ctx, &format!("{prefix}/timers/event"))?,
+            processing: KeyedTimers::open(ctx, &format!("{prefix}/timers/processing"))?,
+        })
     }
 }
 
@@ -117,26 +122,30 @@ impl<K: Key, O> ProcessContext<'_, K, O> {
             .emit(value, self.timestamp)
             .map(|_| ())
     }
+    fn timer_key(&self) -> TimerKey<K> {
+        TimerKey::new(self.state.current_key().clone())
+    }
     /// Registers an event-time timer for the current key (a no-op if it exists).
-    pub fn register_event_time_timer(&mut self, ts: Timestamp) {
-        let key = self.state.current_key().clone();
-        self.timers.event.register(key, (), ts);
+    pub fn register_event_time_timer(&mut self, ts: Timestamp) -> Result<()> {
+        let key = self.timer_key();
+        self.timers.event.register(key, (), ts)
     }
     /// Deletes an event-time timer of the current key.
-    pub fn delete_event_time_timer(&mut self, ts: Timestamp) {
-        let key = self.state.current_key();
-        self.timers.event.delete(key, &(), ts);
+    pub fn delete_event_time_timer(&mut self, ts: Timestamp) -> Result<()> {
+        let key = self.timer_key();
+        self.timers.event.delete(key, (), ts)
     }
     /// Registers a processing-time timer for the current key (a no-op if it exists).
-    pub fn register_processing_time_timer(&mut self, ts: i64) {
-        let key = self.state.current_key().clone();
-        self.timers.processing.register(key, (), ts);
+    pub fn register_processing_time_timer(&mut self, ts: i64) -> Result<()> {
+        let key = self.timer_key();
+        self.timers.processing.register(key, (), ts)?;
         self.ctx.request_processing_time(ts);
+        Ok(())
     }
     /// Deletes a processing-time timer of the current key.
-    pub fn delete_processing_time_timer(&mut self, ts: i64) {
-        let key = self.state.current_key();
-        self.timers.processing.delete(key, &(), ts);
+    pub fn delete_processing_time_timer(&mut self, ts: i64) -> Result<()> {
+        let key = self.timer_key();
+        self.timers.processing.delete(key, (), ts)
     }
 }
 
@@ -166,11 +175,13 @@ impl<F, K, T, O> KeyedProcess<F, K, T, O> {
 pub struct KeyedProcessOp<F, K, O, C> {
     f: F,
     state: KeyedState<K>,
-    timers: Timers<K>,
+    /// `None` when registering them failed (the error is in `opened`).
+    timers: Option<Timers<K>>,
     out: Vec<(O, Timestamp)>,
     ctx: OperatorContext,
     watermark: Watermark,
-    opened: Option<crate::Error>,
+    /// Why opening failed: reported at the first element (attach cannot fail).
+    opened: Option<Error>,
     next: C,
 }
 
@@ -186,22 +197,44 @@ where
         Ok(())
     }
 
+    /// Why opening failed, once.
+    #[inline]
+    fn check_open(&mut self) -> Result<()> {
+        match self.opened.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the store the processing time, when some state has a time to live.
+    #[inline]
+    fn refresh_time(&self) {
+        if self.state.uses_ttl() {
+            self.state.set_time_ms(self.ctx.processing_time_ms());
+        }
+    }
+
     fn fire_timers<T>(&mut self, domain: TimeDomain, up_to: i64) -> Result<()>
     where
         F: KeyedProcessFunction<K, T, O>,
     {
+        self.check_open()?;
+        self.refresh_time();
+        let Some(timers) = self.timers.as_mut() else {
+            return Ok(());
+        };
         loop {
             let queue = match domain {
-                TimeDomain::EventTime => &mut self.timers.event,
-                TimeDomain::ProcessingTime => &mut self.timers.processing,
+                TimeDomain::EventTime => &mut timers.event,
+                TimeDomain::ProcessingTime => &mut timers.processing,
             };
-            let Some((key, (), ts)) = queue.pop_due(up_to) else {
-                return Ok(());
+            let Some((key, (), ts)) = queue.pop_due(up_to)? else {
+                break;
             };
-            self.state.set_current_key(key);
+            self.state.set_current_key(key.into_key());
             let mut pctx = ProcessContext {
                 state: &mut self.state,
-                timers: &mut self.timers,
+                timers: &mut *timers,
                 out: &mut self.out,
                 ctx: &self.ctx,
                 timestamp: ts,
@@ -210,8 +243,22 @@ where
             let result = self.f.on_timer(ts, domain, &mut pctx);
             self.state.take_current_key();
             result?;
-            self.emit_buffered()?;
+            for (value, ts) in self.out.drain(..) {
+                self.next.collect(value, ts)?;
+            }
         }
+        if domain == TimeDomain::ProcessingTime {
+            request_next_processing_time(&self.ctx, timers);
+        }
+        Ok(())
+    }
+}
+
+/// Asks to be called back at the earliest processing-time timer (after timers fired, and
+/// for timers restored from a checkpoint).
+fn request_next_processing_time<K: Key>(ctx: &OperatorContext, timers: &Timers<K>) {
+    if let Some(at) = timers.processing.peek_time() {
+        ctx.request_processing_time(at);
     }
 }
 
@@ -223,13 +270,15 @@ where
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
-        if let Some(e) = self.opened.take() {
-            return Err(e);
-        }
+        self.check_open()?;
+        self.refresh_time();
+        let Some(timers) = self.timers.as_mut() else {
+            return Ok(());
+        };
         self.state.set_current_key(key);
         let mut pctx = ProcessContext {
             state: &mut self.state,
-            timers: &mut self.timers,
+            timers,
             out: &mut self.out,
             ctx: &self.ctx,
             timestamp: ts,
@@ -250,9 +299,7 @@ where
         self.next.on_processing_time(now_ms)
     }
     fn on_end(&mut self) -> Result<()> {
-        if let Some(e) = self.opened.take() {
-            return Err(e);
-        }
+        self.check_open()?;
         self.next.on_end()
     }
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
@@ -272,13 +319,25 @@ where
     type Op<C: Collector<O>> = KeyedProcessOp<F, K, O, C>;
     fn attach<C: Collector<O>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
         let mut f = self.f;
-        let mut state = KeyedState::default();
-        // An error while opening surfaces at the first record (attach cannot fail).
-        let opened = f.open(&mut state).err();
+        let prefix = ctx.state().operator_prefix();
+        let mut state = KeyedState::new(ctx, &prefix);
+        // An error while opening surfaces at the first element (attach cannot fail).
+        let (timers, timers_failed) = match Timers::open(ctx, &prefix) {
+            Ok(timers) => (Some(timers), None),
+            Err(e) => (None, Some(e)),
+        };
+        let opened = f
+            .open(&mut state)
+            .err()
+            .or_else(|| state.declaration_error())
+            .or(timers_failed);
+        if let Some(timers) = &timers {
+            request_next_processing_time(ctx, timers);
+        }
         KeyedProcessOp {
             f,
             state,
-            timers: Timers::default(),
+            timers,
             out: Vec::new(),
             ctx: ctx.clone(),
             watermark: Watermark::MIN,
@@ -289,11 +348,15 @@ where
     fn names(&self, out: &mut Vec<String>) {
         out.push("process".to_owned());
     }
+    fn uses_state(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::Key;
     use crate::keyed_state::ValueState;
     use crate::testkit::Harness;
 
@@ -316,14 +379,13 @@ mod tests {
             ctx: &mut ProcessContext<'_, char, (char, u64)>,
         ) -> Result<()> {
             let ts = ctx.timestamp();
-            let n = self.count.value(ctx.state()).copied().unwrap_or(0) + 1;
-            self.count.update(ctx.state(), n);
-            if let Some(&previous) = self.last.value(ctx.state()) {
-                ctx.delete_event_time_timer(previous + 10);
+            let n = self.count.value(ctx.state())?.unwrap_or(0) + 1;
+            self.count.update(ctx.state(), n)?;
+            if let Some(previous) = self.last.value(ctx.state())? {
+                ctx.delete_event_time_timer(previous + 10)?;
             }
-            self.last.update(ctx.state(), ts);
-            ctx.register_event_time_timer(ts + 10);
-            Ok(())
+            self.last.update(ctx.state(), ts)?;
+            ctx.register_event_time_timer(ts + 10)
         }
         fn on_timer(
             &mut self,
@@ -332,7 +394,7 @@ mod tests {
             ctx: &mut ProcessContext<'_, char, (char, u64)>,
         ) -> Result<()> {
             assert_eq!(domain, TimeDomain::EventTime);
-            let n = self.count.clear(ctx.state()).unwrap_or(0);
+            let n = self.count.take(ctx.state())?.unwrap_or(0);
             let key = *ctx.key();
             ctx.output_at((key, n), timestamp);
             Ok(())
@@ -360,5 +422,73 @@ mod tests {
         let mut h = Harness::new(KeyedProcess::new(f));
         h.record((1, 21), 5).unwrap();
         assert_eq!(h.take_timestamped(), vec![(42, 5)]);
+    }
+
+    /// Registers a timer at each record's value (twice, to check deduplication) in the
+    /// record's domain and emits `(key, time, domain)` when it fires.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl KeyedProcessFunction<u32, (TimeDomain, i64), (u32, i64, TimeDomain)> for Echo {
+        fn process_element(
+            &mut self,
+            (domain, at): (TimeDomain, i64),
+            ctx: &mut ProcessContext<'_, u32, (u32, i64, TimeDomain)>,
+        ) -> Result<()> {
+            for _ in 0..2 {
+                match domain {
+                    TimeDomain::EventTime => ctx.register_event_time_timer(at)?,
+                    TimeDomain::ProcessingTime => ctx.register_processing_time_timer(at)?,
+                }
+            }
+            Ok(())
+        }
+        fn on_timer(
+            &mut self,
+            at: Timestamp,
+            domain: TimeDomain,
+            ctx: &mut ProcessContext<'_, u32, (u32, i64, TimeDomain)>,
+        ) -> Result<()> {
+            let key = *ctx.key();
+            ctx.output((key, at, domain));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn timers_of_one_time_fire_once_each_in_the_order_of_their_keys() {
+        let mut h = Harness::new(KeyedProcess::new(Echo));
+        let keys: Vec<u32> = (0..50).collect();
+        for &k in keys.iter().rev() {
+            h.record((k, (TimeDomain::EventTime, 10)), 1).unwrap();
+            h.record((k, (TimeDomain::ProcessingTime, 1_000)), 1)
+                .unwrap();
+        }
+        h.watermark(9).unwrap();
+        assert!(h.take_records().is_empty());
+        h.watermark(10).unwrap();
+        let mut by_hash = keys.clone();
+        by_hash.sort_by_key(|k| k.stable_hash());
+        let expected: Vec<_> = by_hash
+            .iter()
+            .map(|&k| (k, 10, TimeDomain::EventTime))
+            .collect();
+        assert_eq!(h.take_records(), expected);
+        assert_eq!(h.context().next_deadline(), Some(1_000));
+        h.processing_time(999).unwrap();
+        assert!(h.take_records().is_empty());
+        h.processing_time(1_000).unwrap();
+        let fired = h.take_records();
+        assert_eq!(fired.len(), 50);
+        assert!(
+            fired
+                .iter()
+                .all(|&(_, at, d)| (at, d) == (1_000, TimeDomain::ProcessingTime))
+        );
+        assert_eq!(
+            h.context().state().store().memory_used(),
+            0,
+            "no timer left"
+        );
     }
 }
