@@ -251,7 +251,7 @@ impl Expiry {
 /// The instantiated [`IntervalJoin`].
 ///
 /// Cleanup: every key with buffered records has one event-time timer, at the earliest time
-/// something of its buffers expires ([`Expiry`]); when the watermark reaches it, that key's
+/// something of its buffers expires (`Expiry`); when the watermark reaches it, that key's
 /// expired records are dropped and the timer is set again for what is left. So a watermark
 /// costs work in proportion to the keys that have something to drop, never a scan of all keys,
 /// and the timers are checkpointed with the buffers.

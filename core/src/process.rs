@@ -32,6 +32,71 @@ pub enum TimeDomain {
 ///
 /// Closures `FnMut(T, &mut ProcessContext<K, O>) -> Result<()>` are process functions without
 /// state declarations or timers callbacks; implement the trait for more.
+///
+/// # Examples
+///
+/// Counts each key's records and emits the count 10 ms (event time) after the key's last
+/// record; the count expires an hour (processing time) after its last change.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_core::keyed_state::{KeyedState, StateTtlConfig, ValueState};
+/// use sluice_core::process::{KeyedProcess, KeyedProcessFunction, ProcessContext, TimeDomain};
+/// use sluice_core::testkit::Harness;
+/// use sluice_core::{Result, Timestamp};
+///
+/// #[derive(Clone, Default)]
+/// struct CountWithTimeout {
+///     count: ValueState<u64>,
+///     last: ValueState<i64>,
+/// }
+///
+/// impl KeyedProcessFunction<String, u32, (String, u64)> for CountWithTimeout {
+///     fn open(&mut self, state: &mut KeyedState<String>) -> Result<()> {
+///         let hour = StateTtlConfig::new(Duration::from_secs(3_600));
+///         self.count = state.with_ttl(hour).value_state("count");
+///         self.last = state.value_state("last");
+///         Ok(())
+///     }
+///     fn process_element(
+///         &mut self,
+///         _: u32,
+///         ctx: &mut ProcessContext<'_, String, (String, u64)>,
+///     ) -> Result<()> {
+///         if self.count.value_mut(ctx.state(), |n| *n += 1)?.is_none() {
+///             self.count.update(ctx.state(), 1)?;
+///         }
+///         if let Some(previous) = self.last.value(ctx.state())? {
+///             ctx.delete_event_time_timer(previous + 10)?;
+///         }
+///         let ts = ctx.timestamp();
+///         self.last.update(ctx.state(), ts)?;
+///         ctx.register_event_time_timer(ts + 10)
+///     }
+///     fn on_timer(
+///         &mut self,
+///         at: Timestamp,
+///         _: TimeDomain,
+///         ctx: &mut ProcessContext<'_, String, (String, u64)>,
+///     ) -> Result<()> {
+///         let n = self.count.take(ctx.state())?.unwrap_or(0);
+///         let key = ctx.key().clone();
+///         ctx.output_at((key, n), at);
+///         Ok(())
+///     }
+/// }
+///
+/// let mut h = Harness::new(KeyedProcess::new(CountWithTimeout::default()));
+/// h.record(("a".to_owned(), 1), 100)?;
+/// h.record(("b".to_owned(), 1), 101)?;
+/// h.record(("a".to_owned(), 1), 105)?;
+/// h.watermark(200)?;
+/// assert_eq!(
+///     h.take_timestamped(),
+///     vec![(("b".to_owned(), 1), 111), (("a".to_owned(), 2), 115)]
+/// );
+/// # Ok::<(), sluice_core::Error>(())
+/// ```
 pub trait KeyedProcessFunction<K, T, O>: Clone + Send + Sync + 'static {
     /// Declares state handles (`state.value_state(..)`), once per worker, before any record.
     fn open(&mut self, _state: &mut KeyedState<K>) -> Result<()> {

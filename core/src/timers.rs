@@ -177,6 +177,7 @@ impl<K: Key> TimerKey<K> {
 }
 
 impl<K: PartialEq> PartialEq for TimerKey<K> {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         self.hash == other.hash && self.key == other.key
     }
@@ -191,6 +192,7 @@ impl<K> Hash for TimerKey<K> {
 }
 
 impl<K: Key> Ord for TimerKey<K> {
+    #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
         self.hash.cmp(&other.hash).then_with(|| {
             if self.key == other.key {
@@ -206,6 +208,7 @@ impl<K: Key> Ord for TimerKey<K> {
     }
 }
 impl<K: Key> PartialOrd for TimerKey<K> {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
