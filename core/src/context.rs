@@ -151,6 +151,9 @@ pub struct ContextBuilder {
     pub periodic_watermarks: bool,
     /// The stage instance's state store, if its operators keep keyed state.
     pub state: Option<Rc<StageState>>,
+    /// Without a store, keep state in memory (operators tested on their own) instead of
+    /// treating state access as a bug.
+    pub memory_state: bool,
     sides: FastMap<u64, Rc<dyn Any>>,
 }
 
@@ -169,6 +172,7 @@ impl ContextBuilder {
             metrics,
             periodic_watermarks: false,
             state: None,
+            memory_state: false,
             sides: FastMap::default(),
         }
     }
@@ -194,7 +198,7 @@ impl ContextBuilder {
                 metrics: self.metrics,
                 periodic_watermarks: self.periodic_watermarks,
                 state: self.state,
-                memory_state: None,
+                memory_state: self.memory_state.then(std::cell::OnceCell::new),
             }),
         }
     }
@@ -205,12 +209,10 @@ impl OperatorContext {
     pub fn standalone() -> OperatorContext {
         let key_groups = KeyGroups::new(crate::key::KEY_GROUPS_DEFAULT, 1)
             .unwrap_or_else(|_| unreachable!("128 key groups over 1 worker is valid"));
-        let mut ctx =
-            ContextBuilder::new(0, key_groups, "standalone", Arc::new(JobMetrics::new(1))).build();
-        if let Some(inner) = Rc::get_mut(&mut ctx.inner) {
-            inner.memory_state = Some(std::cell::OnceCell::new());
-        }
-        ctx
+        let mut builder =
+            ContextBuilder::new(0, key_groups, "standalone", Arc::new(JobMetrics::new(1)));
+        builder.memory_state = true;
+        builder.build()
     }
 
     /// This worker's index.

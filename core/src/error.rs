@@ -91,6 +91,15 @@ pub enum Error {
         /// The store's one-line error.
         message: String,
     },
+    /// The state of the checkpoint a job resumes from cannot be read back (missing or corrupt
+    /// store files). With `--restore latest` the runtime falls back to an older checkpoint.
+    #[error("cannot restore checkpoint {checkpoint_id}: {reason}")]
+    Restore {
+        /// The checkpoint.
+        checkpoint_id: u64,
+        /// What is wrong with it, as one line.
+        reason: String,
+    },
     /// A channel closed because another part of the job failed first. Never the root cause:
     /// the runtime reports the error that caused it instead.
     #[error("stage '{stage}' stopped: {what} closed before the end of input")]
@@ -112,7 +121,8 @@ impl Error {
             Error::Io { .. }
             | Error::IoOther { .. }
             | Error::Startup { .. }
-            | Error::State { .. } => ErrorDomain::External,
+            | Error::State { .. }
+            | Error::Restore { .. } => ErrorDomain::External,
             Error::Corrupt { .. } | Error::Operator { .. } | Error::Panic { .. } => {
                 ErrorDomain::User
             }
@@ -130,7 +140,11 @@ impl Error {
     /// Whether restarting the job from a checkpoint may get past this error: not for a bad
     /// configuration or an environment that cannot run the job at all.
     pub fn is_restartable(&self) -> bool {
-        !matches!(self, Error::Config(_) | Error::Startup { .. })
+        // Restoring the same unusable checkpoint again cannot succeed either.
+        !matches!(
+            self,
+            Error::Config(_) | Error::Startup { .. } | Error::Restore { .. }
+        )
     }
 
     /// Wraps a user function's error with the operator's name.

@@ -26,8 +26,7 @@ use crate::context::OperatorContext;
 use crate::element::{CheckpointBarrier, NO_TIMESTAMP, Timestamp, Watermark};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyGroups};
-use crate::state::{OpTable, StateCodec};
-use crate::timers::{KeyedTimers, TimerKey};
+use crate::state::{OpTable, OpTimers, StateCodec};
 use crate::window::{TimeWindow, WindowFunction};
 
 /// A record of the left or the right input of a join.
@@ -78,8 +77,8 @@ impl<F, A, B, O> WindowJoin<F, A, B, O> {
 impl<K, A, B, O, F> WindowFunction<K, Either<A, B>> for WindowJoin<F, A, B, O>
 where
     K: 'static,
-    A: StateCodec,
-    B: StateCodec,
+    A: Clone + StateCodec,
+    B: Clone + StateCodec,
     O: 'static,
     F: FnMut(&A, &B) -> O + Clone + Send + Sync + 'static,
 {
@@ -261,8 +260,7 @@ pub struct IntervalJoinOp<F, K, A, B, C> {
     upper: i64,
     expiry: Expiry,
     buffers: OpTable<(), K, IntervalBuffers<A, B>>,
-    /// `Err` when registering the timers failed (reported at the first element).
-    cleanup: std::result::Result<KeyedTimers<K, ()>, Option<Error>>,
+    cleanup: OpTimers<K, ()>,
     watermark: Watermark,
     ctx: OperatorContext,
     next: C,
@@ -276,32 +274,19 @@ where
     B: StateCodec,
     C: Collector<O>,
 {
-    fn cleanup(&mut self) -> Result<&mut KeyedTimers<K, ()>> {
-        match &mut self.cleanup {
-            Ok(timers) => Ok(timers),
-            Err(e) => Err(e.take().unwrap_or_else(|| Error::State {
-                op: "register timers",
-                message: "failed earlier".into(),
-            })),
-        }
-    }
-
     /// Drops what can no longer pair, key by key as their cleanup timers come due.
     fn expire(&mut self, w: i64) -> Result<()> {
         let expiry = self.expiry;
-        self.cleanup()?;
-        let (Ok(timers), table) = (&mut self.cleanup, self.buffers.get()?) else {
-            return Ok(());
-        };
-        let mut table = table.lock();
-        while let Some((key, (), _)) = timers.pop_due(w)? {
-            let next = match table.get_mut(&(), key.key())? {
+        let timers = &mut self.cleanup;
+        let mut table = self.buffers.get()?.lock();
+        while let Some((_, key, ())) = timers.pop_due(w)? {
+            let next = match table.get_mut(&(), &key)? {
                 Some(b) => expiry.expire(b, w),
                 None => None,
             };
             match next {
-                Some(at) => timers.register(key, (), at)?,
-                None => table.remove(&(), key.key())?,
+                Some(at) => timers.register_at(at, key, ())?,
+                None => table.remove(&(), &key)?,
             }
         }
         Ok(())
@@ -312,11 +297,7 @@ where
     fn join(&mut self, key: K, value: Either<A, B>, ts: Timestamp) -> Result<()> {
         let (lower, upper) = (i128::from(self.lower), i128::from(self.upper));
         let expiry = self.expiry;
-        self.cleanup()?;
-        let (Ok(timers), table) = (&mut self.cleanup, self.buffers.get()?) else {
-            return Ok(());
-        };
-        let mut table = table.lock();
+        let mut table = self.buffers.get()?.lock();
         // The key is cloned only when it is new.
         let b = match table.get_mut(&(), &key)? {
             Some(b) => b,
@@ -348,11 +329,10 @@ where
             Some(at) if at <= expires => Ok(()),
             armed => {
                 // The key's first record, or one that expires before the others.
-                let key = TimerKey::new(key);
                 if let Some(at) = armed {
-                    timers.delete(key.clone(), (), at)?;
+                    self.cleanup.delete(at, key.clone(), ())?;
                 }
-                timers.register(key, (), expires)
+                self.cleanup.register_at(expires, key, ())
             }
         }
     }
@@ -402,10 +382,7 @@ where
     type Op<C: Collector<O>> = IntervalJoinOp<F, K, A, B, C>;
     fn attach<C: Collector<O>>(self, next: C, ctx: &OperatorContext) -> Self::Op<C> {
         let buffers = OpTable::register(ctx, "interval-join");
-        // The timers take the next operator prefix: attach order, so the same in every run.
-        let prefix = ctx.state().operator_prefix();
-        let cleanup = KeyedTimers::open(ctx, &format!("{prefix}/interval-join-cleanup"));
-        let cleanup = cleanup.map_err(Some);
+        let cleanup = OpTimers::register(ctx, "interval-join-cleanup");
         IntervalJoinOp {
             f: self.f,
             lower: self.lower,

@@ -48,14 +48,15 @@ impl Default for StableHasher {
     }
 }
 
-/// A key of a keyed stream: comparable, hashable in memory, storable (keyed state keeps it in
+/// A key of a keyed stream: comparable, ordered (timers fire in (time, key) order), hashable in
+/// memory, storable (keyed state keeps it in
 /// the state store, so it is an rkyv archive there: [`StateCodec`]), and with a stable, portable
 /// hash ([`Key::stable_hash`]) that decides its key group.
 ///
 /// Implemented for strings (`String`, `CompactString`), byte strings, integers, `bool`,
-/// `char`, `()` and tuples of keys; a key type of your own derives rkyv's `Archive`,
-/// `Serialize` and `Deserialize` and implements [`Key::write_canonical`].
-pub trait Key: StateCodec + Clone + Eq + std::hash::Hash + Send {
+/// `char`, `()` and tuples of keys; a key type of your own derives `Ord` and rkyv's `Archive`,
+/// `Serialize` and `Deserialize`, and implements [`Key::write_canonical`].
+pub trait Key: StateCodec + Clone + Eq + Ord + std::hash::Hash + Send {
     /// Feeds the key's canonical bytes into `h` (as one field when part of a tuple).
     fn write_canonical(&self, h: &mut StableHasher);
     /// The stable hash of the key. The default streams [`Key::write_canonical`]; leaf types

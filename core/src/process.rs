@@ -6,8 +6,8 @@
 //! checkpointed and restored (by key group when the job rescales). Timers fire in timestamp
 //! order: event-time timers when the watermark reaches them, *before* the watermark is passed
 //! on (so what they emit is not late downstream); processing-time timers when processing time
-//! reaches them (restored ones as soon as it has). Timers with the same time fire in an order
-//! that depends on their keys alone ([`KeyedTimers`]).
+//! reaches them (restored ones as soon as it has). Timers with the same time fire in the order
+//! of their keys ([`OpTimers`]), so a restored run fires them as an uninterrupted one would.
 
 use std::marker::PhantomData;
 
@@ -17,7 +17,7 @@ use crate::element::{CheckpointBarrier, Timestamp, Watermark};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::keyed_state::KeyedState;
-use crate::timers::{KeyedTimers, TimerKey};
+use crate::state::OpTimers;
 
 /// Which clock a timer follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,18 +126,17 @@ where
 
 /// The event-time and processing-time timers of a keyed operator, in the state store.
 pub struct Timers<K> {
-    event: KeyedTimers<K, ()>,
-    processing: KeyedTimers<K, ()>,
+    event: OpTimers<K, ()>,
+    processing: OpTimers<K, ()>,
 }
 
 impl<K: Key> Timers<K> {
-    /// Registers (or restores) the timers of the operator whose state names start with
-    /// `prefix`.
-    fn open(ctx: &OperatorContext, prefix: &str) -> Result<Timers<K>> {
-        Ok(Timers {
-            event: KeyedTimers::open(ctx, &format!("{prefix}/timers/event"))?,
-            processing: KeyedTimers::open(ctx, &format!("{prefix}/timers/processing"))?,
-        })
+    /// Registers (or restores) the timers of a new operator.
+    fn register(ctx: &OperatorContext) -> Timers<K> {
+        Timers {
+            event: OpTimers::register(ctx, "timers/event"),
+            processing: OpTimers::register(ctx, "timers/processing"),
+        }
     }
 }
 
@@ -187,30 +186,27 @@ impl<K: Key, O> ProcessContext<'_, K, O> {
             .emit(value, self.timestamp)
             .map(|_| ())
     }
-    fn timer_key(&self) -> TimerKey<K> {
-        TimerKey::new(self.state.current_key().clone())
-    }
     /// Registers an event-time timer for the current key (a no-op if it exists).
     pub fn register_event_time_timer(&mut self, ts: Timestamp) -> Result<()> {
-        let key = self.timer_key();
-        self.timers.event.register(key, (), ts)
+        let key = self.state.current_key().clone();
+        self.timers.event.register_at(ts, key, ())
     }
-    /// Deletes an event-time timer of the current key.
+    /// Deletes an event-time timer of the current key (a no-op if it does not exist).
     pub fn delete_event_time_timer(&mut self, ts: Timestamp) -> Result<()> {
-        let key = self.timer_key();
-        self.timers.event.delete(key, (), ts)
+        let key = self.state.current_key().clone();
+        self.timers.event.delete(ts, key, ())
     }
     /// Registers a processing-time timer for the current key (a no-op if it exists).
     pub fn register_processing_time_timer(&mut self, ts: i64) -> Result<()> {
-        let key = self.timer_key();
-        self.timers.processing.register(key, (), ts)?;
+        let key = self.state.current_key().clone();
+        self.timers.processing.register_at(ts, key, ())?;
         self.ctx.request_processing_time(ts);
         Ok(())
     }
-    /// Deletes a processing-time timer of the current key.
+    /// Deletes a processing-time timer of the current key (a no-op if it does not exist).
     pub fn delete_processing_time_timer(&mut self, ts: i64) -> Result<()> {
-        let key = self.timer_key();
-        self.timers.processing.delete(key, (), ts)
+        let key = self.state.current_key().clone();
+        self.timers.processing.delete(ts, key, ())
     }
 }
 
@@ -240,8 +236,7 @@ impl<F, K, T, O> KeyedProcess<F, K, T, O> {
 pub struct KeyedProcessOp<F, K, O, C> {
     f: F,
     state: KeyedState<K>,
-    /// `None` when registering them failed (the error is in `opened`).
-    timers: Option<Timers<K>>,
+    timers: Timers<K>,
     out: Vec<(O, Timestamp)>,
     ctx: OperatorContext,
     watermark: Watermark,
@@ -285,18 +280,16 @@ where
     {
         self.check_open()?;
         self.refresh_time();
-        let Some(timers) = self.timers.as_mut() else {
-            return Ok(());
-        };
+        let timers = &mut self.timers;
         loop {
             let queue = match domain {
                 TimeDomain::EventTime => &mut timers.event,
                 TimeDomain::ProcessingTime => &mut timers.processing,
             };
-            let Some((key, (), ts)) = queue.pop_due(up_to)? else {
+            let Some((ts, key, ())) = queue.pop_due(up_to)? else {
                 break;
             };
-            self.state.set_current_key(key.into_key());
+            self.state.set_current_key(key);
             let mut pctx = ProcessContext {
                 state: &mut self.state,
                 timers: &mut *timers,
@@ -313,7 +306,7 @@ where
             }
         }
         if domain == TimeDomain::ProcessingTime {
-            request_next_processing_time(&self.ctx, timers);
+            request_next_processing_time(&self.ctx, timers)?;
         }
         Ok(())
     }
@@ -321,10 +314,14 @@ where
 
 /// Asks to be called back at the earliest processing-time timer (after timers fired, and
 /// for timers restored from a checkpoint).
-fn request_next_processing_time<K: Key>(ctx: &OperatorContext, timers: &Timers<K>) {
-    if let Some(at) = timers.processing.peek_time() {
+fn request_next_processing_time<K: Key>(
+    ctx: &OperatorContext,
+    timers: &mut Timers<K>,
+) -> Result<()> {
+    if let Some(at) = timers.processing.next_time()? {
         ctx.request_processing_time(at);
     }
+    Ok(())
 }
 
 impl<F, K, T, O, C> Collector<(K, T)> for KeyedProcessOp<F, K, O, C>
@@ -337,13 +334,10 @@ where
     fn collect(&mut self, (key, value): (K, T), ts: Timestamp) -> Result<()> {
         self.check_open()?;
         self.refresh_time();
-        let Some(timers) = self.timers.as_mut() else {
-            return Ok(());
-        };
         self.state.set_current_key(key);
         let mut pctx = ProcessContext {
             state: &mut self.state,
-            timers,
+            timers: &mut self.timers,
             out: &mut self.out,
             ctx: &self.ctx,
             timestamp: ts,
@@ -386,19 +380,13 @@ where
         let mut f = self.f;
         let prefix = ctx.state().operator_prefix();
         let mut state = KeyedState::new(ctx, &prefix);
+        let mut timers = Timers::register(ctx);
         // An error while opening surfaces at the first element (attach cannot fail).
-        let (timers, timers_failed) = match Timers::open(ctx, &prefix) {
-            Ok(timers) => (Some(timers), None),
-            Err(e) => (None, Some(e)),
-        };
         let opened = f
             .open(&mut state)
             .err()
             .or_else(|| state.declaration_error())
-            .or(timers_failed);
-        if let Some(timers) = &timers {
-            request_next_processing_time(ctx, timers);
-        }
+            .or_else(|| request_next_processing_time(ctx, &mut timers).err());
         KeyedProcessOp {
             f,
             state,
@@ -421,7 +409,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Key;
     use crate::keyed_state::ValueState;
     use crate::testkit::Harness;
 
@@ -532,9 +519,8 @@ mod tests {
         h.watermark(9).unwrap();
         assert!(h.take_records().is_empty());
         h.watermark(10).unwrap();
-        let mut by_hash = keys.clone();
-        by_hash.sort_by_key(|k| k.stable_hash());
-        let expected: Vec<_> = by_hash
+        // Registered in descending order, fired in the keys' order.
+        let expected: Vec<_> = keys
             .iter()
             .map(|&k| (k, 10, TimeDomain::EventTime))
             .collect();

@@ -164,13 +164,22 @@ pub fn execute(
         return Err(Error::Config("--workers must be at least 1".into()));
     }
     let graph = Arc::new(graph);
-    let mut restore = resolve_restore(config, &graph)?;
+    let (mut restore, mut fallback_root) = resolve_restore(config, &graph)?;
     let mut restarts = 0;
     loop {
         match run_once(&graph, config, restore.as_ref(), &mut on_progress) {
             Ok(mut report) => {
                 report.restarts = restarts;
                 return Ok(report);
+            }
+            Err(Error::Restore {
+                checkpoint_id,
+                reason,
+            }) if fallback_root.is_some() => {
+                let root = fallback_root
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("."));
+                restore = fall_back(root, checkpoint_id, &reason, &graph)?;
             }
             Err(e) => {
                 let restartable = config.checkpoints.is_some() && e.is_restartable();
@@ -190,10 +199,40 @@ pub fn execute(
                 std::thread::sleep(config.restart_delay);
                 if let Some(latest) = latest_checkpoint(config)? {
                     restore = Some(latest);
+                    fallback_root = config.checkpoints.as_ref().map(|c| c.dir.clone());
                 }
             }
         }
     }
+}
+
+/// After checkpoint `bad` of `root` could not be restored (`reason`): the newest complete
+/// checkpoint older than it, or an error if none is left. Restoring no checkpoint at all would
+/// write again what the checkpoints committed.
+fn fall_back(
+    root: &std::path::Path,
+    bad: u64,
+    reason: &str,
+    graph: &JobGraph,
+) -> Result<Option<metadata::Complete>> {
+    let (older, skipped) = metadata::latest_before(root, bad)?;
+    for s in skipped {
+        tracing::warn!("skipping an incomplete or corrupt checkpoint: {s}");
+    }
+    let Some((dir, meta)) = older else {
+        return Err(Error::Config(format!(
+            "no usable checkpoint in {}: checkpoint {bad} cannot be restored ({reason}) and no \
+             older complete one is left",
+            root.display()
+        )));
+    };
+    tracing::warn!(
+        "checkpoint {bad} cannot be restored ({reason}): falling back to checkpoint {} ({})",
+        meta.checkpoint_id,
+        dir.display()
+    );
+    check_same_job(&dir, &meta, graph)?;
+    Ok(Some((dir, meta)))
 }
 
 /// The newest complete checkpoint of the job's checkpoint directory, warning about newer ones
@@ -204,27 +243,33 @@ fn latest_checkpoint(config: &RuntimeConfig) -> Result<Option<metadata::Complete
     };
     let (latest, skipped) = metadata::latest(&c.dir)?;
     for s in skipped {
-        tracing::warn!("skipping an incomplete checkpoint: {s}");
+        tracing::warn!("skipping an incomplete or corrupt checkpoint: {s}");
     }
     Ok(latest)
 }
 
-/// The checkpoint the job starts from, checked against the job.
-fn resolve_restore(config: &RuntimeConfig, graph: &JobGraph) -> Result<Option<metadata::Complete>> {
-    let found = match &config.restore {
-        None => return Ok(None),
+/// The checkpoint the job starts from, checked against the job, and the directory to fall
+/// back in if its state turns out to be unusable: the checkpoint directory with `--restore
+/// latest`, the directory named with `--restore PATH` when it holds checkpoints; none when
+/// PATH names the checkpoint itself (the user asked for that one).
+fn resolve_restore(
+    config: &RuntimeConfig,
+    graph: &JobGraph,
+) -> Result<(Option<metadata::Complete>, Option<PathBuf>)> {
+    let (found, fallback_root) = match &config.restore {
+        None => return Ok((None, None)),
         Some(RestoreFrom::Latest) => {
-            if config.checkpoints.is_none() {
+            let Some(c) = &config.checkpoints else {
                 return Err(Error::Config(
                     "--restore latest needs --checkpoint-dir (where to look)".into(),
                 ));
-            }
-            latest_checkpoint(config)?
+            };
+            (latest_checkpoint(config)?, Some(c.dir.clone()))
         }
         Some(RestoreFrom::Path(path)) => {
             let (latest, skipped) = metadata::latest(path)?;
             for s in &skipped {
-                tracing::warn!("skipping an incomplete checkpoint: {s}");
+                tracing::warn!("skipping an incomplete or corrupt checkpoint: {s}");
             }
             let found = latest.ok_or_else(|| {
                 Error::Config(format!(
@@ -233,13 +278,14 @@ fn resolve_restore(config: &RuntimeConfig, graph: &JobGraph) -> Result<Option<me
                     skipped.first().map_or(String::new(), |s| format!(" ({s})"))
                 ))
             })?;
-            Some(found)
+            let root = (!metadata::is_checkpoint(path)).then(|| path.clone());
+            (Some(found), root)
         }
     };
     if let Some((dir, meta)) = &found {
         check_same_job(dir, meta, graph)?;
     }
-    Ok(found)
+    Ok((found, fallback_root))
 }
 
 fn check_same_job(
@@ -410,13 +456,14 @@ fn run_once(
             errors.push(panic_error("runtime", w, payload.as_ref()));
         }
     }
-    // The last acknowledgements may complete one more checkpoint; a finished bounded job
-    // commits below in any case.
+    // A bounded job that ended takes a final checkpoint (its sources all read) before its
+    // output is committed, so that a restore after this point writes nothing twice.
     if let Some(c) = coordinator.as_mut()
         && savepoint.is_none()
         && errors.is_empty()
+        && let Err(e) = c.finish(&graph.stages)
     {
-        let _ = c.tick(&graph.stages);
+        errors.push(e);
     }
     let elapsed = clock.elapsed();
     let progress = metrics.snapshot();
@@ -463,8 +510,8 @@ fn state_settings(config: &RuntimeConfig) -> Result<(Arc<StateSettings>, Option<
         RUNS.fetch_add(1, Ordering::Relaxed)
     );
     let (root, scratch) = match (&config.checkpoints, &config.state_dir) {
-        (Some(c), _) => (c.dir.join("state"), None),
-        (None, Some(dir)) => (dir.clone(), Some(dir.join(&run))),
+        (Some(c), _) => (absolute(&c.dir.join("state")), None),
+        (None, Some(dir)) => (absolute(dir), Some(absolute(&dir.join(&run)))),
         (None, None) => {
             // Its own directory, not a shared parent another user may own.
             let dir = std::env::temp_dir().join(format!("sluice-state-{run}"));
@@ -497,7 +544,7 @@ fn state_restores(
             instances.sort_by_key(|inst| inst.worker);
             let dirs: Option<Vec<PathBuf>> = instances
                 .iter()
-                .map(|inst| inst.state.as_ref().map(|rel| normalize(&dir.join(rel))))
+                .map(|inst| inst.state.as_ref().map(|rel| absolute(&dir.join(rel))))
                 .collect();
             let dirs = dirs.filter(|d| !d.is_empty())?;
             Some(StateRestore {
@@ -510,8 +557,11 @@ fn state_restores(
         .collect()
 }
 
-/// `path` without `..` and `.` components (a checkpoint's state paths are relative to it).
-fn normalize(path: &std::path::Path) -> PathBuf {
+/// `path` made absolute, without `..` and `.` components (a checkpoint's state paths are
+/// relative to it). The state store's directory syncs go through io_uring, which does not
+/// resolve a relative path against the working directory.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let mut out = PathBuf::new();
     for part in path.components() {
         match part {

@@ -22,6 +22,7 @@ use std::io;
 use sluice_state::sim::SimDisk;
 use sluice_state::{
     Codec, Disk, DiskReader, DiskWriter, GlommioDisk, Ns, Store, StoreConfig, Table, TableConfig,
+    TimerSet,
 };
 
 use crate::error::{Error, Result};
@@ -344,6 +345,25 @@ impl From<sluice_state::AccessError> for Error {
     }
 }
 
+impl StageState {
+    /// Registers (or restores) table `name` of per-key-group values: the key *is* the key
+    /// group (operator metadata, see [`OpMeta`]).
+    fn group_table<V: Codec>(&self, name: &str) -> Result<Table<(), u32, V>> {
+        let cfg = TableConfig::new(|_: &(), kg: &u32| *kg);
+        self.store
+            .table(name, cfg)
+            .map_err(|e| state_error("register state", e))
+    }
+
+    /// Registers (or restores) timer set `name` of keys `K` in namespaces `N`.
+    fn timer_set<K: Key, N: Ns + Ord>(&self, name: &str) -> Result<TimerSet<K, N>> {
+        let kg = self.key_groups;
+        self.store
+            .timers(name, move |k: &K| kg.key_group(k.stable_hash()))
+            .map_err(|e| state_error("register timers", e))
+    }
+}
+
 /// The state directory an acknowledgement names: relative to `root` when inside it.
 pub fn relative_to(dir: &Path, root: &Path) -> String {
     dir.strip_prefix(root)
@@ -372,12 +392,178 @@ impl<N: Ns, K: Key, V: Codec> OpTable<N, K, V> {
     /// The table.
     #[inline]
     pub fn get(&mut self) -> Result<&Table<N, K, V>> {
-        match &mut self.table {
-            Ok(table) => Ok(table),
-            Err(e) => Err(e.take().unwrap_or_else(|| Error::State {
-                op: "register state",
-                message: "failed earlier".into(),
-            })),
+        registered(&mut self.table).map(|t| &*t)
+    }
+}
+
+/// Registration failed: the error, reported at first use (attaching cannot fail).
+fn registered<T>(r: &mut std::result::Result<T, Option<Error>>) -> Result<&mut T> {
+    match r {
+        Ok(t) => Ok(t),
+        Err(e) => Err(e.take().unwrap_or_else(|| Error::State {
+            op: "register state",
+            message: "failed earlier".into(),
+        })),
+    }
+}
+
+/// An operator's own progress (a window operator's watermark, its open slices): one value per
+/// stage instance, written at every barrier under each key group the instance owns, so that
+/// whichever instance owns a key group after a rescale finds the values of the instances it
+/// took key groups from, and combines them.
+pub struct OpMeta<V> {
+    table: std::result::Result<Table<(), u32, V>, Option<Error>>,
+    key_groups: std::ops::Range<u32>,
+}
+
+impl<V: Codec + Clone> OpMeta<V> {
+    /// Registers metadata `name` of a new operator (named like its tables).
+    pub fn register(ctx: &crate::context::OperatorContext, name: &str) -> OpMeta<V> {
+        let state = ctx.state();
+        let name = format!("{}/{name}", state.operator_prefix());
+        OpMeta {
+            table: state.group_table(&name).map_err(Some),
+            key_groups: ctx.key_groups().range_of(ctx.worker()),
+        }
+    }
+
+    /// The values restored for this instance's key groups (none on a fresh start).
+    pub fn restored(&mut self) -> Result<Vec<V>> {
+        let table = registered(&mut self.table)?;
+        let mut data = table.lock();
+        let mut out = Vec::new();
+        for kg in self.key_groups.clone() {
+            if let Some(v) = data.get(&(), &kg)? {
+                out.push(v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `value` for the next checkpoint.
+    pub fn save(&mut self, value: &V) -> Result<()> {
+        let table = registered(&mut self.table)?;
+        let mut data = table.lock();
+        for kg in self.key_groups.clone() {
+            data.insert(&(), kg, value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Event-time order as unsigned order: the sign bit flipped (`i64::MIN` is 0, `i64::MAX` is
+/// `u64::MAX`).
+#[inline]
+fn time_key(t: i64) -> u64 {
+    (t as u64) ^ (1 << 63)
+}
+
+#[inline]
+fn time_of(k: u64) -> i64 {
+    (k ^ (1 << 63)) as i64
+}
+
+/// An operator's timers in the store (Flink's `InternalTimerService`): per (key, namespace)
+/// event-time or processing-time instants, checkpointed with the key's key group (so restored
+/// by key group when the job rescales). Registering a timer twice registers it once; deleting
+/// one that is not set does nothing. Resident always (timers are few and always needed): the
+/// store's `TimerSet`, a binary heap with lazy deletes over a never-evicted table.
+///
+/// Timers fire in (time, key, namespace) order: a function of the timers alone, so a run
+/// restored from a checkpoint fires them exactly as an uninterrupted one would.
+pub struct OpTimers<K, N> {
+    set: std::result::Result<TimerSet<K, N>, Option<Error>>,
+}
+
+impl<K: Key, N: Ns + Ord> OpTimers<K, N> {
+    /// Registers timer set `name` of a new operator (named like its tables).
+    pub fn register(ctx: &crate::context::OperatorContext, name: &str) -> OpTimers<K, N> {
+        let state = ctx.state();
+        let name = format!("{}/{name}", state.operator_prefix());
+        OpTimers {
+            set: state.timer_set(&name).map_err(Some),
+        }
+    }
+
+    /// Sets a timer at `time` (a no-op if set).
+    pub fn register_at(&mut self, time: i64, key: K, ns: N) -> Result<()> {
+        Ok(registered(&mut self.set)?.register(time_key(time), key, ns)?)
+    }
+
+    /// Deletes a timer, if set.
+    pub fn delete(&mut self, time: i64, key: K, ns: N) -> Result<()> {
+        Ok(registered(&mut self.set)?.delete(time_key(time), key, ns)?)
+    }
+
+    /// The earliest timer's time.
+    pub fn next_time(&mut self) -> Result<Option<i64>> {
+        Ok(registered(&mut self.set)?.peek().map(|t| time_of(t.0)))
+    }
+
+    /// Removes and returns the earliest timer due at `time`.
+    pub fn pop_due(&mut self, time: i64) -> Result<Option<(i64, K, N)>> {
+        let due = registered(&mut self.set)?.pop_due(time_key(time))?;
+        Ok(due.map(|(t, k, n)| (time_of(t), k, n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::OperatorContext;
+    use proptest::prelude::*;
+
+    #[test]
+    fn stored_times_keep_the_order_of_event_times() {
+        let times = [
+            i64::MIN,
+            i64::MIN + 1,
+            -1_000,
+            -1,
+            0,
+            1,
+            1_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for pair in times.windows(2) {
+            assert!(time_key(pair[0]) < time_key(pair[1]), "{pair:?}");
+        }
+        for t in times {
+            assert_eq!(time_of(time_key(t)), t);
+        }
+        assert_eq!(time_key(i64::MIN), 0);
+        assert_eq!(time_key(i64::MAX), u64::MAX);
+    }
+
+    proptest! {
+        /// Against a sorted set of (time, key): timers fire in that order, once each, deleted
+        /// ones never, and those registered twice once.
+        #[test]
+        fn op_timers_fire_like_a_sorted_set(
+            ops in proptest::collection::vec((0u8..3, 0u32..6, -10i64..10), 0..150),
+            up_to in -12i64..12,
+        ) {
+            let ctx = OperatorContext::standalone();
+            let mut timers: OpTimers<u32, ()> = OpTimers::register(&ctx, "t");
+            let mut model = std::collections::BTreeSet::new();
+            for (op, key, time) in ops {
+                if op < 2 {
+                    timers.register_at(time, key, ()).unwrap();
+                    model.insert((time, key));
+                } else {
+                    timers.delete(time, key, ()).unwrap();
+                    model.remove(&(time, key));
+                }
+            }
+            prop_assert_eq!(timers.next_time().unwrap(), model.first().map(|e| e.0));
+            let mut fired = Vec::new();
+            while let Some((time, key, ())) = timers.pop_due(up_to).unwrap() {
+                fired.push((time, key));
+            }
+            let expected: Vec<(i64, u32)> =
+                model.iter().copied().filter(|e| e.0 <= up_to).collect();
+            prop_assert_eq!(fired, expected);
         }
     }
 }

@@ -57,6 +57,7 @@ pub fn context_capturing<T: 'static>(tag_id: u64) -> (OperatorContext, Rc<RefCel
     let key_groups = KeyGroups::new(KEY_GROUPS_DEFAULT, 1)
         .unwrap_or_else(|_| unreachable!("128 key groups over 1 worker is valid"));
     let mut builder = ContextBuilder::new(0, key_groups, "test", Arc::new(JobMetrics::new(1)));
+    builder.memory_state = true;
     let captured = Rc::new(RefCell::new(Captured::default()));
     let port: Rc<RefCell<dyn Collector<T>>> = captured.clone();
     builder.side_output(tag_id, port);

@@ -13,11 +13,14 @@
 //! - [`windows`]: a brute-force reference for the `window-agg` job;
 //! - [`event_time`]: brute-force references for windows, window and interval joins and bounded
 //!   joins built with the API, and [`run_job`] to run such a job;
+//! - [`faults`]: seeds, iteration counts, the `sluice` binary as a child killed with SIGKILL,
+//!   and waits on checkpoint directories, for the checkpoint tests;
 //! - [`held`]: a source that stays open until the test releases it, and a sink that releases
 //!   it once the output it waits for has arrived.
 #![forbid(unsafe_code)]
 
 pub mod event_time;
+pub mod faults;
 pub mod held;
 pub mod windows;
 

@@ -1,7 +1,8 @@
 //! `sluice inspect PATH [--json]`: describes a checkpoint or savepoint — its job, workers and
 //! key groups, and per stage and worker the source positions, where the state is, and the
-//! snapshot's synchronous pause and duration. PATH is a checkpoint or savepoint directory, or
-//! a directory of them (then the newest complete one, naming the incomplete ones skipped).
+//! snapshot's synchronous pause, alignment time and duration. PATH is a checkpoint or
+//! savepoint directory, or a directory of them (then the newest complete one, naming the
+//! incomplete ones skipped).
 
 use std::path::PathBuf;
 
@@ -29,7 +30,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     let (found, skipped) = metadata::latest(&args.path)
         .with_context(|| format!("read checkpoints at {}", args.path.display()))?;
     for s in &skipped {
-        eprintln!("skipped an incomplete checkpoint: {s}");
+        eprintln!("skipped an incomplete or corrupt checkpoint: {s}");
     }
     let (dir, meta) = found.with_context(|| {
         format!(
@@ -74,9 +75,10 @@ fn describe(dir: &std::path::Path, meta: &CheckpointMetadata) -> String {
                 })
                 .collect();
             out.push_str(&format!(
-                "    worker {}: sync {} µs, total {} µs{}{}\n",
+                "    worker {}: sync {} µs, align {} µs, total {} µs{}{}\n",
                 i.worker,
                 i.sync_us,
+                i.align_us,
                 i.duration_us,
                 if splits.is_empty() {
                     String::new()

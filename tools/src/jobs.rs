@@ -23,6 +23,9 @@ pub enum Job {
     /// window starts at its first record's time and ends at its last record's time + gap.
     #[command(name = "window-agg")]
     WindowAgg(WindowAggArgs),
+    /// `nexmark-qN`: a Nexmark query on generated events, its rows into part files.
+    #[command(flatten)]
+    Nexmark(crate::nexmark_job::NexmarkJob),
 }
 
 /// Options of `sluice run window-agg`.
@@ -69,7 +72,9 @@ pub struct WordcountArgs {
 
 /// `sluice jobs`.
 pub fn describe_jobs() -> String {
-    "Built-in jobs (sluice run JOB --help for details):\n\
+    let nexmark = crate::nexmark_job::describe();
+    format!(
+        "Built-in jobs (sluice run JOB --help for details):\n\
      \n  wordcount  --input PATH --output DIR\n\
      \x20            counts words (maximal alphanumeric runs, lowercased); writes word<TAB>count\n\
      \n  window-agg --input CSV --output DIR --window SPEC --out-of-orderness-ms MS\n\
@@ -77,16 +82,18 @@ pub fn describe_jobs() -> String {
      \x20            count and sum per key and event-time window of ts,key,value lines;\n\
      \x20            SPEC: tumbling:SIZE_MS | sliding:SIZE_MS:SLIDE_MS | session:GAP_MS;\n\
      \x20            writes key,window_start,window_end,count,sum\n\
+     {nexmark}\
      \nOptions of every job:\n\
      \x20 --workers N  worker count (default: the cores available);\n\
      \x20              more workers than cores run unpinned\n\
      \x20 --quiet      no progress line on stderr\n"
-        .to_owned()
+    )
 }
 
 pub fn run(job: Job) -> Result<()> {
     match job {
         Job::WindowAgg(args) => run_window_agg(args),
+        Job::Nexmark(job) => crate::nexmark_job::run(job),
         Job::Wordcount(args) => {
             if !args.common.restoring() {
                 check_output_dir(&args.output)?;

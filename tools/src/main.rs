@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod inspect;
 mod jobs;
+mod nexmark_job;
 mod progress;
 
 use std::process::ExitCode;
@@ -52,8 +53,11 @@ fn init_tracing() {
     // Sluice does not use yet. `RUST_LOG=warn` shows it.
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,glommio::sys::uring=error"));
+    // Colours only on a terminal: a warning in a log file or a pipe stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }

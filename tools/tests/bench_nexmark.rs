@@ -1,7 +1,7 @@
 //! `sluice bench nexmark` through the binary: the whole suite at CI size (100,000 events, a
-//! table row and a `sluice-bench/1` JSON object per query), `--output` writing exactly the rows
-//! the query's pipeline produces (the output directory contract), rate mode's latency figures,
-//! and one-line errors for bad flags.
+//! table row and a `sluice-bench/1` JSON object per query), `--output` and the built-in jobs
+//! `sluice run nexmark-qN` writing exactly the rows the query's pipeline produces (the output
+//! directory contract), rate mode's latency figures, and one-line errors for bad flags.
 
 use std::cell::RefCell;
 use std::fmt::Display;
@@ -139,6 +139,51 @@ fn output_holds_every_row_of_the_query() {
     ]);
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("already holds output"));
+}
+
+#[test]
+fn run_nexmark_jobs_write_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("q9");
+    let args = [
+        "run",
+        "nexmark-q9",
+        "--events",
+        "30000",
+        "--event-rate",
+        "2000",
+    ];
+    let out = sluice(
+        &[
+            &args[..],
+            &["--quiet", "--output", out_dir.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let env = Env::new();
+    env.set_workers(1);
+    let lines = Lines::default();
+    let cfg = NexmarkConfig {
+        events: Some(30_000),
+        first_event_rate: 2_000,
+        next_event_rate: 2_000,
+        ..NexmarkConfig::default()
+    };
+    Query::Q9.build(&env, NexmarkSource::new(cfg), &lines);
+    env.execute("q9").unwrap();
+    let mut expected = lines.0.borrow_mut().take().unwrap().take();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(output_lines(&out_dir), expected);
+    let jobs = text(&sluice(&["jobs"]).stdout);
+    assert!(jobs.contains("nexmark-QN"), "{jobs}");
+    assert_eq!(
+        sluice(&["run", "nexmark-q6", "--output", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[test]

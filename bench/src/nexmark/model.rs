@@ -245,7 +245,17 @@ impl fmt::Debug for LazyText {
 }
 
 /// A person who sells items or bids for them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Person {
     /// The person's id, unique among persons; the first is 1000.
     pub id: u64,
@@ -314,7 +324,18 @@ pub struct Bid {
 
 /// The kind of an event, chosen by its number: of every 50 events, 1 person, 3 auctions and
 /// 46 bids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub enum EventKind {
     /// A [`Person`].
     Person,
@@ -325,7 +346,17 @@ pub enum EventKind {
 }
 
 /// One Nexmark event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
 pub enum Event {
     /// A new person.
     Person(Person),

@@ -262,7 +262,8 @@ impl<T: 'static> SinkWriter<T> for DiscardWriter {
     }
 }
 
-/// Counts the rows that pass into another sink.
+/// Counts the rows that pass into another sink (and passes every call of the sink protocol,
+/// checkpoints' two phases included, on to it).
 pub struct Counted<S> {
     inner: S,
     rows: Arc<AtomicU64>,
@@ -297,6 +298,12 @@ impl<T: 'static, S: Sink<T>> Sink<T> for Counted<S> {
             total: self.rows.clone(),
         })
     }
+    fn recover(&self, restored_id: u64) -> Result<()> {
+        self.inner.recover(restored_id)
+    }
+    fn commit_checkpoint(&self, id: u64) -> Result<()> {
+        self.inner.commit_checkpoint(id)
+    }
     fn commit(&self) -> Result<()> {
         self.inner.commit()
     }
@@ -314,6 +321,9 @@ impl<T: 'static, W: SinkWriter<T>> SinkWriter<T> for CountedWriter<W> {
         self.total
             .fetch_add(std::mem::take(&mut self.rows), Ordering::Relaxed);
         self.inner.finish().await
+    }
+    async fn pre_commit(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.inner.pre_commit(checkpoint_id).await
     }
 }
 
@@ -377,6 +387,12 @@ impl<T: 'static, S: Sink<T>> Sink<(T, i64)> for LatencySink<S> {
             merged: self.merged.clone(),
         })
     }
+    fn recover(&self, restored_id: u64) -> Result<()> {
+        self.inner.recover(restored_id)
+    }
+    fn commit_checkpoint(&self, id: u64) -> Result<()> {
+        self.inner.commit_checkpoint(id)
+    }
     fn commit(&self) -> Result<()> {
         self.inner.commit()
     }
@@ -397,6 +413,9 @@ impl<T: 'static, W: SinkWriter<T>> SinkWriter<(T, i64)> for LatencyWriter<T, W> 
             self.rows.push(row);
         }
         self.inner.write_batch(&mut self.rows).await
+    }
+    async fn pre_commit(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.inner.pre_commit(checkpoint_id).await
     }
     async fn finish(&mut self) -> Result<()> {
         self.inner.finish().await?;
@@ -462,5 +481,35 @@ impl RowOutput for BenchOutput {
             Some(dir) => self.sink(rows, due, TextFileSink::new(dir.clone())),
             None => self.sink(rows, due, Discard),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_due_when_their_event_is_generated_or_the_watermark_passes() {
+        let cfg = NexmarkConfig {
+            events: Some(10_000),
+            first_event_rate: 1_000,
+            next_event_rate: 1_000,
+            ..NexmarkConfig::default()
+        };
+        let clock = LatencyClock::new(&cfg).unwrap();
+        let base = cfg.base_time_ms;
+        // 10,000 events at 1,000 events/s: the last one at 9,999 ms.
+        assert_eq!(clock.due_us(Due::OnRecord, base + 1_500), Some(1_500_000));
+        assert_eq!(
+            clock.due_us(Due::OnWatermark, base + 1_999),
+            Some(5_999_000)
+        );
+        // Fired only by the end of the input: not measured.
+        assert_eq!(clock.due_us(Due::OnWatermark, base + 6_000), None);
+        assert_eq!(clock.due_us(Due::AtEnd, base), None);
+        assert!(
+            clock.now_us() < 0,
+            "the first event is due {START_LEAD:?} after the start"
+        );
     }
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
+#[cfg(test)]
+use crate::checkpoint::SplitState;
 use crate::checkpoint::metadata::{
     self, CheckpointMetadata, InstanceMetadata, METADATA_FORMAT, StageMetadata,
 };
@@ -15,6 +17,7 @@ use crate::checkpoint::{
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::graph::StageFactory;
+use hdrhistogram::Histogram;
 
 /// What the coordinator knows of the job.
 #[derive(Clone, Debug)]
@@ -29,19 +32,49 @@ pub struct JobInfo {
     pub stage_names: Vec<String>,
 }
 
-/// Figures about the checkpoints a run took.
-#[derive(Clone, Debug, Default)]
+/// The largest value the histograms of [`CheckpointStats`] tell apart: an hour, in µs.
+pub const HISTOGRAM_US_MAX: u64 = 3_600_000_000;
+
+/// Figures about the checkpoints a run took. The distributions are HDR histograms in µs
+/// (3 significant digits), so a job of any length keeps them in bounded memory.
+#[derive(Clone, Debug)]
 pub struct CheckpointStats {
     /// Checkpoints completed.
     pub completed: u64,
-    /// Checkpoints aborted (timed out, or their metadata could not be written).
+    /// Checkpoints aborted (timed out, declined, or their metadata could not be written).
     pub aborted: u64,
     /// The newest completed one.
     pub last_completed: u64,
-    /// From trigger to completion, per completed checkpoint, in ms.
-    pub durations_ms: Vec<u64>,
-    /// The longest synchronous pause of any instance, per completed checkpoint, in µs.
-    pub sync_max_us: Vec<u64>,
+    /// From trigger to completion (metadata written), per completed checkpoint.
+    pub duration_us: Histogram<u64>,
+    /// The synchronous pause of every stage instance's snapshot (freezing its state), per
+    /// instance and completed checkpoint.
+    pub sync_us: Histogram<u64>,
+    /// The alignment time of every stage instance with several inputs, per instance and
+    /// completed checkpoint.
+    pub align_us: Histogram<u64>,
+    /// The longest synchronous pause of any instance, per completed checkpoint.
+    pub sync_max_us: Histogram<u64>,
+}
+
+impl Default for CheckpointStats {
+    fn default() -> Self {
+        // Up to an hour, 3 significant digits; longer values are recorded as an hour. (An
+        // auto-resizing histogram would clamp `saturating_record` to its first range.)
+        let histogram = || {
+            Histogram::new_with_bounds(1, HISTOGRAM_US_MAX, 3)
+                .unwrap_or_else(|e| unreachable!("valid bounds: {e}"))
+        };
+        CheckpointStats {
+            completed: 0,
+            aborted: 0,
+            last_completed: 0,
+            duration_us: histogram(),
+            sync_us: histogram(),
+            align_us: histogram(),
+            sync_max_us: histogram(),
+        }
+    }
 }
 
 /// What a tick of the coordinator found.
@@ -71,7 +104,7 @@ pub struct Coordinator {
 #[derive(Default)]
 struct FastStart {
     id: u64,
-    ms: u64,
+    us: u64,
 }
 
 impl Coordinator {
@@ -133,6 +166,12 @@ impl Coordinator {
                     worker,
                     splits,
                 } => self.tracker.on_finished(stage, worker, splits),
+                ToCoordinator::Declined {
+                    checkpoint_id,
+                    stage,
+                    worker,
+                    reason,
+                } => return Err(self.declined(checkpoint_id, stage, worker, reason)),
             };
             if let AckOutcome::Complete(id, acks) = outcome
                 && let Some(dir) = self.complete(id, acks, stages)?
@@ -172,12 +211,65 @@ impl Coordinator {
             _ => None,
         };
         if let Some(id) = id {
-            self.started_ms = FastStart { id, ms: now };
+            self.started_ms = FastStart {
+                id,
+                us: self.elapsed_us(),
+            };
             self.control.trigger_ms.store(now, Ordering::Relaxed);
             self.control.trigger.store(id, Ordering::Release);
             tracing::debug!(checkpoint = id, "checkpoint triggered");
         }
         Ok(Tick::Continue)
+    }
+
+    /// A stage instance could not write its snapshot of checkpoint `checkpoint_id`: the
+    /// checkpoint is aborted (if still pending) and the job fails, to restart from the latest
+    /// complete checkpoint. The error names the checkpoint, the instance and the cause.
+    fn declined(
+        &mut self,
+        checkpoint_id: u64,
+        stage: usize,
+        worker: usize,
+        reason: String,
+    ) -> Error {
+        if self.tracker.pending() == Some(checkpoint_id) {
+            self.tracker.ended(self.clock.now_ms());
+            self.stats.aborted += 1;
+        }
+        let name = self.info.stage_names.get(stage).map_or("?", String::as_str);
+        Error::State {
+            op: "checkpoint",
+            message: format!(
+                "checkpoint {checkpoint_id} failed in stage '{name}' on worker {worker}: {reason}"
+            ),
+        }
+    }
+
+    /// Takes the final checkpoint of a job whose stage instances have all finished, and lets
+    /// the sinks commit everything: a restore after this point (a crash on the way out, or a
+    /// rerun with `--restore latest`) resumes past the last record and writes nothing twice.
+    /// Does nothing without checkpoints, or if an instance did not finish.
+    pub fn finish(&mut self, stages: &[Box<dyn StageFactory>]) -> Result<()> {
+        // What arrived last (the final acknowledgements) first.
+        if let Tick::Stopped(_) = self.tick(stages)? {
+            return Ok(());
+        }
+        if self.config.is_none() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let Some((id, acks)) = self.tracker.final_checkpoint(now) else {
+            return Ok(());
+        };
+        // Not a measured checkpoint: every instance had acknowledged already.
+        self.control.trigger_ms.store(now, Ordering::Relaxed);
+        self.complete(id, acks, stages)?;
+        if self.stats.last_completed != id {
+            return Err(Error::Config(format!(
+                "the final checkpoint {id} could not be written (see the warning above)"
+            )));
+        }
+        Ok(())
     }
 
     /// Completes checkpoint `id`: writes its metadata, then lets the sinks commit. Returns the
@@ -211,18 +303,7 @@ impl Coordinator {
         }
         self.stats.completed += 1;
         self.stats.last_completed = id;
-        if self.started_ms.id == id {
-            self.stats
-                .durations_ms
-                .push(now.saturating_sub(self.started_ms.ms));
-        }
-        let sync_max = meta
-            .stages
-            .iter()
-            .flat_map(|s| s.instances.iter().map(|i| i.sync_us))
-            .max()
-            .unwrap_or(0);
-        self.stats.sync_max_us.push(sync_max);
+        self.record_stats(id, &meta);
         if let Some(config) = &self.config
             && !savepoint
             && let Err(e) = metadata::retain(&config.dir, config.retain)
@@ -231,6 +312,41 @@ impl Coordinator {
         }
         tracing::debug!(checkpoint = id, dir = %dir.display(), "checkpoint complete");
         Ok(savepoint.then_some(dir))
+    }
+
+    fn elapsed_us(&self) -> u64 {
+        self.clock.elapsed().as_micros() as u64
+    }
+
+    /// Adds a completed checkpoint's figures to the histograms.
+    fn record_stats(&mut self, id: u64, meta: &CheckpointMetadata) {
+        let now_us = self.elapsed_us();
+        let stats = &mut self.stats;
+        if self.started_ms.id == id {
+            let us = now_us.saturating_sub(self.started_ms.us);
+            stats.duration_us.saturating_record(us);
+        }
+        let mut sync_max = 0;
+        for instance in meta.stages.iter().flat_map(|s| &s.instances) {
+            // Finished instances acknowledge implicitly, with nothing measured.
+            if instance.duration_us == 0 {
+                continue;
+            }
+            stats.sync_us.saturating_record(instance.sync_us);
+            sync_max = sync_max.max(instance.sync_us);
+        }
+        // Every stage fed by channels aligns (an exchange has a channel per upstream worker);
+        // a source stage does not.
+        for stage in meta
+            .stages
+            .iter()
+            .filter(|s| !s.name.starts_with("Source: "))
+        {
+            for instance in stage.instances.iter().filter(|i| i.duration_us > 0) {
+                stats.align_us.saturating_record(instance.align_us);
+            }
+        }
+        stats.sync_max_us.saturating_record(sync_max);
     }
 
     fn metadata(&self, id: u64, savepoint: bool, acks: Vec<Ack>) -> CheckpointMetadata {
@@ -253,6 +369,7 @@ impl Coordinator {
                     state: ack.state,
                     sync_us: ack.sync_us,
                     duration_us: ack.duration_us,
+                    align_us: ack.align_us,
                 });
             }
         }
@@ -266,5 +383,240 @@ impl Coordinator {
             key_groups_max: self.info.key_groups_max,
             stages,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The coordinator's handling of late, duplicate and stale messages: every acknowledgement,
+    //! decline and commit names its checkpoint, and one that names a checkpoint no longer
+    //! pending changes nothing.
+
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::graph::{Prepare, StageFuture, WorkerContext};
+
+    /// A stage that records the checkpoints it was told to commit.
+    #[derive(Default)]
+    struct Recorder {
+        name: String,
+        commits: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl StageFactory for Recorder {
+        fn name(&self) -> String {
+            self.name.clone()
+        }
+        fn prepare(&self, _p: &Prepare<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn instantiate(&self, _ctx: WorkerContext) -> StageFuture {
+            Box::pin(async { Ok(()) })
+        }
+        fn commit_checkpoint(&self, id: u64) -> Result<()> {
+            self.commits.lock().unwrap().push(id);
+            Ok(())
+        }
+        fn commit(&self) -> Result<()> {
+            Ok(())
+        }
+        fn abort(&self) {}
+    }
+
+    fn ack(id: u64, stage: usize, worker: usize) -> ToCoordinator {
+        ToCoordinator::Ack(Ack {
+            checkpoint_id: id,
+            stage,
+            worker,
+            splits: vec![],
+            state: None,
+            sync_us: 5,
+            duration_us: 10,
+            align_us: 0,
+        })
+    }
+
+    type Setup = (
+        Coordinator,
+        Vec<Box<dyn StageFactory>>,
+        Arc<Mutex<Vec<u64>>>,
+    );
+
+    /// A coordinator of 2 stages on 1 worker checkpointing into `dir` at every tick, with the
+    /// recorder stages and their commits.
+    fn setup(dir: &Path, timeout: Duration) -> Setup {
+        let mut config = CheckpointConfig::new(dir, Duration::ZERO);
+        config.timeout = timeout;
+        let info = JobInfo {
+            job: "stale".into(),
+            workers: 1,
+            key_groups_max: 128,
+            stage_names: vec!["Source: a".into(), "Exchange -> b".into()],
+        };
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let stages: Vec<Box<dyn StageFactory>> = info
+            .stage_names
+            .iter()
+            .map(|name| {
+                Box::new(Recorder {
+                    name: name.clone(),
+                    commits: commits.clone(),
+                }) as Box<dyn StageFactory>
+            })
+            .collect();
+        (Coordinator::new(Some(config), info, 0), stages, commits)
+    }
+
+    fn tick(c: &mut Coordinator, stages: &[Box<dyn StageFactory>]) {
+        assert!(matches!(c.tick(stages), Ok(Tick::Continue)));
+    }
+
+    #[test]
+    fn duplicate_late_and_unknown_acknowledgements_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, stages, commits) = setup(dir.path(), Duration::from_secs(60));
+        let control = c.control();
+        tick(&mut c, &stages); // triggers 1
+        assert_eq!(control.pending_trigger(0).map(|t| t.0), Some(1));
+        control.send(ack(1, 0, 0));
+        control.send(ack(1, 0, 0)); // a duplicate
+        control.send(ack(7, 1, 0)); // a checkpoint never triggered
+        control.send(ack(0, 1, 0)); // an older one
+        tick(&mut c, &stages);
+        assert_eq!(
+            c.stats().completed,
+            0,
+            "one instance has not acknowledged 1"
+        );
+        control.send(ack(1, 1, 0));
+        tick(&mut c, &stages); // completes 1, triggers 2
+        assert_eq!(c.stats().completed, 1);
+        assert_eq!(
+            *commits.lock().unwrap(),
+            vec![1, 1],
+            "each stage commits 1 once"
+        );
+        // Acknowledgements of 1 arriving again after its completion change nothing.
+        control.send(ack(1, 0, 0));
+        control.send(ack(1, 1, 0));
+        tick(&mut c, &stages);
+        assert_eq!(c.stats().completed, 1);
+        assert_eq!(commits.lock().unwrap().len(), 2);
+        assert_eq!(
+            metadata::latest(dir.path())
+                .unwrap()
+                .0
+                .unwrap()
+                .1
+                .checkpoint_id,
+            1
+        );
+    }
+
+    #[test]
+    fn acknowledgements_of_an_aborted_checkpoint_commit_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, stages, commits) = setup(dir.path(), Duration::ZERO);
+        let control = c.control();
+        tick(&mut c, &stages); // triggers 1
+        tick(&mut c, &stages); // 1 times out (timeout 0) and is aborted; 2 is triggered
+        assert_eq!(control.pending_trigger(0).map(|t| t.0), Some(2));
+        control.send(ack(1, 0, 0));
+        control.send(ack(1, 1, 0));
+        tick(&mut c, &stages); // the acknowledgements of 1 are stale
+        assert_eq!(c.stats().completed, 0);
+        assert!(c.stats().aborted >= 1);
+        assert!(
+            commits.lock().unwrap().is_empty(),
+            "nothing of 1 is committed"
+        );
+        assert!(metadata::latest(dir.path()).unwrap().0.is_none());
+    }
+
+    #[test]
+    fn a_decline_fails_the_job_and_aborts_only_its_own_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, stages, commits) = setup(dir.path(), Duration::from_secs(60));
+        let control = c.control();
+        tick(&mut c, &stages); // triggers 1
+        control.send(ack(1, 0, 0));
+        control.send(ack(1, 1, 0));
+        tick(&mut c, &stages); // completes 1, triggers 2
+        let decline = |id| ToCoordinator::Declined {
+            checkpoint_id: id,
+            stage: 1,
+            worker: 0,
+            reason: "disk full".into(),
+        };
+        // A decline of the completed checkpoint 1 (stale) leaves 2 pending, but the job
+        // fails: the instance's store refuses further work.
+        control.send(decline(1));
+        let err = c.tick(&stages).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint 1 failed in stage 'Exchange -> b'"),
+            "{err}"
+        );
+        assert!(err.contains("disk full"), "{err}");
+        assert_eq!(c.stats().aborted, 0, "2 is still pending");
+        control.send(decline(2));
+        assert!(c.tick(&stages).is_err());
+        assert_eq!(c.stats().aborted, 1, "2 is aborted");
+        control.send(ack(2, 0, 0));
+        control.send(ack(2, 1, 0));
+        let _ = c.tick(&stages);
+        assert_eq!(
+            c.stats().last_completed,
+            1,
+            "late acknowledgements of 2 are stale"
+        );
+        assert_eq!(*commits.lock().unwrap(), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_finished_job_takes_a_final_checkpoint_with_every_split_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, stages, commits) = setup(dir.path(), Duration::from_secs(60));
+        let control = c.control();
+        tick(&mut c, &stages); // triggers 1
+        let split = SplitState {
+            split: vec![1],
+            position: None,
+            done: true,
+        };
+        control.send(ToCoordinator::Finished {
+            stage: 0,
+            worker: 0,
+            splits: vec![split.clone()],
+        });
+        control.send(ack(1, 1, 0));
+        control.send(ToCoordinator::Finished {
+            stage: 1,
+            worker: 0,
+            splits: vec![],
+        });
+        c.finish(&stages).unwrap();
+        assert_eq!(c.stats().last_completed, 2, "1 completed, then the final 2");
+        assert_eq!(*commits.lock().unwrap(), vec![1, 1, 2, 2]);
+        let (_, meta) = metadata::latest(dir.path()).unwrap().0.unwrap();
+        assert_eq!(meta.checkpoint_id, 2);
+        assert_eq!(meta.stages[0].instances[0].splits, vec![split]);
+    }
+
+    #[test]
+    fn the_histograms_keep_long_pauses_and_alignments() {
+        let mut stats = CheckpointStats::default();
+        for v in [3, 40_000, 7_000_000] {
+            stats.align_us.saturating_record(v);
+        }
+        assert!(
+            stats.align_us.max() >= 6_990_000,
+            "{}",
+            stats.align_us.max()
+        );
+        assert!(stats.align_us.value_at_quantile(0.5) >= 39_900);
+        stats.sync_us.saturating_record(HISTOGRAM_US_MAX * 10);
+        assert!(stats.sync_us.max() >= HISTOGRAM_US_MAX);
     }
 }

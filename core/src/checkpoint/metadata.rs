@@ -65,6 +65,9 @@ pub struct InstanceMetadata {
     pub sync_us: u64,
     /// From its barrier to its acknowledgement, in µs.
     pub duration_us: u64,
+    /// How long its inputs were aligning, in µs (absent in older metadata: 0).
+    #[serde(default)]
+    pub align_us: u64,
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -188,12 +191,28 @@ pub type Complete = (PathBuf, CheckpointMetadata);
 /// The newest complete checkpoint under `root` (or `root` itself, if it is one), and the
 /// incomplete or corrupt ones newer than it, each with its reason.
 pub fn latest(root: &Path) -> Result<(Option<Complete>, Vec<String>)> {
-    if root.join(METADATA_FILE).exists() {
+    latest_before(root, u64::MAX)
+}
+
+/// Whether `path` is itself a checkpoint or savepoint directory (it holds a metadata file,
+/// sound or not), rather than a directory of them.
+pub fn is_checkpoint(path: &Path) -> bool {
+    path.join(METADATA_FILE).exists()
+}
+
+/// [`latest`] among the checkpoints with an id below `before`: where a restore falls back to
+/// when checkpoint `before` turned out to be unusable.
+pub fn latest_before(root: &Path, before: u64) -> Result<(Option<Complete>, Vec<String>)> {
+    if is_checkpoint(root) {
         let meta = CheckpointMetadata::read(root)?;
-        return Ok((Some((root.to_owned(), meta)), Vec::new()));
+        let found = (meta.checkpoint_id < before).then(|| (root.to_owned(), meta));
+        return Ok((found, Vec::new()));
     }
     let mut skipped = Vec::new();
     for found in list(root)?.into_iter().rev() {
+        if found.id >= before {
+            continue;
+        }
         match found.metadata {
             Ok(meta) => return Ok((Some((found.dir, meta)), skipped)),
             Err(e) => skipped.push(format!("{}: {e}", found.dir.display())),
@@ -254,6 +273,7 @@ mod tests {
                     state: None,
                     sync_us: 3,
                     duration_us: 9,
+                    align_us: 0,
                 }],
             }],
         }
@@ -296,5 +316,42 @@ mod tests {
             vec![2, 3, 4],
             "incomplete newer ones stay; older ones go"
         );
+    }
+
+    #[test]
+    fn latest_before_skips_the_unusable_checkpoint_and_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for id in [2, 4, 5] {
+            meta(id).write(&checkpoint_dir(dir.path(), id)).unwrap();
+        }
+        let id =
+            |r: Result<(Option<Complete>, Vec<String>)>| r.unwrap().0.map(|c| c.1.checkpoint_id);
+        assert_eq!(id(latest_before(dir.path(), 5)), Some(4));
+        assert_eq!(id(latest_before(dir.path(), 4)), Some(2));
+        assert_eq!(id(latest_before(dir.path(), 2)), None);
+        assert_eq!(id(latest(dir.path())), Some(5));
+        // A checkpoint directory itself: that one, if below the bound.
+        let chk4 = checkpoint_dir(dir.path(), 4);
+        assert!(is_checkpoint(&chk4) && !is_checkpoint(dir.path()));
+        assert_eq!(id(latest_before(&chk4, 5)), Some(4));
+        assert_eq!(id(latest_before(&chk4, 4)), None);
+    }
+
+    #[test]
+    fn metadata_without_alignment_times_reads_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let chk = checkpoint_dir(dir.path(), 1);
+        std::fs::create_dir_all(&chk).unwrap();
+        let json = serde_json::to_string(&meta(1))
+            .unwrap()
+            .replace(",\"align_us\":0", "");
+        assert!(!json.contains("align_us"));
+        let crc = crc32fast::hash(json.as_bytes());
+        std::fs::write(
+            chk.join(METADATA_FILE),
+            format!("{json}\ncrc32:{crc:08x}\n"),
+        )
+        .unwrap();
+        assert_eq!(CheckpointMetadata::read(&chk).unwrap(), meta(1));
     }
 }

@@ -82,6 +82,9 @@ pub struct Ack {
     pub sync_us: u64,
     /// From the barrier's arrival to the acknowledgement.
     pub duration_us: u64,
+    /// How long the stage's inputs were aligning: from the first input's barrier to the last
+    /// one's (0 for a source stage or a stage with one input).
+    pub align_us: u64,
 }
 
 /// What a stage instance tells the coordinator.
@@ -98,6 +101,18 @@ pub enum ToCoordinator {
         worker: usize,
         /// Its sources' splits, all read.
         splits: Vec<SplitState>,
+    },
+    /// Its snapshot of a checkpoint failed (its state could not be written): the checkpoint
+    /// cannot complete, and the instance cannot go on (its store failed closed).
+    Declined {
+        /// The checkpoint.
+        checkpoint_id: u64,
+        /// The stage.
+        stage: usize,
+        /// The worker.
+        worker: usize,
+        /// Why, as one line.
+        reason: String,
     },
 }
 
@@ -192,7 +207,7 @@ struct Pending {
 /// use sluice_core::checkpoint::{Ack, AckOutcome, CheckpointTracker};
 /// let ack = |id, stage, worker| Ack {
 ///     checkpoint_id: id, stage, worker, splits: vec![], state: None, sync_us: 0,
-///     duration_us: 0,
+///     duration_us: 0, align_us: 0,
 /// };
 /// let mut t = CheckpointTracker::new(2, 0, Duration::from_millis(100), Duration::ZERO,
 ///     Duration::from_secs(10));
@@ -328,6 +343,21 @@ impl CheckpointTracker {
         }
     }
 
+    /// The final checkpoint of a job whose instances have all finished: it completes at once,
+    /// every instance acknowledging with its final split states, so that a restore after the
+    /// job's end resumes past its last record (Flink's final checkpoint). `None` if an
+    /// instance is still running or a checkpoint is pending.
+    pub fn final_checkpoint(&mut self, now_ms: u64) -> Option<(u64, Vec<Ack>)> {
+        if !self.all_finished() || self.pending.is_some() {
+            return None;
+        }
+        let id = self.start(now_ms);
+        let pending = self.pending.take()?;
+        let mut acks: Vec<Ack> = pending.acks.into_values().collect();
+        acks.sort_by_key(|a| (a.stage, a.worker));
+        Some((id, acks))
+    }
+
     /// Ends the pending checkpoint (completed, or failed while writing its metadata) at
     /// `now_ms`, for the minimum pause.
     pub fn ended(&mut self, now_ms: u64) {
@@ -356,6 +386,7 @@ fn finished_ack(id: u64, stage: usize, worker: usize, splits: &[SplitState]) -> 
         state: None,
         sync_us: 0,
         duration_us: 0,
+        align_us: 0,
     }
 }
 
@@ -395,6 +426,7 @@ mod tests {
             state: None,
             sync_us: 0,
             duration_us: 0,
+            align_us: 0,
         }
     }
 

@@ -109,6 +109,7 @@ where
         let mut time = Time {
             watermarks: WatermarkTracker::new(gate.inputs()),
             barriers: BarrierAligner::new(gate.inputs()),
+            align_started_us: None,
         };
         loop {
             let next = match poll_once(gate.recv()).await {
@@ -122,7 +123,11 @@ where
             };
             let Some((input, element)) = next else { break };
             if let Some(barrier) = handle_element(&mut st, &mut time, &mut gate, input, element)? {
-                st.checkpoint(&ctx, barrier, Vec::new()).await?;
+                let align_us = time
+                    .align_started_us
+                    .take()
+                    .map_or(0, |t| st.ctx.monotonic_us().saturating_sub(t));
+                st.checkpoint(&ctx, barrier, Vec::new(), align_us).await?;
             }
             st.fire_due()?;
             st.drain().await?;
@@ -132,6 +137,7 @@ where
         }
         st.end()?;
         st.drain().await?;
+        st.settle_writes().await?;
         report_finished(&ctx, Vec::new());
         Ok(())
     }
@@ -141,6 +147,8 @@ where
 struct Time {
     watermarks: WatermarkTracker,
     barriers: BarrierAligner,
+    /// When the first barrier of the alignment in progress arrived.
+    align_started_us: Option<u64>,
 }
 
 /// Waits for the gate's next element, calling the chain back at processing-time deadlines
@@ -217,7 +225,11 @@ where
             }
         }
         StreamElement::Barrier(b) => match time.barriers.on_barrier(input, b) {
-            Alignment::Wait => gate.set_blocked(input, true),
+            Alignment::Wait => {
+                gate.set_blocked(input, true);
+                time.align_started_us
+                    .get_or_insert_with(|| st.ctx.monotonic_us());
+            }
             Alignment::Aligned(b) => {
                 gate.unblock_all();
                 return Ok(Some(b));

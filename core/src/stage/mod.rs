@@ -29,7 +29,7 @@ use crate::chain::{Collector, Outbox, OutboxRef, Pipe};
 use crate::checkpoint::{Ack, SplitState, ToCoordinator};
 use crate::context::{ContextBuilder, OperatorContext};
 use crate::element::{CheckpointBarrier, Watermark, WatermarkStatus};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exchange::OutputDrain;
 use crate::graph::{OutputSpec, SideOutputSpec, SidePort, WorkerContext};
 use crate::state::StageState;
@@ -43,6 +43,8 @@ struct Running<In, T, C, D> {
     sides: Vec<Box<dyn SidePort>>,
     ctx: OperatorContext,
     state: Option<Rc<StageState>>,
+    /// The task writing the last checkpoint's frozen state, until it is awaited.
+    writing: Option<glommio::task::JoinHandle<()>>,
 }
 
 /// Opens a stage's outputs on one worker and attaches its chain in front of them.
@@ -63,8 +65,17 @@ where
     let state = match (&ctx.state, pipe.uses_state()) {
         (Some(settings), true) => {
             let restore = ctx.state_restore.get(ctx.stage).and_then(Option::as_ref);
-            let opened =
-                StageState::open(settings, ctx.stage, ctx.worker, ctx.key_groups, restore).await?;
+            let opened = StageState::open(settings, ctx.stage, ctx.worker, ctx.key_groups, restore)
+                .await
+                .map_err(|e| match restore {
+                    // The restore's checkpoint is unusable: the runtime may fall back to an
+                    // older one.
+                    Some(r) => Error::Restore {
+                        checkpoint_id: r.checkpoint_id,
+                        reason: e.to_string(),
+                    },
+                    None => e,
+                })?;
             Some(Rc::new(opened))
         }
         _ => None,
@@ -86,6 +97,7 @@ where
         sides: ports,
         ctx: op_ctx,
         state,
+        writing: None,
     })
 }
 
@@ -139,12 +151,14 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
     }
 
     /// Takes checkpoint `barrier`: the chain snapshots and passes it on, the outputs send it
-    /// (sinks pre-commit), then the instance acknowledges it with `splits`.
+    /// (sinks pre-commit), then the instance acknowledges it with `splits` (and how long its
+    /// inputs took to align, `align_us`).
     async fn checkpoint(
         &mut self,
         wctx: &WorkerContext,
         barrier: CheckpointBarrier,
         splits: Vec<SplitState>,
+        align_us: u64,
     ) -> Result<()> {
         let id = barrier.checkpoint_id;
         let started = self.ctx.monotonic_us();
@@ -170,6 +184,7 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
             state: None,
             sync_us,
             duration_us: 0,
+            align_us,
         };
         let Some(state) = self.state.clone() else {
             send_ack(wctx, ack, self.ctx.monotonic_us() - started);
@@ -197,7 +212,7 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
         // the acknowledgement goes out once they are durable.
         let (wctx, ctx) = (wctx.clone(), self.ctx.clone());
         let rel = checkpoint_relative(&state, &wctx);
-        glommio::spawn_local(async move {
+        let writing = glommio::spawn_local(async move {
             match state.store().write(frozen).await {
                 Ok(_) => {
                     let ack = Ack {
@@ -207,13 +222,38 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
                     send_ack(&wctx, ack, ctx.monotonic_us() - started);
                 }
                 Err(e) => {
-                    state.fail(state_err("write checkpoint state", e));
+                    let e = state_err("write checkpoint state", e);
+                    // The coordinator hears why before the job is torn down, so the failure
+                    // is reported as the cause rather than as a cancellation.
+                    if let Some(control) = &wctx.checkpoints {
+                        control.send(ToCoordinator::Declined {
+                            checkpoint_id: id,
+                            stage: wctx.stage,
+                            worker: wctx.worker,
+                            reason: e.to_string(),
+                        });
+                    }
+                    state.fail(e);
                     wctx.cancel();
                 }
             }
         })
         .detach();
+        self.writing = Some(writing);
         Ok(())
+    }
+
+    /// Waits until the last checkpoint's state is written (and acknowledged). A finishing
+    /// instance does this before it reports that it finished: the coordinator would otherwise
+    /// count the finish as its acknowledgement of that checkpoint, without its state.
+    async fn settle_writes(&mut self) -> Result<()> {
+        if let Some(writing) = self.writing.take() {
+            writing.await;
+        }
+        match &self.state {
+            Some(state) => state.check(),
+            None => Ok(()),
+        }
     }
 
     /// Sends what the chain emitted, awaiting channel capacity or sink I/O, and writes out

@@ -224,7 +224,7 @@ where
                         timestamp_ms: ms,
                     };
                     let states = self.split_states(&plans, index, reader.position());
-                    st.checkpoint(&ctx, barrier, states).await?;
+                    st.checkpoint(&ctx, barrier, states, 0).await?;
                     if control.stops_at(id) {
                         return stopped(&ctx).await;
                     }
@@ -276,6 +276,7 @@ where
         st.watermark(Watermark::MAX)?;
         st.end()?;
         st.drain().await?;
+        st.settle_writes().await?;
         report_finished(
             &ctx,
             self.split_states(&plans, plans.len(), ReadPosition(0)),

@@ -15,6 +15,7 @@ use std::marker::PhantomData;
 use crate::element::Timestamp;
 use crate::error::Result;
 use crate::keyed::AggregateFunction;
+use crate::state::StateCodec;
 use crate::window::TimeWindow;
 
 /// A window's result with its key and window: what `reduce` and `aggregate` emit.
@@ -30,8 +31,8 @@ pub struct WindowOutput<K, V> {
 
 /// The per-window state and result of a window operator.
 pub trait WindowFunction<K, T>: Clone + Send + Sync + 'static {
-    /// What is kept per key and window (or slice).
-    type Acc: 'static;
+    /// What is kept per key and window (or slice): in the state store, so storable.
+    type Acc: StateCodec + Clone;
     /// What is emitted.
     type Out: 'static;
     /// An empty accumulator.
@@ -82,7 +83,7 @@ impl<F, T> ReduceWindow<F, T> {
 impl<K, T, F> WindowFunction<K, T> for ReduceWindow<F, T>
 where
     K: Clone + 'static,
-    T: Clone + 'static,
+    T: Clone + StateCodec,
     F: FnMut(T, T) -> T + Clone + Send + Sync + 'static,
 {
     type Acc = Option<T>;
@@ -159,7 +160,7 @@ where
     K: Clone + 'static,
     T: 'static,
     A: AggregateFunction<T>,
-    A::Acc: Clone,
+    A::Acc: Clone + StateCodec,
 {
     type Acc = A::Acc;
     type Out = WindowOutput<K, A::Out>;
@@ -225,7 +226,7 @@ impl<F, T, O> ProcessWindow<F, T, O> {
 impl<K, T, O, F> WindowFunction<K, T> for ProcessWindow<F, T, O>
 where
     K: 'static,
-    T: 'static,
+    T: Clone + StateCodec,
     O: 'static,
     F: FnMut(&K, &TimeWindow, &mut dyn Iterator<Item = &T>, &mut Vec<O>) -> Result<()>
         + Clone

@@ -56,7 +56,19 @@ use crate::element::Timestamp;
 use crate::error::{Error, Result};
 
 /// A time window `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct TimeWindow {
     /// First timestamp in the window.
     pub start: i64,

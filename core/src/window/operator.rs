@@ -203,4 +203,8 @@ where
         };
         out.push(format!("window({}{trigger})", self.assigner.describe()));
     }
+
+    fn uses_state(&self) -> bool {
+        true
+    }
 }

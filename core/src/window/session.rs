@@ -6,18 +6,19 @@
 //! earliest instant one of its sessions must fire (or be dropped after the allowed lateness);
 //! extending a session — the common case — moves nothing, and when the timer comes due the
 //! key's sessions are checked and the timer re-armed for the next instant. A timer that an
-//! earlier one replaced stays in the heap and is skipped when it comes up.
+//! earlier one replaced stays set and is skipped when it comes up.
+//!
+//! State: each key's sessions in a store table, the timers in the store's timer set, and the
+//! operator's watermark written at each barrier.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::marker::PhantomData;
 
-use crate::FastMap;
 use crate::chain::Collector;
 use crate::context::{OperatorContext, SideOutput};
 use crate::element::{CheckpointBarrier, Timestamp, Watermark, is_event_time};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::state::{OpMeta, OpTable, OpTimers};
 use crate::window::combine::Combined;
 use crate::window::function::WindowFunction;
 use crate::window::{TimeWindow, no_timestamp_error};
@@ -43,12 +44,14 @@ impl<W: Clone, K, T> Clone for SessionWindow<W, K, T> {
     }
 }
 
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Session<A> {
     window: TimeWindow,
     acc: A,
     fired: bool,
 }
 
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct KeySessions<A> {
     /// Disjoint, in no particular order.
     sessions: Vec<Session<A>>,
@@ -61,11 +64,12 @@ pub struct SessionWindowOp<W: WindowFunction<K, T>, K, T, C> {
     function: W,
     gap: i64,
     lateness: i64,
-    keys: FastMap<K, KeySessions<W::Acc>>,
-    heap: BinaryHeap<Reverse<(i64, u64)>>,
-    heap_keys: FastMap<u64, K>,
-    next_seq: u64,
+    keys: OpTable<(), K, KeySessions<W::Acc>>,
+    timers: OpTimers<K, ()>,
+    progress: OpMeta<i64>,
     watermark: Watermark,
+    /// Restoring the operator's progress failed: the first call reports it.
+    broken: Option<Error>,
     late: SideOutput<(K, T)>,
     ctx: OperatorContext,
     out: Vec<W::Out>,
@@ -83,22 +87,31 @@ where
         ctx: &OperatorContext,
     ) -> SessionWindowOp<W, K, T, C>
     where
-        K: 'static,
+        K: Key,
         T: 'static,
     {
         let late = match self.late_tag {
             Some(tag) => ctx.side_output(tag),
             None => SideOutput::discard(),
         };
+        let mut progress = OpMeta::register(ctx, "progress");
+        let (watermark, broken) = match progress.restored() {
+            // The instances whose key groups this one took saw the same watermarks.
+            Ok(restored) => (
+                restored.into_iter().min().map_or(Watermark::MIN, Watermark),
+                None,
+            ),
+            Err(e) => (Watermark::MIN, Some(e)),
+        };
         SessionWindowOp {
             function: self.function,
             gap: self.gap,
             lateness: self.allowed_lateness,
-            keys: FastMap::default(),
-            heap: BinaryHeap::new(),
-            heap_keys: FastMap::default(),
-            next_seq: 0,
-            watermark: Watermark::MIN,
+            keys: OpTable::register(ctx, "sessions"),
+            timers: OpTimers::register(ctx, "timers"),
+            progress,
+            watermark,
+            broken,
             late,
             ctx: ctx.clone(),
             out: Vec::new(),
@@ -178,37 +191,45 @@ where
         t
     }
 
-    fn arm(&mut self, key: &K, at: i64) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.heap.push(Reverse((at, seq)));
-        self.heap_keys.insert(seq, key.clone());
-    }
-
-    /// The key's timer came due at watermark `w`: fire and drop what is due, re-arm.
-    fn on_key_timer(&mut self, key: K, w: i64) -> Result<()> {
-        let Some(mut ks) = self.keys.remove(&key) else {
+    /// The key's timer at `at` came due at watermark `w`: fire and drop what is due, re-arm.
+    /// A timer the key no longer waits for (an earlier one replaced it) does nothing.
+    fn on_key_timer(&mut self, key: K, at: i64, w: i64) -> Result<()> {
+        let SessionWindowOp {
+            function,
+            lateness,
+            keys,
+            timers,
+            out,
+            next,
+            ..
+        } = self;
+        let mut table = keys.get()?.lock();
+        let Some(ks) = table.get_mut(&(), &key)? else {
             return Ok(());
         };
+        if ks.timer != Some(at) {
+            return Ok(());
+        }
         ks.timer = None;
         ks.sessions.sort_by_key(|s| s.window.start);
         for s in &mut ks.sessions {
             if !s.fired && s.window.max_timestamp() <= w {
                 s.fired = true;
-                self.function
-                    .emit(&key, &s.window, &[&s.acc], &mut self.out)?;
-                for o in self.out.drain(..) {
-                    self.next.collect(o, s.window.max_timestamp())?;
+                function.emit(&key, &s.window, &[&s.acc], out)?;
+                for o in out.drain(..) {
+                    next.collect(o, s.window.max_timestamp())?;
                 }
             }
         }
-        let lateness = self.lateness;
+        let lateness = *lateness;
         ks.sessions
             .retain(|s| !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= w));
-        if let Some(at) = next_timer(&ks.sessions, lateness) {
-            ks.timer = Some(at);
-            self.arm(&key, at);
-            self.keys.insert(key, ks);
+        match next_timer(&ks.sessions, lateness) {
+            Some(at) => {
+                ks.timer = Some(at);
+                timers.register_at(at, key, ())?;
+            }
+            None => table.remove(&(), &key)?,
         }
         Ok(())
     }
@@ -227,6 +248,9 @@ where
                 "internal: a partial window accumulator reached a window that is not sliced".into(),
             ));
         };
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         if !is_event_time(ts) {
             return Err(no_timestamp_error(ts));
         }
@@ -242,17 +266,19 @@ where
             gap,
             lateness,
             keys,
+            timers,
             out,
             next,
             watermark,
             ..
         } = self;
-        let ks = match keys.get_mut(&key) {
+        let mut table = keys.get()?.lock();
+        let ks = match table.get_mut(&(), &key)? {
             Some(ks) => ks,
-            None => keys.entry(key.clone()).or_insert(KeySessions {
+            None => table.get_or_insert_with(&(), key.clone(), || KeySessions {
                 sessions: Vec::new(),
                 timer: None,
-            }),
+            })?,
         };
         let t = Self::merge_into(function, ks, value, ts, *gap);
         let session = &mut ks.sessions[t];
@@ -276,31 +302,28 @@ where
         };
         if let Some(at) = rearm {
             ks.timer = Some(at);
-            self.arm(&key, at);
+            timers.register_at(at, key, ())?;
         }
         Ok(())
     }
     fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         if watermark > self.watermark {
             self.watermark = watermark;
             let w = watermark.0;
-            while let Some(&Reverse((at, seq))) = self.heap.peek() {
-                if at > w {
-                    break;
-                }
-                self.heap.pop();
-                let Some(key) = self.heap_keys.remove(&seq) else {
-                    continue;
-                };
-                let current = self.keys.get(&key).and_then(|ks| ks.timer);
-                if current == Some(at) {
-                    self.on_key_timer(key, w)?;
-                }
+            while let Some((at, key, ())) = self.timers.pop_due(w)? {
+                self.on_key_timer(key, at, w)?;
             }
         }
         self.next.on_watermark(watermark)
     }
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
+        self.progress.save(&self.watermark.0)?;
         self.next.on_barrier(barrier)
     }
     crate::forward_hooks!(on_status, on_processing_time, flush, on_end);

@@ -20,8 +20,9 @@ use crate::FastMap;
 use crate::chain::Collector;
 use crate::context::{OperatorContext, SideOutput};
 use crate::element::{CheckpointBarrier, Timestamp, Watermark, is_event_time};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::state::{OpMeta, OpTable};
 use crate::window::combine::Combined;
 use crate::window::function::WindowFunction;
 use crate::window::{TimeWindow, gcd, no_timestamp_error, saturate};
@@ -110,21 +111,22 @@ impl SliceSpec {
     }
 }
 
-/// Emptied slice maps kept for reuse.
-const SPARE_MAPS_MAX: usize = 4;
-
-/// A record that may count only in windows starting at `min_start` or later.
-struct Partial<K, T> {
-    key: K,
-    value: T,
-    ts: Timestamp,
-    min_start: i128,
+/// A slice with data: its start, and the `min_start` of each namespace of its partly late
+/// records.
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Slice {
+    start: i128,
+    partials: Vec<i128>,
 }
 
-struct Slice<K, A, T> {
-    start: i128,
-    accs: FastMap<K, A>,
-    partials: Vec<Partial<K, T>>,
+/// What a sliced window operator writes at each barrier (under every key group it owns): its
+/// watermark, how far its windows have fired, and the slices holding data, so that a restored
+/// operator neither fires a window twice nor loses track of a slice.
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct SlicedProgress {
+    watermark: i64,
+    fired_upto: i64,
+    slices: Vec<Slice>,
 }
 
 /// The sliced window operator's pipe.
@@ -149,11 +151,19 @@ impl<W: Clone, K, T> Clone for SlicedWindow<W, K, T> {
 }
 
 /// The instantiated sliced window operator.
+///
+/// Its state is in two store tables: accumulators per (slice, key), namespaced by slice start
+/// — a slice fires by iterating its namespace and is purged by dropping it —, and the
+/// accumulators of partly late records per ((slice, first window start), key).
 pub struct SlicedWindowOp<W: WindowFunction<K, T>, K, T, C> {
     function: W,
     spec: SliceSpec,
     lateness: i64,
-    slices: VecDeque<Slice<K, W::Acc, T>>,
+    accs: OpTable<i128, K, W::Acc>,
+    partials: OpTable<(i128, i128), K, W::Acc>,
+    progress: OpMeta<SlicedProgress>,
+    /// The slices with data, sorted by start.
+    slices: VecDeque<Slice>,
     watermark: Watermark,
     /// Windows whose `max_timestamp` is at most this have fired once.
     fired_upto: i64,
@@ -161,11 +171,13 @@ pub struct SlicedWindowOp<W: WindowFunction<K, T>, K, T, C> {
     ctx: OperatorContext,
     out: Vec<W::Out>,
     scratch_starts: Vec<i128>,
-    /// The timestamps `[lo, hi]` of the slice the last on-time record went to, and its start:
-    /// in-order records skip the slice arithmetic.
+    /// A window's accumulators merged per key while it fires.
+    scratch_keys: FastMap<K, W::Acc>,
+    /// The timestamps `[lo, hi]` of the newest slice an on-time record went to, and its
+    /// start: in-order records skip the slice arithmetic and the slice list.
     cached: (i64, i64, i128),
-    /// Emptied maps of purged slices, for new slices.
-    spare_maps: Vec<FastMap<K, W::Acc>>,
+    /// Restoring the operator's progress failed: the first call reports it.
+    broken: Option<Error>,
     next: C,
 }
 
@@ -175,17 +187,20 @@ where
 {
     pub(crate) fn instantiate<C>(self, next: C, ctx: &OperatorContext) -> SlicedWindowOp<W, K, T, C>
     where
-        K: 'static,
+        K: Key,
         T: 'static,
     {
         let late = match self.late_tag {
             Some(tag) => ctx.side_output(tag),
             None => SideOutput::discard(),
         };
-        SlicedWindowOp {
+        let mut op = SlicedWindowOp {
             function: self.function,
             spec: self.spec,
             lateness: self.allowed_lateness,
+            accs: OpTable::register(ctx, "slices"),
+            partials: OpTable::register(ctx, "partials"),
+            progress: OpMeta::register(ctx, "progress"),
             slices: VecDeque::new(),
             watermark: Watermark::MIN,
             fired_upto: i64::MIN,
@@ -193,10 +208,58 @@ where
             ctx: ctx.clone(),
             out: Vec::new(),
             scratch_starts: Vec::new(),
+            scratch_keys: FastMap::default(),
             cached: (1, 0, 0),
-            spare_maps: Vec::new(),
+            broken: None,
             next,
+        };
+        if let Err(e) = op.restore() {
+            op.broken = Some(e);
         }
+        op
+    }
+}
+
+impl<W, K, T, C> SlicedWindowOp<W, K, T, C>
+where
+    W: WindowFunction<K, T>,
+    K: Key,
+{
+    /// Takes up the progress of the instances whose key groups this one now owns. They saw
+    /// the same watermarks (a window operator follows a keyed exchange, and barriers are
+    /// aligned), so they agree; the minimum is taken all the same.
+    fn restore(&mut self) -> Result<()> {
+        let restored = self.progress.restored()?;
+        let Some(first) = restored.first() else {
+            return Ok(());
+        };
+        self.watermark = Watermark(
+            restored
+                .iter()
+                .map(|p| p.watermark)
+                .min()
+                .unwrap_or(first.watermark),
+        );
+        self.fired_upto = restored
+            .iter()
+            .map(|p| p.fired_upto)
+            .min()
+            .unwrap_or(first.fired_upto);
+        let mut slices: Vec<Slice> = restored.into_iter().flat_map(|p| p.slices).collect();
+        slices.sort_by_key(|s| s.start);
+        for slice in slices {
+            match self.slices.back_mut() {
+                Some(last) if last.start == slice.start => {
+                    for m in slice.partials {
+                        if !last.partials.contains(&m) {
+                            last.partials.push(m);
+                        }
+                    }
+                }
+                _ => self.slices.push_back(slice),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -221,14 +284,10 @@ where
             }
             i -= 1;
         }
-        // A purged slice's map is reused: it keeps its capacity, so a new slice does not grow
-        // its table again through every size (nor fault in fresh pages) as keys arrive.
-        let accs = self.spare_maps.pop().unwrap_or_default();
         self.slices.insert(
             i,
             Slice {
                 start,
-                accs,
                 partials: Vec::new(),
             },
         );
@@ -250,80 +309,105 @@ where
         first..last
     }
 
+    /// Emits what `scratch_keys` holds for the window starting at `start`, and empties it.
+    fn emit_merged(&mut self, start: i128) -> Result<()> {
+        let window = self.spec.window(start);
+        let ts_out = window.max_timestamp();
+        let SlicedWindowOp {
+            function,
+            scratch_keys,
+            out,
+            next,
+            ..
+        } = self;
+        for (key, acc) in scratch_keys.drain() {
+            function.emit(&key, &window, &[&acc], out)?;
+            for o in out.drain(..) {
+                next.collect(o, ts_out)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Emits the window starting at `start` for every key (its first firing).
     fn fire_window(&mut self, start: i128) -> Result<()> {
         let range = self.window_slices(start);
         if range.is_empty() {
             return Ok(());
         }
-        let window = self.spec.window(start);
-        let ts_out = window.max_timestamp();
-        let SlicedWindowOp {
-            function,
-            slices,
-            out,
-            next,
-            ..
-        } = self;
-        let in_window = slices.range(range);
-        let partial = partial_accs(function, in_window.clone(), start);
-        let mut parts: Vec<&W::Acc> = Vec::new();
-        for (j, slice) in in_window.clone().enumerate() {
-            for (key, acc) in &slice.accs {
-                // A key is emitted once, from the first slice of the window that holds it.
-                if in_window.clone().take(j).any(|s| s.accs.contains_key(key)) {
-                    continue;
+        let single = range.len() == 1 && self.slices[range.start].partials.is_empty();
+        if single && self.spec.is_tumbling() && self.lateness == 0 {
+            // A tumbling window is one slice, and without allowed lateness it is purged at
+            // this very watermark: take its accumulators instead of copying them.
+            let slice = self.slices[range.start].start;
+            let taken = self.accs.get()?.lock().take_namespace(&slice)?;
+            let window = self.spec.window(start);
+            let ts_out = window.max_timestamp();
+            for (key, acc) in taken {
+                self.function.emit(&key, &window, &[&acc], &mut self.out)?;
+                for o in self.out.drain(..) {
+                    self.next.collect(o, ts_out)?;
                 }
-                parts.clear();
-                parts.push(acc);
-                parts.extend(
-                    in_window
-                        .clone()
-                        .skip(j + 1)
-                        .filter_map(|s| s.accs.get(key)),
-                );
-                parts.extend(partial.get(key));
-                function.emit(key, &window, &parts, out)?;
-                for o in out.drain(..) {
-                    next.collect(o, ts_out)?;
+            }
+            return Ok(());
+        }
+        {
+            let SlicedWindowOp {
+                function,
+                accs,
+                partials,
+                slices,
+                scratch_keys,
+                ..
+            } = self;
+            let mut table = accs.get()?.lock();
+            for slice in slices.range(range.clone()) {
+                table.for_each_in_namespace(&slice.start, |k, v| {
+                    merge_into(function, scratch_keys, k, v)
+                })?;
+            }
+            drop(table);
+            let mut table = partials.get()?.lock();
+            for slice in slices.range(range) {
+                for &min_start in slice.partials.iter().filter(|&&m| m <= start) {
+                    table.for_each_in_namespace(&(slice.start, min_start), |k, v| {
+                        merge_into(function, scratch_keys, k, v)
+                    })?;
                 }
             }
         }
-        for (key, acc) in &partial {
-            if !in_window.clone().any(|s| s.accs.contains_key(key)) {
-                function.emit(key, &window, &[acc], out)?;
-                for o in out.drain(..) {
-                    next.collect(o, ts_out)?;
-                }
-            }
-        }
-        Ok(())
+        self.emit_merged(start)
     }
 
     /// Emits the window starting at `start` for one key again (a late record within the
     /// allowed lateness changed it after it fired).
     fn refire_key(&mut self, start: i128, key: &K) -> Result<()> {
         let range = self.window_slices(start);
-        let window = self.spec.window(start);
         let SlicedWindowOp {
             function,
+            accs,
+            partials,
             slices,
-            out,
-            next,
+            scratch_keys,
             ..
         } = self;
-        let in_window = slices.range(range);
-        let partial = partial_accs(function, in_window.clone(), start);
-        let mut parts: Vec<&W::Acc> = in_window.filter_map(|s| s.accs.get(key)).collect();
-        parts.extend(partial.get(key));
-        if parts.is_empty() {
-            return Ok(());
+        let mut table = accs.get()?.lock();
+        for slice in slices.range(range.clone()) {
+            if let Some(v) = table.get(&slice.start, key)? {
+                merge_into(function, scratch_keys, key, v);
+            }
         }
-        function.emit(key, &window, &parts, out)?;
-        for o in out.drain(..) {
-            next.collect(o, window.max_timestamp())?;
+        drop(table);
+        let mut table = partials.get()?.lock();
+        for slice in slices.range(range) {
+            for &min_start in slice.partials.iter().filter(|&&m| m <= start) {
+                if let Some(v) = table.get(&(slice.start, min_start), key)? {
+                    merge_into(function, scratch_keys, key, v);
+                }
+            }
         }
-        Ok(())
+        drop(table);
+        self.emit_merged(start)
     }
 
     /// Fires, in order, the windows with data whose largest timestamp is in
@@ -354,28 +438,36 @@ where
     }
 
     /// Drops the slices whose every window is past the allowed lateness.
-    fn purge(&mut self, up_to: i64) {
+    fn purge(&mut self, up_to: i64) -> Result<()> {
         while let Some(slice) = self.slices.front() {
             let last = self.spec.last_window_start(slice.start);
             if self.spec.max_timestamp(last).saturating_add(self.lateness) > up_to {
                 break;
             }
-            if let Some(mut slice) = self.slices.pop_front()
-                && self.spare_maps.len() < SPARE_MAPS_MAX
-            {
-                slice.accs.clear();
-                self.spare_maps.push(slice.accs);
+            let Some(slice) = self.slices.pop_front() else {
+                break;
+            };
+            self.accs.get()?.lock().drop_namespace(&slice.start)?;
+            if !slice.partials.is_empty() {
+                let mut table = self.partials.get()?.lock();
+                for min_start in slice.partials {
+                    table.drop_namespace(&(slice.start, min_start))?;
+                }
             }
         }
+        if self.slices.is_empty() {
+            self.cached = (1, 0, 0);
+        }
+        Ok(())
     }
 
-    /// The index of the slice holding `ts`, created if missing; in-order records hit the
-    /// cached one.
+    /// The start of the slice holding `ts`, listed if new; in-order records hit the cached
+    /// one.
     #[inline]
-    fn current_slice(&mut self, ts: Timestamp) -> usize {
+    fn current_slice(&mut self, ts: Timestamp) -> i128 {
         let (lo, hi, start) = self.cached;
         if ts >= lo && ts <= hi && self.slices.back().is_some_and(|s| s.start == start) {
-            return self.slices.len() - 1;
+            return start;
         }
         let start = self.spec.slice_start(ts);
         self.cached = (
@@ -383,7 +475,8 @@ where
             saturate(start + self.spec.slice - 1),
             start,
         );
-        self.slice_index(start)
+        self.slice_index(start);
+        start
     }
 
     /// A combiner's accumulator of `key`'s records in the slice holding `ts`: merged into the
@@ -392,13 +485,12 @@ where
     /// has (the watermark here ran ahead of that input's, after idleness), it fires again.
     fn merge_partial(&mut self, key: K, acc: W::Acc, ts: Timestamp) -> Result<()> {
         let refire_key = (ts <= self.watermark.0).then(|| key.clone());
-        let i = self.current_slice(ts);
-        let slice = &mut self.slices[i];
-        let start = slice.start;
-        match slice.accs.get_mut(&key) {
-            Some(current) => self.function.merge(current, acc),
-            None => {
-                slice.accs.insert(key, acc);
+        let start = self.current_slice(ts);
+        {
+            let mut table = self.accs.get()?.lock();
+            match table.get_mut(&start, &key)? {
+                Some(current) => self.function.merge(current, acc),
+                None => table.insert(&start, key, acc)?,
             }
         }
         let Some(key) = refire_key else {
@@ -425,22 +517,24 @@ where
             return self.late_record(key, value, ts);
         };
         let first_start = spec.window_starts(ts).next().unwrap_or(min_start);
-        let i = self.slice_index(spec.slice_start(ts));
+        let slice_start = spec.slice_start(ts);
+        let i = self.slice_index(slice_start);
         let refire_key = key.clone();
+        let function = &mut self.function;
         if min_start == first_start {
-            let function = &mut self.function;
-            let acc = self.slices[i]
-                .accs
-                .entry(key)
-                .or_insert_with(|| function.create());
+            let mut table = self.accs.get()?.lock();
+            let acc = table.get_or_insert_with(&slice_start, key, || function.create())?;
             function.add(acc, value, ts);
         } else {
-            self.slices[i].partials.push(Partial {
-                key,
-                value,
-                ts,
-                min_start,
-            });
+            // Partly late: it counts only in the windows from `min_start` on.
+            let slice = &mut self.slices[i];
+            if !slice.partials.contains(&min_start) {
+                slice.partials.push(min_start);
+            }
+            let mut table = self.partials.get()?.lock();
+            let acc =
+                table.get_or_insert_with(&(slice_start, min_start), key, || function.create())?;
+            function.add(acc, value, ts);
         }
         // Windows that already fired and are still within the allowed lateness fire again.
         let watermark = self.watermark.0;
@@ -453,28 +547,31 @@ where
         }
         Ok(())
     }
+
+    /// Records the operator's progress for the checkpoint the barrier starts.
+    fn save_progress(&mut self) -> Result<()> {
+        let progress = SlicedProgress {
+            watermark: self.watermark.0,
+            fired_upto: self.fired_upto,
+            slices: self.slices.iter().cloned().collect(),
+        };
+        self.progress.save(&progress)
+    }
 }
 
-/// Accumulators of the partly late records of `slices` that count in the window starting at
-/// `start`, per key.
-fn partial_accs<'s, W, K, T, I>(function: &mut W, slices: I, start: i128) -> FastMap<K, W::Acc>
+/// Adds a clone of `acc` to `key`'s merged accumulator in `merged`.
+#[inline]
+fn merge_into<W, K, T>(function: &mut W, merged: &mut FastMap<K, W::Acc>, key: &K, acc: &W::Acc)
 where
     W: WindowFunction<K, T>,
     K: Key,
-    T: Clone + 's,
-    W::Acc: 's,
-    I: Iterator<Item = &'s Slice<K, W::Acc, T>>,
 {
-    let mut accs = FastMap::default();
-    for p in slices.flat_map(|s| s.partials.iter()) {
-        if p.min_start <= start {
-            let acc = accs
-                .entry(p.key.clone())
-                .or_insert_with(|| function.create());
-            function.add(acc, p.value.clone(), p.ts);
+    match merged.get_mut(key) {
+        Some(current) => function.merge(current, acc.clone()),
+        None => {
+            merged.insert(key.clone(), acc.clone());
         }
     }
-    accs
 }
 
 impl<W, K, T, C> Collector<(K, Combined<T, W::Acc>)> for SlicedWindowOp<W, K, T, C>
@@ -486,6 +583,9 @@ where
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         if !is_event_time(ts) {
             return Err(no_timestamp_error(ts));
         }
@@ -498,22 +598,29 @@ where
             return self.add_slow(key, value, ts, horizon);
         }
         // Ahead of the watermark, so none of its windows has fired: the common case.
-        let i = self.current_slice(ts);
-        let slice = &mut self.slices[i];
+        let start = self.current_slice(ts);
         let function = &mut self.function;
-        let acc = slice.accs.entry(key).or_insert_with(|| function.create());
+        let mut table = self.accs.get()?.lock();
+        let acc = table.get_or_insert_with(&start, key, || function.create())?;
         function.add(acc, value, ts);
         Ok(())
     }
     fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         if watermark > self.watermark {
             self.watermark = watermark;
             self.fire_up_to(watermark.0)?;
-            self.purge(watermark.0);
+            self.purge(watermark.0)?;
         }
         self.next.on_watermark(watermark)
     }
     fn on_barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
+        self.save_progress()?;
         self.next.on_barrier(barrier)
     }
     crate::forward_hooks!(on_status, on_processing_time, flush, on_end);

@@ -7,6 +7,7 @@
 
 use crate::element::Timestamp;
 use crate::process::TimeDomain;
+use crate::state::StateCodec;
 use crate::window::{TimeCharacteristic, TimeWindow, WindowAssigner};
 
 /// What a trigger decides.
@@ -84,8 +85,8 @@ impl TriggerContext {
 
 /// Decides when a window fires (Flink's `Trigger`).
 pub trait Trigger<T>: Clone + Send + Sync + 'static {
-    /// Kept per key and window.
-    type State: Default + 'static;
+    /// Kept per key and window (in the state store, so storable).
+    type State: Default + StateCodec;
     /// A record was added to `window`.
     fn on_element(
         &mut self,

@@ -488,3 +488,102 @@ impl Display for Q9Row {
         )
     }
 }
+
+/// q20, expanded bids: every bid with its auction, for auctions of category 10:
+///
+/// ```sql
+/// SELECT auction, bidder, price, channel, url, B.dateTime, B.extra,
+///     itemName, description, initialBid, reserve, A.dateTime, expires, seller, category,
+///     A.extra
+/// FROM bid AS B INNER JOIN auction AS A on B.auction = A.id WHERE A.category = 10;
+/// ```
+///
+/// A regular join keyed by auction id, with no time bound: a category-10 auction is kept for
+/// ever, an auction of another category leaves a marker so that its bids are dropped, and
+/// bids that come before their auction wait for it. A row carries the later of the two
+/// `dateTime`s.
+pub fn q20<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events
+        .flat_map(|e: Event| match e {
+            Event::Auction(a) => Some((a.id, AuctionOrBid::Auction(a))),
+            Event::Bid(b) => Some((b.auction, AuctionOrBid::Bid(b))),
+            Event::Person(_) => None,
+        })
+        .key_by(|(id, _): &(u64, AuctionOrBid<Auction, Bid>)| *id)
+        .process(KeyedValue(Q20Join::default()));
+    out.rows(rows, Due::OnRecord);
+}
+
+/// q20's join: per auction id, the category-10 auction, or a marker for another category,
+/// and the bids waiting for their auction.
+#[derive(Clone, Default)]
+pub struct Q20Join {
+    auction: ValueState<Auction>,
+    other_category: ValueState<()>,
+    waiting: ListState<Bid>,
+}
+
+impl KeyedProcessFunction<u64, AuctionOrBid<Auction, Bid>, Q20Row> for Q20Join {
+    fn open(&mut self, state: &mut KeyedState<u64>) -> Result<()> {
+        self.auction = state.value_state("category-10 auction");
+        self.other_category = state.value_state("auction of another category");
+        self.waiting = state.list_state("bids before the auction");
+        Ok(())
+    }
+    fn process_element(
+        &mut self,
+        value: AuctionOrBid<Auction, Bid>,
+        ctx: &mut ProcessContext<'_, u64, Q20Row>,
+    ) -> Result<()> {
+        match value {
+            AuctionOrBid::Auction(a) if a.category == 10 => {
+                for b in self.waiting.take(ctx.state())? {
+                    ctx.output_at(Q20Row(b, a), a.date_time.max(b.date_time));
+                }
+                self.auction.update(ctx.state(), a)?;
+            }
+            AuctionOrBid::Auction(_) => {
+                self.waiting.clear(ctx.state())?;
+                self.other_category.update(ctx.state(), ())?;
+            }
+            AuctionOrBid::Bid(b) => match self.auction.value(ctx.state())? {
+                Some(a) => ctx.output_at(Q20Row(b, a), a.date_time.max(b.date_time)),
+                None if self.other_category.value(ctx.state())?.is_some() => {}
+                None => self.waiting.add(ctx.state(), b)?,
+            },
+        }
+        Ok(())
+    }
+}
+
+/// A row of q20: the bid's seven columns, then the auction's nine after its id.
+#[derive(Clone, Copy, Debug)]
+pub struct Q20Row(pub Bid, pub Auction);
+
+impl Display for Q20Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (b, a) = (&self.0, &self.1);
+        write!(
+            f,
+            "{},{},{},{},{},{},{},",
+            b.auction, b.bidder, b.price, b.channel, b.url, b.date_time, b.extra
+        )?;
+        write!(
+            f,
+            "{},{},{},{},{},{},{},{},{}",
+            a.item_name,
+            a.description,
+            a.initial_bid,
+            a.reserve,
+            a.date_time,
+            a.expires,
+            a.seller,
+            a.category,
+            a.extra
+        )
+    }
+}

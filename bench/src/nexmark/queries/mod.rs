@@ -107,6 +107,10 @@ pub enum Query {
     Q12,
     /// Bidding statistics per time of day (filter and projection).
     Q14,
+    /// Auction statistics per day.
+    Q17,
+    /// Expanded bids: a regular join of bids and auctions.
+    Q20,
     /// Channel ids from URLs.
     Q21,
     /// URL directories.
@@ -129,6 +133,8 @@ impl Query {
         Query::Q11,
         Query::Q12,
         Query::Q14,
+        Query::Q17,
+        Query::Q20,
         Query::Q21,
         Query::Q22,
     ];
@@ -149,8 +155,33 @@ impl Query {
             Query::Q11 => "q11",
             Query::Q12 => "q12",
             Query::Q14 => "q14",
+            Query::Q17 => "q17",
+            Query::Q20 => "q20",
             Query::Q21 => "q21",
             Query::Q22 => "q22",
+        }
+    }
+
+    /// Its built-in job's name for `sluice run`: `nexmark-q0`, `nexmark-q1`, …
+    pub fn job_name(self) -> &'static str {
+        match self {
+            Query::Q0 => "nexmark-q0",
+            Query::Q1 => "nexmark-q1",
+            Query::Q2 => "nexmark-q2",
+            Query::Q3 => "nexmark-q3",
+            Query::Q4 => "nexmark-q4",
+            Query::Q5 => "nexmark-q5",
+            Query::Q5Inc => "nexmark-q5-inc",
+            Query::Q7 => "nexmark-q7",
+            Query::Q8 => "nexmark-q8",
+            Query::Q9 => "nexmark-q9",
+            Query::Q11 => "nexmark-q11",
+            Query::Q12 => "nexmark-q12",
+            Query::Q14 => "nexmark-q14",
+            Query::Q17 => "nexmark-q17",
+            Query::Q20 => "nexmark-q20",
+            Query::Q21 => "nexmark-q21",
+            Query::Q22 => "nexmark-q22",
         }
     }
 
@@ -179,6 +210,14 @@ impl Query {
             }
             Query::Q11 | Query::Q12 => "bidder,bid_count,starttime,endtime",
             Query::Q14 => "auction,bidder,price,bidTimeType,dateTime,extra,c_counts",
+            Query::Q17 => {
+                "auction,day,total_bids,rank1_bids,rank2_bids,rank3_bids,min_price,max_price,\
+                 avg_price,sum_price"
+            }
+            Query::Q20 => {
+                "auction,bidder,price,channel,url,bid_dateTime,bid_extra,itemName,description,\
+                 initialBid,reserve,auction_dateTime,expires,seller,category,auction_extra"
+            }
             Query::Q21 => "auction,bidder,price,channel,channel_id",
             Query::Q22 => "auction,bidder,price,channel,dir1,dir2,dir3",
         }
@@ -192,9 +231,10 @@ impl Query {
             | Query::Q2
             | Query::Q3
             | Query::Q14
+            | Query::Q20
             | Query::Q21
             | Query::Q22 => Due::OnRecord,
-            Query::Q4 => Due::AtEnd,
+            Query::Q4 | Query::Q17 => Due::AtEnd,
             Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
                 Due::OnWatermark
             }
@@ -222,6 +262,8 @@ impl Query {
             Query::Q11 => windows::q11(events, out),
             Query::Q12 => windows::q12(events, out),
             Query::Q14 => stateless::q14(events, out),
+            Query::Q17 => stateless::q17(events, out),
+            Query::Q20 => joins::q20(events, out),
             Query::Q21 => stateless::q21(events, out),
             Query::Q22 => stateless::q22(events, out),
         }
@@ -266,6 +308,7 @@ mod tests {
         for q in Query::ALL {
             assert_eq!(Query::parse(q.name()), Some(*q));
             assert_eq!(Query::parse(&q.name().to_uppercase()), Some(*q));
+            assert_eq!(q.job_name().strip_prefix("nexmark-"), Some(q.name()));
         }
         assert_eq!(Query::parse("q6"), None);
     }

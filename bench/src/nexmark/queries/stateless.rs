@@ -1,6 +1,6 @@
-//! The stateless queries: projections and filters of bids, one row per input bid at most
-//! (q0, q1, q2, q14, q21, q22). Each is a chain of one `flat_map` after the source, with no
-//! exchange.
+//! The queries over bids alone: projections and filters, one row per input bid at most (q0,
+//! q1, q2, q14, q21, q22: each a chain of one `flat_map` after the source, with no exchange),
+//! and q17's statistics per auction and day (a final aggregation).
 
 use std::fmt::{self, Display};
 
@@ -253,6 +253,133 @@ impl Display for Q22Row {
     }
 }
 
+/// q17, auction statistics per day:
+///
+/// ```sql
+/// SELECT auction, DATE_FORMAT(dateTime, 'yyyy-MM-dd') as day, count(*) AS total_bids,
+///      count(*) filter (where price < 10000) AS rank1_bids,
+///      count(*) filter (where price >= 10000 and price < 1000000) AS rank2_bids,
+///      count(*) filter (where price >= 1000000) AS rank3_bids,
+///      min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price,
+///      sum(price) AS sum_price
+/// FROM bid GROUP BY auction, DATE_FORMAT(dateTime, 'yyyy-MM-dd');
+/// ```
+///
+/// An unbounded `GROUP BY`: its final rows, one per auction and day (UTC), when the input
+/// ends; statistics are combined per key before the exchange. `avg` of a `BIGINT` is the
+/// truncated quotient, as in Flink.
+pub fn q17<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events
+        .flat_map(|e: Event| {
+            e.bid()
+                .map(|b| ((b.auction, epoch_day(b.date_time)), PriceStats::of(b.price)))
+        })
+        .into_keyed()
+        .emit_final()
+        .reduce(PriceStats::merge)
+        .map(|((auction, day), stats)| Q17Row {
+            auction,
+            day,
+            stats,
+        });
+    out.rows(rows, Due::AtEnd);
+}
+
+/// The days since 1970-01-01 of epoch milliseconds, in UTC.
+fn epoch_day(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// `yyyy-MM-dd` of a day since 1970-01-01 (the proleptic Gregorian calendar).
+fn write_date(f: &mut fmt::Formatter<'_>, days: i64) -> fmt::Result {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    write!(f, "{year:04}-{month:02}-{day:02}")
+}
+
+/// q17's statistics of a group's prices (kept in the state store: an rkyv archive).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    sluice::rkyv::Archive,
+    sluice::rkyv::Serialize,
+    sluice::rkyv::Deserialize,
+)]
+#[rkyv(crate = sluice::rkyv)]
+pub struct PriceStats {
+    total: u64,
+    rank1: u64,
+    rank2: u64,
+    rank3: u64,
+    min: u64,
+    max: u64,
+    sum: u64,
+}
+
+impl PriceStats {
+    fn of(price: u64) -> PriceStats {
+        PriceStats {
+            total: 1,
+            rank1: u64::from(price < 10_000),
+            rank2: u64::from((10_000..1_000_000).contains(&price)),
+            rank3: u64::from(price >= 1_000_000),
+            min: price,
+            max: price,
+            sum: price,
+        }
+    }
+
+    fn merge(a: PriceStats, b: PriceStats) -> PriceStats {
+        PriceStats {
+            total: a.total + b.total,
+            rank1: a.rank1 + b.rank1,
+            rank2: a.rank2 + b.rank2,
+            rank3: a.rank3 + b.rank3,
+            min: a.min.min(b.min),
+            max: a.max.max(b.max),
+            sum: a.sum + b.sum,
+        }
+    }
+}
+
+/// A row of q17: `auction,day,total_bids,rank1_bids,rank2_bids,rank3_bids,min_price,
+/// max_price,avg_price,sum_price`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q17Row {
+    auction: u64,
+    day: i64,
+    stats: PriceStats,
+}
+
+impl Display for Q17Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        write!(f, "{},", self.auction)?;
+        write_date(f, self.day)?;
+        let avg = s.sum / s.total.max(1);
+        write!(
+            f,
+            ",{},{},{},{},{},{},{avg},{}",
+            s.total, s.rank1, s.rank2, s.rank3, s.min, s.max, s.sum
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +411,20 @@ mod tests {
         assert_eq!(bid_time_type(at(20)), "nightTime");
         // The default base time, 1700000000000, is 22:13 UTC.
         assert_eq!(hour_utc(1_700_000_000_000), 22);
+    }
+
+    #[test]
+    fn dates_of_epoch_days() {
+        struct D(i64);
+        impl Display for D {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_date(f, self.0)
+            }
+        }
+        let date = |ms: i64| D(epoch_day(ms)).to_string();
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(1_700_000_000_000), "2023-11-14");
+        assert_eq!(date(951_782_400_000), "2000-02-29");
+        assert_eq!(date(-1), "1969-12-31");
     }
 }

@@ -3,6 +3,7 @@
 //! and auctions), q11 (session windows) and q12 (processing-time windows). Every window
 //! aggregation here is incremental and pre-aggregated before its exchange.
 
+use sluice::rkyv;
 use std::fmt::{self, Display};
 
 use sluice::ops::Pipe;
@@ -164,7 +165,8 @@ pub struct Q7Bid {
 
 /// q7's accumulator: the highest price of the window's own bids, the bids at it, and the
 /// boundary bids that may still match it (those not below it).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Highest {
     max: Option<u64>,
     at_max: Vec<Bid>,
