@@ -21,6 +21,7 @@ use sluice::{
     TimestampAssigner, ValueState, WatermarkStrategy,
 };
 use sluice_tests::event_time::{Ev, events};
+use sluice_tests::faults::{assert_same_lines, latest_checkpoint};
 use sluice_tests::{hidden_dot_entries, visible_entries, within};
 
 /// The watermarks' out-of-orderness bound; the inputs' disorder stays below it.
@@ -41,8 +42,13 @@ fn strategy() -> WatermarkStrategy<impl TimestampAssigner<Ev>, BoundedOutOfOrder
 enum Interrupt {
     /// Nothing: the reference run.
     Never,
-    /// The operator fails once (the job restarts from its last checkpoint).
-    Fail { at: u64, failed: Arc<AtomicU64> },
+    /// The operator fails once, at a record from `at` on, once a checkpoint in `chk` is
+    /// complete (the job restarts from it).
+    Fail {
+        at: u64,
+        chk: PathBuf,
+        failed: Arc<AtomicU64>,
+    },
     /// The job is asked to stop with a savepoint.
     Stop { at: u64, stop: Arc<AtomicBool> },
 }
@@ -55,9 +61,15 @@ impl Interrupt {
             let n = seen.fetch_add(1, Ordering::Relaxed);
             match &self {
                 Interrupt::Never => {}
-                Interrupt::Fail { at, failed } => {
-                    if n == *at && failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                        return Err(format!("injected failure at record {}", e.id));
+                Interrupt::Fail { at, chk, failed } => {
+                    if n >= *at && failed.load(Ordering::Relaxed) == 0 {
+                        if latest_checkpoint(chk).is_none() {
+                            // Records wait here until one has: on a slow machine a slow
+                            // first checkpoint still completes before the input runs out.
+                            std::thread::sleep(Duration::from_millis(1));
+                        } else if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            return Err(format!("injected failure at record {}", e.id));
+                        }
                     }
                 }
                 Interrupt::Stop { at, stop } => {
@@ -84,7 +96,8 @@ enum Job {
 const RECORDS: usize = 24_000;
 
 impl Job {
-    /// Where the interruption comes: after checkpoints completed, well before the end.
+    /// Where the interruption comes: well before the end (a failure also waits for a
+    /// complete checkpoint).
     fn interrupt_at(self) -> u64 {
         match self {
             Job::Process | Job::IntervalJoin => 9_000,
@@ -93,7 +106,7 @@ impl Job {
     }
 
     /// Each source's rate in records per second (over its workers): slow enough that
-    /// checkpoints complete before the interruption.
+    /// checkpoints usually complete before the interruption.
     fn rate(self) -> f64 {
         match self {
             Job::Process | Job::IntervalJoin => 40_000.0,
@@ -265,27 +278,6 @@ fn reference(job: Job) -> Vec<String> {
     lines
 }
 
-fn assert_same_lines(job: Job, expected: &[String], got: &[String], what: &str) {
-    if expected == got {
-        return;
-    }
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|l| got.binary_search(l).is_err())
-        .collect();
-    let extra: Vec<_> = got
-        .iter()
-        .filter(|l| expected.binary_search(l).is_err())
-        .collect();
-    panic!(
-        "{job:?}, {what}: {} lines, expected {}; missing {:?}…, extra {:?}…",
-        got.len(),
-        expected.len(),
-        &missing[..missing.len().min(5)],
-        &extra[..extra.len().min(5)]
-    );
-}
-
 /// Fails once mid-stream on `workers` workers: the job restarts from its last checkpoint
 /// (reopening each worker's store) and its output equals the uninterrupted run's.
 fn check_failure(job: Job, workers: usize) {
@@ -297,6 +289,7 @@ fn check_failure(job: Job, workers: usize) {
         workers,
         interrupt: Interrupt::Fail {
             at: job.interrupt_at(),
+            chk: dir.path().join("chk"),
             failed: failed.clone(),
         },
         restore: None,
@@ -312,10 +305,9 @@ fn check_failure(job: Job, workers: usize) {
     );
     let got = committed(&out);
     assert_same_lines(
-        job,
         &expected,
         &got,
-        &format!("failure on {workers} workers"),
+        &format!("{job:?}, failure on {workers} workers"),
     );
     assert!(hidden_dot_entries(&out).is_empty(), "no pending files left");
 }
@@ -355,8 +347,8 @@ fn check_savepoint_rescale(job: Job, from: usize, to: usize) {
     let report = run(job, &out, second).unwrap_or_else(|e| panic!("{job:?}, resumed run: {e}"));
     assert!(report.restored_from.is_some(), "{job:?}: resumed");
     let got = committed(&out);
-    let what = format!("savepoint on {from} workers, resumed on {to}");
-    assert_same_lines(job, &expected, &got, &what);
+    let what = format!("{job:?}, savepoint on {from} workers, resumed on {to}");
+    assert_same_lines(&expected, &got, &what);
 }
 
 #[test]
