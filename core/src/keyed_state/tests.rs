@@ -161,6 +161,60 @@ fn state_with_a_time_to_live_expires_after_its_last_write() {
     assert!(s.declaration_error().is_some());
 }
 
+/// The time to live is kept with each value in checkpoints: after a reopen (of entries that
+/// were resident and of entries evicted to segments), values expire when they would have
+/// without the restart, and not before.
+#[test]
+fn state_with_a_time_to_live_expires_after_a_restore_as_without_it() {
+    let keys = 2_000u32;
+    let late = keys;
+    let ttl = StateTtlConfig::new(std::time::Duration::from_millis(100));
+    let disk = SimDisk::default();
+    {
+        let store = store(&disk, 64 << 10, None);
+        let mut s: KeyedState<u32> = keyed(&store);
+        let seen = s.with_ttl(ttl).value_state::<String>("seen");
+        s.set_time_ms(1_000);
+        for k in 0..keys {
+            s.set_current_key(k);
+            seen.update(&mut s, payload(k)).unwrap();
+            if k % 256 == 0 {
+                block_on(store.flush()).unwrap();
+            }
+        }
+        s.set_time_ms(1_080);
+        s.set_current_key(late);
+        seen.update(&mut s, payload(late)).unwrap();
+        block_on(store.flush()).unwrap();
+        let used = store.memory_used();
+        assert!(
+            used < keys as usize * 100,
+            "some values were evicted: {used} bytes used"
+        );
+        let frozen = store.freeze(1).unwrap();
+        block_on(store.write(frozen)).unwrap();
+    }
+    let store = store(&disk, 64 << 10, Some(1));
+    let mut s: KeyedState<u32> = keyed(&store);
+    let seen = s.with_ttl(ttl).value_state::<String>("seen");
+    assert!(s.declaration_error().is_none());
+    let value = |s: &mut KeyedState<u32>, k: u32| {
+        s.set_current_key(k);
+        seen.value(s).unwrap()
+    };
+    s.set_time_ms(1_099);
+    for k in (0..=late).step_by(97) {
+        assert_eq!(value(&mut s, k), Some(payload(k)), "key {k} at 1099");
+    }
+    s.set_time_ms(1_100);
+    for k in (0..keys).step_by(97) {
+        assert_eq!(value(&mut s, k), None, "key {k} at 1100");
+    }
+    assert_eq!(value(&mut s, late), Some(payload(late)));
+    s.set_time_ms(1_180);
+    assert_eq!(value(&mut s, late), None);
+}
+
 /// A value of about 100 bytes, a function of its key.
 fn payload(k: u32) -> String {
     format!("{k:>8}").repeat(12)
