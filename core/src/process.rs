@@ -507,6 +507,106 @@ mod tests {
         }
     }
 
+    /// Sets (`true`) or deletes a timer of the record's key in a domain, and counts the
+    /// key's records; a timer emits `(key, time, domain, count)`.
+    #[derive(Clone, Default)]
+    struct SetOrDelete {
+        count: ValueState<u64>,
+    }
+
+    type Timed = (u32, i64, TimeDomain, u64);
+
+    impl KeyedProcessFunction<u32, (bool, TimeDomain, i64), Timed> for SetOrDelete {
+        fn open(&mut self, state: &mut KeyedState<u32>) -> Result<()> {
+            self.count = state.value_state("count");
+            Ok(())
+        }
+        fn process_element(
+            &mut self,
+            (set, domain, at): (bool, TimeDomain, i64),
+            ctx: &mut ProcessContext<'_, u32, Timed>,
+        ) -> Result<()> {
+            let n = self.count.value(ctx.state())?.unwrap_or(0) + 1;
+            self.count.update(ctx.state(), n)?;
+            match (set, domain) {
+                (true, TimeDomain::EventTime) => ctx.register_event_time_timer(at),
+                (true, TimeDomain::ProcessingTime) => ctx.register_processing_time_timer(at),
+                (false, TimeDomain::EventTime) => ctx.delete_event_time_timer(at),
+                (false, TimeDomain::ProcessingTime) => ctx.delete_processing_time_timer(at),
+            }
+        }
+        fn on_timer(
+            &mut self,
+            at: Timestamp,
+            domain: TimeDomain,
+            ctx: &mut ProcessContext<'_, u32, Timed>,
+        ) -> Result<()> {
+            let n = self.count.value(ctx.state())?.unwrap_or(0);
+            let key = *ctx.key();
+            ctx.output((key, at, domain, n));
+            Ok(())
+        }
+    }
+
+    /// Timers and state in a checkpoint, restored into a new operator: the restored
+    /// processing-time timers ask for a callback when the operator attaches, deleted timers
+    /// stay deleted, and timers fire with the restored state.
+    #[test]
+    fn timers_and_state_restored_from_a_checkpoint_fire_as_without_a_restart() {
+        use crate::context::ContextBuilder;
+        use crate::key::KeyGroups;
+        use crate::metrics::JobMetrics;
+        use crate::state::StageState;
+        use TimeDomain::{EventTime as E, ProcessingTime as P};
+        use std::rc::Rc;
+        use std::sync::Arc;
+
+        let disk = sluice_state::sim::SimDisk::default();
+        let key_groups = KeyGroups::new(128, 1).unwrap();
+        let context = |checkpoint: Option<u64>| {
+            let mut b = ContextBuilder::new(0, key_groups, "t", Arc::new(JobMetrics::new(1)));
+            let state = StageState::on_sim_disk(disk.clone(), key_groups, checkpoint).unwrap();
+            b.state = Some(Rc::new(state));
+            b.build()
+        };
+        let ctx = context(None);
+        let mut h = Harness::with_context(KeyedProcess::new(SetOrDelete::default()), ctx.clone());
+        for (key, op) in [
+            (1, (true, P, 2_000)),
+            (1, (true, P, 1_000)),
+            (2, (true, P, 1_500)),
+            (2, (false, P, 1_500)),
+            (3, (true, E, 50)),
+            (3, (true, E, 60)),
+            (3, (false, E, 50)),
+            (4, (true, P, 900)),
+        ] {
+            h.record((key, op), 10).unwrap();
+        }
+        h.processing_time(900).unwrap();
+        assert_eq!(h.take_records(), vec![(4, 900, P, 1)]);
+        let store = ctx.state().store().clone();
+        let frozen = store.freeze(1).unwrap();
+        futures_lite::future::block_on(store.write(frozen)).unwrap();
+        // After the checkpoint: lost with the failure.
+        h.record((1, (true, P, 1_100)), 11).unwrap();
+        drop((h, ctx, store));
+
+        let ctx = context(Some(1));
+        let mut h = Harness::with_context(KeyedProcess::new(SetOrDelete::default()), ctx.clone());
+        assert_eq!(ctx.next_deadline(), Some(1_000), "asked for at attach");
+        h.processing_time(1_999).unwrap();
+        assert_eq!(h.take_records(), vec![(1, 1_000, P, 2)]);
+        h.watermark(100).unwrap();
+        assert_eq!(h.take_records(), vec![(3, 60, E, 3)]);
+        h.processing_time(5_000).unwrap();
+        assert_eq!(h.take_records(), vec![(1, 2_000, P, 2)]);
+        // The deleted ones (and the one set after the checkpoint) never fire.
+        h.processing_time(i64::MAX).unwrap();
+        h.end().unwrap();
+        assert_eq!(h.take_records(), vec![]);
+    }
+
     #[test]
     fn timers_of_one_time_fire_once_each_in_the_order_of_their_keys() {
         let mut h = Harness::new(KeyedProcess::new(Echo));

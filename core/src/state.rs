@@ -270,13 +270,24 @@ impl StageState {
 
     /// A store in memory for an operator run on its own (tests): no files, no checkpoints.
     pub fn in_memory(key_groups: KeyGroups) -> Result<StageState> {
+        StageState::on_sim_disk(SimDisk::default(), key_groups, None)
+    }
+
+    /// A store on the simulated disk `disk`, reopened at `checkpoint` if given: for tests of
+    /// an operator's restore, which checkpoint its store ([`StateStore::freeze`], `write`)
+    /// and open a new one on the same disk.
+    pub fn on_sim_disk(
+        disk: SimDisk,
+        key_groups: KeyGroups,
+        checkpoint: Option<u64>,
+    ) -> Result<StageState> {
         let cfg = StoreConfig {
             memory_budget_bytes: STATE_BUDGET_BYTES_DEFAULT,
             key_groups: (0, key_groups.key_groups_max().saturating_sub(1)),
             ..StoreConfig::default()
         };
         let dir = PathBuf::from("/memory/state");
-        let store = Store::open(StateDisk::Memory(SimDisk::default()), &dir, cfg, None)
+        let store = Store::open(StateDisk::Memory(disk), &dir, cfg, checkpoint)
             .map_err(|e| state_error("open state store", e))?;
         Ok(StageState {
             store: Rc::new(store),
