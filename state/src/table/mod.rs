@@ -26,6 +26,9 @@ const PERSISTED: u32 = 1 << 30;
 const REF: u32 = 1 << 29;
 const EPOCH: u32 = REF - 1;
 
+/// The dirty list's length below which it is never pruned.
+const DIRTY_PRUNE_MIN: usize = 4096;
+
 /// Frozen entries the writer serializes per borrow of the table.
 pub(crate) const SERIALIZE_CHUNK: usize = 4096;
 
@@ -239,6 +242,8 @@ pub struct TableData<N, K, V> {
     loading: bool,
     /// Entries a restore will load: the capacity of the first namespace's map.
     reserve_hint: usize,
+    /// The dirty list's length at which it is pruned next.
+    dirty_prune_at: usize,
 }
 
 /// A table handle: the operator keeps it and borrows its contents once per batch.
@@ -294,6 +299,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             weight_total: 0,
             loading: false,
             reserve_hint: 0,
+            dirty_prune_at: DIRTY_PRUNE_MIN,
         };
         Table {
             inner: Rc::new(RefCell::new(data)),
@@ -366,7 +372,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             space.persisted = true;
         }
         slot.state = (slot.state & (PERSISTED | REF)) | DIRTY | self.cur;
-        self.dirty.push((ns.clone(), key.clone()));
+        self.push_dirty(ns, key);
         Ok(())
     }
 
@@ -651,7 +657,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: DIRTY | REF | persisted | self.cur,
             weight: 0,
         };
-        self.dirty.push((ns.clone(), key.clone()));
+        self.push_dirty(ns, &key);
         self.place(ns, key, slot)
     }
 
@@ -662,9 +668,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: DIRTY | PERSISTED | self.cur,
             weight: 0,
         };
-        self.dirty.push((ns.clone(), key.clone()));
+        self.push_dirty(ns, &key);
         self.place(ns, key, slot)?;
         Ok(())
+    }
+
+    /// Notes a key dirtied in this epoch. Without checkpoints (which take the list) the list
+    /// would keep every key ever written, removed ones too — a timer per record, say — so it
+    /// is pruned to the dirty slots whenever it has doubled since the last prune. Pruning
+    /// before the push keeps the new key, whose slot may not be placed yet.
+    #[inline]
+    fn push_dirty(&mut self, ns: &N, key: &K) {
+        if self.dirty.len() >= self.dirty_prune_at {
+            self.prune_dirty();
+            self.dirty_prune_at = 2 * self.dirty.len() + DIRTY_PRUNE_MIN;
+        }
+        self.dirty.push((ns.clone(), key.clone()));
     }
 
     /// Inserts a slot for a key that is not resident, charging its weight (and evicting
@@ -708,6 +727,13 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     fn load_namespace(&mut self, ns: &N) -> Result<(), AccessError> {
         if self.space_complete(ns) {
             return Ok(());
+        }
+        // Loading places entries without evicting (the namespace must be whole when it is
+        // read), so make room first: otherwise reading namespaces one after another (map
+        // state, key after key) would grow past the budget until the next write.
+        let c = &self.counters;
+        if self.cfg.evictable && c.mem_used.get() > c.mem_budget.get() {
+            self.evict()?;
         }
         let mut ns_bytes = Scratch::new();
         ns.encode(&mut ns_bytes)
@@ -828,3 +854,61 @@ mod evict;
 mod spaces;
 
 use spaces::{Space, Spaces};
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::sim::SimDisk;
+    use crate::{Store, StoreConfig, TableConfig};
+
+    /// Without checkpoints nothing takes the dirty list: written-then-removed keys (a timer
+    /// per record) and keys removed and written again must not pile up in it.
+    #[test]
+    fn without_checkpoints_the_dirty_list_stays_near_the_dirty_entries() {
+        let cfg = StoreConfig {
+            key_groups: (0, 0),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(SimDisk::default(), Path::new("/t"), cfg, None).unwrap();
+        let table = store
+            .table::<(), u64, u64>("churn", TableConfig::new(|_: &(), _: &u64| 0))
+            .unwrap();
+        let mut t = table.lock();
+        for i in 0..200_000u64 {
+            t.insert(&(), i, i).unwrap();
+            if i >= 100 {
+                t.remove(&(), &(i - 100)).unwrap();
+            }
+            t.insert(&(), u64::MAX, i).unwrap();
+            t.remove(&(), &u64::MAX).unwrap();
+        }
+        assert_eq!(t.resident_len(), 100);
+        assert!(
+            t.dirty.len() < 3 * super::DIRTY_PRUNE_MIN,
+            "{}",
+            t.dirty.len()
+        );
+        assert!(t.dirty_prune_at < 4 * super::DIRTY_PRUNE_MIN);
+        drop(t);
+        // What the pruned list still names is what a checkpoint writes.
+        futures_lite::future::block_on(store.checkpoint(1)).unwrap();
+        drop(table);
+        let disk = store.shared.disk.clone();
+        drop(store);
+        let cfg = StoreConfig {
+            key_groups: (0, 0),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(disk, Path::new("/t"), cfg, Some(1)).unwrap();
+        let table = store
+            .table::<(), u64, u64>("churn", TableConfig::new(|_: &(), _: &u64| 0))
+            .unwrap();
+        let mut t = table.lock();
+        assert_eq!(t.resident_len(), 100);
+        for i in 199_900..200_000u64 {
+            assert_eq!(t.get(&(), &i).unwrap(), Some(&i));
+        }
+        assert_eq!(t.get(&(), &u64::MAX).unwrap(), None);
+    }
+}
