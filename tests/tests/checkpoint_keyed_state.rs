@@ -67,7 +67,10 @@ impl Interrupt {
                             // Records wait here until one has: on a slow machine a slow
                             // first checkpoint still completes before the input runs out.
                             std::thread::sleep(Duration::from_millis(1));
-                        } else if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        } else if failed
+                            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                        {
                             return Err(format!("injected failure at record {}", e.id));
                         }
                     }

@@ -203,7 +203,10 @@ fn fail_once_after_a_checkpoint(
         }
         if !has_complete_checkpoint(&chk) {
             std::thread::sleep(Duration::from_millis(1));
-        } else if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+        } else if failures
+            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
             return Err(format!("injected failure at event {seen}"));
         }
         Ok(())
