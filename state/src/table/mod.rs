@@ -614,9 +614,18 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// The slow path of a lookup: expired, or not resident.
     #[cold]
     fn miss(&mut self, ns: &N, key: &K) -> Result<Option<&mut Slot<V>>, AccessError> {
-        self.drop_expired(ns, key)?;
+        // A resident slot here is expired (dropped now) or a tombstone: no value either way.
+        // (One lookup: a key seen for the first time, the common miss, costs no second one.)
         if let Some(slot) = self.spaces.get(ns).and_then(|s| s.map.get(key)) {
-            debug_assert!(slot.value.is_none());
+            if now_expired(slot.expires_ms, self.counters.now_ms.get()) {
+                self.drop_expired(ns, key)?;
+            }
+            debug_assert!(
+                self.spaces
+                    .get(ns)
+                    .and_then(|s| s.map.get(key))
+                    .is_some_and(|s| s.value.is_none())
+            );
             return Ok(None);
         }
         if self.space_complete(ns) {
