@@ -57,7 +57,8 @@ pub use sluice_core::context::{OutputTag, SideOutput};
 pub use sluice_core::join::{Either, JoinType};
 pub use sluice_core::keyed::{AggregateFunction, Emit};
 pub use sluice_core::keyed_state::{
-    AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
+    AggregatingState, KeyedState, ListState, MapState, ReducingState, StateTtlConfig,
+    TtlDeclarations, ValueState,
 };
 pub use sluice_core::metrics::Progress;
 pub use sluice_core::process::{KeyedProcessFunction, ProcessContext, TimeDomain};

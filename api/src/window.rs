@@ -267,11 +267,13 @@ pub struct JoinedStreams<K: Send + 'static, A: Send + 'static, B: Send + 'static
     gate: DataStream<GateHead<(K, Either<A, B>)>, sluice_core::chain::Identity>,
 }
 
+/// The joins buffer records of both sides in the stage's state store (checkpointed, and
+/// evicted to disk when they outgrow memory), so both record types are [`StateCodec`].
 impl<K, A, B> JoinedStreams<K, A, B>
 where
     K: Key,
-    A: Clone + Send + 'static,
-    B: Clone + Send + 'static,
+    A: Clone + Send + StateCodec,
+    B: Clone + Send + StateCodec,
 {
     /// An inner join within windows: `f(left, right)` for every pair with equal keys in the
     /// same window (Flink's window `join`), emitted when the window fires, with the window's
@@ -323,20 +325,21 @@ where
     /// ```
     /// use sluice::JoinType;
     /// let out = sluice::testing::run_local(2, |env| {
-    ///     let users = env.from_iter(vec![(1u32, "ann"), (2, "bob")]);
+    ///     let users = env.from_iter(vec![(1u32, "ann".to_owned()), (2, "bob".to_owned())]);
     ///     let orders = env.from_iter(vec![(1u32, 30u64), (1, 12), (3, 7)]);
     ///     users
     ///         .join(orders)
-    ///         .where_key(|u: &(u32, &'static str)| u.0)
+    ///         .where_key(|u: &(u32, String)| u.0)
     ///         .equal_to(|o: &(u32, u64)| o.0)
     ///         .bounded(JoinType::FullOuter, |id, u, o| {
-    ///             (*id, u.map(|u| u.1), o.map(|o| o.1))
+    ///             (*id, u.map(|u| u.1.clone()), o.map(|o| o.1))
     ///         })
     ///         .collect()
     /// });
+    /// let ann = Some("ann".to_owned());
     /// assert_eq!(
     ///     out,
-    ///     vec![(1, Some("ann"), Some(12)), (1, Some("ann"), Some(30)), (2, Some("bob"), None),
+    ///     vec![(1, ann.clone(), Some(12)), (1, ann, Some(30)), (2, Some("bob".into()), None),
     ///          (3, None, Some(7))]
     /// );
     /// ```

@@ -35,7 +35,6 @@ pub mod stage;
 pub mod state;
 pub mod testkit;
 pub mod time;
-pub mod timers;
 pub mod window;
 
 pub use element::{

@@ -270,13 +270,24 @@ impl StageState {
 
     /// A store in memory for an operator run on its own (tests): no files, no checkpoints.
     pub fn in_memory(key_groups: KeyGroups) -> Result<StageState> {
+        StageState::on_sim_disk(SimDisk::default(), key_groups, None)
+    }
+
+    /// A store on the simulated disk `disk`, reopened at `checkpoint` if given: for tests of
+    /// an operator's restore, which checkpoint its store ([`StateStore::freeze`], `write`)
+    /// and open a new one on the same disk.
+    pub fn on_sim_disk(
+        disk: SimDisk,
+        key_groups: KeyGroups,
+        checkpoint: Option<u64>,
+    ) -> Result<StageState> {
         let cfg = StoreConfig {
             memory_budget_bytes: STATE_BUDGET_BYTES_DEFAULT,
             key_groups: (0, key_groups.key_groups_max().saturating_sub(1)),
             ..StoreConfig::default()
         };
         let dir = PathBuf::from("/memory/state");
-        let store = Store::open(StateDisk::Memory(SimDisk::default()), &dir, cfg, None)
+        let store = Store::open(StateDisk::Memory(disk), &dir, cfg, checkpoint)
             .map_err(|e| state_error("open state store", e))?;
         Ok(StageState {
             store: Rc::new(store),
@@ -451,7 +462,8 @@ impl<V: Codec + Clone> OpMeta<V> {
     }
 }
 
-/// Event-time order as unsigned order: the sign bit flipped.
+/// Event-time order as unsigned order: the sign bit flipped (`i64::MIN` is 0, `i64::MAX` is
+/// `u64::MAX`).
 #[inline]
 fn time_key(t: i64) -> u64 {
     (t as u64) ^ (1 << 63)
@@ -462,8 +474,14 @@ fn time_of(k: u64) -> i64 {
     (k ^ (1 << 63)) as i64
 }
 
-/// An operator's timers in the store: (time, key, namespace) in time order, deduplicated,
-/// checkpointed with the key's key group. Resident always (timers are few and always needed).
+/// An operator's timers in the store (Flink's `InternalTimerService`): per (key, namespace)
+/// event-time or processing-time instants, checkpointed with the key's key group (so restored
+/// by key group when the job rescales). Registering a timer twice registers it once; deleting
+/// one that is not set does nothing. Resident always (timers are few and always needed): the
+/// store's `TimerSet`, a binary heap with lazy deletes over a never-evicted table.
+///
+/// Timers fire in (time, key, namespace) order: a function of the timers alone, so a run
+/// restored from a checkpoint fires them exactly as an uninterrupted one would.
 pub struct OpTimers<K, N> {
     set: std::result::Result<TimerSet<K, N>, Option<Error>>,
 }
@@ -497,5 +515,66 @@ impl<K: Key, N: Ns + Ord> OpTimers<K, N> {
     pub fn pop_due(&mut self, time: i64) -> Result<Option<(i64, K, N)>> {
         let due = registered(&mut self.set)?.pop_due(time_key(time))?;
         Ok(due.map(|(t, k, n)| (time_of(t), k, n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::OperatorContext;
+    use proptest::prelude::*;
+
+    #[test]
+    fn stored_times_keep_the_order_of_event_times() {
+        let times = [
+            i64::MIN,
+            i64::MIN + 1,
+            -1_000,
+            -1,
+            0,
+            1,
+            1_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for pair in times.windows(2) {
+            assert!(time_key(pair[0]) < time_key(pair[1]), "{pair:?}");
+        }
+        for t in times {
+            assert_eq!(time_of(time_key(t)), t);
+        }
+        assert_eq!(time_key(i64::MIN), 0);
+        assert_eq!(time_key(i64::MAX), u64::MAX);
+    }
+
+    proptest! {
+        /// Against a sorted set of (time, key): timers fire in that order, once each, deleted
+        /// ones never, and those registered twice once.
+        #[test]
+        fn op_timers_fire_like_a_sorted_set(
+            ops in proptest::collection::vec((0u8..3, 0u32..6, -10i64..10), 0..150),
+            up_to in -12i64..12,
+        ) {
+            let ctx = OperatorContext::standalone();
+            let mut timers: OpTimers<u32, ()> = OpTimers::register(&ctx, "t");
+            let mut model = std::collections::BTreeSet::new();
+            for (op, key, time) in ops {
+                if op < 2 {
+                    timers.register_at(time, key, ()).unwrap();
+                    model.insert((time, key));
+                } else {
+                    timers.delete(time, key, ()).unwrap();
+                    model.remove(&(time, key));
+                }
+            }
+            prop_assert_eq!(timers.next_time().unwrap(), model.first().map(|e| e.0));
+            let mut fired = Vec::new();
+            while let Some((time, key, ())) = timers.pop_due(up_to).unwrap() {
+                fired.push((time, key));
+            }
+            let expected: Vec<(i64, u32)> =
+                model.iter().copied().filter(|e| e.0 <= up_to).collect();
+            prop_assert_eq!(fired, expected);
+        }
     }
 }

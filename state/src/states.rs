@@ -2,7 +2,10 @@
 //! state, and the ordered timer set behind event- and processing-time timers. Each is a
 //! table with a few methods, so all share one hot path, one checkpoint and one eviction.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashSet;
 
 use crate::codec::Codec;
 use crate::disk::Disk;
@@ -79,11 +82,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     }
 }
 
+/// Deleted timers a [`TimerSet`]'s heap may hold beyond twice its live ones before it is
+/// rebuilt.
+const STALE_TIMERS_SLACK: usize = 1024;
+
 /// The storage behind timers: an ordered set of (timestamp, key, namespace) with delete,
 /// persisted as a table that is never evicted (timers are few and always needed).
+///
+/// In memory the order is a binary heap with a set of the live timers: a timer is usually
+/// registered later than most (a push is a comparison or two) and taken from the front, so a
+/// heap costs a fraction of an ordered tree's searches. A deleted timer stays in the heap until
+/// it comes up and is skipped; the heap's top is always live (stale tops are dropped after
+/// every delete and pop), so [`peek`](Self::peek) needs no mutation.
 pub struct TimerSet<K, N> {
     table: Table<(), (u64, K, N), ()>,
-    index: BTreeSet<(u64, K, N)>,
+    heap: BinaryHeap<Reverse<(u64, K, N)>>,
+    live: FxHashSet<(u64, K, N)>,
 }
 
 impl<K: Ns + Ord, N: Ns + Ord> TimerSet<K, N>
@@ -93,49 +107,69 @@ where
     /// Registers a timer; a duplicate is a no-op.
     pub fn register(&mut self, ts: u64, key: K, ns: N) -> Result<(), AccessError> {
         let t = (ts, key, ns);
-        if self.index.contains(&t) {
+        if self.live.contains(&t) {
             return Ok(());
         }
         self.table.lock().insert(&(), t.clone(), ())?;
-        self.index.insert(t);
+        self.live.insert(t.clone());
+        self.heap.push(Reverse(t));
         Ok(())
     }
 
     /// Deletes a timer, if set.
     pub fn delete(&mut self, ts: u64, key: K, ns: N) -> Result<(), AccessError> {
         let t = (ts, key, ns);
-        if self.index.remove(&t) {
+        if self.live.remove(&t) {
             self.table.lock().remove(&(), &t)?;
+            self.drop_stale_top();
+            // Deleted timers far in the future would otherwise pile up in the heap (a timeout
+            // moved on every record): rebuild it when they outnumber the live ones.
+            if self.heap.len() > 2 * self.live.len() + STALE_TIMERS_SLACK {
+                self.heap = self.live.iter().cloned().map(Reverse).collect();
+            }
         }
         Ok(())
     }
 
     /// The earliest timer.
     pub fn peek(&self) -> Option<&(u64, K, N)> {
-        self.index.first()
+        self.heap.peek().map(|Reverse(t)| t)
     }
 
     /// Removes and returns the earliest timer if it is due at `time` (timestamp ≤ time).
     pub fn pop_due(&mut self, time: u64) -> Result<Option<(u64, K, N)>, AccessError> {
-        match self.index.first() {
-            Some((ts, _, _)) if *ts <= time => {}
+        match self.heap.peek() {
+            Some(Reverse((ts, _, _))) if *ts <= time => {}
             _ => return Ok(None),
         }
-        let Some(t) = self.index.pop_first() else {
+        let Some(Reverse(t)) = self.heap.pop() else {
             return Ok(None);
         };
+        debug_assert!(self.live.contains(&t), "the heap's top is live");
+        self.live.remove(&t);
         self.table.lock().remove(&(), &t)?;
+        self.drop_stale_top();
         Ok(Some(t))
+    }
+
+    /// Drops deleted timers from the top of the heap, so that its top is live.
+    fn drop_stale_top(&mut self) {
+        while let Some(Reverse(top)) = self.heap.peek() {
+            if self.live.contains(top) {
+                return;
+            }
+            self.heap.pop();
+        }
     }
 
     /// Timers set.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.live.len()
     }
 
     /// Whether none is set.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.live.is_empty()
     }
 }
 
@@ -153,13 +187,14 @@ impl<D: Disk> Store<D> {
         let mut cfg = TableConfig::new(move |_: &(), t: &(u64, K, N)| key_group(&t.1));
         cfg.evictable = false;
         let table = self.table(name, cfg)?;
-        let mut index = BTreeSet::new();
+        let mut live = FxHashSet::default();
         table
             .lock()
             .for_each_in_namespace(&(), |t, _| {
-                index.insert(t.clone());
+                live.insert(t.clone());
             })
             .map_err(|e| OpenError::Config(e.to_string()))?;
-        Ok(TimerSet { table, index })
+        let heap = live.iter().cloned().map(Reverse).collect();
+        Ok(TimerSet { table, heap, live })
     }
 }

@@ -262,6 +262,110 @@ fn namespaces_iterate_and_drop_including_evicted_entries() {
     assert_eq!(n, 1);
 }
 
+/// Map state reads one namespace per key: loading namespaces one after another, with no
+/// write in between, must evict as it goes (loading a namespace places its entries without
+/// evicting, so it makes room first).
+#[test]
+fn reading_many_evicted_namespaces_stays_within_the_budget() {
+    let disk = SimDisk::default();
+    let budget = 100_000;
+    let store = Store::open(disk.clone(), &dir(), cfg(budget), None).unwrap();
+    let t = store
+        .table::<u64, u64, u64>("maps", TableConfig::new(kg))
+        .unwrap();
+    let keys = 10_000u64;
+    for ns in 0..keys {
+        let mut tl = t.lock();
+        tl.insert(&ns, 1, ns).unwrap();
+        tl.insert(&ns, 2, ns + 1).unwrap();
+        drop(tl);
+        if ns % 256 == 0 {
+            block_on(store.flush()).unwrap();
+        }
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    for ns in 0..keys {
+        let mut sum = 0;
+        t.lock()
+            .for_each_in_namespace(&ns, |_, v| sum += *v)
+            .unwrap();
+        assert_eq!(sum, 2 * ns + 1, "namespace {ns}");
+    }
+    let used = store.memory_used();
+    assert!(
+        used <= budget + budget / 10,
+        "memory {used}, budget {budget}"
+    );
+}
+
+/// Timers against a `BTreeSet` model: registered (twice, sometimes), deleted, moved (a
+/// timeout pushed back on every record, so deleted timers outnumber live ones and the heap is
+/// rebuilt), and taken due in order — also after a restore.
+#[test]
+fn timers_moved_and_deleted_fire_like_a_sorted_set() {
+    fn tkg(k: &u64) -> u32 {
+        (*k % 16) as u32
+    }
+    let disk = SimDisk::default();
+    let store = Store::open(disk.clone(), &dir(), cfg(1 << 20), None).unwrap();
+    let mut timers = store.timers::<u64, u64>("timers", tkg).unwrap();
+    let mut model = std::collections::BTreeSet::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut now = 0u64;
+    let mut timeout: std::collections::BTreeMap<u64, u64> = Default::default();
+    for i in 0..20_000u64 {
+        let key = next() % 64;
+        match next() % 4 {
+            0 => {
+                // A timeout moved further on: delete the old one, register the new one.
+                let at = now + 10_000 + next() % 100;
+                if let Some(old) = timeout.insert(key, at) {
+                    timers.delete(old, key, 0).unwrap();
+                    model.remove(&(old, key, 0));
+                }
+                timers.register(at, key, 0).unwrap();
+                model.insert((at, key, 0));
+            }
+            1 => {
+                let at = now + next() % 50;
+                timers.register(at, key, 1).unwrap();
+                timers.register(at, key, 1).unwrap();
+                model.insert((at, key, 1));
+            }
+            2 => {
+                let at = now + next() % 50;
+                timers.delete(at, key, 1).unwrap();
+                model.remove(&(at, key, 1));
+            }
+            _ => {
+                now += next() % 20;
+                while let Some(t) = timers.pop_due(now).unwrap() {
+                    assert_eq!(Some(t), model.pop_first(), "op {i}");
+                    if t.2 == 0 {
+                        timeout.remove(&t.1);
+                    }
+                }
+                assert!(model.first().is_none_or(|t| t.0 > now), "op {i}");
+            }
+        }
+        assert_eq!(timers.len(), model.len());
+        assert_eq!(timers.peek(), model.first(), "op {i}");
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    drop(timers);
+    drop(store);
+    let store = Store::open(disk, &dir(), cfg(1 << 20), Some(1)).unwrap();
+    let mut timers = store.timers::<u64, u64>("timers", tkg).unwrap();
+    let fired: Vec<_> = std::iter::from_fn(|| timers.pop_due(u64::MAX).unwrap()).collect();
+    assert_eq!(fired, model.into_iter().collect::<Vec<_>>());
+}
+
 #[test]
 fn ttl_entries_expire_and_are_never_returned() {
     let disk = SimDisk::default();

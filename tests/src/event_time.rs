@@ -27,21 +27,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use sluice::rkyv::{Archive, Deserialize, Serialize};
 use sluice::{Either, JoinType, WindowAssigner};
 
-/// A test record: its key, its event time, and an id unique within its input.
+/// A test record: its key, its event time, and an id unique within its input. Storable
+/// (rkyv), since windows and joins keep records in the state store.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
 )]
 #[rkyv(crate = sluice::rkyv)]
 pub struct Ev {

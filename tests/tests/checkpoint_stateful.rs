@@ -189,7 +189,8 @@ fn has_complete_checkpoint(chk: &Path) -> bool {
 
 /// A hook that fails once, at the first event from `at` on that comes after a checkpoint
 /// completed (so the failure always has a checkpoint to restart from, however slow the
-/// machine).
+/// machine). Until one has, events from `at` on wait a millisecond each, so that a slow
+/// first checkpoint still completes before the input runs out.
 fn fail_once_after_a_checkpoint(
     chk: &Path,
     at: u64,
@@ -197,11 +198,14 @@ fn fail_once_after_a_checkpoint(
 ) -> impl Fn(u64) -> Result<(), String> + Clone + Send + Sync + 'static {
     let chk = chk.to_path_buf();
     move |seen| {
-        if seen >= at
-            && seen % 64 == 0
-            && failures.load(Ordering::Relaxed) == 0
-            && has_complete_checkpoint(&chk)
-            && failures.fetch_add(1, Ordering::Relaxed) == 0
+        if seen < at || failures.load(Ordering::Relaxed) != 0 {
+            return Ok(());
+        }
+        if !has_complete_checkpoint(&chk) {
+            std::thread::sleep(Duration::from_millis(1));
+        } else if failures
+            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
         {
             return Err(format!("injected failure at event {seen}"));
         }

@@ -79,17 +79,21 @@ impl KeyedProcessFunction<u8, (Ev, i64), Out> for Buckets {
         );
         let start = self.bucket(e.ts);
         let state = ctx.state();
-        let mut held = self.buckets.remove(state, &start).unwrap_or_default();
-        held.push(e.id);
-        self.buckets.put(state, start, held);
-        self.ids.add(state, e.id);
-        let n = self.count.value(state).copied().unwrap_or(0);
-        self.count.update(state, n + 1);
-        ctx.register_event_time_timer(start + self.size - 1);
+        if self
+            .buckets
+            .value_mut(state, &start, |ids| ids.push(e.id))?
+            .is_none()
+        {
+            self.buckets.put(state, start, vec![e.id])?;
+        }
+        self.ids.add(state, e.id)?;
+        let n = self.count.value(state)?.unwrap_or(0);
+        self.count.update(state, n + 1)?;
+        ctx.register_event_time_timer(start + self.size - 1)?;
         let reminder = self.reminder(e.ts);
-        ctx.register_event_time_timer(reminder);
+        ctx.register_event_time_timer(reminder)?;
         if (start / self.size).rem_euclid(2) == 0 {
-            ctx.delete_event_time_timer(reminder);
+            ctx.delete_event_time_timer(reminder)?;
         }
         if e.id % 5 == 0 {
             ctx.side_output(&self.fifths, (e.key, e.id))?;
@@ -109,14 +113,14 @@ impl KeyedProcessFunction<u8, (Ev, i64), Out> for Buckets {
         assert!(w >= at, "timer {at} fired at watermark {w}");
         let key = *ctx.key();
         let state = ctx.state();
-        let all = self.ids.get(state).len() as u64;
-        assert_eq!(self.count.value(state).copied(), Some(all), "key {key}");
+        let all = self.ids.with_list(state, <[u32]>::len)? as u64;
+        assert_eq!(self.count.value(state)?, Some(all), "key {key}");
         if at.rem_euclid(2) == 0 {
             ctx.output(Out::Reminder { key, at });
             return Ok(());
         }
-        if let Some(ids) = self.buckets.remove(state, &(at + 1 - self.size)) {
-            let known: BTreeSet<u32> = self.ids.get(state).iter().copied().collect();
+        if let Some(ids) = self.buckets.take(state, &(at + 1 - self.size))? {
+            let known: BTreeSet<u32> = self.ids.get(state)?.into_iter().collect();
             assert!(ids.iter().all(|id| known.contains(id)), "{ids:?}");
             ctx.output(Out::Bucket { key, at, ids });
         }
@@ -233,8 +237,7 @@ impl KeyedProcessFunction<u8, Ev, (u8, i64)> for EchoTimers {
         e: Ev,
         ctx: &mut ProcessContext<'_, u8, (u8, i64)>,
     ) -> Result<()> {
-        ctx.register_event_time_timer(e.ts);
-        Ok(())
+        ctx.register_event_time_timer(e.ts)
     }
     fn on_timer(
         &mut self,
@@ -343,11 +346,11 @@ impl KeyedProcessFunction<u8, u8, (u8, u64)> for CountAfterADelay {
         _: u8,
         ctx: &mut ProcessContext<'_, u8, (u8, u64)>,
     ) -> Result<()> {
-        let n = self.count.value(ctx.state()).copied().unwrap_or(0) + 1;
-        self.count.update(ctx.state(), n);
+        let n = self.count.value(ctx.state())?.unwrap_or(0) + 1;
+        self.count.update(ctx.state(), n)?;
         if n == 1 {
             let at = ctx.current_processing_time() + 20;
-            ctx.register_processing_time_timer(at);
+            ctx.register_processing_time_timer(at)?;
         }
         Ok(())
     }
@@ -361,7 +364,7 @@ impl KeyedProcessFunction<u8, u8, (u8, u64)> for CountAfterADelay {
         let now = ctx.current_processing_time();
         assert!(now >= at, "processing-time timer {at} fired at {now}");
         let key = *ctx.key();
-        let n = self.count.value(ctx.state()).copied().unwrap_or(0);
+        let n = self.count.value(ctx.state())?.unwrap_or(0);
         ctx.output((key, n));
         Ok(())
     }

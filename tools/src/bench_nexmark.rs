@@ -12,14 +12,17 @@
 //! Rate mode (`--rate R`): the source releases events by the wall clock at R events/s in
 //! total, event time following wall time (`sluice_bench::nexmark::run` explains what a row's
 //! generation time is); each row's latency from then to the sink goes into HDR histograms.
-//! The runner takes no `--checkpoint-interval-ms`: windows, process functions and joins do not
-//! keep their state in checkpoints yet, so a checkpointed run of most queries would time the
-//! sources' and sinks' part only. `sluice run nexmark-qN` takes every job's checkpoint options.
+//!
+//! `--checkpoint-interval-ms MS` runs every query with aligned checkpoints into a fresh
+//! directory (under `--checkpoint-dir`, else the system's temporary directory; removed after
+//! the run): every operator's state goes into them, and the sinks commit with them. The table
+//! and the JSON then give the checkpoints completed, their duration and the longest synchronous
+//! pause per checkpoint (p50/p99/max over the runs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -63,6 +66,13 @@ pub struct NexmarkBench {
     /// list's fields comma-separated). With several runs, the first one writes them.
     #[arg(long, value_name = "DIR")]
     output: Option<PathBuf>,
+    /// Takes aligned checkpoints every MS milliseconds (exactly-once state and output).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_interval_ms: Option<u64>,
+    /// Where the checkpointed runs write their checkpoints (a fresh directory per run, removed
+    /// after it; default: the system's temporary directory). Must be on the disk to measure.
+    #[arg(long, value_name = "DIR", requires = "checkpoint_interval_ms")]
+    checkpoint_dir: Option<PathBuf>,
     /// Runs of each query; the figures are medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
@@ -86,6 +96,17 @@ struct Measured {
     cpu_secs: Vec<f64>,
     rows: u64,
     latency: Option<Histogram<u64>>,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// The checkpoints of a query's runs.
+struct Checkpoints {
+    completed: u64,
+    aborted: u64,
+    /// Trigger to completion, per checkpoint.
+    duration_us: Histogram<u64>,
+    /// The longest synchronous pause of any instance, per checkpoint.
+    sync_max_us: Histogram<u64>,
 }
 
 /// CPU time used by this process so far (user + system, all threads), in seconds.
@@ -120,6 +141,7 @@ pub fn nexmark(args: &NexmarkBench) -> Result<()> {
             cpu_secs: Vec::new(),
             rows: 0,
             latency: None,
+            checkpoints: None,
         };
         for run in 0..args.runs {
             let output = (run == 0).then(|| args.output.as_ref().map(|d| d.join(query.name())));
@@ -175,6 +197,25 @@ fn run_once(
         Some(_) => Some(LatencyClock::new(cfg)?),
         None => None,
     };
+    let checkpoint_dir = match args.checkpoint_interval_ms {
+        Some(ms) => {
+            let parent = args
+                .checkpoint_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("create checkpoint directory {}", parent.display()))?;
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("sluice-nexmark-{}-", query.name()))
+                .tempdir_in(&parent)
+                .with_context(|| {
+                    format!("create a checkpoint directory in {}", parent.display())
+                })?;
+            env.enable_checkpointing(dir.path(), Duration::from_millis(ms));
+            Some(dir)
+        }
+        None => None,
+    };
     let out = BenchOutput::new(output, clock.clone());
     match clock {
         Some(clock) => query.build(&env, ThrottledSource::new(cfg.clone(), clock), &out),
@@ -182,10 +223,37 @@ fn run_once(
     }
     let cpu_before = cpu_seconds();
     let start = Instant::now();
-    env.execute(&format!("nexmark {}", query.name()))
+    let report = env
+        .execute(&format!("nexmark {}", query.name()))
         .with_context(|| format!("query {} failed", query.name()))?;
     m.secs.push(start.elapsed().as_secs_f64());
     m.cpu_secs.push(cpu_seconds() - cpu_before);
+    if let Some(dir) = checkpoint_dir {
+        let stats = &report.checkpoints;
+        match &mut m.checkpoints {
+            Some(c) => {
+                c.completed += stats.completed;
+                c.aborted += stats.aborted;
+                c.duration_us
+                    .add(&stats.duration_us)
+                    .context("merge checkpoint histograms")?;
+                c.sync_max_us
+                    .add(&stats.sync_max_us)
+                    .context("merge checkpoint histograms")?;
+            }
+            None => {
+                m.checkpoints = Some(Checkpoints {
+                    completed: stats.completed,
+                    aborted: stats.aborted,
+                    duration_us: stats.duration_us.clone(),
+                    sync_max_us: stats.sync_max_us.clone(),
+                })
+            }
+        }
+        let path = dir.path().display().to_string();
+        dir.close()
+            .with_context(|| format!("remove checkpoint directory {path}"))?;
+    }
     m.rows = out.rows.load(Ordering::Relaxed);
     if args.rate.is_some() && query.due() != Due::AtEnd {
         let run = std::mem::replace(
@@ -250,6 +318,13 @@ fn print_table(args: &NexmarkBench, results: &[Measured]) {
             "p50(ms)", "p99(ms)", "p99.9(ms)", "max(ms)"
         ));
     }
+    let checkpointed = args.checkpoint_interval_ms.is_some();
+    if checkpointed {
+        header.push_str(&format!(
+            " {:>6} | {:>13} | {:>13} |",
+            "Ckpts", "Ckpt p99(ms)", "Pause p99(ms)"
+        ));
+    }
     let rule: String = header
         .chars()
         .map(|c| if c == '|' { '+' } else { '-' })
@@ -283,6 +358,21 @@ fn print_table(args: &NexmarkBench, results: &[Measured]) {
                 cols[0], cols[1], cols[2], cols[3]
             ));
         }
+        if let Some(c) = &m.checkpoints {
+            let p99 = |h: &Histogram<u64>| {
+                if h.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ms(h.value_at_quantile(0.99))
+                }
+            };
+            line.push_str(&format!(
+                " {:>6} | {:>13} | {:>13} |",
+                c.completed,
+                p99(&c.duration_us),
+                p99(&c.sync_max_us)
+            ));
+        }
         eprintln!("{line}");
     }
     eprintln!("{rule}");
@@ -295,6 +385,36 @@ fn print_table(args: &NexmarkBench, results: &[Measured]) {
             ""
         }
     );
+    if checkpointed {
+        eprintln!(
+            "Ckpts: checkpoints completed over the runs; Ckpt: trigger to completion; Pause: the \
+             longest synchronous pause of any instance, per checkpoint"
+        );
+    }
+}
+
+fn checkpoints_json(args: &NexmarkBench, m: &Measured) -> serde_json::Value {
+    let Some(c) = &m.checkpoints else {
+        return serde_json::Value::Null;
+    };
+    let percentiles = |h: &Histogram<u64>| {
+        if h.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::json!({
+            "p50": h.value_at_quantile(0.5),
+            "p99": h.value_at_quantile(0.99),
+            "max": h.max(),
+            "count": h.len(),
+        })
+    };
+    serde_json::json!({
+        "interval_ms": args.checkpoint_interval_ms,
+        "completed": c.completed,
+        "aborted": c.aborted,
+        "duration_us": percentiles(&c.duration_us),
+        "sync_pause_max_us": percentiles(&c.sync_max_us),
+    })
 }
 
 fn write_json(args: &NexmarkBench, cfg: &NexmarkConfig, results: &[Measured]) -> Result<()> {
@@ -339,7 +459,7 @@ fn write_json(args: &NexmarkBench, cfg: &NexmarkConfig, results: &[Measured]) ->
             "rows": m.rows,
             "latency_us": latency,
             "hdr": hdr,
-            "checkpoints": serde_json::Value::Null,
+            "checkpoints": checkpoints_json(args, m),
             "machine": {
                 "cpus": sluice::available_cpus().len(),
                 "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")

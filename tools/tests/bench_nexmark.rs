@@ -90,6 +90,25 @@ fn output_lines(dir: &Path) -> Vec<String> {
     lines
 }
 
+/// The query's rows, sorted, from an uncheckpointed run on one worker in this process.
+fn reference_rows(query: Query, events: u64, event_rate: u64) -> Vec<String> {
+    let env = Env::new();
+    env.set_workers(1);
+    let lines = Lines::default();
+    let cfg = NexmarkConfig {
+        events: Some(events),
+        first_event_rate: event_rate,
+        next_event_rate: event_rate,
+        ..NexmarkConfig::default()
+    };
+    query.build(&env, NexmarkSource::new(cfg), &lines);
+    env.execute(query.name()).unwrap();
+    let mut expected = lines.0.borrow_mut().take().unwrap().take();
+    expected.sort();
+    assert!(!expected.is_empty(), "{}: no rows to compare", query.name());
+    expected
+}
+
 #[test]
 fn output_holds_every_row_of_the_query() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,21 +128,7 @@ fn output_holds_every_row_of_the_query() {
         let out_arg = out_dir.to_str().unwrap();
         let out = sluice(&[&args[..], &["--workers", "2", "--output", out_arg]].concat());
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let query = Query::parse(q).unwrap();
-        let env = Env::new();
-        env.set_workers(1);
-        let lines = Lines::default();
-        let cfg = NexmarkConfig {
-            events: Some(30_000),
-            first_event_rate: 2_000,
-            next_event_rate: 2_000,
-            ..NexmarkConfig::default()
-        };
-        query.build(&env, NexmarkSource::new(cfg), &lines);
-        env.execute(q).unwrap();
-        let mut expected = lines.0.borrow_mut().take().unwrap().take();
-        expected.sort();
-        assert!(!expected.is_empty(), "{q}: no rows to compare");
+        let expected = reference_rows(Query::parse(q).unwrap(), 30_000, 2_000);
         assert_eq!(output_lines(&out_dir.join(q)), expected, "{q}");
     }
     // A second run into the same directory would mix its rows with the first's.
@@ -161,21 +166,10 @@ fn run_nexmark_jobs_write_the_same_rows() {
         .concat(),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let env = Env::new();
-    env.set_workers(1);
-    let lines = Lines::default();
-    let cfg = NexmarkConfig {
-        events: Some(30_000),
-        first_event_rate: 2_000,
-        next_event_rate: 2_000,
-        ..NexmarkConfig::default()
-    };
-    Query::Q9.build(&env, NexmarkSource::new(cfg), &lines);
-    env.execute("q9").unwrap();
-    let mut expected = lines.0.borrow_mut().take().unwrap().take();
-    expected.sort();
-    assert!(!expected.is_empty());
-    assert_eq!(output_lines(&out_dir), expected);
+    assert_eq!(
+        output_lines(&out_dir),
+        reference_rows(Query::Q9, 30_000, 2_000)
+    );
     let jobs = text(&sluice(&["jobs"]).stdout);
     for q in Query::ALL {
         assert!(
@@ -190,6 +184,58 @@ fn run_nexmark_jobs_write_the_same_rows() {
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn checkpointed_runs_report_their_checkpoints_and_write_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_dir, ckpt_dir) = (dir.path().join("out"), dir.path().join("ckpt"));
+    // q7: a tumbling window and a join, both keeping their state in the checkpoints.
+    let out = sluice(&[
+        "bench",
+        "nexmark",
+        "--query",
+        "q7",
+        "--events",
+        "30000",
+        "--event-rate",
+        "2000",
+        "--workers",
+        "2",
+        "--checkpoint-interval-ms",
+        "10",
+        "--checkpoint-dir",
+        ckpt_dir.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Ckpt p99(ms)"), "{stderr}");
+    let o = &json_lines(&out)[0];
+    let c = &o["checkpoints"];
+    assert_eq!(c["interval_ms"], 10, "{o}");
+    // A bounded job takes a final checkpoint before its sinks commit.
+    let completed = c["completed"].as_u64().unwrap();
+    assert!(completed >= 1, "{o}");
+    // Every periodic one is measured; the final one is not (every instance had finished).
+    let measured = c["duration_us"]["count"].as_u64().unwrap_or(0);
+    assert!(measured + 1 >= completed && measured <= completed, "{o}");
+    assert_eq!(
+        c["sync_pause_max_us"]["count"].as_u64(),
+        Some(completed),
+        "{o}"
+    );
+    assert_eq!(
+        output_lines(&out_dir.join("q7")),
+        reference_rows(Query::Q7, 30_000, 2_000)
+    );
+    // Each run's checkpoints are removed after it.
+    assert_eq!(std::fs::read_dir(&ckpt_dir).unwrap().count(), 0);
+    // A checkpoint directory without an interval is a usage error.
+    let bad = sluice(&["bench", "nexmark", "--query", "q0", "--checkpoint-dir", "x"]);
+    assert_eq!(bad.status.code(), Some(2));
 }
 
 #[test]

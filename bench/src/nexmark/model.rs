@@ -11,25 +11,21 @@
 //!   sequence, 12 bytes. The letters are drawn only when asked for, and are always the same.
 //!
 //! A [`Bid`] is 48 bytes; an [`Event`] is 112 (its largest variant, [`Auction`], is 104).
+//!
+//! Auctions and bids (with their strings) derive rkyv's traits, so keyed state can hold them:
+//! the join of q4 and q9 keeps them in the state store.
 
 use std::fmt;
 use std::ops::Deref;
+
+use sluice::rkyv::{Archive, Deserialize, Serialize};
 
 use super::rng::SmallRng;
 use super::tables::tables;
 
 /// A string from one of the generator's fixed lists, interned: equal symbols are equal
 /// strings. It dereferences to `&'static str`; it orders as its string does.
-#[derive(
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(crate = sluice::rkyv)]
 pub struct Sym(pub(crate) u16);
 
@@ -85,18 +81,7 @@ impl fmt::Debug for Sym {
 }
 
 /// An ASCII string of exactly `N` bytes, inline. It dereferences to `&str`.
-#[derive(
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize)]
 #[rkyv(crate = sluice::rkyv)]
 pub struct FixedStr<const N: usize>([u8; N]);
 
@@ -153,9 +138,7 @@ impl<const N: usize> fmt::Debug for FixedStr<N> {
 ///
 /// Two texts are equal when their letters are (compared without drawing when their seeds and
 /// offsets agree). `LazyText::default()` is the empty text.
-#[derive(
-    Clone, Copy, Default, sluice::rkyv::Archive, sluice::rkyv::Serialize, sluice::rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, Default, Archive, Serialize, Deserialize)]
 #[rkyv(crate = sluice::rkyv)]
 pub struct LazyText {
     /// The seed, as two halves so that the type aligns to 4 bytes and packs into 12.
@@ -293,16 +276,7 @@ pub struct Person {
 }
 
 /// An item put up for auction.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(crate = sluice::rkyv)]
 pub struct Auction {
     /// The auction's id, unique among auctions; the first is 1000.
@@ -328,16 +302,7 @@ pub struct Auction {
 }
 
 /// A bid for an auction.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 #[rkyv(crate = sluice::rkyv)]
 pub struct Bid {
     /// The [`Auction`] id bid for.

@@ -173,6 +173,9 @@ pub struct SlicedWindowOp<W: WindowFunction<K, T>, K, T, C> {
     scratch_starts: Vec<i128>,
     /// A window's accumulators merged per key while it fires.
     scratch_keys: FastMap<K, W::Acc>,
+    /// The accumulators of a tumbling window taken out of the store as it fires (kept so that
+    /// each firing reuses its memory).
+    scratch_taken: Vec<(K, W::Acc)>,
     /// The timestamps `[lo, hi]` of the newest slice an on-time record went to, and its
     /// start: in-order records skip the slice arithmetic and the slice list.
     cached: (i64, i64, i128),
@@ -209,6 +212,7 @@ where
             out: Vec::new(),
             scratch_starts: Vec::new(),
             scratch_keys: FastMap::default(),
+            scratch_taken: Vec::new(),
             cached: (1, 0, 0),
             broken: None,
             next,
@@ -340,15 +344,26 @@ where
             // A tumbling window is one slice, and without allowed lateness it is purged at
             // this very watermark: take its accumulators instead of copying them.
             let slice = self.slices[range.start].start;
-            let taken = self.accs.get()?.lock().take_namespace(&slice)?;
+            let mut taken = std::mem::take(&mut self.scratch_taken);
+            self.accs
+                .get()?
+                .lock()
+                .take_namespace_into(&slice, &mut taken)?;
             let window = self.spec.window(start);
             let ts_out = window.max_timestamp();
-            for (key, acc) in taken {
-                self.function.emit(&key, &window, &[&acc], &mut self.out)?;
-                for o in self.out.drain(..) {
-                    self.next.collect(o, ts_out)?;
+            let SlicedWindowOp {
+                function,
+                out,
+                next,
+                ..
+            } = self;
+            for (key, acc) in taken.drain(..) {
+                function.emit(&key, &window, &[&acc], out)?;
+                for o in out.drain(..) {
+                    next.collect(o, ts_out)?;
                 }
             }
+            self.scratch_taken = taken;
             return Ok(());
         }
         {

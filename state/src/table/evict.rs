@@ -75,18 +75,31 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     }
 
     /// Keeps the dirty-key list proportional to the resident entries: evicted keys were
-    /// spilled and need no entry in it.
-    fn prune_dirty(&mut self) {
+    /// spilled and removed ones are gone, so neither needs an entry in it, and a key needs
+    /// one entry. Any dirty slot stays (today every one listed is of this epoch: an aborted
+    /// checkpoint's keys go straight into the next frozen list), so pruning never drops a key
+    /// that a checkpoint still has to write.
+    pub(super) fn prune_dirty(&mut self) {
         if self.dirty.len() <= 2 * self.resident_len() + 1024 {
             return;
         }
-        let (spaces, cur) = (&self.spaces, self.cur);
-        self.dirty.retain(|(ns, key)| {
-            spaces
-                .get(ns)
-                .and_then(|s| s.map.get(key))
-                .is_some_and(|slot| slot.state & (DIRTY | EPOCH) == DIRTY | cur)
-        });
+        // Once per key too: a key removed and written again in one epoch is listed twice.
+        let keep: Vec<bool> = {
+            let mut seen = rustc_hash::FxHashSet::default();
+            self.dirty
+                .iter()
+                .map(|(ns, key)| {
+                    let dirty = self
+                        .spaces
+                        .get(ns)
+                        .and_then(|s| s.map.get(key))
+                        .is_some_and(|slot| slot.state & DIRTY != 0);
+                    dirty && seen.insert((ns, key))
+                })
+                .collect()
+        };
+        let mut kept = keep.into_iter();
+        self.dirty.retain(|_| kept.next().unwrap_or(true));
     }
 
     /// Applies one frame of this table's state while the store is restored (oldest segment

@@ -13,8 +13,6 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::hash::Hash;
 use std::rc::Rc;
 
-use rustc_hash::FxHashMap;
-
 use crate::codec::{Codec, Scratch};
 use crate::error::{AccessError, Fault, FaultResult};
 use crate::frame::{FrameRef, Kind, SortKey};
@@ -27,6 +25,9 @@ const DIRTY: u32 = 1 << 31;
 const PERSISTED: u32 = 1 << 30;
 const REF: u32 = 1 << 29;
 const EPOCH: u32 = REF - 1;
+
+/// The dirty list's length below which it is never pruned.
+const DIRTY_PRUNE_MIN: usize = 4096;
 
 /// Frozen entries the writer serializes per borrow of the table.
 pub(crate) const SERIALIZE_CHUNK: usize = 4096;
@@ -241,6 +242,8 @@ pub struct TableData<N, K, V> {
     loading: bool,
     /// Entries a restore will load: the capacity of the first namespace's map.
     reserve_hint: usize,
+    /// The dirty list's length at which it is pruned next.
+    dirty_prune_at: usize,
 }
 
 /// A table handle: the operator keeps it and borrows its contents once per batch.
@@ -296,6 +299,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             weight_total: 0,
             loading: false,
             reserve_hint: 0,
+            dirty_prune_at: DIRTY_PRUNE_MIN,
         };
         Table {
             inner: Rc::new(RefCell::new(data)),
@@ -368,7 +372,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             space.persisted = true;
         }
         slot.state = (slot.state & (PERSISTED | REF)) | DIRTY | self.cur;
-        self.dirty.push((ns.clone(), key.clone()));
+        self.push_dirty(ns, key);
         Ok(())
     }
 
@@ -531,18 +535,29 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
 
     /// Removes every entry of `ns` and returns them (a window firing: emit, then forget).
     pub fn take_namespace(&mut self, ns: &N) -> Result<Vec<(K, V)>, AccessError> {
+        let mut out = Vec::new();
+        self.take_namespace_into(ns, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`take_namespace`](Self::take_namespace) appending to `out`, a buffer the caller keeps
+    /// from one firing to the next (a fresh vector per window would fault in new pages).
+    pub fn take_namespace_into(
+        &mut self,
+        ns: &N,
+        out: &mut Vec<(K, V)>,
+    ) -> Result<(), AccessError> {
         self.check()?;
         self.load_namespace(ns)?;
         let now = self.counters.now_ms.get();
-        let mut out = Vec::new();
+        out.reserve(self.spaces.get(ns).map_or(0, |s| s.map.len()));
         self.drop_namespace_with(ns, |k, slot| {
             if let Some(v) = slot.value {
                 if !now_expired(slot.expires_ms, now) {
                     out.push((k, v));
                 }
             }
-        })?;
-        Ok(out)
+        })
     }
 
     /// Removes every entry of `ns`: O(1) per resident entry, plus one namespace tombstone if
@@ -599,9 +614,18 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// The slow path of a lookup: expired, or not resident.
     #[cold]
     fn miss(&mut self, ns: &N, key: &K) -> Result<Option<&mut Slot<V>>, AccessError> {
-        self.drop_expired(ns, key)?;
+        // A resident slot here is expired (dropped now) or a tombstone: no value either way.
+        // (One lookup: a key seen for the first time, the common miss, costs no second one.)
         if let Some(slot) = self.spaces.get(ns).and_then(|s| s.map.get(key)) {
-            debug_assert!(slot.value.is_none());
+            if now_expired(slot.expires_ms, self.counters.now_ms.get()) {
+                self.drop_expired(ns, key)?;
+            }
+            debug_assert!(
+                self.spaces
+                    .get(ns)
+                    .and_then(|s| s.map.get(key))
+                    .is_some_and(|s| s.value.is_none())
+            );
             return Ok(None);
         }
         if self.space_complete(ns) {
@@ -642,7 +666,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: DIRTY | REF | persisted | self.cur,
             weight: 0,
         };
-        self.dirty.push((ns.clone(), key.clone()));
+        self.push_dirty(ns, &key);
         self.place(ns, key, slot)
     }
 
@@ -653,9 +677,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: DIRTY | PERSISTED | self.cur,
             weight: 0,
         };
-        self.dirty.push((ns.clone(), key.clone()));
+        self.push_dirty(ns, &key);
         self.place(ns, key, slot)?;
         Ok(())
+    }
+
+    /// Notes a key dirtied in this epoch. Without checkpoints (which take the list) the list
+    /// would keep every key ever written, removed ones too — a timer per record, say — so it
+    /// is pruned to the dirty slots whenever it has doubled since the last prune. Pruning
+    /// before the push keeps the new key, whose slot may not be placed yet.
+    #[inline]
+    fn push_dirty(&mut self, ns: &N, key: &K) {
+        if self.dirty.len() >= self.dirty_prune_at {
+            self.prune_dirty();
+            self.dirty_prune_at = 2 * self.dirty.len() + DIRTY_PRUNE_MIN;
+        }
+        self.dirty.push((ns.clone(), key.clone()));
     }
 
     /// Inserts a slot for a key that is not resident, charging its weight (and evicting
@@ -680,7 +717,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             };
             let hint = std::mem::take(&mut self.reserve_hint);
             let space = Space {
-                map: FxHashMap::with_capacity_and_hasher(hint, Default::default()),
+                map: self.spaces.new_map(hint),
                 complete,
                 persisted: !complete,
             };
@@ -699,6 +736,13 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     fn load_namespace(&mut self, ns: &N) -> Result<(), AccessError> {
         if self.space_complete(ns) {
             return Ok(());
+        }
+        // Loading places entries without evicting (the namespace must be whole when it is
+        // read), so make room first: otherwise reading namespaces one after another (map
+        // state, key after key) would grow past the budget until the next write.
+        let c = &self.counters;
+        if self.cfg.evictable && c.mem_used.get() > c.mem_budget.get() {
+            self.evict()?;
         }
         let mut ns_bytes = Scratch::new();
         ns.encode(&mut ns_bytes)
@@ -768,7 +812,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         mut f: impl FnMut(K, Slot<V>),
     ) -> Result<(), AccessError> {
         let complete = self.space_complete(ns);
-        let Some(space) = self.spaces.remove(ns) else {
+        let Some(mut space) = self.spaces.remove(ns) else {
             if !complete {
                 self.drop_ns_on_disk(ns)?;
             }
@@ -776,16 +820,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         };
         let frozen_pending = self.frozen_epoch != 0;
         let mut freed = 0usize;
-        for (k, slot) in space.map {
+        let mut failed = None;
+        for (k, slot) in space.map.drain() {
             let dirty_frozen = slot.state & DIRTY != 0 && slot.state & EPOCH != self.cur;
-            if frozen_pending && dirty_frozen {
-                self.ser
-                    .entry(ns, &k, &slot, self.frozen_id, &mut self.cow)?;
+            if frozen_pending && dirty_frozen && failed.is_none() {
+                if let Err(e) = self.ser.entry(ns, &k, &slot, self.frozen_id, &mut self.cow) {
+                    failed = Some(e);
+                }
             }
             freed += slot.weight as usize;
             f(k, slot);
         }
+        self.spaces.recycle(std::mem::take(&mut space.map));
         self.release(freed);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         if space.persisted || !space.complete || frozen_pending {
             self.drop_ns_on_disk(ns)?;
         }
@@ -813,3 +863,61 @@ mod evict;
 mod spaces;
 
 use spaces::{Space, Spaces};
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::sim::SimDisk;
+    use crate::{Store, StoreConfig, TableConfig};
+
+    /// Without checkpoints nothing takes the dirty list: written-then-removed keys (a timer
+    /// per record) and keys removed and written again must not pile up in it.
+    #[test]
+    fn without_checkpoints_the_dirty_list_stays_near_the_dirty_entries() {
+        let cfg = StoreConfig {
+            key_groups: (0, 0),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(SimDisk::default(), Path::new("/t"), cfg, None).unwrap();
+        let table = store
+            .table::<(), u64, u64>("churn", TableConfig::new(|_: &(), _: &u64| 0))
+            .unwrap();
+        let mut t = table.lock();
+        for i in 0..200_000u64 {
+            t.insert(&(), i, i).unwrap();
+            if i >= 100 {
+                t.remove(&(), &(i - 100)).unwrap();
+            }
+            t.insert(&(), u64::MAX, i).unwrap();
+            t.remove(&(), &u64::MAX).unwrap();
+        }
+        assert_eq!(t.resident_len(), 100);
+        assert!(
+            t.dirty.len() < 3 * super::DIRTY_PRUNE_MIN,
+            "{}",
+            t.dirty.len()
+        );
+        assert!(t.dirty_prune_at < 4 * super::DIRTY_PRUNE_MIN);
+        drop(t);
+        // What the pruned list still names is what a checkpoint writes.
+        futures_lite::future::block_on(store.checkpoint(1)).unwrap();
+        drop(table);
+        let disk = store.shared.disk.clone();
+        drop(store);
+        let cfg = StoreConfig {
+            key_groups: (0, 0),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(disk, Path::new("/t"), cfg, Some(1)).unwrap();
+        let table = store
+            .table::<(), u64, u64>("churn", TableConfig::new(|_: &(), _: &u64| 0))
+            .unwrap();
+        let mut t = table.lock();
+        assert_eq!(t.resident_len(), 100);
+        for i in 199_900..200_000u64 {
+            assert_eq!(t.get(&(), &i).unwrap(), Some(&i));
+        }
+        assert_eq!(t.get(&(), &u64::MAX).unwrap(), None);
+    }
+}

@@ -15,7 +15,14 @@ pub(super) struct Spaces<N, K, V> {
     list: Vec<(N, Space<K, V>)>,
     index: FxHashMap<N, usize>,
     last: Cell<usize>,
+    /// Emptied maps of dropped namespaces, for new ones: a window operator drops a namespace
+    /// per slice and opens the next, and a reused map neither grows through every size again
+    /// nor faults in fresh pages.
+    spare: Vec<FxHashMap<K, Slot<V>>>,
 }
+
+/// Emptied namespace maps kept for reuse.
+const SPARE_MAPS_MAX: usize = 4;
 
 impl<N, K, V> Default for Spaces<N, K, V> {
     fn default() -> Self {
@@ -23,6 +30,7 @@ impl<N, K, V> Default for Spaces<N, K, V> {
             list: Vec::new(),
             index: FxHashMap::default(),
             last: Cell::new(usize::MAX),
+            spare: Vec::new(),
         }
     }
 }
@@ -100,6 +108,26 @@ impl<N: Eq + Hash + Clone, K, V> Spaces<N, K, V> {
                 .iter()
                 .enumerate()
                 .all(|(i, (n, _))| self.index.get(n) == Some(&i))
+    }
+}
+
+impl<N, K: Eq + Hash, V> Spaces<N, K, V> {
+    /// An empty map for a new namespace: a spare one if any, else one with room for `hint`.
+    pub(super) fn new_map(&mut self, hint: usize) -> FxHashMap<K, Slot<V>> {
+        match self.spare.pop() {
+            Some(mut map) => {
+                map.reserve(hint);
+                map
+            }
+            None => FxHashMap::with_capacity_and_hasher(hint, Default::default()),
+        }
+    }
+    /// Keeps an emptied map for a later namespace.
+    pub(super) fn recycle(&mut self, map: FxHashMap<K, Slot<V>>) {
+        debug_assert!(map.is_empty());
+        if self.spare.len() < SPARE_MAPS_MAX && map.capacity() > 0 {
+            self.spare.push(map);
+        }
     }
 }
 

@@ -208,7 +208,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for HotItems {
         // of the latest window stands for all before it.
         if slice > self.timer_registered {
             for w in self.timer_registered.saturating_add(1).max(first)..=slice {
-                ctx.register_event_time_timer(window_last_ms(w));
+                ctx.register_event_time_timer(window_last_ms(w))?;
             }
             self.timer_registered = slice;
         }

@@ -6,9 +6,10 @@
 use std::fmt::{self, Display};
 
 use sluice::ops::Pipe;
+use sluice::rkyv::{Archive, Deserialize, Serialize};
 use sluice::{
     DataStream, Head, KeyedProcessFunction, KeyedState, ListState, ProcessContext, Result,
-    TimeDomain, Timestamp, ValueState,
+    StateCodec, TimeDomain, Timestamp, ValueState,
 };
 
 use super::{Due, RowOutput};
@@ -59,7 +60,8 @@ fn q3_state(state: Sym) -> bool {
 }
 
 /// What q3 keeps of a person.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Archive, Serialize, Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct PersonInfo {
     id: u64,
     name: Sym,
@@ -113,14 +115,14 @@ impl KeyedProcessFunction<u64, Q3In, Q3Row> for Q3Join {
     ) -> Result<()> {
         match value {
             Q3In::Person(p) => {
-                self.person.update(ctx.state(), p);
-                for (id, at) in self.waiting.clear(ctx.state()) {
+                self.person.update(ctx.state(), p)?;
+                for (id, at) in self.waiting.take(ctx.state())? {
                     ctx.output_at(Q3Row::new(&p, id), at.max(p.date_time));
                 }
             }
-            Q3In::Auction { id, date_time, .. } => match self.person.value(ctx.state()).copied() {
+            Q3In::Auction { id, date_time, .. } => match self.person.value(ctx.state())? {
                 Some(p) => ctx.output_at(Q3Row::new(&p, id), date_time.max(p.date_time)),
-                None => self.waiting.add(ctx.state(), (id, date_time)),
+                None => self.waiting.add(ctx.state(), (id, date_time))?,
             },
         }
         Ok(())
@@ -162,16 +164,16 @@ pub enum AuctionOrBid<A, B> {
     Bid(B),
 }
 
-/// What the auction–bid join needs of an auction.
-pub trait AuctionSide: Copy + Send + 'static {
+/// What the auction–bid join needs of an auction (kept in keyed state, so storable).
+pub trait AuctionSide: Copy + Send + StateCodec {
     /// Its `dateTime`.
     fn opens(&self) -> i64;
     /// Its `expires`.
     fn expires(&self) -> i64;
 }
 
-/// What the auction–bid join needs of a bid.
-pub trait BidSide: Copy + Send + 'static {
+/// What the auction–bid join needs of a bid (kept in keyed state, so storable).
+pub trait BidSide: Copy + Send + StateCodec {
     /// Its `dateTime`.
     fn time(&self) -> i64;
     /// Whether it ranks before `other` (the join keeps the first-ranked bid).
@@ -203,10 +205,14 @@ impl<A, B> Default for AuctionBids<A, B> {
 }
 
 impl<A: AuctionSide, B: BidSide> AuctionBids<A, B> {
-    fn offer(&self, state: &mut KeyedState<u64>, bid: B) {
-        match self.best.value_mut(state) {
-            Some(best) if bid.beats(best) => *best = bid,
-            Some(_) => {}
+    fn offer(&self, state: &mut KeyedState<u64>, bid: B) -> Result<()> {
+        let offered = self.best.value_mut(state, |best| {
+            if bid.beats(best) {
+                *best = bid;
+            }
+        })?;
+        match offered {
+            Some(()) => Ok(()),
             None => self.best.update(state, bid),
         }
     }
@@ -229,22 +235,22 @@ impl<A: AuctionSide, B: BidSide> KeyedProcessFunction<u64, AuctionOrBid<A, B>, (
         match value {
             AuctionOrBid::Auction(a) => {
                 let qualifies = |b: &B| (a.opens()..=a.expires()).contains(&b.time());
-                for bid in self.waiting.clear(ctx.state()) {
+                for bid in self.waiting.take(ctx.state())? {
                     if qualifies(&bid) {
-                        self.offer(ctx.state(), bid);
+                        self.offer(ctx.state(), bid)?;
                     }
                 }
-                self.auction.update(ctx.state(), a);
-                ctx.register_event_time_timer(a.expires());
+                self.auction.update(ctx.state(), a)?;
+                ctx.register_event_time_timer(a.expires())?;
             }
-            AuctionOrBid::Bid(b) => match self.auction.value(ctx.state()).copied() {
+            AuctionOrBid::Bid(b) => match self.auction.value(ctx.state())? {
                 Some(a) if (a.opens()..=a.expires()).contains(&b.time()) => {
-                    self.offer(ctx.state(), b);
+                    self.offer(ctx.state(), b)?;
                 }
                 Some(_) => {}
                 None => {
-                    self.waiting.add(ctx.state(), b);
-                    ctx.register_event_time_timer(b.time());
+                    self.waiting.add(ctx.state(), b)?;
+                    ctx.register_event_time_timer(b.time())?;
                 }
             },
         }
@@ -256,29 +262,24 @@ impl<A: AuctionSide, B: BidSide> KeyedProcessFunction<u64, AuctionOrBid<A, B>, (
         _domain: TimeDomain,
         ctx: &mut ProcessContext<'_, u64, (A, B)>,
     ) -> Result<()> {
-        match self.auction.value(ctx.state()).copied() {
+        match self.auction.value(ctx.state())? {
             Some(a) if timestamp >= a.expires() => {
-                self.auction.clear(ctx.state());
-                if let Some(best) = self.best.clear(ctx.state()) {
+                self.auction.clear(ctx.state())?;
+                if let Some(best) = self.best.take(ctx.state())? {
                     ctx.output((a, best));
                 }
             }
             // A waiting bid's timer that the auction's arrival made moot.
             Some(_) => {}
-            None => {
-                let mut waiting = self.waiting.clear(ctx.state());
-                waiting.retain(|b| b.time() > timestamp);
-                if !waiting.is_empty() {
-                    self.waiting.update(ctx.state(), waiting);
-                }
-            }
+            None => self.waiting.retain(ctx.state(), |b| b.time() > timestamp)?,
         }
         Ok(())
     }
 }
 
 /// What q4 keeps of an auction.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Archive, Serialize, Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Q4Auction {
     opens: i64,
     expires: i64,
@@ -295,7 +296,8 @@ impl AuctionSide for Q4Auction {
 }
 
 /// What q4 keeps of a bid: its price and time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Archive, Serialize, Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct PriceAt {
     price: u64,
     time: i64,
@@ -539,19 +541,19 @@ impl KeyedProcessFunction<u64, AuctionOrBid<Auction, Bid>, Q20Row> for Q20Join {
     ) -> Result<()> {
         match value {
             AuctionOrBid::Auction(a) if a.category == 10 => {
-                for b in self.waiting.clear(ctx.state()) {
+                for b in self.waiting.take(ctx.state())? {
                     ctx.output_at(Q20Row(b, a), a.date_time.max(b.date_time));
                 }
-                self.auction.update(ctx.state(), a);
+                self.auction.update(ctx.state(), a)?;
             }
             AuctionOrBid::Auction(_) => {
-                self.waiting.clear(ctx.state());
-                self.other_category.update(ctx.state(), ());
+                self.waiting.clear(ctx.state())?;
+                self.other_category.update(ctx.state(), ())?;
             }
-            AuctionOrBid::Bid(b) => match self.auction.value(ctx.state()).copied() {
+            AuctionOrBid::Bid(b) => match self.auction.value(ctx.state())? {
                 Some(a) => ctx.output_at(Q20Row(b, a), a.date_time.max(b.date_time)),
-                None if self.other_category.value(ctx.state()).is_some() => {}
-                None => self.waiting.add(ctx.state(), b),
+                None if self.other_category.value(ctx.state())?.is_some() => {}
+                None => self.waiting.add(ctx.state(), b)?,
             },
         }
         Ok(())
