@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_checkpoint;
 mod bench_net;
 mod bench_nexmark;
 mod bench_state;
