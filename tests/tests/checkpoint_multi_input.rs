@@ -1,9 +1,10 @@
 //! Checkpoint barriers through stages with several inputs whose speeds differ: a union of a
-//! fast and a slow source, and a window join and an interval join of a fast and a slow input. The slow input
-//! reads a batch every 20 ms, so its barriers come late and the stage aligns (it blocks the
-//! fast input meanwhile). Each job fails once, in the middle, and restarts from its latest
-//! checkpoint. Checked: checkpoints complete, alignment happened (the coordinator's alignment
-//! histogram), and the committed output equals the reference of an uninterrupted run exactly.
+//! fast and a slow source, and a window join and an interval join of a fast and a slow input.
+//! The slow input reads a batch every 20 ms, so its barriers come late and the stage aligns
+//! (it blocks the fast input meanwhile). Each job fails once, in the middle, and restarts from
+//! its latest checkpoint. Checked: checkpoints complete, alignment happened (the coordinator's
+//! alignment histogram), and the committed output equals the reference of an uninterrupted run
+//! exactly.
 //!
 //! The join test needs the interval join's state in checkpoints (the joins' move into the
 //! state store): until then its checkpoints name no state for the join stage, and the test
