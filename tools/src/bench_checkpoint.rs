@@ -5,8 +5,9 @@
 //!   once (a warm-up over every key, then a savepoint); every run resumes from that savepoint
 //!   and processes `--events` more events, without checkpoints and with a checkpoint every
 //!   `--intervals-ms`, interleaved run by run (none, 1 s, 100 ms, none, …). Throughput is
-//!   events per second from the moment every worker processes records to the source's end;
-//!   the overhead is one minus the ratio of medians. Every run's results must be equal.
+//!   events per second from the moment the first worker processes records to the source's
+//!   end, and events per CPU-second of the whole run (steadier on a shared machine); the
+//!   overhead is one minus the ratio of medians. Every run's results must be equal.
 //!   Each variant's checkpoints give HDR percentiles of the per-instance synchronous pause,
 //!   the end-to-end duration and the alignment (`CheckpointStats`, merged over its runs).
 //! - **alignment**: a fast and a slow paced source into a union and a keyed reduce,
@@ -345,7 +346,7 @@ struct Variant {
 
 /// What one throughput run measured.
 struct RunResult {
-    /// Events per second from every worker running to the source's end.
+    /// Events per second from the first worker running to the source's end.
     events_per_s: f64,
     /// Events per second of the whole run (restore and final firing included).
     wall_events_per_s: f64,
@@ -386,7 +387,9 @@ fn throughput_run(
     let report = env.execute("bench checkpoint").context("throughput run")?;
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
-    let (Some(running), Some(end)) = (probe.running_after(start), probe.source_end_after(start))
+    // From the first worker processing records: a worker still restoring its state while
+    // another already runs must not shorten the interval (that would inflate the rate).
+    let (Some(running), Some(end)) = (probe.first_after(start), probe.source_end_after(start))
     else {
         bail!("a throughput run never ran on every worker or never ended");
     };
