@@ -1,5 +1,7 @@
 //! `sluice-bench`: what Sluice's benchmarks measure against and with.
 //!
+//! - [`checkpoint`]: the checkpoint benchmark's workload: a warm-up over every key, then hot
+//!   keys only (the dirty fraction per checkpoint), and a probe that says when a job runs;
 //! - [`corpus`]: a deterministic, seeded text corpus with a Zipf word distribution, for word
 //!   count runs of any size;
 //! - [`baseline`]: the hand-written single-threaded word count that stands for the machine's
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod baseline;
+pub mod checkpoint;
 pub mod corpus;
 pub mod nexmark;
 pub mod paced;

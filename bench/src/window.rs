@@ -38,8 +38,9 @@ pub struct EventGen {
     pub seed: u64,
 }
 
+/// The splitmix64 finalizer: the generators' hash of an event number.
 #[inline]
-fn splitmix64(mut x: u64) -> u64 {
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -93,6 +94,35 @@ pub struct EventSplit {
     pub stride: u64,
 }
 
+impl EventSplit {
+    /// The split as a checkpoint records it: `first` and `stride`, little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.first.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&self.stride.to_le_bytes());
+        bytes
+    }
+    /// A split written by [`encode`](Self::encode); `None` if malformed.
+    pub fn decode(bytes: &[u8]) -> Option<EventSplit> {
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        match (word(0), word(1)) {
+            (Some(first), Some(stride)) if stride > 0 => Some(EventSplit { first, stride }),
+            _ => None,
+        }
+    }
+    /// Splits `k` of `workers`: events `k, k + workers, …`.
+    pub fn interleaved(workers: usize) -> Vec<EventSplit> {
+        let stride = workers.max(1) as u64;
+        (0..stride)
+            .map(|first| EventSplit { first, stride })
+            .collect()
+    }
+}
+
 impl Source for EventSource {
     type Item = (u64, i64);
     type Split = EventSplit;
@@ -105,29 +135,14 @@ impl Source for EventSource {
         true
     }
     fn splits(&self, workers: usize) -> sluice::Result<Vec<EventSplit>> {
-        let stride = workers.max(1) as u64;
-        Ok((0..stride)
-            .map(|first| EventSplit { first, stride })
-            .collect())
+        Ok(EventSplit::interleaved(workers))
     }
     fn encode_split(&self, split: &EventSplit) -> Option<Vec<u8>> {
-        let mut bytes = split.first.to_le_bytes().to_vec();
-        bytes.extend_from_slice(&split.stride.to_le_bytes());
-        Some(bytes)
+        Some(split.encode())
     }
     fn decode_split(&self, bytes: &[u8]) -> sluice::Result<EventSplit> {
-        let word = |i: usize| {
-            bytes
-                .get(i * 8..i * 8 + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        match (word(0), word(1)) {
-            (Some(first), Some(stride)) if stride > 0 => Ok(EventSplit { first, stride }),
-            _ => Err(sluice::Error::Config(
-                "a checkpointed event split is malformed".into(),
-            )),
-        }
+        EventSplit::decode(bytes)
+            .ok_or_else(|| sluice::Error::Config("a checkpointed event split is malformed".into()))
     }
     async fn open(
         &self,

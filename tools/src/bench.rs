@@ -32,6 +32,10 @@ pub enum Bench {
     /// The Nexmark queries on generated events: throughput, or latency at a fixed rate; one
     /// query or the suite (`--all`), in a table like the suite's runner.
     Nexmark(crate::bench_nexmark::NexmarkBench),
+    /// What checkpoints cost: the window job's throughput with 1M keys without checkpoints and
+    /// with them every 1 s and 100 ms, interleaved; synchronous pause, duration and alignment
+    /// percentiles; alignment under skewed inputs; recovery time against state size.
+    Checkpoint(crate::bench_checkpoint::CheckpointBench),
 }
 
 /// Options of `sluice bench wordcount`.
@@ -61,6 +65,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Net(args) => crate::bench_net::net(&args),
         Bench::State(args) => crate::bench_state::run(&args),
         Bench::Nexmark(args) => crate::bench_nexmark::nexmark(&args),
+        Bench::Checkpoint(args) => crate::bench_checkpoint::run(&args),
     }
 }
 

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_checkpoint;
 mod bench_net;
 mod bench_net_latency;
 mod bench_nexmark;
