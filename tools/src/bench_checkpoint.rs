@@ -42,7 +42,7 @@ use sluice_core::checkpoint::metadata;
 use sluice_tools::window_agg::parse_window_spec;
 
 use crate::bench_window::cpu_seconds;
-use crate::progress::human;
+use sluice::cli::progress::human;
 
 /// Options of `sluice bench checkpoint`.
 #[derive(Args, Debug)]
