@@ -187,8 +187,7 @@ impl Source for HotKeySource {
         Some(split.encode())
     }
     fn decode_split(&self, bytes: &[u8]) -> sluice::Result<EventSplit> {
-        EventSplit::decode(bytes)
-            .ok_or_else(|| sluice::Error::Config("a checkpointed event split is malformed".into()))
+        EventSplit::decode_split(bytes)
     }
     async fn open(
         &self,

@@ -101,6 +101,11 @@ impl EventSplit {
         bytes.extend_from_slice(&self.stride.to_le_bytes());
         bytes
     }
+    /// A split written by [`encode`](Self::encode), as a source's `decode_split` returns it.
+    pub fn decode_split(bytes: &[u8]) -> sluice::Result<EventSplit> {
+        EventSplit::decode(bytes)
+            .ok_or_else(|| sluice::Error::Config("a checkpointed event split is malformed".into()))
+    }
     /// A split written by [`encode`](Self::encode); `None` if malformed.
     pub fn decode(bytes: &[u8]) -> Option<EventSplit> {
         let word = |i: usize| {
@@ -141,8 +146,7 @@ impl Source for EventSource {
         Some(split.encode())
     }
     fn decode_split(&self, bytes: &[u8]) -> sluice::Result<EventSplit> {
-        EventSplit::decode(bytes)
-            .ok_or_else(|| sluice::Error::Config("a checkpointed event split is malformed".into()))
+        EventSplit::decode_split(bytes)
     }
     async fn open(
         &self,
