@@ -3,7 +3,9 @@
 //! `Copy`, owns no heap memory and has no drop glue.
 //!
 //! - Strings drawn from small fixed lists (names, cities, states, channels, URLs) are [`Sym`]s:
-//!   two bytes, interned once per process.
+//!   two bytes, interned once per process. A symbol's number is this process's: it never
+//!   leaves it: archived (in keyed state, or between nodes) a symbol is its string, interned
+//!   again when read.
 //! - Short generated strings of a fixed length (an e-mail address, a credit card number, an
 //!   item name) are [`FixedStr`]s, inline.
 //! - Long generated strings (`description`, `extra`: 54 to 398 random letters) are
@@ -12,21 +14,28 @@
 //!
 //! A [`Bid`] is 48 bytes; an [`Event`] is 112 (its largest variant, [`Auction`], is 104).
 //!
-//! Auctions and bids (with their strings) derive rkyv's traits, so keyed state can hold them:
-//! the join of q4 and q9 keeps them in the state store.
+//! Every type derives rkyv's traits, so keyed state can hold them (the join of q4 and q9 keeps
+//! auctions and bids in the state store) and they can cross nodes (they are registered as wire
+//! types with the queries, [`super::queries::register_wire_types`]).
 
 use std::fmt;
 use std::ops::Deref;
 
-use sluice::rkyv::{Archive, Deserialize, Serialize};
+use sluice::rkyv::rancor::{Fallible, Source};
+use sluice::rkyv::ser::Writer;
+use sluice::rkyv::string::{ArchivedString, StringResolver};
+use sluice::rkyv::{Archive, Deserialize, Place, Serialize};
 
 use super::rng::SmallRng;
-use super::tables::tables;
+use super::tables::{intern, tables};
 
 /// A string from one of the generator's fixed lists, interned: equal symbols are equal
 /// strings. It dereferences to `&'static str`; it orders as its string does.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Archive, Serialize, Deserialize)]
-#[rkyv(crate = sluice::rkyv)]
+///
+/// Its number is this process's own, so rkyv archives it as its string (an `ArchivedString`)
+/// and deserializing interns the string again: a symbol means the same string in every
+/// process, and any type holding symbols can derive rkyv's traits as it would for a `String`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sym(pub(crate) u16);
 
 impl Sym {
@@ -35,7 +44,64 @@ impl Sym {
     pub fn as_str(self) -> &'static str {
         tables().str(self.0)
     }
+
+    /// The symbol of `s`: the generator's own when `s` is in its lists, else a new one (for
+    /// a string that another process interned), or `None` when every symbol is taken.
+    pub fn intern(s: &str) -> Option<Sym> {
+        intern(s)
+    }
 }
+
+impl Archive for Sym {
+    type Archived = ArchivedString;
+    type Resolver = StringResolver;
+
+    fn resolve(&self, resolver: StringResolver, out: Place<ArchivedString>) {
+        ArchivedString::resolve_from_str(self.as_str(), resolver, out);
+    }
+}
+
+impl<S> Serialize<S> for Sym
+where
+    S: Fallible + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<StringResolver, S::Error> {
+        ArchivedString::serialize_from_str(self.as_str(), serializer)
+    }
+}
+
+impl<D> Deserialize<Sym, D> for ArchivedString
+where
+    D: Fallible + ?Sized,
+    D::Error: Source,
+{
+    fn deserialize(&self, _: &mut D) -> Result<Sym, D::Error> {
+        Sym::intern(self.as_str()).ok_or_else(|| {
+            D::Error::new(SymbolsExhausted {
+                len: self.as_str().len(),
+            })
+        })
+    }
+}
+
+/// Every 16-bit symbol is taken: a string read from an archive cannot be interned.
+#[derive(Debug)]
+struct SymbolsExhausted {
+    len: usize,
+}
+
+impl fmt::Display for SymbolsExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot intern a string of {} bytes: all 65,536 symbols are taken",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for SymbolsExhausted {}
 
 impl Deref for Sym {
     type Target = str;
@@ -421,6 +487,79 @@ const _: () = assert!(size_of::<Event>() <= 112);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nexmark::tables::is_interned;
+    use sluice::rkyv::{self, rancor};
+
+    /// A bid as a process that interned other strings sends it: its symbols' strings, with
+    /// the layout of an archived [`Bid`] (a symbol archives as a `String` does).
+    #[derive(Archive, Serialize)]
+    #[rkyv(crate = sluice::rkyv)]
+    struct SentBid {
+        auction: u64,
+        bidder: u64,
+        price: u64,
+        channel: String,
+        url: String,
+        date_time: i64,
+        extra: LazyText,
+    }
+
+    fn bid(channel: Sym, url: Sym) -> Bid {
+        Bid {
+            auction: 1001,
+            bidder: 1002,
+            price: 1234,
+            channel,
+            url,
+            date_time: 1_700_000_000_123,
+            extra: LazyText::new(7, 2, 60),
+        }
+    }
+
+    #[test]
+    fn a_symbol_crosses_as_its_string_through_the_wire_codec() {
+        let t = tables();
+        sluice::register_wire_type::<Bid>();
+        let codec = sluice_core::remote::codec_of::<Bid>()().unwrap();
+        let sent = vec![
+            bid(t.hot_channels[2], t.urls[9_999]),
+            bid(t.channels[7], t.urls[7]),
+        ];
+        let mut section = Vec::new();
+        codec.encode(sent.clone(), &mut section).unwrap();
+        // The archive holds the strings, not this process's symbol numbers.
+        let needle = t.urls[9_999].as_bytes();
+        assert!(section.windows(needle.len()).any(|w| w == needle));
+        let len = u64::from_le_bytes(section[..8].try_into().unwrap()) as usize;
+        let mut got = Vec::new();
+        codec.decode(&section[16..16 + len], &mut got).unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(got[0].channel.as_str(), "Baidu");
+    }
+
+    #[test]
+    fn a_symbol_unknown_to_the_receiver_is_interned_when_decoded() {
+        let (channel, url) = ("channel-from-another-build", "https://example.com/not-ours");
+        assert!(!is_interned(channel) && !is_interned(url));
+        let bytes = rkyv::to_bytes::<rancor::Error>(&SentBid {
+            auction: 1001,
+            bidder: 1002,
+            price: 1234,
+            channel: channel.into(),
+            url: url.into(),
+            date_time: 1_700_000_000_123,
+            extra: LazyText::new(7, 2, 60),
+        })
+        .unwrap();
+        let got = rkyv::from_bytes::<Bid, rancor::Error>(&bytes).unwrap();
+        assert_eq!((got.channel.as_str(), got.url.as_str()), (channel, url));
+        assert!(usize::from(got.channel.0) >= tables().channels.len());
+        assert!(is_interned(channel) && is_interned(url));
+        // Decoded again, the same strings are the same symbols.
+        let again = rkyv::from_bytes::<Bid, rancor::Error>(&bytes).unwrap();
+        assert_eq!((again.channel.0, again.url.0), (got.channel.0, got.url.0));
+        assert_eq!(again, bid(got.channel, got.url));
+    }
 
     #[test]
     fn lazy_text_is_reproducible_and_compares_by_content() {

@@ -6,8 +6,12 @@
 //! Interning makes equal strings equal symbols: a channel's URL without a `channel_id` suffix
 //! can equal a hot channel's URL, and both get the same symbol, so comparing two symbols is
 //! comparing their strings.
+//!
+//! A string outside the lists (one that another process's symbol stood for, read from an
+//! archive) is interned after them, into a table that only grows: its symbol numbers are this
+//! process's own, which is why a symbol crosses processes as its string.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, RwLock};
 
 use rustc_hash::FxHashMap;
 
@@ -45,6 +49,7 @@ pub(crate) const CHANNELS: usize = 10_000;
 /// Every fixed string, interned, and the symbols of each list.
 pub(crate) struct Tables {
     strings: Vec<Box<str>>,
+    index: FxHashMap<Box<str>, Sym>,
     /// `names[first * LAST_NAMES.len() + last]` is "first last".
     pub(crate) names: Vec<Sym>,
     pub(crate) cities: Vec<Sym>,
@@ -72,7 +77,10 @@ impl Tables {
     /// The string of symbol `index`.
     #[inline]
     pub(crate) fn str(&'static self, index: u16) -> &'static str {
-        &self.strings[usize::from(index)]
+        match self.strings.get(usize::from(index)) {
+            Some(s) => s,
+            None => more_str(usize::from(index) - self.strings.len()),
+        }
     }
 
     fn build() -> Tables {
@@ -104,6 +112,7 @@ impl Tables {
         }
         Tables {
             strings: interner.strings,
+            index: interner.index,
             names,
             cities,
             states,
@@ -136,6 +145,54 @@ impl Interner {
         self.index.insert(s, sym);
         sym
     }
+}
+
+/// Strings interned after the tables, leaked (a few at most: only strings that the generator of
+/// another build would draw), and their symbols.
+#[derive(Default)]
+struct More {
+    strings: Vec<&'static str>,
+    index: FxHashMap<&'static str, Sym>,
+}
+
+static MORE: LazyLock<RwLock<More>> = LazyLock::new(RwLock::default);
+
+fn more_str(i: usize) -> &'static str {
+    let more = MORE.read().unwrap_or_else(|e| e.into_inner());
+    // A symbol is made only by interning, so its string is there.
+    more.strings.get(i).copied().unwrap_or_default()
+}
+
+/// The symbol of `s`: the tables' when it is one of theirs, else one interned after them;
+/// `None` when all 65,536 are taken.
+pub(crate) fn intern(s: &str) -> Option<Sym> {
+    let t = tables();
+    if let Some(sym) = t.index.get(s) {
+        return Some(*sym);
+    }
+    if let Some(sym) = MORE.read().unwrap_or_else(|e| e.into_inner()).index.get(s) {
+        return Some(*sym);
+    }
+    let mut more = MORE.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(sym) = more.index.get(s) {
+        return Some(*sym);
+    }
+    let sym = Sym(u16::try_from(t.strings.len() + more.strings.len()).ok()?);
+    let s: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    more.strings.push(s);
+    more.index.insert(s, sym);
+    Some(sym)
+}
+
+/// Whether `s` has a symbol in this process yet.
+#[cfg(test)]
+pub(crate) fn is_interned(s: &str) -> bool {
+    tables().index.contains_key(s)
+        || MORE
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .index
+            .contains_key(s)
 }
 
 /// The crate's `get_base_url(seed)`: three path segments of 3 or 4 characters, letters with an
@@ -185,5 +242,16 @@ mod tests {
         assert_eq!(t.channels[9_999].as_str(), "channel-9999");
         let distinct: std::collections::HashSet<&str> = t.strings.iter().map(|s| &**s).collect();
         assert_eq!(distinct.len(), t.strings.len());
+    }
+
+    #[test]
+    fn strings_outside_the_tables_get_new_symbols_that_stay() {
+        let t = tables();
+        assert_eq!(intern("channel-42"), Some(t.channels[42]));
+        let a = intern("tables-test-a").unwrap();
+        let b = intern("tables-test-b").unwrap();
+        assert!(usize::from(a.0) >= t.strings.len() && a != b);
+        assert_eq!((a.as_str(), b.as_str()), ("tables-test-a", "tables-test-b"));
+        assert_eq!(intern("tables-test-a"), Some(a));
     }
 }
