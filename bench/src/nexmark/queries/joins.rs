@@ -71,7 +71,8 @@ pub struct PersonInfo {
 }
 
 /// q3's input: a person of the right state or an auction of category 10.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Archive, Serialize, Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub enum Q3In {
     /// A person.
     Person(PersonInfo),
@@ -156,7 +157,8 @@ impl Display for Q3Row {
 }
 
 /// An auction or a bid, keyed by the auction's id: the input of q4's and q9's join.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Archive, Serialize, Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub enum AuctionOrBid<A, B> {
     /// The auction.
     Auction(A),

@@ -21,6 +21,12 @@
 //! represented here by its final rows only, one per group, emitted when the input ends — the
 //! rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
 //! same rows the SQL produces, each once.
+//!
+//! # On a cluster
+//!
+//! [`Query::build`] registers every record type its exchanges move with
+//! [`register_wire_types`], so each query runs across nodes too. Symbols cross as their
+//! strings (see [`Sym`](super::model::Sym)).
 
 pub mod hot_items;
 pub mod joins;
@@ -34,7 +40,38 @@ use sluice::{
     BoundedOutOfOrderness, DataStream, Env, Head, Source, TimestampAssigner, WatermarkStrategy,
 };
 
-use super::model::Event;
+use super::model::{Auction, Bid, Event, Person, Sym};
+use joins::{AuctionOrBid, PriceAt, Q3In, Q4Auction};
+use windows::{Highest, Q7Bid};
+
+/// Registers, with `sluice::register_wire_type`, the record types that the queries move
+/// through exchanges and window partials beyond those the API registers itself (keys, values
+/// of keyed aggregations): what lets a query run on a cluster. Idempotent; [`Query::build`]
+/// calls it.
+pub fn register_wire_types() {
+    use sluice::register_wire_type as wire;
+    wire::<Event>();
+    wire::<Person>();
+    wire::<Auction>();
+    wire::<Bid>();
+    wire::<Sym>();
+    wire::<()>();
+    wire::<u64>();
+    wire::<(u64, u64)>();
+    // q3
+    wire::<Q3In>();
+    // q4, q9 and q20
+    wire::<(u64, AuctionOrBid<Q4Auction, PriceAt>)>();
+    wire::<(u64, AuctionOrBid<Auction, Bid>)>();
+    // q5 (and its incremental variant): the most bids per window and its auctions
+    wire::<(u64, Vec<u64>)>();
+    // q7
+    wire::<Q7Bid>();
+    wire::<Highest>();
+    // q8
+    wire::<Option<Sym>>();
+    wire::<(Option<Sym>, bool)>();
+}
 
 /// How far the watermark trails the largest `dateTime` seen: the DDL's `INTERVAL '4' SECOND`.
 pub const WATERMARK_DELAY_MS: i64 = 4_000;
@@ -243,8 +280,10 @@ impl Query {
     }
 
     /// Builds the query on `env`: `source`'s events, stamped with their `date_time` and
-    /// given the DDL's watermarks, through the query's operators into `out`.
+    /// given the DDL's watermarks, through the query's operators into `out`; registers the
+    /// record types that cross nodes ([`register_wire_types`]).
     pub fn build<S: Source<Item = Event>>(self, env: &Env, source: S, out: &impl RowOutput) {
+        register_wire_types();
         let events = env
             .from_source(source)
             .assign_timestamps_and_watermarks(nexmark_watermarks());

@@ -157,7 +157,8 @@ where
 }
 
 /// A bid for q7: in its own window, or a boundary bid of the window before.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(crate = sluice::rkyv)]
 pub struct Q7Bid {
     bid: Bid,
     boundary: bool,
