@@ -4,12 +4,15 @@
 //! checkpoint adds nothing), and window-agg (tumbling, sliding, session, with late records) line
 //! for line against a single-process run on as many workers and against the brute-force reference.
 //! A savepoint taken and the job cancelled through the coordinator resume in one process, on
-//! another worker count, with exact counts.
+//! another worker count, with exact counts. The Nexmark queries whose records cross nodes
+//! (joins, windows; interned strings among them) give on two nodes exactly the rows of a
+//! single-process run.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::Duration;
 
+use sluice_bench::nexmark::queries::Query;
 use sluice_tests::cluster::{TestCluster, submit};
 use sluice_tests::windows::{Spec, read_lines, reference_window_agg};
 use sluice_tests::{assert_counts_eq, read_output_dir, reference_word_count, run_sluice};
@@ -273,4 +276,61 @@ fn savepoint_and_cancel_through_the_coordinator_then_resume_in_one_process() {
         &got,
         "resumed from a cluster savepoint",
     );
+}
+
+/// Every Nexmark query — their exchanges move Nexmark's own types across the two nodes:
+/// events, join inputs, window partials holding interned strings — gives exactly the rows of
+/// one process on as many workers (all but q12, whose processing-time windows depend on
+/// timing).
+#[test]
+fn cluster_nexmark_queries_equal_a_single_process_run_row_for_row() {
+    let dir = tempdir();
+    let cluster = TestCluster::start(&[1, 1]);
+    for q in Query::ALL.iter().filter(|&&q| q != Query::Q12) {
+        let (query, job_name) = (q.name(), q.job_name());
+        let job = |out: &Path| -> Vec<String> {
+            [
+                "--events",
+                "40000",
+                "--event-rate",
+                "2000",
+                "--output",
+                &s(out),
+                "--quiet",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let on_cluster = dir.path().join(format!("c-{query}"));
+        let mut client = submit(&cluster, job_name, &job(&on_cluster));
+        let status = client.wait_exit(Duration::from_secs(120));
+        assert!(
+            status.success(),
+            "{query}: {}\n{}",
+            client.log(),
+            cluster.logs()
+        );
+        assert!(
+            client.log().contains("on 2 workers of 2 nodes"),
+            "{query}: {}",
+            client.log()
+        );
+        let one = dir.path().join(format!("e-{query}"));
+        let mut args = vec!["run".to_owned(), job_name.to_owned()];
+        args.extend(job(&one));
+        args.extend(["--workers".into(), "2".into()]);
+        let embedded = run_sluice(&args);
+        assert!(
+            embedded.status.success(),
+            "{query}: {}",
+            String::from_utf8_lossy(&embedded.stderr)
+        );
+        let expected = read_lines(&one);
+        assert!(!expected.is_empty(), "{query}: no rows");
+        assert_eq!(
+            read_lines(&on_cluster),
+            expected,
+            "{query}: cluster vs one process"
+        );
+    }
 }
