@@ -26,7 +26,7 @@
 //!
 //! [`Query::build`] registers every record type its exchanges move with
 //! [`register_wire_types`], so each query runs across nodes too. Symbols cross as their
-//! strings (see [`Sym`](super::model::Sym)).
+//! strings (see [`Sym`]).
 
 pub mod hot_items;
 pub mod joins;
