@@ -95,8 +95,11 @@ fn check_report(report: &JobReport, what: &str) {
         c.align_us.value_at_quantile(0.5),
         c.align_us.max()
     );
+    // The final checkpoint and at least one periodic one while both inputs ran. (Not more: a
+    // checkpoint's fsyncs take hundreds of ms on a loaded machine, so the restarted run's ~1 s
+    // may hold only one periodic checkpoint.)
     assert!(
-        c.completed >= 3,
+        c.completed >= 2,
         "{what}: {} checkpoints completed",
         c.completed
     );
