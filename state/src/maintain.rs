@@ -174,6 +174,21 @@ impl<D: Disk> Output<'_, D> {
         }
         Ok(())
     }
+
+    /// Writes what is left, makes the file durable and closes it; the builder describes it.
+    async fn finish(mut self) -> FaultResult<SegmentBuilder> {
+        self.drain(true).await?;
+        let path = self.path;
+        self.writer
+            .sync()
+            .await
+            .map_err(|e| Fault::io("fdatasync segment", path, e))?;
+        self.writer
+            .close()
+            .await
+            .map_err(|e| Fault::io("close segment", path, e))?;
+        Ok(self.builder)
+    }
 }
 
 /// What a merge drops.
@@ -392,20 +407,7 @@ impl<D: Disk> Store<D> {
             oldest,
         };
         merge(cursors, &mut out, &purge).await?;
-        out.drain(true).await?;
-        let Output {
-            builder,
-            mut writer,
-            ..
-        } = out;
-        writer
-            .sync()
-            .await
-            .map_err(|e| Fault::io("fdatasync segment", &path, e))?;
-        writer
-            .close()
-            .await
-            .map_err(|e| Fault::io("close segment", &path, e))?;
+        let builder = out.finish().await?;
         let reader = self
             .shared
             .disk
@@ -591,20 +593,7 @@ async fn copy_key_groups<D: Disk>(
                     out.drain(false).await?;
                 }
             }
-            out.drain(true).await?;
-            let Output {
-                builder,
-                mut writer,
-                ..
-            } = out;
-            writer
-                .sync()
-                .await
-                .map_err(|e| Fault::io("fdatasync segment", &out_path, e))?;
-            writer
-                .close()
-                .await
-                .map_err(|e| Fault::io("close segment", &out_path, e))?;
+            let builder = out.finish().await?;
             let seg = builder.finish::<D::Reader>(target);
             m.segments.push(SegmentRec::from_meta(&seg.meta));
         }

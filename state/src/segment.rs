@@ -181,6 +181,29 @@ impl<R: DiskReader> SegIndex<R> {
     }
 }
 
+/// The frame at the start of `buf`, found at segment offset `offset`: a missing or torn frame,
+/// or one whose header names another place, is corruption naming the file and offset.
+fn frame_at<'a>(
+    path: &Path,
+    segment_id: u64,
+    buf: &'a [u8],
+    offset: u64,
+) -> FaultResult<FrameRef<'a>> {
+    let fr = match frame::decode(buf) {
+        Ok(Decoded::Frame(fr)) => fr,
+        Ok(Decoded::End) => {
+            return Err(Fault::corrupt(
+                path,
+                offset,
+                "zero bytes where a frame belongs",
+            ));
+        }
+        Err(reason) => return Err(Fault::corrupt(path, offset, reason)),
+    };
+    check_place(path, &fr.head, segment_id, offset)?;
+    Ok(fr)
+}
+
 /// Calls `f` for every frame in `buf` (which starts at segment offset `base` and ends at a
 /// frame boundary), checking each frame's own header against where it was found.
 pub fn for_each_frame<'a>(
@@ -192,19 +215,7 @@ pub fn for_each_frame<'a>(
 ) -> FaultResult<()> {
     let mut at = 0usize;
     while at < buf.len() {
-        let offset = base + at as u64;
-        let fr = match frame::decode(&buf[at..]) {
-            Ok(Decoded::Frame(fr)) => fr,
-            Ok(Decoded::End) => {
-                return Err(Fault::corrupt(
-                    path,
-                    offset,
-                    "zero bytes where a frame belongs",
-                ));
-            }
-            Err(reason) => return Err(Fault::corrupt(path, offset, reason)),
-        };
-        check_place(path, &fr.head, segment_id, offset)?;
+        let fr = frame_at(path, segment_id, &buf[at..], base + at as u64)?;
         at += fr.len;
         if !f(fr)? {
             break;
@@ -594,18 +605,7 @@ pub fn scan_range<R: DiskReader>(
             if needs_more(&buf[at..filled], offset, end) {
                 break; // the frame continues in the next chunk
             }
-            let fr = match frame::decode(&buf[at..filled]) {
-                Ok(Decoded::Frame(fr)) => fr,
-                Ok(Decoded::End) => {
-                    return Err(Fault::corrupt(
-                        path,
-                        offset,
-                        "zero bytes where a frame belongs",
-                    ));
-                }
-                Err(reason) => return Err(Fault::corrupt(path, offset, reason)),
-            };
-            check_place(path, &fr.head, segment_id, offset)?;
+            let fr = frame_at(path, segment_id, &buf[at..filled], offset)?;
             at += fr.len;
             if !f(&fr)? {
                 stop = true;

@@ -438,6 +438,15 @@ impl BidSide for Bid {
     }
 }
 
+/// An auction or a bid, with the auction id the join of q9 and q20 is keyed by.
+fn auction_or_bid(e: Event) -> Option<(u64, AuctionOrBid<Auction, Bid>)> {
+    match e {
+        Event::Auction(a) => Some((a.id, AuctionOrBid::Auction(a))),
+        Event::Bid(b) => Some((b.auction, AuctionOrBid::Bid(b))),
+        Event::Person(_) => None,
+    }
+}
+
 /// q9, winning bids: every auction with its highest qualifying bid (`ROW_NUMBER() OVER
 /// (PARTITION BY A.id ORDER BY B.price DESC, B.dateTime ASC)` ≤ 1) among the bids with
 /// `A.id = B.auction AND B.dateTime BETWEEN A.dateTime AND A.expires` — the auction–bid join
@@ -450,11 +459,7 @@ where
     P: Pipe<H::Item, Out = Event>,
 {
     let rows = events
-        .flat_map(|e: Event| match e {
-            Event::Auction(a) => Some((a.id, AuctionOrBid::Auction(a))),
-            Event::Bid(b) => Some((b.auction, AuctionOrBid::Bid(b))),
-            Event::Person(_) => None,
-        })
+        .flat_map(auction_or_bid)
         .key_by(|(id, _): &(u64, AuctionOrBid<Auction, Bid>)| *id)
         .process(KeyedValue(AuctionBids::default()))
         .map(|(a, b)| Q9Row(a, b));
@@ -510,11 +515,7 @@ where
     P: Pipe<H::Item, Out = Event>,
 {
     let rows = events
-        .flat_map(|e: Event| match e {
-            Event::Auction(a) => Some((a.id, AuctionOrBid::Auction(a))),
-            Event::Bid(b) => Some((b.auction, AuctionOrBid::Bid(b))),
-            Event::Person(_) => None,
-        })
+        .flat_map(auction_or_bid)
         .key_by(|(id, _): &(u64, AuctionOrBid<Auction, Bid>)| *id)
         .process(KeyedValue(Q20Join::default()));
     out.rows(rows, Due::OnRecord);
