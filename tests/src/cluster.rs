@@ -20,6 +20,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     log: Arc<Mutex<String>>,
+    /// The thread collecting stderr: it ends at end of file, after the process exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -41,7 +43,7 @@ impl Proc {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let Some(stderr) = stderr else { return };
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -54,6 +56,7 @@ impl Proc {
             name: name.to_owned(),
             child,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -92,6 +95,11 @@ impl Proc {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Its last lines may still be in the pipe: the log is whole once the reader
+                // has reached end of file.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(
