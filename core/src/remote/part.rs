@@ -392,7 +392,8 @@ impl PartWorker {
         let w = self.ctx.worker;
         let builder = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("{}{w}", runtime::WORKER_THREAD_PREFIX))
-            .io_memory(runtime::IO_MEMORY_BYTES);
+            .io_memory(runtime::IO_MEMORY_BYTES)
+            .preempt_timer(runtime::PREEMPT_TIMER);
         let executor = match builder.make() {
             Ok(ex) => ex,
             Err(e) => {
