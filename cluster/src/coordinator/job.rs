@@ -6,7 +6,9 @@
 //! acknowledgements; its triggers and completions are forwarded to the nodes), and ends in
 //! one of three ways:
 //!
-//! - every part ended well → `Commit` everywhere → the job finished;
+//! - every part ended well → `Commit` everywhere → the job finished (a node lost before it
+//!   committed: restarted like a failure, from the final checkpoint, whose settlement
+//!   publishes what that node had not);
 //! - a part failed, or a node was lost → `Cancel` to the other parts, wait until each has
 //!   ended (or a deadline passed) → restart from the newest complete checkpoint on the
 //!   workers then available, if the failure is restartable, the job takes checkpoints and
@@ -292,7 +294,8 @@ impl Job {
     /// has settled the output (or the job finished), the node drops it and deletes what it
     /// left uncommitted — a zombie's files; until then it waits.
     pub(crate) fn fence(&mut self, c: &mut Coord, node: u64, run: u64) {
-        let settled_since = self.run.as_ref().is_some_and(|r| r.id > run);
+        // A run recorded after `run` has settled the output (it is recorded after settling).
+        let settled_since = self.runs.iter().any(|&r| r > run);
         let abort = match &self.state {
             State::Finished => Some(true),
             State::Failed(_) | State::Cancelled => Some(false),
@@ -497,20 +500,14 @@ impl Job {
                     workers: workers as usize,
                     metrics: &metrics,
                     restored_id,
+                    restored_run: restore.as_ref().map_or(0, |(_, m)| m.run),
                     restore: restore.as_ref().and_then(|(_, m)| m.stages.get(i)),
                     settle_output: true,
                 })
                 .map_err(|e| e.to_string())?;
         }
-        let info = JobInfo {
-            job: self.name.clone(),
-            workers: workers as usize,
-            key_groups_max,
-            stage_names: graph.stages.iter().map(|s| s.name()).collect(),
-        };
-        let last = self.last_triggered.max(restored_id);
-        let checkpoints = checkpoint::Coordinator::new(self.config.checkpoints.clone(), info, last);
-        // Durable before any node hears of the run.
+        // Durable before any node hears of the run (and after the settlement: a run in the
+        // record has settled the output).
         let run_id = c.take_run_id(&self.id)?;
         self.runs.push(run_id);
         self.workers_last = workers;
@@ -518,6 +515,15 @@ impl Job {
         c.persist(self)?;
         // The output is settled for this run: stale parts of earlier ones may go.
         self.release_fenced(c, true);
+        let info = JobInfo {
+            job: self.name.clone(),
+            workers: workers as usize,
+            key_groups_max,
+            stage_names: graph.stages.iter().map(|s| s.name()).collect(),
+            run: run_id,
+        };
+        let last = self.last_triggered.max(restored_id);
+        let checkpoints = checkpoint::Coordinator::new(self.config.checkpoints.clone(), info, last);
         let mut parts = Vec::new();
         let mut first = 0u32;
         for &(node, count) in placement {
@@ -718,9 +724,11 @@ impl Job {
 
     fn check_committed(&mut self, c: &mut Coord) {
         let Some(run) = &self.run else { return };
-        if run.parts.iter().any(|p| p.lost) {
+        if run.parts.iter().any(|p| p.lost && !p.committed) {
+            // Restartable: a run restored from the final checkpoint (its sources all read)
+            // settles the output — it commits what the lost node had not — and ends at once.
             let message = "a worker node was lost while the output was being committed".into();
-            self.end(c, State::Failed(String::clone(&message)), false, message);
+            self.fail_run(c, message, true);
             return;
         }
         if !run.parts.iter().all(|p| p.committed) {

@@ -537,6 +537,7 @@ impl Coord {
                     workers,
                     metrics: &metrics,
                     restored_id: 0,
+                    restored_run: 0,
                     restore: None,
                     settle_output: false,
                 })

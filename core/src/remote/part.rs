@@ -127,6 +127,7 @@ impl Part {
                 workers: layout.workers,
                 metrics: &metrics,
                 restored_id,
+                restored_run: spec.restore.as_ref().map_or(0, |(_, m)| m.run),
                 restore: spec.restore.as_ref().and_then(|(_, m)| m.stages.get(i)),
                 settle_output: false,
             })?;
@@ -174,6 +175,7 @@ impl Part {
             ctx.checkpoints = Some(control.clone());
             ctx.source_rate = spec.config.source_rate;
             ctx.restored_id = restored_id;
+            ctx.run = spec.run;
             ctx.state = Some(state.clone());
             ctx.state_restore = state_restore.clone();
             let port = match spec.data_port {
