@@ -117,6 +117,15 @@ impl Proc {
         }
     }
 
+    /// Its exit status if it has exited (its log is then whole), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.try_wait().ok()??;
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        Some(status)
+    }
+
     /// SIGKILLs it (this test's own child) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

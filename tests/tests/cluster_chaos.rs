@@ -20,7 +20,7 @@
 //!
 //! CI figures: 40,000 events and 5 faults (the pause test: 30,000 events, 1 pause). For a
 //! longer run, `SLUICE_CHAOS_ROUNDS=N` repeats the chaos test's coordinator kill and pause
-//! N times (events scale with N), e.g.
+//! N times (the events grow with N), e.g.
 //! `SLUICE_CHAOS_ROUNDS=10 cargo test -p sluice-tests --test cluster_chaos -- chaos`.
 #![forbid(unsafe_code)]
 
@@ -94,6 +94,26 @@ fn wait_for_lines(proc: &mut Proc, needle: &str, n: usize) {
     }
 }
 
+/// Waits for the client to exit (the job ended), within the wait limit after the last fault;
+/// its exit status. A failure shows every process's log and the job's row.
+fn job_end(client: &mut Proc, cluster: &TestCluster) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = client.exited() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < WAIT_LIMIT,
+            "the job did not end within {}s of the last fault\nlist:\n{}\nclient:\n{}\n{}",
+            WAIT_LIMIT.as_secs(),
+            cluster.list(),
+            client.log(),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The stale messages the coordinators rejected: per coordinator process, the count in its
 /// last "rejected a stale message" line, summed.
 fn stale_rejections(cluster: &TestCluster) -> u64 {
@@ -137,7 +157,7 @@ fn a_paused_worker_node_is_fenced_and_its_stale_messages_rejected() {
         .coordinator
         .wait_for_line("rejected a stale message of run 1 from node w2");
     cluster.workers[1].wait_for_line("lost the coordinator");
-    let status = client.wait_exit(WAIT_LIMIT);
+    let status = job_end(&mut client, &cluster);
     assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
     check_sequences(events, keys, &output, &client, &cluster);
     let rejected = stale_rejections(&cluster);
@@ -157,7 +177,9 @@ fn chaos_of_worker_kills_coordinator_kills_and_a_pause_keeps_exactly_once() {
         .unwrap_or(1)
         .max(1);
     let dir = tempdir();
-    let (events, keys) = (40_000 * rounds, 50);
+    // A round of faults takes about 10 s: the job grows by about that much per round, so
+    // that it outlasts the faults and its tail after the last one stays as short.
+    let (events, keys) = (40_000 + 15_000 * (rounds - 1), 50);
     let (output, checkpoints) = (dir.path().join("out"), dir.path().join("ck"));
     let mut cluster = cluster_with_store(&dir.path().join("coord"), &[1, 1, 1]);
     let mut args = job_args(events, keys, &output, &checkpoints, 1500);
@@ -206,7 +228,7 @@ fn chaos_of_worker_kills_coordinator_kills_and_a_pause_keeps_exactly_once() {
     wait_for_lines(&mut client, "restarting from checkpoint", restarts);
     checkpoint_past(&cluster, newest);
 
-    let status = client.wait_exit(WAIT_LIMIT);
+    let status = job_end(&mut client, &cluster);
     assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
     check_sequences(events, keys, &output, &client, &cluster);
     let rejected = stale_rejections(&cluster);
