@@ -61,26 +61,36 @@ impl<T: Debug> SinkWriter<T> for PrintWriter {
 }
 
 /// Writes records as lines of text (their `Display`) into part files in a directory:
-/// `part-<worker>-<run>-<epoch>`, where `<run>` is unique to the sink, so a sink — restored
-/// or not — never overwrites a file.
+/// `part-<worker>-<token>-<epoch>`, where `<token>` is unique to the sink, so a sink —
+/// restored or not — never overwrites a file. On a cluster, the name also carries the run
+/// (the job's deployment): `part-<worker>-<token>-r<run>-<epoch>`.
 ///
 /// Exactly once, by two-phase commit. Worker `w` writes the records it gets into
-/// `.part-<w>-<run>-<epoch>.pending`, where `<epoch>` is one more than the id of the last
+/// `.part-<w>-<token>-<epoch>.pending`, where `<epoch>` is one more than the id of the last
 /// checkpoint barrier it saw (or than the checkpoint the job resumed from). When the next
 /// barrier arrives, the file is synced and closed (pre-commit) and a new one starts with the
 /// next epoch. When checkpoint `n` completes, the pending files of epochs up to `n` are renamed
 /// to their final names and the directory synced; when the job ends, all of them. On a restore
 /// from checkpoint `r`, the pending files of epochs up to `r` — complete, but not yet renamed
 /// when the previous run stopped — are committed, and later ones (their records will be read
-/// again) deleted. A job without checkpoints has one epoch, committed when it succeeds; a
-/// failed one leaves no output.
+/// again) deleted; on a cluster, only the files of the run that took checkpoint `r` are
+/// committed (a run that was failed over may still write — a paused node — after a later run
+/// settled the output: its files are never output). A job without checkpoints has one epoch,
+/// committed when it succeeds; a failed one leaves no output.
 pub struct TextFileSink<D: Disk = GlommioDisk> {
     dir: PathBuf,
     run: String,
     disk: D,
 }
 
-/// A pending part file's name: `.part-<worker>-<run>-<epoch>.pending`.
+/// The cluster run a part file's (final) name carries: `part-<worker>-<token>-r<run>-<epoch>`.
+fn file_run(final_name: &str) -> Option<u64> {
+    let mut parts = final_name.rsplit('-');
+    parts.next()?;
+    parts.next()?.strip_prefix('r')?.parse().ok()
+}
+
+/// A pending part file's name: `.part-<worker>-<token>[-r<run>]-<epoch>.pending`.
 fn pending_epoch(name: &str) -> Option<(&str, u64)> {
     let final_name = name.strip_prefix('.')?.strip_suffix(".pending")?;
     let epoch = final_name.rsplit('-').next()?.parse().ok()?;
@@ -143,13 +153,18 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
             source,
         })
     }
-    fn recover(&self, restored_id: u64) -> Result<()> {
+    fn recover(&self, restored_id: u64, restored_run: u64) -> Result<()> {
         if restored_id == 0 {
             return Ok(());
         }
         // Every run's pending files: the ones the resumed checkpoint covers are output, the
-        // rest will be written again.
-        self.settle(|_, epoch| (epoch <= restored_id).then_some(true).or(Some(false)))
+        // rest will be written again. On a cluster, only the files of the run that took the
+        // checkpoint can be covered by it: another run's (a zombie's, written after a later
+        // run settled the output) go.
+        self.settle(|name, epoch| {
+            let ours = restored_run == 0 || file_run(name).is_none_or(|r| r == restored_run);
+            Some(epoch <= restored_id && ours)
+        })
     }
     fn commit_checkpoint(&self, id: u64) -> Result<()> {
         let own = format!("-{}-", self.run);
@@ -167,7 +182,10 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
         Ok(TextFileWriter {
             disk: self.disk.clone(),
             dir: self.dir.clone(),
-            name: format!("part-{:05}-{}", ctx.worker, self.run),
+            name: match ctx.run {
+                0 => format!("part-{:05}-{}", ctx.worker, self.run),
+                run => format!("part-{:05}-{}-r{run}", ctx.worker, self.run),
+            },
             epoch: ctx.restored_id + 1,
             file: None,
             text: String::with_capacity(WRITE_BUFFER_BYTES + 4096),
@@ -354,5 +372,54 @@ impl<T: 'static> SinkWriter<T> for CollectWriter<T> {
     }
     async fn finish(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entries of `dir`, sorted.
+    fn entries(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_restore_commits_only_the_covered_files_of_the_run_that_took_the_checkpoint() {
+        let pending = [
+            // The run that took checkpoint 10: covered, and not.
+            ".part-00000-aa-r7-9.pending",
+            ".part-00001-bb-r7-11.pending",
+            // A run failed over before (a zombie's file, written after a later settlement).
+            ".part-00000-cc-r5-8.pending",
+            // A run in one process: no run in its name.
+            ".part-00002-dd-4.pending",
+        ];
+        for (run, expected) in [
+            (7, vec!["part-00000-aa-r7-9", "part-00002-dd-4"]),
+            (
+                0,
+                vec![
+                    "part-00000-aa-r7-9",
+                    "part-00000-cc-r5-8",
+                    "part-00002-dd-4",
+                ],
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            for name in pending {
+                std::fs::write(dir.path().join(name), "1\n").unwrap();
+            }
+            let sink = TextFileSink::new(dir.path());
+            <TextFileSink as Sink<u64>>::recover(&sink, 10, run).unwrap();
+            assert_eq!(entries(dir.path()), expected, "restored run {run}");
+        }
+        assert_eq!(file_run("part-00000-aa-r7-9"), Some(7));
+        assert_eq!(file_run("part-00002-dd-4"), None);
     }
 }

@@ -13,6 +13,9 @@ use crate::protocol::{self, JobRow, Msg, NodeRow};
 
 /// How long to wait for a coordinator's answer to a short request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client waiting for its job keeps trying to reach a coordinator it lost (one
+/// that restarts recovers the job from its job store).
+pub const RECONNECT_LIMIT: Duration = Duration::from_secs(60);
 
 fn on_executor<T>(fut: impl Future<Output = Result<T, String>>) -> Result<T, String> {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -55,7 +58,9 @@ async fn request(addr: SocketAddr, cluster: &ClusterConfig, msg: &Msg) -> Result
 
 /// Submits job `job` with options `args` and waits for its end: `Ok(summary)` when it
 /// finished, `Err(reason)` when it failed or was cancelled. `on_status` gets the job's id
-/// and its progress lines meanwhile.
+/// and its progress lines meanwhile. A lost coordinator connection is re-established (the
+/// job watched by its id) for up to [`RECONNECT_LIMIT`]; after that, or when the coordinator
+/// no longer knows the job, it is an error.
 pub fn submit_and_wait(
     addr: SocketAddr,
     cluster: &ClusterConfig,
@@ -78,10 +83,22 @@ pub fn submit_and_wait(
             other => return Err(format!("unexpected answer from the coordinator: {other:?}")),
         };
         on_status(&format!("submitted {job_id}"));
+        let mut conn = conn;
         loop {
-            let msg = protocol::recv_msg(&conn)
-                .await
-                .map_err(|e| format!("lost the coordinator at {addr} while {job_id} runs: {e}"))?;
+            let msg = match protocol::recv_msg(&conn).await {
+                Ok(msg) => msg,
+                Err(e) => {
+                    conn.close();
+                    on_status(&format!(
+                        "lost the coordinator at {addr} while {job_id} runs ({e}); \
+                         reconnecting for up to {}s",
+                        RECONNECT_LIMIT.as_secs()
+                    ));
+                    conn = rewatch(addr, cluster, &job_id).await?;
+                    on_status(&format!("reconnected to the coordinator at {addr}"));
+                    continue;
+                }
+            };
             match msg {
                 Msg::Status { line } => on_status(&line),
                 Msg::JobEnded {
@@ -92,6 +109,51 @@ pub fn submit_and_wait(
             }
         }
     })
+}
+
+/// Reconnects to the coordinator at `addr` and watches job `job_id` again, retrying with a
+/// backoff for up to [`RECONNECT_LIMIT`].
+async fn rewatch(
+    addr: SocketAddr,
+    cluster: &ClusterConfig,
+    job_id: &str,
+) -> Result<Connection, String> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut last_error;
+    loop {
+        let attempt = async {
+            let conn = connect(addr, cluster).await?;
+            let watch = Msg::Watch {
+                job_id: job_id.to_owned(),
+            };
+            protocol::send(&conn, &watch).map_err(|e| format!("the coordinator at {addr}: {e}"))?;
+            match answer(&conn, addr).await? {
+                Msg::Submitted { .. } => Ok(Ok(conn)),
+                Msg::Failed { message } | Msg::Refused { reason: message } => Ok(Err(message)),
+                other => Err(format!("unexpected answer from the coordinator: {other:?}")),
+            }
+        };
+        match attempt.await {
+            Ok(Ok(conn)) => return Ok(conn),
+            // The coordinator is back but does not know the job: nothing to wait for.
+            Ok(Err(message)) => {
+                return Err(format!(
+                    "the coordinator at {addr} came back without {job_id}: {message}"
+                ));
+            }
+            Err(e) => last_error = e,
+        }
+        if started.elapsed() >= RECONNECT_LIMIT {
+            return Err(format!(
+                "lost the coordinator at {addr} while {job_id} runs, and it did not come back \
+                 within {}s: {last_error}",
+                RECONNECT_LIMIT.as_secs()
+            ));
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// The coordinator's jobs and worker nodes.

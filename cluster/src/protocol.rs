@@ -5,7 +5,9 @@
 //! Every message about a job run names the run (`run`, a number the coordinator never
 //! reuses), and every checkpoint message its checkpoint id: a message of another run — a late
 //! acknowledgement from a run that was cancelled, a trigger for a run a node no longer has —
-//! is ignored by its receiver.
+//! is rejected by its receiver (the coordinator counts and logs each: see
+//! [`crate::coordinator`]). Run ids survive a coordinator restart (its job store), so a run of
+//! the coordinator's predecessor is as stale as any run that is over.
 //!
 //! | from → to | message | when |
 //! | --- | --- | --- |
@@ -21,7 +23,7 @@
 //! | node → coordinator | `RunEnded` | the part's workers all ended, with the outcome |
 //! | coordinator → node | `Commit` / `Cancel` | the run succeeded everywhere / stop it |
 //! | node → coordinator | `Committed` | the part's output is published |
-//! | client → coordinator | `Submit`, `List`, `CancelJob`, `Savepoint` | requests |
+//! | client → coordinator | `Submit`, `Watch`, `List`, `CancelJob`, `Savepoint` | requests |
 //! | coordinator → client | `Submitted`, `Status`, `JobEnded`, `Jobs`, `Done`, `Failed` | answers |
 //!
 //! Liveness: both ends of a node's connection send `Control::Heartbeat` every
@@ -321,6 +323,13 @@ mod messages {
             /// Why.
             message: String,
         },
+        /// Client → coordinator: report job `job_id`'s progress and end on this connection
+        /// (a client that lost its coordinator while it waited for the job); answered with
+        /// `Submitted` (then `Status` lines and `JobEnded`, as for a submission), or `Failed`.
+        Watch {
+            /// The job's id.
+            job_id: String,
+        },
     }
 }
 
@@ -442,6 +451,9 @@ mod tests {
                 sync_us: 1,
                 duration_us: 2,
                 align_us: 3,
+            },
+            Msg::Watch {
+                job_id: "job-0042".into(),
             },
             Msg::Declined {
                 run: 3,

@@ -8,7 +8,16 @@
 //! acknowledgements go to the coordinator, the coordinator's triggers and completions go to
 //! it. A node that loses its coordinator (the connection closes, or no heartbeat for the
 //! timeout) cancels every part at once — it fences itself, since the coordinator will run
-//! them elsewhere — and reconnects.
+//! them elsewhere — and reconnects, forever, with a backoff (a coordinator that restarts on
+//! its address finds the node again). A node that was itself silent past the timeout (paused,
+//! say) acts on nothing the coordinator sent meanwhile: the first message it reads after the
+//! silence ends the session instead, so a late trigger or completion of a run that was failed
+//! over never reaches a part.
+//!
+//! The parts it stopped stay until the coordinator decides about them: once reconnected, the
+//! node reports each as ended (`RunEnded` of its old run, which the coordinator rejects as
+//! stale) and the coordinator answers `Cancel` — with `abort` once a later run of the job has
+//! settled the output, so that whatever a zombie part wrote after that is deleted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,34 +71,51 @@ pub fn run(opts: WorkerOptions, catalog: Arc<dyn JobCatalog>) -> Result<(), Stri
     executor.run(agent(opts, catalog))
 }
 
+/// The first and the longest wait between two attempts to reach a lost coordinator.
+const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(2));
+
 async fn agent(opts: WorkerOptions, catalog: Arc<dyn JobCatalog>) -> Result<(), String> {
     let mut registered_once = false;
+    let mut parts = BTreeMap::new();
+    let mut stale = 0u64;
+    let mut backoff = RECONNECT_BACKOFF.0;
     loop {
-        let conn = match register(&opts).await {
+        let conn = match register(&opts, registered_once).await {
             Ok(conn) => conn,
             Err(e) if !registered_once => return Err(e),
             Err(e) => {
-                tracing::warn!("{e}; trying again");
-                glommio::timer::sleep(Duration::from_secs(1)).await;
+                tracing::warn!("{e}; trying again in {} ms", backoff.as_millis());
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
                 continue;
             }
         };
         registered_once = true;
-        let end = session(conn, &opts, &catalog).await;
-        tracing::warn!("lost the coordinator ({end}): cancelled every part; reconnecting");
-        glommio::timer::sleep(Duration::from_millis(500)).await;
+        backoff = RECONNECT_BACKOFF.0;
+        let (end, left, rejected) = session(conn, &opts, &catalog, parts, stale).await;
+        parts = left;
+        stale = rejected;
+        tracing::warn!(
+            "lost the coordinator at {} ({end}): stopped every part ({} kept until the \
+             coordinator decides about them); reconnecting",
+            opts.coordinator,
+            parts.len()
+        );
+        glommio::timer::sleep(backoff).await;
     }
 }
 
-/// Connects to the coordinator (retrying until `connect_timeout`) and registers.
-async fn register(opts: &WorkerOptions) -> Result<Connection, String> {
+/// Connects to the coordinator (retrying until `connect_timeout`, or once when `again`) and
+/// registers.
+async fn register(opts: &WorkerOptions, again: bool) -> Result<Connection, String> {
     let net = opts.cluster.net();
     let clock = SystemClock::new();
     let give_up = clock.now_ms() + opts.connect_timeout.as_millis() as u64;
     let conn = loop {
         match sluice_net::connect(opts.coordinator, &net).await {
             Ok(conn) => break conn,
-            Err(e) if e.is_peer_fault() || clock.now_ms() >= give_up => {
+            Err(e) if again || e.is_peer_fault() || clock.now_ms() >= give_up => {
                 return Err(format!(
                     "cannot reach the coordinator at {}: {e}",
                     opts.coordinator
@@ -131,9 +157,14 @@ enum Slot {
     Running {
         part: Box<Part>,
         cancel: Option<bool>,
+        /// Stopped because the node lost its coordinator.
+        fenced: bool,
     },
     /// Its workers ended; waiting for the coordinator's commit or cancel.
     Ended(Box<Part>),
+    /// A part stopped because the node lost its coordinator, ended: reported to the
+    /// coordinator (its run is stale there), waiting for its `Cancel`.
+    Fenced(Box<Part>),
 }
 
 struct Agent {
@@ -145,25 +176,47 @@ struct Agent {
     last_heard_ms: u64,
     last_sent_ms: u64,
     sequence: u64,
+    /// Stale coordinator messages ignored so far.
+    stale: u64,
 }
 
-async fn session(conn: Connection, opts: &WorkerOptions, catalog: &Arc<dyn JobCatalog>) -> String {
+/// One registration: runs the coordinator's parts until the connection is lost; the end's
+/// reason, the parts left (stopped, fenced) and the stale-message count.
+async fn session(
+    conn: Connection,
+    opts: &WorkerOptions,
+    catalog: &Arc<dyn JobCatalog>,
+    parts: BTreeMap<u64, Slot>,
+    stale: u64,
+) -> (String, BTreeMap<u64, Slot>, u64) {
     let clock = SystemClock::new();
     let agent = std::rc::Rc::new(std::cell::RefCell::new(Agent {
         conn: conn.clone(),
         opts: opts.clone(),
         catalog: catalog.clone(),
-        parts: BTreeMap::new(),
+        parts,
         last_heard_ms: clock.now_ms(),
         last_sent_ms: 0,
         sequence: 0,
+        stale,
         clock,
     }));
+    agent.borrow().report_fenced();
+    let timeout = opts.cluster.heartbeat_timeout.as_millis() as u64;
     let receiving = async {
         loop {
             let incoming = protocol::recv(&conn).await;
             let mut a = agent.borrow_mut();
-            a.last_heard_ms = a.clock.now_ms();
+            let now = a.clock.now_ms();
+            if now.saturating_sub(a.last_heard_ms) > timeout {
+                // Silent past the timeout (this node was paused): whatever was queued
+                // meanwhile is stale, and the coordinator has failed this node's runs over.
+                return format!(
+                    "no word from the coordinator for {} ms",
+                    now.saturating_sub(a.last_heard_ms)
+                );
+            }
+            a.last_heard_ms = now;
             match incoming {
                 Ok(Incoming::Heartbeat) => {}
                 Ok(Incoming::Msg(m)) => a.handle(m),
@@ -182,13 +235,26 @@ async fn session(conn: Connection, opts: &WorkerOptions, catalog: &Arc<dyn JobCa
     let end = futures_lite::future::or(receiving, ticking).await;
     conn.close();
     let mut a = agent.borrow_mut();
-    for (_, slot) in std::mem::take(&mut a.parts) {
-        match slot {
-            Slot::Running { part, .. } | Slot::Ended(part) => part.cancel(),
-            Slot::Preparing { .. } => {}
-        }
+    let mut left = BTreeMap::new();
+    for (run, slot) in std::mem::take(&mut a.parts) {
+        let fenced = match slot {
+            Slot::Running { part, .. } => {
+                part.cancel();
+                Slot::Running {
+                    part,
+                    cancel: Some(false),
+                    fenced: true,
+                }
+            }
+            Slot::Ended(part) | Slot::Fenced(part) => Slot::Fenced(part),
+            Slot::Preparing { result, .. } => Slot::Preparing {
+                result,
+                cancelled: true,
+            },
+        };
+        left.insert(run, fenced);
     }
-    end
+    (end, left, a.stale)
 }
 
 impl Agent {
@@ -196,6 +262,28 @@ impl Agent {
         if let Err(e) = protocol::send(&self.conn, msg) {
             tracing::debug!("send to the coordinator: {e}");
         }
+    }
+
+    /// Tells the coordinator about the stopped parts of an earlier session that ended.
+    fn report_fenced(&self) {
+        for (&run, slot) in &self.parts {
+            if let Slot::Fenced(_) = slot {
+                let outcome = RunOutcome {
+                    secondary: true,
+                    ..failed("stopped: the node lost its coordinator".into(), true)
+                };
+                self.send(&Msg::RunEnded { run, outcome });
+            }
+        }
+    }
+
+    /// A coordinator message about run `run`, which has no live part here: ignored, counted.
+    fn ignore_stale(&mut self, what: &str, run: u64) {
+        self.stale += 1;
+        tracing::warn!(
+            "ignored a stale {what} of run {run} from the coordinator ({} so far)",
+            self.stale
+        );
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -207,8 +295,12 @@ impl Agent {
                 checkpoint_id,
                 timestamp_ms,
                 savepoint_dir,
-            } => {
-                if let Some(Slot::Running { part, .. }) = self.parts.get(&run) {
+            } => match self.parts.get(&run) {
+                Some(Slot::Running {
+                    part,
+                    fenced: false,
+                    ..
+                }) => {
                     let control = part.control();
                     if let Some(dir) = savepoint_dir {
                         control.set_savepoint(checkpoint_id, PathBuf::from(dir), false);
@@ -216,7 +308,11 @@ impl Agent {
                     control.trigger_ms.store(timestamp_ms, Ordering::Relaxed);
                     control.trigger.fetch_max(checkpoint_id, Ordering::AcqRel);
                 }
-            }
+                Some(Slot::Running { .. } | Slot::Fenced(_)) | None => {
+                    self.ignore_stale("checkpoint trigger", run);
+                }
+                Some(_) => {}
+            },
             Msg::Complete { run, checkpoint_id } => self.complete(run, checkpoint_id),
             Msg::Commit { run } => self.commit(run),
             Msg::Cancel { run, abort } => self.cancel(run, abort),
@@ -250,7 +346,13 @@ impl Agent {
     }
 
     fn start(&mut self, run: u64, endpoints: &[String]) {
-        let Some(Slot::Running { part, .. }) = self.parts.get_mut(&run) else {
+        let Some(Slot::Running {
+            part,
+            fenced: false,
+            ..
+        }) = self.parts.get_mut(&run)
+        else {
+            self.ignore_stale("start", run);
             return;
         };
         let parsed: Result<Vec<SocketAddr>, _> = endpoints.iter().map(|e| e.parse()).collect();
@@ -267,9 +369,21 @@ impl Agent {
     }
 
     fn complete(&mut self, run: u64, id: u64) {
+        // Only a live part publishes output: a completion for a part this node stopped
+        // (fenced) is refused — a later run of the job owns the output now.
         let part = match self.parts.get(&run) {
-            Some(Slot::Running { part, .. } | Slot::Ended(part)) => part,
-            _ => return,
+            Some(
+                Slot::Running {
+                    part,
+                    fenced: false,
+                    ..
+                }
+                | Slot::Ended(part),
+            ) => part,
+            _ => {
+                self.ignore_stale("checkpoint completion", run);
+                return;
+            }
         };
         if let Err(e) = part.commit_checkpoint(id) {
             tracing::warn!(
@@ -295,11 +409,12 @@ impl Agent {
 
     fn cancel(&mut self, run: u64, abort: bool) {
         match self.parts.remove(&run) {
-            Some(Slot::Running { part, .. }) => {
+            Some(Slot::Running { part, fenced, .. }) => {
                 part.cancel();
                 let slot = Slot::Running {
                     part,
                     cancel: Some(abort),
+                    fenced,
                 };
                 self.parts.insert(run, slot);
             }
@@ -310,8 +425,8 @@ impl Agent {
                 };
                 self.parts.insert(run, slot);
             }
-            Some(Slot::Ended(part)) if abort => part.abort(),
-            Some(Slot::Ended(_)) => {}
+            Some(Slot::Ended(part) | Slot::Fenced(part)) if abort => part.abort(),
+            Some(Slot::Ended(_) | Slot::Fenced(_)) => {}
             None => {}
         }
     }
@@ -371,15 +486,24 @@ impl Agent {
                     Some(Slot::Running {
                         part: Box::new(part),
                         cancel: None,
+                        fenced: false,
                     })
                 }
             },
-            Slot::Running { mut part, cancel } => {
+            Slot::Running {
+                mut part,
+                cancel,
+                fenced,
+            } => {
                 for m in part.take_messages() {
                     self.send(&to_coordinator(run, m));
                 }
                 let Some(result) = part.poll_finished() else {
-                    return Some(Slot::Running { part, cancel });
+                    return Some(Slot::Running {
+                        part,
+                        cancel,
+                        fenced,
+                    });
                 };
                 let outcome = match result {
                     Ok(report) => RunOutcome {
@@ -403,6 +527,8 @@ impl Agent {
                 }
                 self.send(&Msg::RunEnded { run, outcome });
                 match cancel {
+                    // The coordinator decides (its `Cancel` answers the stale `RunEnded`).
+                    _ if fenced => Some(Slot::Fenced(part)),
                     Some(true) => {
                         part.abort();
                         None
@@ -412,6 +538,7 @@ impl Agent {
                 }
             }
             Slot::Ended(part) => Some(Slot::Ended(part)),
+            Slot::Fenced(part) => Some(Slot::Fenced(part)),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct WorkerContext {
     pub source_rate: Option<f64>,
     /// The checkpoint the job resumed from (0: a fresh start).
     pub restored_id: u64,
+    /// The run (a cluster's deployment of the job) this worker belongs to; 0 in one process.
+    pub run: u64,
     /// Where stateful stages keep their stores.
     pub state: Option<Arc<StateSettings>>,
     /// Per stage, where its state comes from on a restore.
@@ -73,6 +75,7 @@ impl WorkerContext {
             checkpoints: None,
             source_rate: None,
             restored_id: 0,
+            run: 0,
             state: None,
             state_restore: Arc::new(Vec::new()),
             cancelled,
@@ -103,6 +106,8 @@ pub struct Prepare<'a> {
     pub metrics: &'a JobMetrics,
     /// The checkpoint the job resumes from (0: none).
     pub restored_id: u64,
+    /// The run that took that checkpoint (its metadata's `run`; 0: in one process).
+    pub restored_run: u64,
     /// This stage's part of that checkpoint.
     pub restore: Option<&'a StageMetadata>,
     /// Whether to settle what earlier runs left in the outputs (commit what the restored
@@ -180,8 +185,8 @@ pub trait OutputSpec<T>: Send + Sync + 'static {
     /// A short description for the plan.
     fn describe(&self) -> String;
     /// Checks the destination before the job starts; after a restore from checkpoint
-    /// `restored_id` (0: none), settles what the previous run left.
-    fn prepare(&self, _workers: usize, _restored_id: u64) -> Result<()> {
+    /// `restored_id` (0: none) taken by run `restored_run`, settles what earlier runs left.
+    fn prepare(&self, _workers: usize, _restored_id: u64, _restored_run: u64) -> Result<()> {
         Ok(())
     }
     /// Checkpoint `id` is complete: commit what was written before its barrier.
@@ -342,9 +347,9 @@ impl<T: 'static, S: Sink<T>> OutputSpec<T> for ToSink<S> {
     fn describe(&self) -> String {
         format!("Sink: {}", self.sink.name())
     }
-    fn prepare(&self, workers: usize, restored_id: u64) -> Result<()> {
+    fn prepare(&self, workers: usize, restored_id: u64, restored_run: u64) -> Result<()> {
         self.sink.prepare(workers)?;
-        self.sink.recover(restored_id)
+        self.sink.recover(restored_id, restored_run)
     }
     fn commit_checkpoint(&self, id: u64) -> Result<()> {
         self.sink.commit_checkpoint(id)
@@ -365,6 +370,7 @@ impl<T: 'static, S: Sink<T>> OutputSpec<T> for ToSink<S> {
             worker: ctx.worker,
             workers: ctx.workers,
             restored_id: ctx.restored_id,
+            run: ctx.run,
         };
         let writer = self.sink.open(&sctx).await?;
         Ok((crate::chain::SinkTail::new(outbox), SinkDrain::new(writer)))

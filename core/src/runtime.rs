@@ -358,6 +358,7 @@ fn run_once(
             workers,
             metrics: &metrics,
             restored_id,
+            restored_run: restore.map_or(0, |(_, m)| m.run),
             restore: restore.and_then(|(_, m)| m.stages.get(i)),
             settle_output: true,
         })?;
@@ -374,6 +375,7 @@ fn run_once(
             workers,
             key_groups_max,
             stage_names: graph.stages.iter().map(|s| s.name()).collect(),
+            run: 0,
         };
         Coordinator::new(config.checkpoints.clone(), info, restored_id)
     });

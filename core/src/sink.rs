@@ -16,6 +16,8 @@ pub struct SinkContext {
     pub workers: usize,
     /// The checkpoint the job resumed from (0: a fresh start).
     pub restored_id: u64,
+    /// The run (a cluster's deployment of the job) the writer belongs to; 0 in one process.
+    pub run: u64,
 }
 
 /// A destination for records.
@@ -31,9 +33,12 @@ pub trait Sink<T>: Send + Sync + 'static {
     /// Opens this worker's writer.
     async fn open(&self, ctx: &SinkContext) -> Result<Self::Writer>;
     /// Before the workers start after a restore from checkpoint `restored_id` (0: a fresh
-    /// start): make what earlier runs wrote consistent with it — commit what belongs to
-    /// checkpoints up to it, remove what came later.
-    fn recover(&self, _restored_id: u64) -> Result<()> {
+    /// start), taken by run `restored_run` (0: in one process): make what earlier runs wrote
+    /// consistent with it — commit what belongs to checkpoints up to it, remove what came
+    /// later. On a cluster, only what run `restored_run` wrote can belong to the checkpoint:
+    /// a run that was failed over may still write (a paused node, a zombie) after a later
+    /// run settled the output.
+    fn recover(&self, _restored_id: u64, _restored_run: u64) -> Result<()> {
         Ok(())
     }
     /// Checkpoint `id` is complete: make visible what the writers pre-committed for it and for

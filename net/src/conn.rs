@@ -835,6 +835,13 @@ impl Connection {
         self.sh.request_close();
     }
 
+    /// Fails the connection at once: every waiting sender and receiver gets
+    /// [`NetError::Cancelled`], nothing queued is flushed. For a part that is stopped while a
+    /// peer no longer reads (paused, say), whose graceful close would wait for it.
+    pub fn abort(&self) {
+        self.sh.fail(&NetError::Cancelled);
+    }
+
     /// Starts closing and waits until everything queued has been written and our direction
     /// of the stream ended (or the connection failed): what a worker awaits before its
     /// executor stops, so that its last frames are not lost with it.

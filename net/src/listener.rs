@@ -178,20 +178,22 @@ impl Listener {
                 "refusing to listen on {addr}: not a loopback address (allow it explicitly)"
             )));
         }
-        if addr.port() != 0 {
-            // glommio binds with SO_REUSEPORT, so a second listener on a taken address would
-            // succeed and share its connections: probe with an exclusive bind first.
-            std::net::TcpListener::bind(addr).map_err(|e| NetError::Io {
-                op: "bind",
-                peer: addr.to_string(),
-                source: e,
-            })?;
-        }
-        let listener = TcpListener::bind(addr).map_err(|e| NetError::Io {
+        // Bound here rather than by glommio, which sets SO_REUSEPORT: a second listener on a
+        // taken address would succeed and share its connections. The standard library binds
+        // exclusively, with SO_REUSEADDR, so a process restarted on its address (a coordinator
+        // after a crash) is not refused for the connections of its predecessor still in
+        // TIME_WAIT.
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| NetError::Io {
             op: "bind",
             peer: addr.to_string(),
-            source: e.into(),
+            source: e,
         })?;
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(std_listener);
+        // SAFETY: `fd` is a bound, listening TCP socket this function owns (just taken out of
+        // the standard library's listener, which no longer closes it); glommio's listener
+        // takes it over and closes it when dropped.
+        #[allow(unsafe_code)]
+        let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let local = listener.local_addr().map_err(|e| NetError::Io {
             op: "local address of",
             peer: addr.to_string(),

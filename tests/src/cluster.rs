@@ -2,6 +2,10 @@
 //! and worker nodes on 127.0.0.x, each a child process this test started (and kills, by its
 //! own handle, when dropped). Their stderr is collected, so a test can wait for a line (a
 //! node registered) or check one (a refused peer was logged).
+//!
+//! For the fault tests: [`TestCluster::restart_coordinator`] (SIGKILL, and a new one on the
+//! same address and options), [`Proc::signal`] (SIGSTOP, SIGCONT), and the `running-count`
+//! job of the example job binary with Flink's per-key sequence oracle ([`running_count`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -113,6 +117,15 @@ impl Proc {
         }
     }
 
+    /// Its exit status if it has exited (its log is then whole), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.try_wait().ok()??;
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        Some(status)
+    }
+
     /// SIGKILLs it (this test's own child) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -122,6 +135,15 @@ impl Proc {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends it signal `sig` (`STOP`, `CONT`, ...) with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill -{sig} {}: {e}", self.name));
+        assert!(status.success(), "kill -{sig} {} failed", self.name);
     }
 }
 
@@ -141,7 +163,13 @@ pub struct TestCluster {
     pub addr: String,
     /// The worker nodes, in the order they were added.
     pub workers: Vec<Proc>,
+    /// Options every worker node added from now on gets.
+    pub worker_args: Vec<String>,
+    /// Coordinators killed by [`TestCluster::restart_coordinator`], for their logs.
+    pub old_coordinators: Vec<Proc>,
     secret: Option<String>,
+    /// The coordinator's options after its address.
+    extra: Vec<String>,
 }
 
 impl TestCluster {
@@ -176,8 +204,29 @@ impl TestCluster {
             coordinator,
             addr,
             workers: Vec::new(),
+            worker_args: Vec::new(),
+            old_coordinators: Vec::new(),
             secret,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// SIGKILLs the coordinator and starts a new one on the same address with the same
+    /// options; returns once it listens.
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.kill();
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "coordinator".into(),
+            "--listen".into(),
+            self.addr.clone(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let n = self.old_coordinators.len() + 2;
+        let mut next = Proc::spawn(&self.bin, &format!("coordinator {n}"), &args, &[]);
+        next.wait_for_line("coordinator listening on ");
+        let old = std::mem::replace(&mut self.coordinator, next);
+        self.old_coordinators.push(old);
     }
 
     /// A coordinator and worker nodes of `slots` slots each, on 127.0.0.2, 127.0.0.3, ...,
@@ -215,6 +264,7 @@ impl TestCluster {
         if let Some(secret) = &self.secret {
             args.extend(["--secret-file".into(), secret.clone()]);
         }
+        args.extend(self.worker_args.iter().cloned());
         let mut worker = Proc::spawn(&self.bin, &name, &args, &[]);
         worker.wait_for_line("registered with the coordinator");
         self.workers.push(worker);
@@ -268,7 +318,11 @@ impl TestCluster {
 
     /// Every process's log, for a failure message.
     pub fn logs(&self) -> String {
-        let mut out = format!("--- coordinator:\n{}", self.coordinator.log());
+        let mut out = String::new();
+        for c in &self.old_coordinators {
+            out.push_str(&format!("--- {} (killed):\n{}", c.name, c.log()));
+        }
+        out.push_str(&format!("--- coordinator:\n{}", self.coordinator.log()));
         for w in &self.workers {
             out.push_str(&format!("--- {}:\n{}", w.name, w.log()));
         }
@@ -293,4 +347,102 @@ pub fn secret_file(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path.display().to_string()
+}
+
+/// The `running-count` job of the example job binary (`api/examples/job_binary.rs`) — per key,
+/// a running count written after every event — and Flink's per-key sequence oracle for its
+/// output: per key, the counts 1..n exactly once.
+pub mod running_count {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::{Proc, TestCluster};
+    use crate::hidden_dot_entries;
+    use crate::windows::read_lines;
+
+    /// The example's key of event `i` (splitmix64's finalizer), written out again here.
+    pub fn key_of(i: u64, keys: u64) -> u64 {
+        let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % keys
+    }
+
+    /// The options of a checkpointed (every 100 ms), throttled run.
+    pub fn job_args(
+        events: u64,
+        keys: u64,
+        output: &Path,
+        checkpoints: &Path,
+        rate: u32,
+    ) -> Vec<String> {
+        let s = |p: &Path| p.display().to_string();
+        vec![
+            "--events".into(),
+            events.to_string(),
+            "--keys".into(),
+            keys.to_string(),
+            "--output".into(),
+            s(output),
+            "--rate".into(),
+            rate.to_string(),
+            "--checkpoint-dir".into(),
+            s(checkpoints),
+            "--checkpoint-interval-ms".into(),
+            "100".into(),
+        ]
+    }
+
+    /// The job's newest complete checkpoint as `list` shows it (column 5 of its row).
+    pub fn checkpoint_of(cols: &[&str]) -> u64 {
+        cols.get(4).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    /// Per key, the counts in the output must be exactly 1..=n where n is the key's events;
+    /// no pending file may be left.
+    pub fn check_sequences(
+        events: u64,
+        keys: u64,
+        output: &Path,
+        client: &Proc,
+        cluster: &TestCluster,
+    ) {
+        let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+        for i in 0..events {
+            *expected.entry(key_of(i, keys)).or_default() += 1;
+        }
+        let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for line in read_lines(output) {
+            let (k, n) = line
+                .split_once(',')
+                .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
+                .unwrap_or_else(|| panic!("malformed output line {line:?}"));
+            seen.entry(k).or_default().push(n);
+        }
+        let (mut lost, mut duplicated) = (0u64, 0u64);
+        for (key, &n) in &expected {
+            let mut got = seen.remove(key).unwrap_or_default();
+            got.sort_unstable();
+            let before = got.len() as u64;
+            got.dedup();
+            duplicated += before - got.len() as u64;
+            lost += (1..=n).filter(|c| got.binary_search(c).is_err()).count() as u64;
+        }
+        assert!(
+            seen.is_empty(),
+            "output for keys that have no events: {seen:?}"
+        );
+        assert!(
+            lost == 0 && duplicated == 0,
+            "lost {lost}, duplicated {duplicated}\nclient: {}\n{}",
+            client.log(),
+            cluster.logs()
+        );
+        let hidden = hidden_dot_entries(output);
+        assert!(
+            hidden.is_empty(),
+            "pending files left: {hidden:?}\n{}",
+            cluster.logs()
+        );
+    }
 }

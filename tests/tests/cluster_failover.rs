@@ -9,88 +9,14 @@
 //! this also runs a user's binary as every node of a cluster.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_tests::cluster::{Proc, TestCluster, WAIT_LIMIT, submit};
-use sluice_tests::windows::read_lines;
-use sluice_tests::{example_bin, hidden_dot_entries};
+use sluice_tests::cluster::running_count::{check_sequences, checkpoint_of, job_args};
+use sluice_tests::cluster::{TestCluster, WAIT_LIMIT, submit};
+use sluice_tests::example_bin;
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("create a temporary directory: {e}"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// The example's key of event `i` (splitmix64's finalizer), written out again here.
-fn key_of(i: u64, keys: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) % keys
-}
-
-/// The options of a checkpointed, throttled `running-count` run.
-fn job_args(events: u64, keys: u64, output: &Path, checkpoints: &Path, rate: u32) -> Vec<String> {
-    vec![
-        "--events".into(),
-        events.to_string(),
-        "--keys".into(),
-        keys.to_string(),
-        "--output".into(),
-        s(output),
-        "--rate".into(),
-        rate.to_string(),
-        "--checkpoint-dir".into(),
-        s(checkpoints),
-        "--checkpoint-interval-ms".into(),
-        "100".into(),
-    ]
-}
-
-/// The job's newest complete checkpoint as `list` shows it (column 5 of its row).
-fn checkpoint_of(cols: &[&str]) -> u64 {
-    cols.get(4).and_then(|c| c.parse().ok()).unwrap_or(0)
-}
-
-/// Per key, the counts in the output must be exactly 1..=n where n is the key's events.
-fn check_sequences(events: u64, keys: u64, output: &Path, client: &Proc, cluster: &TestCluster) {
-    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
-    for i in 0..events {
-        *expected.entry(key_of(i, keys)).or_default() += 1;
-    }
-    let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for line in read_lines(output) {
-        let (k, n) = line
-            .split_once(',')
-            .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
-            .unwrap_or_else(|| panic!("malformed output line {line:?}"));
-        seen.entry(k).or_default().push(n);
-    }
-    let (mut lost, mut duplicated) = (0u64, 0u64);
-    for (key, &n) in &expected {
-        let mut got = seen.remove(key).unwrap_or_default();
-        got.sort_unstable();
-        let before = got.len() as u64;
-        got.dedup();
-        duplicated += before - got.len() as u64;
-        lost += (1..=n).filter(|c| got.binary_search(c).is_err()).count() as u64;
-    }
-    assert!(
-        seen.is_empty(),
-        "output for keys that have no events: {seen:?}"
-    );
-    assert!(
-        lost == 0 && duplicated == 0,
-        "lost {lost}, duplicated {duplicated}\nclient: {}\n{}",
-        client.log(),
-        cluster.logs()
-    );
-    let hidden = hidden_dot_entries(output);
-    assert!(hidden.is_empty(), "pending files left: {hidden:?}");
 }
 
 #[test]

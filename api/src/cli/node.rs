@@ -16,6 +16,15 @@ use super::BoxError;
 enum Node {
     /// Runs a coordinator: accepts worker nodes and jobs, drives checkpoints, fails runs over
     /// when a node is lost.
+    ///
+    /// With --checkpoint-dir DIR, the jobs it accepts survive its restart: it keeps them in
+    /// DIR/jobs (name, options, runs, newest announced checkpoint, how each ended), and a
+    /// coordinator started again on the same DIR (and address) restarts every unfinished job
+    /// from its newest complete checkpoint, with run ids above all its predecessor used, so
+    /// that late messages of the old runs are rejected. Worker nodes reconnect on their own,
+    /// and a waiting `run --coordinator` client reconnects for up to 60 s. Not kept: the
+    /// registry of nodes (they register again), savepoints under way, and jobs that take no
+    /// checkpoints (they fail at the restart).
     Coordinator(CoordinatorArgs),
     /// Runs a worker node: offers --workers worker slots to the coordinator and runs the
     /// parts of jobs it is given.
@@ -50,8 +59,9 @@ struct CoordinatorArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6123")]
     listen: String,
     /// Default root of checkpoints (for jobs with --checkpoint-interval-ms but no
-    /// --checkpoint-dir: DIR/JOB_ID) and of savepoints (DIR/savepoints); every node must
-    /// reach it at the same path.
+    /// --checkpoint-dir: DIR/JOB_ID) and of savepoints (DIR/savepoints), and the job store
+    /// (DIR/jobs) that lets jobs survive a coordinator restart; every node must reach it at
+    /// the same path.
     #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     checkpoint_dir: Option<PathBuf>,
     #[command(flatten)]

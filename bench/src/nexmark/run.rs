@@ -298,8 +298,8 @@ impl<T: 'static, S: Sink<T>> Sink<T> for Counted<S> {
             total: self.rows.clone(),
         })
     }
-    fn recover(&self, restored_id: u64) -> Result<()> {
-        self.inner.recover(restored_id)
+    fn recover(&self, restored_id: u64, restored_run: u64) -> Result<()> {
+        self.inner.recover(restored_id, restored_run)
     }
     fn commit_checkpoint(&self, id: u64) -> Result<()> {
         self.inner.commit_checkpoint(id)
@@ -387,8 +387,8 @@ impl<T: 'static, S: Sink<T>> Sink<(T, i64)> for LatencySink<S> {
             merged: self.merged.clone(),
         })
     }
-    fn recover(&self, restored_id: u64) -> Result<()> {
-        self.inner.recover(restored_id)
+    fn recover(&self, restored_id: u64, restored_run: u64) -> Result<()> {
+        self.inner.recover(restored_id, restored_run)
     }
     fn commit_checkpoint(&self, id: u64) -> Result<()> {
         self.inner.commit_checkpoint(id)

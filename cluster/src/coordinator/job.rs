@@ -6,7 +6,9 @@
 //! acknowledgements; its triggers and completions are forwarded to the nodes), and ends in
 //! one of three ways:
 //!
-//! - every part ended well → `Commit` everywhere → the job finished;
+//! - every part ended well → `Commit` everywhere → the job finished (a node lost before it
+//!   committed: restarted like a failure, from the final checkpoint, whose settlement
+//!   publishes what that node had not);
 //! - a part failed, or a node was lost → `Cancel` to the other parts, wait until each has
 //!   ended (or a deadline passed) → restart from the newest complete checkpoint on the
 //!   workers then available, if the failure is restartable, the job takes checkpoints and
@@ -15,7 +17,10 @@
 //!
 //! Run ids are never reused, and checkpoint ids keep increasing across runs (a new run's ids
 //! continue after the highest ever triggered), so a late message of an old run can never be
-//! taken for one of the new run.
+//! taken for one of the new run. Both hold across coordinator restarts: the job's record in
+//! the job store ([`super::store`]) is written before a run is deployed, before checkpoint
+//! ids beyond its reservation are triggered, before a completion is announced, and when the
+//! job ends; a restarted coordinator resumes an unfinished job from there ([`Job::recover`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -31,10 +36,13 @@ use sluice_core::runtime::{RestoreFrom, RuntimeConfig, default_key_groups};
 use sluice_net::Connection;
 
 use super::Coord;
+use super::store::JobRecord;
 use crate::protocol::{self, Deploy, JobRow, Msg, RunOutcome, WireSplit};
 
 /// How long the parts of a failed run have to confirm they stopped.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(15);
+/// Checkpoint ids reserved in the job store at a time.
+const RESERVE_CHECKPOINTS: u64 = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -102,6 +110,19 @@ pub(crate) struct Job {
     savepoint_waiters: Vec<Connection>,
     workers_last: u32,
     waiting_said: bool,
+    /// The runs it was deployed as.
+    runs: Vec<u64>,
+    /// The newest checkpoint announced complete to the nodes.
+    announced: u64,
+    /// Checkpoint ids reserved in the job store.
+    reserved: u64,
+    /// How it ended, for a client that watches it afterwards.
+    end_message: Option<(bool, String)>,
+    /// Recovered after a coordinator restart: until this time, wait for as many free slots
+    /// as its last run had.
+    recovering_until_ms: Option<u64>,
+    /// Stale parts (node, run) that ended, to drop once a later run settled the output.
+    fenced: Vec<(u64, u64)>,
 }
 
 impl Job {
@@ -133,6 +154,170 @@ impl Job {
             savepoint_waiters: Vec::new(),
             workers_last: 0,
             waiting_said: false,
+            runs: Vec::new(),
+            announced: 0,
+            reserved: 0,
+            end_message: None,
+            recovering_until_ms: None,
+            fenced: Vec::new(),
+        }
+    }
+
+    /// A job of the job store, reloaded by a restarted coordinator: over, as it ended; or
+    /// waiting to restart from its newest complete checkpoint.
+    pub(crate) fn recover(c: &mut Coord, r: JobRecord) -> Job {
+        let (config, build_error) = match c.catalog.build(&r.name, &r.args) {
+            Ok(built) => (built.config, None),
+            Err(e) => (RuntimeConfig::default(), Some(e)),
+        };
+        let initial_restore = config.restore.clone();
+        let mut job = Job {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            args: r.args.clone(),
+            workers_wanted: r.workers_wanted,
+            config,
+            clients: Vec::new(),
+            state: State::Waiting,
+            run: None,
+            restarts: r.restarts,
+            last_triggered: r.reserved.max(r.checkpoint),
+            last_complete: None,
+            initial_restore,
+            restart_at_ms: 0,
+            failure: None,
+            cancel_requested: false,
+            savepoint_waiters: Vec::new(),
+            workers_last: r.workers_last,
+            waiting_said: false,
+            runs: r.runs.clone(),
+            announced: r.checkpoint,
+            reserved: r.reserved,
+            end_message: None,
+            recovering_until_ms: None,
+            fenced: Vec::new(),
+        };
+        if let Some((state, message)) = r.end {
+            job.state = match state.as_str() {
+                "finished" => State::Finished,
+                "cancelled" => State::Cancelled,
+                _ => State::Failed(message.clone()),
+            };
+            job.end_message = Some((job.state == State::Finished, message));
+            return job;
+        }
+        let resumable = match (build_error, &job.config.checkpoints) {
+            (Some(e), _) => Err(format!("cannot build the job again: {e}")),
+            (None, None) => Err("the job takes no checkpoints to resume from".to_owned()),
+            (None, Some(cp)) => newest_complete(&cp.dir, r.checkpoint),
+        };
+        match resumable {
+            Ok(found) => {
+                if let Some((id, _)) = &found {
+                    job.last_triggered = job.last_triggered.max(*id);
+                }
+                job.last_complete = found;
+                let grace = c.opts.cluster.heartbeat_timeout.as_millis() as u64;
+                job.recovering_until_ms = Some(c.clock.now_ms() + grace);
+                let from = match &job.last_complete {
+                    Some((id, _)) => format!("checkpoint {id}"),
+                    None => "its start".to_owned(),
+                };
+                tracing::warn!(job = %job.id, "recovered after a coordinator restart: \
+                    resuming from {from}");
+            }
+            Err(why) => {
+                let message = format!("{} lost at a coordinator restart: {why}", job.id);
+                job.end(c, State::Failed(message.clone()), false, message);
+            }
+        }
+        job
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The job as the job store keeps it.
+    pub(crate) fn record(&self) -> JobRecord {
+        let end = match &self.state {
+            State::Finished => Some("finished"),
+            State::Cancelled => Some("cancelled"),
+            State::Failed(_) => Some("failed"),
+            _ => None,
+        };
+        JobRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            args: self.args.clone(),
+            workers_wanted: self.workers_wanted,
+            runs: self.runs.clone(),
+            restarts: self.restarts,
+            workers_last: self.workers_last,
+            checkpoint: self.announced,
+            reserved: self.reserved,
+            end: end.map(|e| {
+                let message = self.end_message.as_ref().map_or("", |(_, m)| m.as_str());
+                (e.to_owned(), message.to_owned())
+            }),
+        }
+    }
+
+    /// A client asks for the job's progress and end on `client` (it reconnected).
+    pub(crate) fn watch(&mut self, client: Connection) {
+        let _ = protocol::send(
+            &client,
+            &Msg::Submitted {
+                job_id: self.id.clone(),
+            },
+        );
+        if let Some((ok, message)) = &self.end_message {
+            let end = Msg::JobEnded {
+                job_id: self.id.clone(),
+                ok: *ok,
+                message: message.clone(),
+            };
+            let _ = protocol::send(&client, &end);
+            client.close();
+            return;
+        }
+        let _ = protocol::send(
+            &client,
+            &Msg::Status {
+                line: format!("watching {} ({})", self.id, self.row().state),
+            },
+        );
+        self.clients.push(client);
+    }
+
+    /// A part of the job's old run `run` on node `node` ended (a stale part): once a later run
+    /// has settled the output (or the job finished), the node drops it and deletes what it
+    /// left uncommitted — a zombie's files; until then it waits.
+    pub(crate) fn fence(&mut self, c: &mut Coord, node: u64, run: u64) {
+        // A run recorded after `run` has settled the output (it is recorded after settling).
+        let settled_since = self.runs.iter().any(|&r| r > run);
+        let abort = match &self.state {
+            State::Finished => Some(true),
+            State::Failed(_) | State::Cancelled => Some(false),
+            _ if settled_since => Some(true),
+            _ => None,
+        };
+        match abort {
+            Some(abort) => {
+                if let Some(n) = c.nodes.get(&node) {
+                    let _ = protocol::send(&n.conn, &Msg::Cancel { run, abort });
+                }
+            }
+            None => self.fenced.push((node, run)),
+        }
+    }
+
+    /// Answers the stale parts waiting in [`Job::fence`].
+    fn release_fenced(&mut self, c: &mut Coord, abort: bool) {
+        for (node, run) in self.fenced.drain(..) {
+            if let Some(n) = c.nodes.get(&node) {
+                let _ = protocol::send(&n.conn, &Msg::Cancel { run, abort });
+            }
         }
     }
 
@@ -185,6 +370,12 @@ impl Job {
     fn end(&mut self, c: &mut Coord, state: State, ok: bool, message: String) {
         self.release(c);
         tracing::info!(job = %self.id, ok, "job ended: {message}");
+        self.release_fenced(c, state == State::Finished);
+        self.end_message = Some((ok, message.clone()));
+        self.state = state.clone();
+        if let Err(e) = c.persist(self) {
+            tracing::warn!(job = %self.id, "{e}");
+        }
         for client in self.clients.drain(..) {
             let end = Msg::JobEnded {
                 job_id: self.id.clone(),
@@ -239,6 +430,14 @@ impl Job {
                 self.status("waiting for worker nodes with free slots");
             }
             return;
+        }
+        if let Some(until) = self.recovering_until_ms {
+            let total: u32 = free.iter().map(|(_, n)| n).sum();
+            let wanted = self.workers_wanted.unwrap_or(self.workers_last);
+            if total < wanted && c.clock.now_ms() < until {
+                return;
+            }
+            self.recovering_until_ms = None;
         }
         self.waiting_said = false;
         let placement = place(&free, self.workers_wanted);
@@ -301,21 +500,30 @@ impl Job {
                     workers: workers as usize,
                     metrics: &metrics,
                     restored_id,
+                    restored_run: restore.as_ref().map_or(0, |(_, m)| m.run),
                     restore: restore.as_ref().and_then(|(_, m)| m.stages.get(i)),
                     settle_output: true,
                 })
                 .map_err(|e| e.to_string())?;
         }
+        // Durable before any node hears of the run (and after the settlement: a run in the
+        // record has settled the output).
+        let run_id = c.take_run_id(&self.id)?;
+        self.runs.push(run_id);
+        self.workers_last = workers;
+        self.announced = self.announced.max(restored_id);
+        c.persist(self)?;
+        // The output is settled for this run: stale parts of earlier ones may go.
+        self.release_fenced(c, true);
         let info = JobInfo {
             job: self.name.clone(),
             workers: workers as usize,
             key_groups_max,
             stage_names: graph.stages.iter().map(|s| s.name()).collect(),
+            run: run_id,
         };
         let last = self.last_triggered.max(restored_id);
         let checkpoints = checkpoint::Coordinator::new(self.config.checkpoints.clone(), info, last);
-        let run_id = c.next_run;
-        c.next_run += 1;
         let mut parts = Vec::new();
         let mut first = 0u32;
         for &(node, count) in placement {
@@ -451,10 +659,31 @@ impl Job {
     }
 
     fn forward_checkpoints(&mut self, c: &mut Coord) {
+        let Some(run) = &self.run else { return };
+        let trigger = run.checkpoints.control().trigger.load(Ordering::Acquire);
+        let new_trigger = trigger > run.sent_trigger;
+        let completed = run.checkpoints.last_completed();
+        let new_complete = completed > run.sent_complete;
+        // Durable before the nodes hear of them: checkpoint ids beyond the reservation, and a
+        // completion (a restarted coordinator resumes from it or a newer one, never from an
+        // older one whose later output a node may have published).
+        let reserve = new_trigger && trigger > self.reserved;
+        if c.store.is_some() && (reserve || new_complete) {
+            if reserve {
+                self.reserved = trigger + RESERVE_CHECKPOINTS;
+            }
+            if new_complete {
+                self.announced = completed;
+                self.reserved = self.reserved.max(completed);
+            }
+            if let Err(e) = c.persist(self) {
+                self.fail_run(c, e, false);
+                return;
+            }
+        }
         let Some(run) = &mut self.run else { return };
-        let control = run.checkpoints.control();
-        let trigger = control.trigger.load(Ordering::Acquire);
-        if trigger > run.sent_trigger {
+        if new_trigger {
+            let control = run.checkpoints.control();
             run.sent_trigger = trigger;
             self.last_triggered = self.last_triggered.max(trigger);
             let msg = Msg::Trigger {
@@ -471,8 +700,7 @@ impl Job {
                 }
             }
         }
-        let completed = run.checkpoints.last_completed();
-        if completed > run.sent_complete {
+        if new_complete {
             run.sent_complete = completed;
             // A final checkpoint takes an id without a trigger.
             self.last_triggered = self.last_triggered.max(completed);
@@ -496,9 +724,11 @@ impl Job {
 
     fn check_committed(&mut self, c: &mut Coord) {
         let Some(run) = &self.run else { return };
-        if run.parts.iter().any(|p| p.lost) {
+        if run.parts.iter().any(|p| p.lost && !p.committed) {
+            // Restartable: a run restored from the final checkpoint (its sources all read)
+            // settles the output — it commits what the lost node had not — and ends at once.
             let message = "a worker node was lost while the output was being committed".into();
-            self.end(c, State::Failed(String::clone(&message)), false, message);
+            self.fail_run(c, message, true);
             return;
         }
         if !run.parts.iter().all(|p| p.committed) {
@@ -594,10 +824,14 @@ impl Job {
         }
     }
 
-    pub(crate) fn node_message(&mut self, c: &mut Coord, node: u64, msg: Msg) {
-        let Some(run) = &mut self.run else { return };
+    /// A message of the job's current run from node `node`; given back when the node has
+    /// no part in the run (a node that joined again after it was lost: a stale message).
+    pub(crate) fn node_message(&mut self, c: &mut Coord, node: u64, msg: Msg) -> Option<Msg> {
+        let Some(run) = &mut self.run else {
+            return Some(msg);
+        };
         let Some(part) = run.parts.iter_mut().find(|p| p.node == node) else {
-            return;
+            return Some(msg);
         };
         match msg {
             Msg::Prepared { addrs, .. } if addrs.len() == part.count as usize => {
@@ -690,6 +924,7 @@ impl Job {
             },
             _ => {}
         }
+        None
     }
 
     /// The user asked to cancel.
@@ -755,6 +990,29 @@ impl Job {
             let _ = protocol::send(&w, &msg);
             w.close();
         }
+    }
+}
+
+/// Where a recovered job resumes: the newest complete checkpoint under `root` — at least
+/// `announced`, the newest one the nodes may have published output of (0: none yet, the job
+/// starts over).
+fn newest_complete(
+    root: &std::path::Path,
+    announced: u64,
+) -> Result<Option<(u64, PathBuf)>, String> {
+    if announced == 0 {
+        return Ok(None);
+    }
+    let (latest, skipped) = metadata::latest(root).map_err(|e| e.to_string())?;
+    for s in skipped {
+        tracing::warn!("skipping an incomplete checkpoint: {s}");
+    }
+    match latest {
+        Some((dir, meta)) if meta.checkpoint_id >= announced => Ok(Some((meta.checkpoint_id, dir))),
+        _ => Err(format!(
+            "its checkpoint {announced} is no longer under {}",
+            root.display()
+        )),
     }
 }
 

@@ -7,8 +7,30 @@
 //! milliseconds — deploys, checkpoint triggers and completions, failovers — and checks the
 //! nodes' heartbeats. The state is a plain struct behind a `RefCell`, never borrowed across
 //! an await.
+//!
+//! **What survives a coordinator restart.** With `--checkpoint-dir DIR`, the coordinator keeps
+//! the jobs it accepted in a job store, `DIR/jobs` ([`store`]): each job's name, options,
+//! runs, restarts, the newest checkpoint it announced complete, the checkpoint ids it
+//! reserved, and its end. A coordinator started again on the same `DIR` reloads them: an
+//! unfinished job restarts from its newest complete checkpoint (as after a failover, waiting a
+//! heartbeat timeout for the nodes to come back) as a run whose id is above every id its
+//! predecessor used, with checkpoint ids above every id it may have triggered. The worker
+//! nodes stopped their parts when they lost the coordinator, and reconnect; a client waiting
+//! for a job reconnects and watches it by id. What does not survive: the node registry (the
+//! nodes register again), a savepoint under way (its request fails), and jobs of a
+//! coordinator without `--checkpoint-dir`; a job that takes no checkpoints fails at the
+//! restart (it has nothing to resume from).
+//!
+//! **Fencing.** Every node message names its run; a message of a run that is not a job's
+//! current run (a late acknowledgement of a run that was failed over, a node that was paused
+//! past its heartbeat timeout, a part of the coordinator's predecessor) is rejected, logged
+//! (`rejected a stale message of run N from node X (K so far)`) and counted. When a stale
+//! part reports it has ended, the coordinator tells the node to drop it — and to delete its
+//! uncommitted files (`Cancel` with `abort`) once a later run of the job has settled the
+//! output, since anything such a part wrote after that settlement is a zombie's.
 
 mod job;
+mod store;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -26,6 +48,7 @@ use crate::JobCatalog;
 use crate::config::ClusterConfig;
 use crate::protocol::{self, HEARTBEAT_INTERVAL, Incoming, Msg, NodeRow};
 use job::Job;
+use store::JobStore;
 
 /// How a coordinator runs.
 #[derive(Clone, Debug)]
@@ -44,6 +67,8 @@ pub struct CoordinatorOptions {
 const TICK: Duration = Duration::from_millis(5);
 /// Time a connection has to say who it is.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an address in use is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(10);
 
 /// Runs a coordinator on this thread, forever (or until it cannot listen). `ready` gets its
 /// address once it listens.
@@ -66,10 +91,9 @@ async fn serve(
     catalog: Arc<dyn JobCatalog>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
-    let listener = Listener::bind(opts.listen, &opts.cluster.net())
-        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let listener = bind(&opts).await?;
+    let coord = Rc::new(RefCell::new(Coord::new(opts, catalog)?));
     ready(listener.local_addr());
-    let coord = Rc::new(RefCell::new(Coord::new(opts, catalog)));
     let ticker = coord.clone();
     glommio::spawn_local(async move {
         loop {
@@ -84,6 +108,34 @@ async fn serve(
             .await
             .map_err(|e| format!("accept on {}: {e}", listener.local_addr()))?;
         glommio::spawn_local(session(conn, coord.clone())).detach();
+    }
+}
+
+/// Binds the listener. An address in use is tried again for up to [`BIND_RETRY`]: the
+/// sockets of a predecessor killed on this address close only once the kernel has torn its
+/// io_uring down, which may take a moment.
+async fn bind(opts: &CoordinatorOptions) -> Result<Listener, String> {
+    let clock = SystemClock::new();
+    let give_up = clock.now_ms() + BIND_RETRY.as_millis() as u64;
+    let mut said = false;
+    loop {
+        match Listener::bind(opts.listen, &opts.cluster.net()) {
+            Ok(listener) => return Ok(listener),
+            Err(sluice_net::NetError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && clock.now_ms() < give_up =>
+            {
+                if !said {
+                    said = true;
+                    tracing::warn!(
+                        "{} is in use; trying again for up to {} s",
+                        opts.listen,
+                        BIND_RETRY.as_secs()
+                    );
+                }
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("cannot listen on {}: {e}", opts.listen)),
+        }
     }
 }
 
@@ -153,11 +205,23 @@ pub(crate) struct Coord {
     pub(crate) next_run: u64,
     last_heartbeat_ms: u64,
     sequence: u64,
+    /// The job store (with `--checkpoint-dir`).
+    pub(crate) store: Option<JobStore>,
+    /// Which job each run (this coordinator's or a predecessor's) belonged to.
+    pub(crate) run_owner: BTreeMap<u64, String>,
+    /// Stale messages rejected so far.
+    stale_rejected: u64,
 }
 
 impl Coord {
-    fn new(opts: CoordinatorOptions, catalog: Arc<dyn JobCatalog>) -> Coord {
-        Coord {
+    /// The coordinator's state, with the jobs of its job store reloaded.
+    fn new(opts: CoordinatorOptions, catalog: Arc<dyn JobCatalog>) -> Result<Coord, String> {
+        let store = opts
+            .checkpoint_dir
+            .as_deref()
+            .map(JobStore::open)
+            .transpose()?;
+        let mut c = Coord {
             opts,
             catalog,
             nodes: BTreeMap::new(),
@@ -168,7 +232,27 @@ impl Coord {
             next_run: 1,
             last_heartbeat_ms: 0,
             sequence: 0,
+            store,
+            run_owner: BTreeMap::new(),
+            stale_rejected: 0,
+        };
+        let Some(store) = &c.store else {
+            return Ok(c);
+        };
+        let ((next_job, next_run), records) = store.load()?;
+        c.next_job = next_job;
+        c.next_run = next_run;
+        for record in records {
+            let number = record.id[4..].parse::<u64>().unwrap_or(0);
+            c.next_job = c.next_job.max(number + 1);
+            for &run in &record.runs {
+                c.next_run = c.next_run.max(run + 1);
+                c.run_owner.insert(run, record.id.clone());
+            }
+            let job = Job::recover(&mut c, record);
+            c.jobs.insert(job.id().to_owned(), job);
         }
+        Ok(c)
     }
 
     fn add_node(&mut self, conn: Connection, name: String, slots: u32) -> Option<u64> {
@@ -237,8 +321,41 @@ impl Coord {
             .find(|(_, j)| j.run_id() == Some(run))
             .map(|(id, _)| id.clone());
         match owner {
-            Some(job_id) => self.with_job(&job_id, |job, c| job.node_message(c, node, msg)),
-            None => tracing::debug!(run, "a message of a run that is over: ignored"),
+            Some(job_id) => {
+                let mut given_back = None;
+                self.with_job(&job_id, |job, c| {
+                    given_back = job.node_message(c, node, msg);
+                });
+                if let Some(msg) = given_back {
+                    self.reject_stale(node, run, &msg);
+                }
+            }
+            None => self.reject_stale(node, run, &msg),
+        }
+    }
+
+    /// A message of run `run`, which is no job's current run or not one `node` has a part
+    /// in: rejected and counted. When the stale part says it ended, its job decides what the
+    /// node does with it.
+    fn reject_stale(&mut self, node: u64, run: u64, msg: &Msg) {
+        self.stale_rejected += 1;
+        let name = self.nodes.get(&node).map_or("?", |n| n.name.as_str());
+        tracing::warn!(
+            "rejected a stale message of run {run} from node {name} ({} so far)",
+            self.stale_rejected
+        );
+        if !matches!(msg, Msg::RunEnded { .. }) {
+            return;
+        }
+        match self.run_owner.get(&run).cloned() {
+            Some(job_id) if self.jobs.contains_key(&job_id) => {
+                self.with_job(&job_id, |job, c| job.fence(c, node, run));
+            }
+            _ => {
+                if let Some(n) = self.nodes.get(&node) {
+                    let _ = protocol::send(&n.conn, &Msg::Cancel { run, abort: false });
+                }
+            }
         }
     }
 
@@ -301,6 +418,17 @@ impl Coord {
                     })
                     .collect(),
             },
+            Msg::Watch { job_id } => {
+                let mut known = false;
+                self.with_job(&job_id, |job, _| {
+                    known = true;
+                    job.watch(conn.clone());
+                });
+                if known {
+                    return;
+                }
+                no_such_job(&job_id)
+            }
             Msg::CancelJob { job_id } => {
                 let mut reply = None;
                 self.with_job(&job_id, |job, c| reply = Some(job.cancel(c)));
@@ -348,11 +476,49 @@ impl Coord {
                 return;
             }
         };
+        let job = Job::new(
+            id.clone(),
+            name.clone(),
+            args,
+            workers,
+            built.config,
+            conn.clone(),
+        );
+        // Durable before the client hears of it.
+        let stored = match &self.store {
+            Some(store) => store
+                .save_counters(self.next_job + 1, self.next_run)
+                .and_then(|()| store.save(&job.record())),
+            None => Ok(()),
+        };
+        if let Err(message) = stored {
+            let _ = protocol::send(&conn, &Msg::Failed { message });
+            conn.close();
+            return;
+        }
         self.next_job += 1;
         let _ = protocol::send(&conn, &Msg::Submitted { job_id: id.clone() });
         tracing::info!(job = %id, name = %name, "job submitted");
-        let job = Job::new(id.clone(), name, args, workers, built.config, conn);
         self.jobs.insert(id, job);
+    }
+
+    /// Writes job `job`'s record to the store (if any).
+    pub(crate) fn persist(&self, job: &Job) -> Result<(), String> {
+        match &self.store {
+            Some(store) => store.save(&job.record()),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the next run id, durably (a restarted coordinator never reuses it).
+    pub(crate) fn take_run_id(&mut self, job_id: &str) -> Result<u64, String> {
+        let run = self.next_run;
+        if let Some(store) = &self.store {
+            store.save_counters(self.next_job, run + 1)?;
+        }
+        self.next_run += 1;
+        self.run_owner.insert(run, job_id.to_owned());
+        Ok(run)
     }
 
     /// Prepares the stages of a job built for checking, as a run would (without settling
@@ -371,6 +537,7 @@ impl Coord {
                     workers,
                     metrics: &metrics,
                     restored_id: 0,
+                    restored_run: 0,
                     restore: None,
                     settle_output: false,
                 })

@@ -30,6 +30,8 @@ pub struct JobInfo {
     pub key_groups_max: u32,
     /// Its stages' names, in graph order.
     pub stage_names: Vec<String>,
+    /// The run (a cluster's deployment of the job) taking the checkpoints; 0 in one process.
+    pub run: u64,
 }
 
 /// The largest value the histograms of [`CheckpointStats`] tell apart: an hour, in µs.
@@ -432,6 +434,7 @@ impl Coordinator {
             timestamp_ms: self.control.trigger_ms.load(Ordering::Relaxed),
             workers: self.info.workers,
             key_groups_max: self.info.key_groups_max,
+            run: self.info.run,
             stages,
         }
     }
@@ -505,6 +508,7 @@ mod tests {
             workers: 1,
             key_groups_max: 128,
             stage_names: vec!["Source: a".into(), "Exchange -> b".into()],
+            run: 0,
         };
         let commits = Arc::new(Mutex::new(Vec::new()));
         let stages: Vec<Box<dyn StageFactory>> = info

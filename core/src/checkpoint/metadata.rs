@@ -37,6 +37,10 @@ pub struct CheckpointMetadata {
     pub workers: usize,
     /// The job's key groups.
     pub key_groups_max: u32,
+    /// The run (a cluster's deployment of the job) that took it; 0 in one process. A restore
+    /// commits only the output files this run left pending (see `Sink::recover`).
+    #[serde(default)]
+    pub run: u64,
     /// Per stage of the job graph, in order.
     pub stages: Vec<StageMetadata>,
 }
@@ -260,6 +264,7 @@ mod tests {
             timestamp_ms: 1,
             workers: 2,
             key_groups_max: 128,
+            run: 0,
             stages: vec![StageMetadata {
                 stage: 0,
                 name: "Source: x".into(),

@@ -44,6 +44,16 @@ pub(crate) fn uninstall() -> Option<Rc<Links>> {
     LINKS.with(|l| l.borrow_mut().take())
 }
 
+/// Fails this thread's connections at once (see `Connection::abort`): the part is being
+/// stopped, and a peer that does not read must not hold its stages.
+pub(crate) fn abort_installed() {
+    LINKS.with(|l| {
+        if let Some(links) = l.borrow().as_ref() {
+            links.abort();
+        }
+    });
+}
+
 fn with_conn<R>(peer: usize, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
     LINKS.with(|l| {
         let links = l.borrow();
@@ -92,6 +102,13 @@ pub(crate) fn net_error(op: &'static str, e: &NetError) -> Error {
 }
 
 impl Links {
+    /// Fails every connection at once.
+    pub(crate) fn abort(&self) {
+        for conn in self.conns.values() {
+            conn.abort();
+        }
+    }
+
     /// Starts closing every connection and waits until each has flushed what was queued.
     pub(crate) async fn close_and_flush(&self) {
         for conn in self.conns.values() {

@@ -93,6 +93,9 @@ pub struct Part {
     threads: Vec<std::thread::JoinHandle<()>>,
     events: mpsc::Receiver<Event>,
     cancelled: Arc<AtomicBool>,
+    /// Set by [`Part::cancel`] (unlike `cancelled`, which a local failure sets too): the
+    /// workers then fail their connections to other nodes rather than close them gracefully.
+    stopped: Arc<AtomicBool>,
     metrics: Arc<JobMetrics>,
     finished: usize,
     errors: Vec<Error>,
@@ -124,6 +127,7 @@ impl Part {
                 workers: layout.workers,
                 metrics: &metrics,
                 restored_id,
+                restored_run: spec.restore.as_ref().map_or(0, |(_, m)| m.run),
                 restore: spec.restore.as_ref().and_then(|(_, m)| m.stages.get(i)),
                 settle_output: false,
             })?;
@@ -138,6 +142,7 @@ impl Part {
         let (state, scratch) = runtime::state_settings(&spec.config)?;
         let state_restore = Arc::new(runtime::state_restores(&graph, spec.restore.as_ref()));
         let cancelled = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
         let (events_tx, events) = mpsc::channel();
         let mut part = Part {
             graph: graph.clone(),
@@ -149,6 +154,7 @@ impl Part {
             threads: Vec::new(),
             events,
             cancelled: cancelled.clone(),
+            stopped: stopped.clone(),
             metrics: metrics.clone(),
             finished: 0,
             errors: Vec::new(),
@@ -169,6 +175,7 @@ impl Part {
             ctx.checkpoints = Some(control.clone());
             ctx.source_rate = spec.config.source_rate;
             ctx.restored_id = restored_id;
+            ctx.run = spec.run;
             ctx.state = Some(state.clone());
             ctx.state_restore = state_restore.clone();
             let port = match spec.data_port {
@@ -185,6 +192,7 @@ impl Part {
                 net: spec.net.clone(),
                 peers: remote.clone(),
                 events: events_tx.clone(),
+                stopped: stopped.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("{}{w}", runtime::WORKER_THREAD_PREFIX))
@@ -276,6 +284,7 @@ impl Part {
 
     /// Tears the part down: every local worker stops as soon as it notices.
     pub fn cancel(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         self.cancelled.store(true, Ordering::Relaxed);
         for go in &self.go {
             let _ = go.send(Go::Stop);
@@ -382,10 +391,13 @@ struct PartWorker {
     net: NetConfig,
     peers: Arc<Vec<usize>>,
     events: mpsc::Sender<Event>,
+    stopped: Arc<AtomicBool>,
 }
 
 /// How often a worker waiting for the go checks for it.
 const GO_POLL: Duration = Duration::from_millis(2);
+/// How often a running worker checks whether its part was stopped.
+const STOP_POLL: Duration = Duration::from_millis(10);
 
 impl PartWorker {
     fn main(self, go: mpsc::Receiver<Go>) {
@@ -452,16 +464,30 @@ impl PartWorker {
             }
         };
         links::install(links);
+        // Stopped from outside (the run is cancelled): a stage blocked on a peer that does
+        // not read — paused, say — would not notice, so the connections fail at once.
+        let stopped = self.stopped.clone();
+        glommio::spawn_local(async move {
+            while !stopped.load(Ordering::Relaxed) {
+                glommio::timer::sleep(STOP_POLL).await;
+            }
+            links::abort_installed();
+        })
+        .detach();
         let result = runtime::run_stages(self.ctx.clone(), self.graph.clone()).await;
         if result.is_err() {
             self.ctx.cancel();
         }
         if let Some(links) = links::uninstall() {
-            // The last frames (end of input, a final barrier) must leave before the executor
-            // stops; a peer that is gone ends the wait.
-            let flush = links.close_and_flush();
-            let limit = glommio::timer::sleep(Duration::from_secs(10));
-            futures_lite::future::or(flush, limit).await;
+            if self.stopped.load(Ordering::Relaxed) {
+                links.abort();
+            } else {
+                // The last frames (end of input, a final barrier) must leave before the
+                // executor stops; a peer that is gone ends the wait.
+                let flush = links.close_and_flush();
+                let limit = glommio::timer::sleep(Duration::from_secs(10));
+                futures_lite::future::or(flush, limit).await;
+            }
         }
         Some(result)
     }

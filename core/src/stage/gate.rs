@@ -68,7 +68,9 @@ where
         self.inner.name.clone()
     }
     fn prepare(&self, p: &Prepare<'_>) -> Result<()> {
-        self.inner.out.prepare(p.workers, p.settle_id())
+        self.inner
+            .out
+            .prepare(p.workers, p.settle_id(), p.restored_run)
     }
     fn instantiate(&self, ctx: WorkerContext) -> StageFuture {
         let inner = self.inner.clone();

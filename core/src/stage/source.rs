@@ -106,7 +106,9 @@ where
             let bytes = inner.source.split_bytes(&plan.split).unwrap_or(0);
             p.metrics.add_input_bytes_total(bytes);
         }
-        inner.out.prepare(p.workers, p.settle_id())?;
+        inner
+            .out
+            .prepare(p.workers, p.settle_id(), p.restored_run)?;
         *inner.plans.lock().unwrap_or_else(|e| e.into_inner()) = plans;
         Ok(())
     }
