@@ -155,7 +155,12 @@ impl<T: Display, D: Disk> Sink<T> for TextFileSink<D> {
     }
     fn recover(&self, restored_id: u64, restored_run: u64) -> Result<()> {
         if restored_id == 0 {
-            return Ok(());
+            // A start without a checkpoint: whatever this sink wrote before (an attempt that
+            // failed before its first checkpoint completed) is covered by none and will be
+            // written again; left pending, a later restore would commit it twice. Other
+            // sinks' pending files (another process's) are not ours to judge.
+            let own = format!("-{}-", self.run);
+            return self.settle(|name, _| name.contains(&own).then_some(false));
         }
         // Every run's pending files: the ones the resumed checkpoint covers are output, the
         // rest will be written again. On a cluster, only the files of the run that took the
@@ -420,6 +425,22 @@ mod tests {
             assert_eq!(entries(dir.path()), expected, "restored run {run}");
         }
         assert_eq!(file_run("part-00000-aa-r7-9"), Some(7));
+    }
+
+    #[test]
+    fn a_restart_without_a_checkpoint_drops_what_the_failed_attempt_left_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = TextFileSink::new(dir.path());
+        let own = [
+            format!(".part-00000-{}-1.pending", sink.run),
+            format!(".part-00001-{}-2.pending", sink.run),
+        ];
+        let other = ".part-00000-zz-1.pending";
+        for name in own.iter().map(String::as_str).chain([other]) {
+            std::fs::write(dir.path().join(name), "1\n").unwrap();
+        }
+        <TextFileSink as Sink<u64>>::recover(&sink, 0, 0).unwrap();
+        assert_eq!(entries(dir.path()), vec![other.to_string()]);
         assert_eq!(file_run("part-00002-dd-4"), None);
     }
 }
