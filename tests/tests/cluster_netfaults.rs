@@ -1,0 +1,535 @@
+//! Network faults between real cluster processes (RELIABILITY R5): a coordinator in the root
+//! network namespace and two worker nodes, each in a network namespace of its own, joined to
+//! the coordinator and to each other through veth pairs on a bridge (10.77.S.0/24, so the
+//! nodes use a secret file). The checkpointed, throttled `running-count` job of the example
+//! job binary runs while
+//!
+//! - a worker node in use is partitioned for 1–5 s, then healed, three times: by dropping
+//!   everything but loopback in its namespace (`iptables -j DROP`, both directions: the
+//!   packets vanish silently) or by taking its veth down (no carrier); a partition longer
+//!   than the heartbeat timeout (3 s) fails the run over to the other node, a shorter one is
+//!   bridged by TCP's retransmissions;
+//! - then both nodes lose 5 % of their packets for 3 s (`-m statistic --mode random`).
+//!
+//! Pass: the job completes (within the usual wait limit after the faults stop; the time is
+//! printed) and Flink's per-key sequence oracle holds: per key, every running count 1..n
+//! exactly once in the committed output, no pending file left. Durations, targets and methods
+//! are drawn from a seed printed first (`SLUICE_FAULT_SEED=…`); the suite prints one JSON
+//! line of figures.
+//!
+//! It needs root, `ip` (iproute2) and, for the DROP partitions and the loss episode,
+//! `iptables` (`.ci/run` installs it when missing). Without namespaces it prints
+//! `skipped: <reason>` and passes; without `iptables` every partition takes the veth down and
+//! the loss episode is skipped, said likewise. Namespaces, veths and bridge get names unique
+//! to the test process and are removed when the test ends, failed or not (iptables rules
+//! live in the workers' namespaces and go with them).
+//!
+//! Longer variants: `SLUICE_RELIABILITY=extended` runs 30 partitions and 10 loss episodes of
+//! 1–20 % (`SLUICE_KILLS=N` sets the partitions, loss episodes are a third of them), and
+//! `SLUICE_FAULT_SEED=N` replays a schedule:
+//!
+//! ```sh
+//! SLUICE_RELIABILITY=extended cargo test -p sluice-tests --test cluster_netfaults -- --nocapture
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice_tests::cluster::{Proc, WAIT_LIMIT, secret_file};
+use sluice_tests::faults::{Rng, extended, iterations};
+use sluice_tests::windows::read_lines;
+use sluice_tests::{example_bin, hidden_dot_entries};
+
+/// Says `line` on the test's stderr even when the harness captures output (a skip must be
+/// visible in CI's log).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Runs `prog args`; its stderr as the error if it fails.
+fn run(prog: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{prog}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{prog} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `prog args` and fails the test if it fails.
+#[track_caller]
+fn must(prog: &str, args: &[&str]) {
+    if let Err(e) = run(prog, args) {
+        panic!("{e}");
+    }
+}
+
+/// How a partition is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// Everything but loopback dropped in the node's namespace, both directions.
+    Drop,
+    /// The node's veth taken down on the bridge's side.
+    LinkDown,
+}
+
+/// The network of a test: a bridge in the root namespace with the coordinator's address, and
+/// per worker node a namespace whose veth is a port of the bridge. Removed when dropped.
+struct Netns {
+    /// Unique to this test process: names and the subnet derive from it.
+    tag: String,
+    /// `10.77.S`.
+    prefix: String,
+    bridge: String,
+    /// Per node: its namespace and the root end of its veth.
+    nodes: Vec<(String, String)>,
+    iptables: bool,
+}
+
+impl Netns {
+    /// Sets up the bridge and `nodes` namespaces, or says why it cannot.
+    fn new(nodes: usize) -> Result<Netns, String> {
+        run("ip", &["-V"]).map_err(|e| format!("no `ip` (iproute2): {e}"))?;
+        let pid = std::process::id();
+        let tag = format!("{}", pid % 100_000);
+        // A /24 no interface of the root namespace uses yet.
+        let addrs = Command::new("ip")
+            .args(["-4", "-o", "addr"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let subnet = (0..250)
+            .map(|i| (pid as usize + i) % 250 + 1)
+            .find(|s| !addrs.contains(&format!("10.77.{s}.")))
+            .ok_or("no free 10.77.S.0/24")?;
+        let mut net = Netns {
+            prefix: format!("10.77.{subnet}"),
+            bridge: format!("snf{tag}br"),
+            tag,
+            nodes: Vec::new(),
+            iptables: false,
+        };
+        let first_ns = format!("sluice-nf-{}-w1", net.tag);
+        run("ip", &["netns", "add", &first_ns])
+            .map_err(|e| format!("cannot create a network namespace (root needed): {e}"))?;
+        run("ip", &["netns", "del", &first_ns])?;
+        must("ip", &["link", "add", &net.bridge, "type", "bridge"]);
+        let cidr = format!("{}.1/24", net.prefix);
+        must("ip", &["addr", "add", &cidr, "dev", &net.bridge]);
+        must("ip", &["link", "set", &net.bridge, "up"]);
+        for i in 1..=nodes {
+            let ns = format!("sluice-nf-{}-w{i}", net.tag);
+            let veth = format!("snf{}w{i}", net.tag);
+            must("ip", &["netns", "add", &ns]);
+            net.nodes.push((ns.clone(), veth.clone()));
+            must(
+                "ip",
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "nf0", "netns", &ns,
+                ],
+            );
+            must("ip", &["link", "set", &veth, "master", &net.bridge]);
+            must("ip", &["link", "set", &veth, "up"]);
+            let cidr = format!("{}/24", net.node_ip(i - 1));
+            must("ip", &["-n", &ns, "addr", "add", &cidr, "dev", "nf0"]);
+            must("ip", &["-n", &ns, "link", "set", "nf0", "up"]);
+            must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        net.iptables = match net.iptables_in(0, &["-S"]) {
+            Ok(()) => true,
+            Err(e) => {
+                say(&format!(
+                    "cluster_netfaults: no usable iptables ({e}): partitions take veths down, \
+                     the loss episode is skipped"
+                ));
+                false
+            }
+        };
+        Ok(net)
+    }
+
+    /// The coordinator's address, on the bridge.
+    fn coordinator_ip(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// Node `i`'s address, in its namespace.
+    fn node_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, 10 + i)
+    }
+
+    /// `ip netns exec NS iptables ARGS` for node `i`.
+    fn iptables_in(&self, i: usize, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", &self.nodes[i].0, "iptables", "-w"];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Adds `rule` (after the chain) to INPUT for packets not from loopback and to OUTPUT for
+    /// packets not to it, in node `i`'s namespace; `-D` instead of `-A` deletes them.
+    fn both_ways(&self, i: usize, op: &str, rule: &[&str]) {
+        for (chain, iface) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            let mut args = vec![op, chain, "!", iface, "lo"];
+            args.extend_from_slice(rule);
+            if let Err(e) = self.iptables_in(i, &args) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    /// Cuts node `i` off from everything.
+    fn partition(&self, i: usize, how: Cut) {
+        match how {
+            Cut::Drop => self.both_ways(i, "-A", &["-j", "DROP"]),
+            Cut::LinkDown => must("ip", &["link", "set", &self.nodes[i].1, "down"]),
+        }
+    }
+
+    /// Heals what [`Netns::partition`] did.
+    fn heal(&self, i: usize, how: Cut) {
+        match how {
+            Cut::Drop => self.both_ways(i, "-D", &["-j", "DROP"]),
+            Cut::LinkDown => must("ip", &["link", "set", &self.nodes[i].1, "up"]),
+        }
+    }
+
+    /// Drops `percent` % of node `i`'s packets, each way, until [`Netns::no_loss`].
+    fn loss(&self, i: usize, percent: u64) -> String {
+        let p = format!("{:.2}", percent as f64 / 100.0);
+        let rule = [
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ];
+        self.both_ways(i, "-A", &rule);
+        p
+    }
+
+    fn no_loss(&self, i: usize, p: &str) {
+        let rule = [
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            p,
+            "-j",
+            "DROP",
+        ];
+        self.both_ways(i, "-D", &rule);
+    }
+
+    /// `ip netns exec NS BIN ARGS` for node `i`, as a [`Proc`] (`ip` execs the binary, so
+    /// the process is the node itself).
+    fn spawn_in(&self, i: usize, bin: &Path, name: &str, args: &[String]) -> Proc {
+        let mut all: Vec<String> = vec!["netns".into(), "exec".into(), self.nodes[i].0.clone()];
+        all.push(bin.display().to_string());
+        all.extend(args.iter().cloned());
+        Proc::spawn(Path::new("ip"), name, &all, &[])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its end of the veth, and its iptables rules, once its
+        // last process is gone; the root end goes explicitly, at once.
+        for (ns, veth) in &self.nodes {
+            let _ = run("ip", &["link", "del", veth]);
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        let _ = run("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+/// The example's key of event `i` (splitmix64's finalizer), written out again here.
+fn key_of(i: u64, keys: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % keys
+}
+
+/// Per key, the counts in `output` must be exactly 1..=n where n is the key's events, and no
+/// pending file may be left; returns (lost, duplicated), both 0, or fails with `logs()`.
+fn check_sequences(events: u64, keys: u64, output: &Path, logs: impl Fn() -> String) {
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    for i in 0..events {
+        *expected.entry(key_of(i, keys)).or_default() += 1;
+    }
+    let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for line in read_lines(output) {
+        let (k, n) = line
+            .split_once(',')
+            .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
+            .unwrap_or_else(|| panic!("malformed output line {line:?}"));
+        seen.entry(k).or_default().push(n);
+    }
+    let (mut lost, mut duplicated) = (0u64, 0u64);
+    for (key, &n) in &expected {
+        let mut got = seen.remove(key).unwrap_or_default();
+        got.sort_unstable();
+        let before = got.len() as u64;
+        got.dedup();
+        duplicated += before - got.len() as u64;
+        lost += (1..=n).filter(|c| got.binary_search(c).is_err()).count() as u64;
+    }
+    assert!(
+        seen.is_empty(),
+        "output for keys that have no events: {seen:?}"
+    );
+    assert!(
+        lost == 0 && duplicated == 0,
+        "lost {lost}, duplicated {duplicated}\n{}",
+        logs()
+    );
+    let hidden = hidden_dot_entries(output);
+    assert!(hidden.is_empty(), "pending files left: {hidden:?}");
+}
+
+/// The processes of the test: dropped (killed) before the network they use.
+struct Nodes {
+    bin: PathBuf,
+    addr: String,
+    secret: String,
+    coordinator: Proc,
+    workers: Vec<Proc>,
+}
+
+impl Nodes {
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .args(["--coordinator", &self.addr, "--secret-file", &self.secret]);
+        sluice_tests::run_command_within(cmd, Duration::from_secs(30))
+    }
+
+    /// `list`: per node its used slots, and job-0001's columns.
+    fn list(&self) -> (BTreeMap<String, u32>, Vec<String>) {
+        let out = self.client(&["list"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut nodes = BTreeMap::new();
+        let mut job = Vec::new();
+        for line in text.lines() {
+            let cols: Vec<String> = line.split_whitespace().map(String::from).collect();
+            match cols.first().map(String::as_str) {
+                Some("job-0001") => job = cols,
+                Some(name) if name.starts_with('w') && cols.len() == 4 => {
+                    nodes.insert(name.to_owned(), cols[3].parse().unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+        (nodes, job)
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("--- coordinator:\n{}", self.coordinator.log());
+        for w in &self.workers {
+            out.push_str(&format!("--- {}:\n{}", w.name, w.log()));
+        }
+        out
+    }
+}
+
+#[test]
+fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
+    let mut rng = Rng::from_env("R5 network faults");
+    let net = match Netns::new(2) {
+        Ok(net) => net,
+        Err(reason) => {
+            say(&format!("cluster_netfaults: skipped: {reason}"));
+            return;
+        }
+    };
+    let partitions = iterations(3, 30);
+    let loss_episodes = if extended() {
+        partitions.div_ceil(3)
+    } else {
+        1
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("create a temporary dir: {e}"));
+    let secret = secret_file(dir.path(), "secret", "the R5 cluster's secret, long enough");
+    let bin = example_bin("job_binary");
+    let listen = format!("{}:0", net.coordinator_ip());
+    let args: Vec<String> = [
+        "node",
+        "coordinator",
+        "--listen",
+        &listen,
+        "--secret-file",
+        &secret,
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut coordinator = Proc::spawn(&bin, "coordinator", &args, &[]);
+    let line = coordinator.wait_for_line("coordinator listening on ");
+    let addr = line.rsplit(' ').next().unwrap_or_default().to_owned();
+    let mut nodes = Nodes {
+        bin: bin.clone(),
+        addr: addr.clone(),
+        secret: secret.clone(),
+        coordinator,
+        workers: Vec::new(),
+    };
+    for i in 0..2 {
+        let name = format!("w{}", i + 1);
+        let listen = format!("{}:0", net.node_ip(i));
+        let args = [
+            "node",
+            "worker",
+            "--coordinator",
+            &addr,
+            "--listen",
+            &listen,
+            "--workers",
+            "1",
+            "--name",
+            &name,
+            "--secret-file",
+            &secret,
+        ]
+        .map(String::from);
+        let mut w = net.spawn_in(i, &bin, &name, &args);
+        w.wait_for_line("registered with the coordinator");
+        nodes.workers.push(w);
+    }
+    // About 2 s of events per fault episode at full speed, and 2 s more: the job outlives the
+    // faults (a partitioned node stalls it).
+    let rate = 4000u64;
+    let events = rate * 2 * u64::from(partitions + loss_episodes + 1);
+    let keys = 60;
+    let (output, checkpoints) = (dir.path().join("out"), dir.path().join("ck"));
+    let s = |p: &Path| p.display().to_string();
+    let job_args = [
+        "run".to_owned(),
+        "running-count".into(),
+        "--events".into(),
+        events.to_string(),
+        "--keys".into(),
+        keys.to_string(),
+        "--output".into(),
+        s(&output),
+        "--rate".into(),
+        rate.to_string(),
+        "--checkpoint-dir".into(),
+        s(&checkpoints),
+        "--checkpoint-interval-ms".into(),
+        "100".into(),
+        // Each fault may fail a run over once or twice; the default budget is 3 in all.
+        "--restart-attempts".into(),
+        (2 * (partitions + loss_episodes) + 3).to_string(),
+        "--coordinator".into(),
+        addr.clone(),
+        "--secret-file".into(),
+        secret.clone(),
+    ];
+    let mut client = Proc::spawn(&bin, "client", &job_args, &[]);
+    client.wait_for_line("submitted ");
+    let checkpoint = |job: &[String]| job.get(4).and_then(|c| c.parse::<u64>().ok());
+    let started = Instant::now();
+    while checkpoint(&nodes.list().1).unwrap_or(0) < 2 {
+        assert!(
+            started.elapsed() < WAIT_LIMIT,
+            "no checkpoint: {}\n{}",
+            client.log(),
+            nodes.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cuts = Vec::new();
+    for p in 0..partitions {
+        // A node the job runs on (the first, if the job has ended already).
+        let (used, _) = nodes.list();
+        let busy: Vec<usize> = (0..2)
+            .filter(|i| used.get(&format!("w{}", i + 1)).is_some_and(|&u| u > 0))
+            .collect();
+        let node = match busy.len() {
+            0 => 0,
+            n => busy[rng.below(n as u64) as usize],
+        };
+        let how = if net.iptables && p % 2 == 0 {
+            Cut::Drop
+        } else {
+            Cut::LinkDown
+        };
+        let ms = 1000 + rng.below(4001);
+        net.partition(node, how);
+        std::thread::sleep(Duration::from_millis(ms));
+        net.heal(node, how);
+        cuts.push(format!("w{}:{how:?}:{ms}ms", node + 1));
+        // Both nodes registered again (the cut one rejoins if it was dropped), then a pause.
+        let started = Instant::now();
+        while nodes.list().0.len() < 2 {
+            assert!(
+                started.elapsed() < WAIT_LIMIT,
+                "w{} never rejoined after {cuts:?}:\n{}",
+                node + 1,
+                nodes.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500 + rng.below(1000)));
+    }
+    let mut losses = Vec::new();
+    if net.iptables {
+        for _ in 0..loss_episodes {
+            let percent = if extended() { 1 + rng.below(20) } else { 5 };
+            let p: Vec<String> = (0..2).map(|i| net.loss(i, percent)).collect();
+            std::thread::sleep(Duration::from_millis(3000));
+            for (i, p) in p.iter().enumerate() {
+                net.no_loss(i, p);
+            }
+            losses.push(percent);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    } else {
+        say("cluster_netfaults: skipped the loss episode: no iptables");
+    }
+    let faults_over = Instant::now();
+    let status = client.wait_exit(WAIT_LIMIT);
+    let after_faults_ms = faults_over.elapsed().as_millis();
+    assert!(
+        status.success(),
+        "the job failed after {cuts:?} and loss {losses:?}: {}\n{}",
+        client.log(),
+        nodes.logs()
+    );
+    check_sequences(events, keys, &output, || {
+        format!("{cuts:?} {losses:?}\n{}\n{}", client.log(), nodes.logs())
+    });
+    let restarts = client.log().matches("restarting from checkpoint").count();
+    eprintln!(
+        "{{\"suite\":\"R5\",\"seed\":{},\"events\":{events},\"partitions\":{},\
+         \"loss_episodes\":{},\"restarts\":{restarts},\"lost\":0,\"duplicated\":0,\
+         \"completed_ms_after_faults\":{after_faults_ms}}}",
+        rng.seed(),
+        cuts.len(),
+        losses.len()
+    );
+    eprintln!("partitions {cuts:?}, loss {losses:?} %");
+    eprintln!("{}", client.log());
+    drop(nodes);
+    drop(net);
+}
