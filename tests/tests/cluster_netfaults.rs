@@ -1,8 +1,8 @@
-//! Network faults between real cluster processes (RELIABILITY R5): a coordinator in the root
-//! network namespace and two worker nodes, each in a network namespace of its own, joined to
-//! the coordinator and to each other through veth pairs on a bridge (10.77.S.0/24, so the
-//! nodes use a secret file). The checkpointed, throttled `running-count` job of the example
-//! job binary runs while
+//! Network faults between real cluster processes (RELIABILITY R5). The first test runs a
+//! coordinator in the root network namespace and two worker nodes, each in a network
+//! namespace of its own, joined to the coordinator and to each other through veth pairs on a
+//! bridge (10.77.S.0/24, so the nodes use a secret file). The checkpointed, throttled
+//! `running-count` job of the example job binary runs while
 //!
 //! - a worker node in use is partitioned for 1–5 s, then healed, three times: by dropping
 //!   everything but loopback in its namespace (`iptables -j DROP`, both directions: the
@@ -24,9 +24,15 @@
 //! to the test process and are removed when the test ends, failed or not (iptables rules
 //! live in the workers' namespaces and go with them).
 //!
-//! Longer variants: `SLUICE_RELIABILITY=extended` runs 30 partitions and 10 loss episodes of
-//! 1–20 % (`SLUICE_KILLS=N` sets the partitions, loss episodes are a third of them), and
-//! `SLUICE_FAULT_SEED=N` replays a schedule:
+//! The second test plays Jepsen's lesson from Bufstream's transactions (R5's delayed control
+//! messages) with a proxy of the test's own threads between a worker node and the coordinator,
+//! on loopback (no namespaces needed): the coordinator's "checkpoint n complete" is held for
+//! more than two checkpoint intervals while later messages pass, then delivered twice; the
+//! committed files must not change, the run must not restart, and the oracle must hold.
+//!
+//! Longer variants of the first test: `SLUICE_RELIABILITY=extended` runs 30 partitions and
+//! 10 loss episodes of 1–20 % (about 3 minutes); `SLUICE_KILLS=N` sets the number of
+//! partitions; `SLUICE_FAULT_SEED=N` replays a schedule:
 //!
 //! ```sh
 //! SLUICE_RELIABILITY=extended cargo test -p sluice-tests --test cluster_netfaults -- --nocapture
@@ -519,7 +525,7 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
     check_sequences(events, keys, &output, || {
         format!("{cuts:?} {losses:?}\n{}\n{}", client.log(), nodes.logs())
     });
-    let restarts = client.log().matches("restarting from checkpoint").count();
+    let restarts = client.log().matches("restarting from ").count();
     eprintln!(
         "{{\"suite\":\"R5\",\"seed\":{},\"events\":{events},\"partitions\":{},\
          \"loss_episodes\":{},\"restarts\":{restarts},\"lost\":0,\"duplicated\":0,\
@@ -532,4 +538,312 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
     eprintln!("{}", client.log());
     drop(nodes);
     drop(net);
+}
+
+/// What the delayed-commit proxy did and saw.
+#[derive(Debug, Default)]
+struct ProxyReport {
+    /// The `Complete` it held: run and checkpoint.
+    held: Option<(u64, u64)>,
+    /// The checkpoints of the `Complete`s that passed it while it held one.
+    passed: Vec<u64>,
+    /// How often it delivered the held message.
+    delivered: u32,
+    /// The output's committed files (name, bytes) just before the late deliveries and after.
+    committed_before: Vec<(String, u64)>,
+    committed_after: Vec<(String, u64)>,
+    /// The pending files just before the late deliveries and after.
+    pending_before: Vec<String>,
+    pending_after: Vec<String>,
+}
+
+/// The committed part files of `dir` with their sizes, and its pending files, sorted.
+fn output_files(dir: &Path) -> (Vec<(String, u64)>, Vec<String>) {
+    let (mut committed, mut pending) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            pending.push(name);
+        } else if let Ok(meta) = entry.metadata() {
+            committed.push((name, meta.len()));
+        }
+    }
+    committed.sort();
+    pending.sort();
+    (committed, pending)
+}
+
+/// The checkpoint a part file's name ends in (`part-<worker>-<run>-<epoch>`).
+fn epoch_of(name: &str) -> u64 {
+    name.trim_end_matches(".pending")
+        .rsplit('-')
+        .next()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `Msg::Complete`'s run and checkpoint if `frame` (header and payload) carries one.
+fn complete_in(frame: &[u8]) -> Option<(u64, u64)> {
+    use sluice_cluster::protocol::{self, Msg};
+    use sluice_net::wire::{Control, decode_control_message};
+    if frame[2] != sluice_net::FrameKind::Control as u8 {
+        return None;
+    }
+    let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+    // rkyv reads the payload in place: give it a 16-byte aligned copy.
+    let mut buf = vec![0u8; len + 16];
+    let off = (16 - buf.as_ptr() as usize % 16) % 16;
+    buf[off..off + len].copy_from_slice(&frame[16..16 + len]);
+    match decode_control_message(&buf[off..off + len]) {
+        Ok(Control::App { bytes }) => match protocol::decode(&bytes) {
+            Ok(Msg::Complete { run, checkpoint_id }) => Some((run, checkpoint_id)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A TCP proxy in front of the coordinator for one worker node, in threads of the test. The
+/// node → coordinator direction is copied as it is; the coordinator → node direction is cut
+/// into frames (they are authenticated at the handshake, not encrypted), and the first
+/// checkpoint-complete message for a checkpoint of at least `hold_from` is held while the
+/// later messages pass — at least one later checkpoint's `Complete` and `hold` — so that it
+/// arrives late and out of order, like a message of an older connection. Then the proxy
+/// stops forwarding for a while (a delay of every message), records the output's files,
+/// delivers the held message twice, records them again, and forwards the rest.
+struct CommitDelayProxy {
+    addr: String,
+    report: std::sync::Arc<std::sync::Mutex<ProxyReport>>,
+}
+
+impl CommitDelayProxy {
+    fn start(coordinator: &str, output: &Path, hold_from: u64, hold: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("bind the proxy: {e}"));
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let report = std::sync::Arc::new(std::sync::Mutex::new(ProxyReport::default()));
+        let (upstream, output, shared) =
+            (coordinator.to_owned(), output.to_owned(), report.clone());
+        std::thread::spawn(move || {
+            // Ends with the test process; a node that reconnects gets a new pair of pumps.
+            for node in listener.incoming().flatten() {
+                let Ok(coordinator) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (Ok(mut from_node), Ok(mut to_coordinator)) =
+                    (node.try_clone(), coordinator.try_clone())
+                else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_node, &mut to_coordinator);
+                    let _ = to_coordinator.shutdown(std::net::Shutdown::Write);
+                });
+                let (output, report) = (output.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    let mut pump = DownPump {
+                        node,
+                        output,
+                        report,
+                        hold_from,
+                        hold,
+                    };
+                    pump.run(coordinator);
+                });
+            }
+        });
+        CommitDelayProxy { addr, report }
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, ProxyReport> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The coordinator → node direction of [`CommitDelayProxy`].
+struct DownPump {
+    node: std::net::TcpStream,
+    output: PathBuf,
+    report: std::sync::Arc<std::sync::Mutex<ProxyReport>>,
+    hold_from: u64,
+    hold: Duration,
+}
+
+impl DownPump {
+    fn run(&mut self, mut coordinator: std::net::TcpStream) {
+        use std::io::Read;
+        let _ = coordinator.set_read_timeout(Some(Duration::from_millis(10)));
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut held: Option<(Vec<u8>, Instant)> = None;
+        loop {
+            match coordinator.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            while buf.len() >= 16 {
+                let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+                let total = 16 + len.div_ceil(16) * 16;
+                if buf.len() < total {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..total).collect();
+                let complete = complete_in(&frame);
+                {
+                    let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+                    match complete {
+                        Some((run, id)) if report.held.is_none() && id >= self.hold_from => {
+                            report.held = Some((run, id));
+                            held = Some((frame, Instant::now()));
+                            continue;
+                        }
+                        Some((_, id)) if held.is_some() => report.passed.push(id),
+                        _ => {}
+                    }
+                }
+                if self.node.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+            let due = held
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() >= self.hold)
+                && !self
+                    .report
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .passed
+                    .is_empty();
+            if due && let Some((frame, _)) = held.take() {
+                self.deliver_late(&frame);
+            }
+        }
+        let _ = self.node.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Stops forwarding, lets the node settle, records the output, delivers `frame` twice,
+    /// lets the node handle it, records the output again.
+    fn deliver_late(&mut self, frame: &[u8]) {
+        let settle = Duration::from_millis(400);
+        std::thread::sleep(settle);
+        let (committed_before, pending_before) = output_files(&self.output);
+        let mut delivered = 0;
+        for _ in 0..2 {
+            if self.node.write_all(frame).is_ok() {
+                delivered += 1;
+            }
+        }
+        std::thread::sleep(settle);
+        let (committed_after, pending_after) = output_files(&self.output);
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        report.delivered = delivered;
+        report.committed_before = committed_before;
+        report.committed_after = committed_after;
+        report.pending_before = pending_before;
+        report.pending_after = pending_after;
+    }
+}
+
+/// RELIABILITY R5's Kafka-transaction lesson from Jepsen's Bufstream report: the coordinator's
+/// "checkpoint n complete" to a worker node is held for more than two checkpoint intervals
+/// (100 ms each) while later messages — `Complete` n+1 among them — pass, then delivered twice,
+/// after the node's traffic from the coordinator stopped for 0.4 s. The late and duplicate
+/// commits of n change nothing: the committed files (those of n+1 included) are the same
+/// before and after, no pending file is published by them; the run is not disturbed (no
+/// restart); and the output holds the per-key sequence oracle.
+#[test]
+fn a_late_and_duplicated_checkpoint_complete_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("create a temporary dir: {e}"));
+    let bin = example_bin("job_binary");
+    let (output, checkpoints) = (dir.path().join("out"), dir.path().join("ck"));
+    let mut cluster = sluice_tests::cluster::TestCluster::coordinator_of(&bin, &[]);
+    let proxy = CommitDelayProxy::start(&cluster.addr, &output, 3, Duration::from_millis(500));
+    let args = [
+        "node",
+        "worker",
+        "--coordinator",
+        &proxy.addr,
+        "--listen",
+        "127.0.0.2:0",
+        "--workers",
+        "2",
+        "--name",
+        "w1",
+    ]
+    .map(String::from);
+    let mut worker = Proc::spawn(&bin, "w1", &args, &[]);
+    worker.wait_for_line("registered with the coordinator");
+    cluster.workers.push(worker);
+    let (events, keys, rate) = (20_000u64, 40u64, 4000u64);
+    let s = |p: &Path| p.display().to_string();
+    let job_args: Vec<String> = vec![
+        "--events".into(),
+        events.to_string(),
+        "--keys".into(),
+        keys.to_string(),
+        "--output".into(),
+        s(&output),
+        "--rate".into(),
+        rate.to_string(),
+        "--checkpoint-dir".into(),
+        s(&checkpoints),
+        "--checkpoint-interval-ms".into(),
+        "100".into(),
+    ];
+    let mut client = sluice_tests::cluster::submit(&cluster, "running-count", &job_args);
+    let status = client.wait_exit(WAIT_LIMIT);
+    assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
+    let report = proxy.report();
+    let logs = || format!("{report:?}\n{}\n{}", client.log(), cluster.logs());
+    let Some((_, held)) = report.held else {
+        panic!("no checkpoint-complete message was held: {}", logs());
+    };
+    assert_eq!(report.delivered, 2, "{}", logs());
+    assert!(
+        report.passed.iter().all(|&id| id > held) && !report.passed.is_empty(),
+        "{}",
+        logs()
+    );
+    // Later checkpoints' files were committed before the late message came, and stay as
+    // they were; no pending file was committed by it.
+    assert!(
+        report
+            .committed_before
+            .iter()
+            .any(|(name, _)| epoch_of(name) > held),
+        "{}",
+        logs()
+    );
+    assert_eq!(
+        report.committed_before,
+        report.committed_after,
+        "{}",
+        logs()
+    );
+    let published: Vec<&String> = report
+        .pending_before
+        .iter()
+        .filter(|p| !report.pending_after.contains(p))
+        .collect();
+    assert!(
+        published.is_empty(),
+        "published by a late commit: {published:?}\n{}",
+        logs()
+    );
+    assert!(!client.log().contains("restarting"), "{}", logs());
+    check_sequences(events, keys, &output, logs);
+    eprintln!(
+        "{{\"suite\":\"R5\",\"case\":\"delayed-commit\",\"held\":{held},\"passed\":{:?},\
+         \"delivered\":2,\"restarts\":0,\"lost\":0,\"duplicated\":0}}",
+        report.passed
+    );
 }
