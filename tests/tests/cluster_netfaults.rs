@@ -13,9 +13,10 @@
 //!
 //! Pass: the job completes (within the usual wait limit after the faults stop; the time is
 //! printed) and Flink's per-key sequence oracle holds: per key, every running count 1..n
-//! exactly once in the committed output, no pending file left. Durations, targets and methods
-//! are drawn from a seed printed first (`SLUICE_FAULT_SEED=…`); the suite prints one JSON
-//! line of figures.
+//! exactly once in the committed output, no pending file left; and no node's resident set
+//! more than doubles (plus 128 MiB) during the faults, sampled every 50 ms. Durations,
+//! targets and methods are drawn from a seed printed first (`SLUICE_FAULT_SEED=…`); the suite
+//! prints one JSON line of figures.
 //!
 //! It needs root, `ip` (iproute2) and, for the DROP partitions and the loss episode,
 //! `iptables` (`.ci/run` installs it when missing). Without namespaces it prints
@@ -309,6 +310,57 @@ fn check_sequences(events: u64, keys: u64, output: &Path, logs: impl Fn() -> Str
     assert!(hidden.is_empty(), "pending files left: {hidden:?}");
 }
 
+/// A process's resident set in KiB (`VmRSS` of `/proc/PID/status`), 0 once it is gone.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples the resident sets of processes every 50 ms on a thread of its own, keeping the
+/// largest per process, until dropped.
+struct RssSampler {
+    max: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pids: Vec<u32>) -> RssSampler {
+        let max = std::sync::Arc::new(std::sync::Mutex::new(vec![0; pids.len()]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, s) = (max.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let now: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+                let mut max = m.lock().unwrap_or_else(|e| e.into_inner());
+                for (m, n) in max.iter_mut().zip(now) {
+                    *m = (*m).max(n);
+                }
+                drop(max);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssSampler { max, stop }
+    }
+
+    /// The largest resident sets so far, in MiB.
+    fn max_mib(&self) -> Vec<u64> {
+        let max = self.max.lock().unwrap_or_else(|e| e.into_inner());
+        max.iter().map(|k| k.div_ceil(1024)).collect()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The processes of the test: dropped (killed) before the network they use.
 struct Nodes {
     bin: PathBuf,
@@ -464,6 +516,13 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let mut pids = vec![nodes.coordinator.pid()];
+    pids.extend(nodes.workers.iter().map(Proc::pid));
+    let before = RssSampler::start(pids.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = before.max_mib();
+    drop(before);
+    let during = RssSampler::start(pids);
     let mut cuts = Vec::new();
     for p in 0..partitions {
         // A node the job runs on (the first, if the job has ended already).
@@ -513,6 +572,17 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
     } else {
         say("cluster_netfaults: skipped the loss episode: no iptables");
     }
+    let rss_during = during.max_mib();
+    drop(during);
+    // Memory stays bounded through the faults (R5 with R8's sampler): nothing a partition
+    // queues grows without limit. Loose, for a loaded machine: twice the level before, plus
+    // 128 MiB.
+    for (i, (b, d)) in rss_before.iter().zip(&rss_during).enumerate() {
+        assert!(
+            *d <= 2 * b + 128,
+            "process {i} (coordinator, w1, w2) grew from {b} MiB to {d} MiB during the faults"
+        );
+    }
     let faults_over = Instant::now();
     let status = client.wait_exit(WAIT_LIMIT);
     let after_faults_ms = faults_over.elapsed().as_millis();
@@ -529,7 +599,8 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
     eprintln!(
         "{{\"suite\":\"R5\",\"seed\":{},\"events\":{events},\"partitions\":{},\
          \"loss_episodes\":{},\"restarts\":{restarts},\"lost\":0,\"duplicated\":0,\
-         \"completed_ms_after_faults\":{after_faults_ms}}}",
+         \"completed_ms_after_faults\":{after_faults_ms},\"rss_mib_before\":{rss_before:?},\
+         \"rss_mib_max_during\":{rss_during:?}}}",
         rng.seed(),
         cuts.len(),
         losses.len()
