@@ -128,6 +128,15 @@ impl Netns {
             nodes: Vec::new(),
             iptables: false,
         };
+        // Leftovers of a killed test process that had the same tag go first.
+        let _ = run("ip", &["link", "del", &net.bridge]);
+        for i in 1..=nodes {
+            let _ = run("ip", &["link", "del", &format!("snf{}w{i}", net.tag)]);
+            let _ = run(
+                "ip",
+                &["netns", "del", &format!("sluice-nf-{}-w{i}", net.tag)],
+            );
+        }
         let first_ns = format!("sluice-nf-{}-w1", net.tag);
         run("ip", &["netns", "add", &first_ns])
             .map_err(|e| format!("cannot create a network namespace (root needed): {e}"))?;
