@@ -111,13 +111,6 @@ impl Env {
         self
     }
 
-    /// After a failure (with checkpoints), restarts the job up to `attempts` times, after the
-    /// restart delay as it is.
-    pub fn set_restart_attempts(&self, attempts: u32) -> &Self {
-        self.inner.borrow_mut().config.restart_attempts = attempts;
-        self
-    }
-
     /// Throttles every source to `records_per_second` in total over its workers.
     pub fn set_source_rate(&self, records_per_second: f64) -> &Self {
         self.inner.borrow_mut().config.source_rate = Some(records_per_second);

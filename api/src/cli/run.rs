@@ -33,10 +33,10 @@ pub struct CommonRunArgs {
     #[arg(long, value_name = "N", default_value_t = 3,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub checkpoints_retained: u32,
-    /// Restarts from the newest complete checkpoint after failures, at most this many times
-    /// in the job's life (with checkpoints; Flink's fixed-delay strategy).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub restart_attempts: u32,
+    /// Restarts after failures, each from the newest complete checkpoint (with checkpoints;
+    /// default: 3, or what the job sets).
+    #[arg(long, value_name = "N")]
+    pub restart_attempts: Option<u32>,
     /// Resume: `latest` (the newest complete checkpoint in --checkpoint-dir, or a fresh start
     /// if there is none), or the path of a checkpoint or savepoint (or a directory holding
     /// them: the newest complete one).
@@ -100,15 +100,14 @@ impl CommonRunArgs {
         self.restore.is_some()
     }
 
-    /// Applies what shapes the job to `env`: checkpoints, restarts, restore, rate (what every
-    /// node of a cluster applies too).
+    /// Applies what shapes the job to `env`: checkpoints, restore, rate, restart attempts (what
+    /// every node of a cluster applies too).
     pub fn apply_job(&self, env: &Env) -> Result<(), String> {
         if let (Some(dir), Some(ms)) = (&self.checkpoint_dir, self.checkpoint_interval_ms) {
             let mut config = CheckpointConfig::new(dir, Duration::from_millis(ms));
             config.retain = self.checkpoints_retained as usize;
             env.set_checkpoint_config(config);
         }
-        env.set_restart_attempts(self.restart_attempts);
         if let Some(restore) = &self.restore {
             if *restore == RestoreFrom::Latest && self.checkpoint_dir.is_none() {
                 return Err("--restore latest needs --checkpoint-dir (where to look)".into());
@@ -117,6 +116,10 @@ impl CommonRunArgs {
         }
         if let Some(rate) = self.rate {
             env.set_source_rate(rate);
+        }
+        if let Some(attempts) = self.restart_attempts {
+            let delay = sluice_core::runtime::RuntimeConfig::default().restart_delay;
+            env.set_restart_strategy(attempts, delay);
         }
         Ok(())
     }
