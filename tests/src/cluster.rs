@@ -399,7 +399,7 @@ pub mod running_count {
     }
 
     /// Per key, the counts in the output must be exactly 1..=n where n is the key's events;
-    /// no pending file may be left.
+    /// no pending file may be left. A failure shows the client's and the cluster's logs.
     pub fn check_sequences(
         events: u64,
         keys: u64,
@@ -407,6 +407,13 @@ pub mod running_count {
         client: &Proc,
         cluster: &TestCluster,
     ) {
+        check_sequences_with(events, keys, output, || {
+            format!("client: {}\n{}", client.log(), cluster.logs())
+        });
+    }
+
+    /// [`check_sequences`], with `logs()` shown on a failure.
+    pub fn check_sequences_with(events: u64, keys: u64, output: &Path, logs: impl Fn() -> String) {
         let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
         for i in 0..events {
             *expected.entry(key_of(i, keys)).or_default() += 1;
@@ -434,15 +441,14 @@ pub mod running_count {
         );
         assert!(
             lost == 0 && duplicated == 0,
-            "lost {lost}, duplicated {duplicated}\nclient: {}\n{}",
-            client.log(),
-            cluster.logs()
+            "lost {lost}, duplicated {duplicated}\n{}",
+            logs()
         );
         let hidden = hidden_dot_entries(output);
         assert!(
             hidden.is_empty(),
             "pending files left: {hidden:?}\n{}",
-            cluster.logs()
+            logs()
         );
     }
 }

@@ -46,10 +46,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sluice_tests::cluster::running_count::check_sequences_with;
 use sluice_tests::cluster::{Proc, WAIT_LIMIT, secret_file};
 use sluice_tests::faults::{Rng, extended, iterations};
-use sluice_tests::windows::read_lines;
-use sluice_tests::{example_bin, hidden_dot_entries};
+use sluice_tests::example_bin;
 
 /// Says `line` on the test's stderr even when the harness captures output (a skip must be
 /// visible in CI's log).
@@ -272,51 +272,6 @@ impl Drop for Netns {
         }
         let _ = run("ip", &["link", "del", &self.bridge]);
     }
-}
-
-/// The example's key of event `i` (splitmix64's finalizer), written out again here.
-fn key_of(i: u64, keys: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) % keys
-}
-
-/// Per key, the counts in `output` must be exactly 1..=n where n is the key's events, and no
-/// pending file may be left; returns (lost, duplicated), both 0, or fails with `logs()`.
-fn check_sequences(events: u64, keys: u64, output: &Path, logs: impl Fn() -> String) {
-    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
-    for i in 0..events {
-        *expected.entry(key_of(i, keys)).or_default() += 1;
-    }
-    let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for line in read_lines(output) {
-        let (k, n) = line
-            .split_once(',')
-            .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))
-            .unwrap_or_else(|| panic!("malformed output line {line:?}"));
-        seen.entry(k).or_default().push(n);
-    }
-    let (mut lost, mut duplicated) = (0u64, 0u64);
-    for (key, &n) in &expected {
-        let mut got = seen.remove(key).unwrap_or_default();
-        got.sort_unstable();
-        let before = got.len() as u64;
-        got.dedup();
-        duplicated += before - got.len() as u64;
-        lost += (1..=n).filter(|c| got.binary_search(c).is_err()).count() as u64;
-    }
-    assert!(
-        seen.is_empty(),
-        "output for keys that have no events: {seen:?}"
-    );
-    assert!(
-        lost == 0 && duplicated == 0,
-        "lost {lost}, duplicated {duplicated}\n{}",
-        logs()
-    );
-    let hidden = hidden_dot_entries(output);
-    assert!(hidden.is_empty(), "pending files left: {hidden:?}");
 }
 
 /// A process's resident set in KiB (`VmRSS` of `/proc/PID/status`), 0 once it is gone.
@@ -601,7 +556,7 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
         client.log(),
         nodes.logs()
     );
-    check_sequences(events, keys, &output, || {
+    check_sequences_with(events, keys, &output, || {
         format!("{cuts:?} {losses:?}\n{}\n{}", client.log(), nodes.logs())
     });
     let restarts = client.log().matches("restarting from ").count();
@@ -920,7 +875,7 @@ fn a_late_and_duplicated_checkpoint_complete_changes_nothing() {
         logs()
     );
     assert!(!client.log().contains("restarting"), "{}", logs());
-    check_sequences(events, keys, &output, logs);
+    check_sequences_with(events, keys, &output, logs);
     eprintln!(
         "{{\"suite\":\"R5\",\"case\":\"delayed-commit\",\"held\":{held},\"passed\":{:?},\
          \"delivered\":2,\"restarts\":0,\"lost\":0,\"duplicated\":0}}",
