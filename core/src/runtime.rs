@@ -50,14 +50,6 @@ pub(crate) const IO_MEMORY_BYTES: usize = 64 * 1024;
 /// events per CPU-second rose too; 200 µs was no better than 50. Unpinned workers (more than
 /// the cores) park at once: spinning would take the core from another worker.
 const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
-/// How long a worker's executor runs tasks before it polls io_uring again (glommio's
-/// preemption timer; its default is 100 ms). Disk I/O — a checkpoint's segment writes and
-/// fsyncs, evictions, sink files — is submitted and its completions reaped only when the
-/// executor polls, and a source that always has records to read polls only when preempted.
-/// At 100 ms each of a checkpoint's I/O steps could wait that long twice (submission,
-/// completion) behind a busy source, which made checkpoint durations p99 0.3–1 s; a poll
-/// every millisecond costs a few microseconds.
-pub(crate) const PREEMPT_TIMER: Duration = Duration::from_millis(1);
 /// How long workers have to report that they started.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
@@ -657,8 +649,7 @@ fn worker_main(
     let pinned = matches!(placement, Placement::Fixed(_));
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("{WORKER_THREAD_PREFIX}{w}"))
-        .io_memory(IO_MEMORY_BYTES)
-        .preempt_timer(PREEMPT_TIMER);
+        .io_memory(IO_MEMORY_BYTES);
     if pinned {
         builder = builder.spin_before_park(SPIN_BEFORE_PARK);
     }

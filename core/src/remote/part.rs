@@ -404,8 +404,7 @@ impl PartWorker {
         let w = self.ctx.worker;
         let builder = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("{}{w}", runtime::WORKER_THREAD_PREFIX))
-            .io_memory(runtime::IO_MEMORY_BYTES)
-            .preempt_timer(runtime::PREEMPT_TIMER);
+            .io_memory(runtime::IO_MEMORY_BYTES);
         let executor = match builder.make() {
             Ok(ex) => ex,
             Err(e) => {
