@@ -237,6 +237,11 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for HotItems {
         if self.generation_start != i64::MIN && self.emitted_below > self.generation_start {
             let mut recycled = std::mem::take(&mut self.older);
             recycled.clear();
+            // Room for as many auctions as the generation ending now had, reserved while the
+            // table is empty (nothing to move): a table that grows while full stalls the
+            // worker for as long as it takes to rehash a million entries, and the window
+            // whose rows wait behind it is the run's p99.
+            recycled.reserve(self.counts.len());
             self.older = std::mem::replace(&mut self.counts, recycled);
             self.generation_start = self.timer_registered;
         }
