@@ -111,7 +111,7 @@ pub mod ops {
     pub use sluice_core::process::KeyedProcess;
     pub use sluice_core::time::AssignTimestamps;
     pub use sluice_core::window::{
-        AggregateWindow, Combined, DefaultTrigger, ProcessWindow, ReduceWindow, SliceCombiner,
+        AggregateWindow, Combined, DefaultTrigger, ProcessWindow, ReduceWindow, WindowCombiner,
         WindowOperator,
     };
 }

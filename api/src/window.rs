@@ -11,8 +11,8 @@ use sluice_core::key::Key;
 use sluice_core::keyed::AggregateFunction;
 use sluice_core::state::StateCodec;
 use sluice_core::window::{
-    AggregateWindow, Combined, DefaultTrigger, ProcessWindow, ReduceWindow, SliceCombiner,
-    TimeWindow, Trigger, WindowAssigner, WindowFunction, WindowOperator,
+    AggregateWindow, Combined, DefaultTrigger, ProcessWindow, ReduceWindow, TimeWindow, Trigger,
+    WindowAssigner, WindowCombiner, WindowFunction, WindowOperator,
 };
 
 use crate::stream::{DataStream, GateHead, Head, hash_exchange_two, hash_exchange_with};
@@ -95,15 +95,16 @@ where
         self
     }
 
-    /// Applies any [`WindowFunction`]. Tumbling and sliding event-time windows with the
-    /// default trigger pre-aggregate on the sending worker (a [`SliceCombiner`]), so about one
-    /// accumulator per key and slice crosses the exchange instead of every record.
+    /// Applies any [`WindowFunction`]. Event-time windows with the default trigger
+    /// pre-aggregate on the sending worker (a [`WindowCombiner`]), so about one accumulator per
+    /// key and slice (tumbling, sliding) or local session crosses the exchange instead of every
+    /// record.
     pub fn apply<W>(self, function: W) -> WindowResult<K, T, W, Tr>
     where
         W: WindowFunction<K, T>,
         W::Acc: Send,
     {
-        let combiner = SliceCombiner::new(&self.assigner, function.clone(), self.default_trigger);
+        let combiner = WindowCombiner::new(&self.assigner, function.clone(), self.default_trigger);
         let partials = combined_codec(codec_of::<T>(), codec_of::<W::Acc>());
         let gate = hash_exchange_with(self.stream.then(combiner), partials);
         let op = WindowOperator::new(

@@ -396,7 +396,9 @@ fn decode_tagged<'a, A: 'static, B: 'static>(
     Ok((tags, av, bv))
 }
 
-/// [`Combined`]: raw records and partial accumulators, tagged.
+/// [`Combined`]: a section of tags (one byte each: 0 a record, 1 a slice's partial, 2 a
+/// partial session), a section of the records, a section of the accumulators (both kinds of
+/// partial, in order), and a section of the partial sessions' windows (start and end, i64 LE).
 struct CombinedCodec<T, A>(Arc<dyn RecordCodec<T>>, Arc<dyn RecordCodec<A>>);
 
 impl<T: 'static, A: 'static> RecordCodec<Combined<T, A>> for CombinedCodec<T, A> {
@@ -405,7 +407,8 @@ impl<T: 'static, A: 'static> RecordCodec<Combined<T, A>> for CombinedCodec<T, A>
         records: Vec<Combined<T, A>>,
         out: &mut Vec<u8>,
     ) -> std::result::Result<(), String> {
-        let (mut tags, mut raws, mut partials) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut tags, mut raws, mut accs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut windows = Vec::new();
         for r in records {
             match r {
                 Combined::Raw(t) => {
@@ -414,11 +417,23 @@ impl<T: 'static, A: 'static> RecordCodec<Combined<T, A>> for CombinedCodec<T, A>
                 }
                 Combined::Partial(a) => {
                     tags.push(1);
-                    partials.push(a);
+                    accs.push(a);
+                }
+                Combined::Session(w, a) => {
+                    tags.push(2);
+                    accs.push(a);
+                    windows.extend_from_slice(&w.start.to_le_bytes());
+                    windows.extend_from_slice(&w.end.to_le_bytes());
                 }
             }
         }
-        encode_tagged(&tags, (&*self.0, raws), (&*self.1, partials), out)
+        let at = begin_section(out);
+        section_with(out, &tags);
+        self.0.encode(raws, out)?;
+        self.1.encode(accs, out)?;
+        section_with(out, &windows);
+        end_section(out, at);
+        Ok(())
     }
 
     fn decode(
@@ -426,12 +441,51 @@ impl<T: 'static, A: 'static> RecordCodec<Combined<T, A>> for CombinedCodec<T, A>
         body: &[u8],
         out: &mut Vec<Combined<T, A>>,
     ) -> std::result::Result<(), String> {
-        let (tags, raws, partials) = decode_tagged(body, &*self.0, &*self.1)?;
-        let (mut raws, mut partials) = (raws.into_iter(), partials.into_iter());
+        let (tags, rest) = split_section(body)?;
+        let (raw_body, rest) = split_section(rest)?;
+        let (acc_body, rest) = split_section(rest)?;
+        let (window_body, rest) = split_section(rest)?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after window partials", rest.len()));
+        }
+        let (mut raws, mut accs) = (Vec::new(), Vec::new());
+        self.0.decode(raw_body, &mut raws)?;
+        self.1.decode(acc_body, &mut accs)?;
+        let count = |tag: u8| tags.iter().filter(|&&t| t == tag).count();
+        let sessions = count(2);
+        if tags.iter().any(|&t| t > 2)
+            || count(0) != raws.len()
+            || count(1) + sessions != accs.len()
+            || sessions * 16 != window_body.len()
+        {
+            return Err(format!(
+                "{} tags for {} records, {} accumulators and {} bytes of windows",
+                tags.len(),
+                raws.len(),
+                accs.len(),
+                window_body.len()
+            ));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&window_body[i * 8..i * 8 + 8]);
+            i64::from_le_bytes(b)
+        };
+        let (mut raws, mut accs) = (raws.into_iter(), accs.into_iter());
+        let mut next_window = 0;
         for &t in tags {
             let next = match t {
                 0 => raws.next().map(Combined::Raw),
-                _ => partials.next().map(Combined::Partial),
+                1 => accs.next().map(Combined::Partial),
+                _ => {
+                    let (start, end) = (word(2 * next_window), word(2 * next_window + 1));
+                    next_window += 1;
+                    if start >= end {
+                        return Err(format!("a partial session [{start}, {end})"));
+                    }
+                    let window = crate::window::TimeWindow { start, end };
+                    accs.next().map(|a| Combined::Session(window, a))
+                }
             };
             out.push(next.ok_or("tags and records disagree")?);
         }
@@ -511,9 +565,11 @@ mod tests {
         round_trip(&*pairs, recs, (0..100).collect());
         round_trip(&*pairs, Vec::new(), Vec::new());
         let combined = combined_codec(codec_of::<String>(), codec_of::<u64>())().unwrap();
+        let session = crate::window::TimeWindow::new(-5, 20);
         let recs = vec![
             Combined::Raw("a".to_owned()),
             Combined::Partial(7),
+            Combined::Session(session, 9),
             Combined::Raw("b".to_owned()),
         ];
         let got = {
@@ -527,8 +583,8 @@ mod tests {
             back.into_parts().0
         };
         assert!(
-            matches!(&got[..], [Combined::Raw(a), Combined::Partial(7), Combined::Raw(b)]
-            if a == "a" && b == "b")
+            matches!(&got[..], [Combined::Raw(a), Combined::Partial(7), Combined::Session(w, 9),
+                Combined::Raw(b)] if a == "a" && b == "b" && *w == session)
         );
         let either = either_codec(codec_of::<u64>(), codec_of::<String>())().unwrap();
         round_trip(

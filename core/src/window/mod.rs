@@ -44,7 +44,7 @@ pub mod session;
 pub mod sliced;
 pub mod trigger;
 
-pub use combine::{Combined, SliceCombiner};
+pub use combine::{Combined, WindowCombiner};
 pub use function::{AggregateWindow, ProcessWindow, ReduceWindow, WindowFunction, WindowOutput};
 pub use operator::{WindowOperator, WindowOperatorOp};
 pub use trigger::{

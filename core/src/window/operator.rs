@@ -1,7 +1,7 @@
 //! [`WindowOperator`]: the pipe of a windowed keyed stream, which picks the implementation
 //! that fits its assigner and trigger when it is attached — sliced, session, or general — and
 //! dispatches to it once per call (a predictable branch). Its input is `(key, Combined)`:
-//! records, or partial accumulators from a [`SliceCombiner`](crate::window::SliceCombiner)
+//! records, or partial accumulators from a [`WindowCombiner`](crate::window::WindowCombiner)
 //! before the exchange.
 
 use std::marker::PhantomData;

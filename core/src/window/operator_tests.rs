@@ -15,8 +15,8 @@ use crate::exchange::WatermarkTracker;
 use crate::keyed::AggregateFunction;
 use crate::testkit::{Harness, context_capturing};
 use crate::window::{
-    AggregateWindow, Combined, CountTrigger, DefaultTrigger, PurgingTrigger, SliceCombiner,
-    TimeWindow, WindowAssigner, WindowOperator, WindowOutput,
+    AggregateWindow, Combined, CountTrigger, DefaultTrigger, PurgingTrigger, TimeWindow,
+    WindowAssigner, WindowCombiner, WindowOperator, WindowOutput,
 };
 use crate::{Watermark, element::Timestamp};
 
@@ -70,7 +70,7 @@ enum Wire {
     Watermark(i64),
 }
 
-/// The channel as it leaves its stage: through a [`SliceCombiner`] when `combine`.
+/// The channel as it leaves its stage: through a [`WindowCombiner`] when `combine`.
 fn wire(assigner: WindowAssigner, channel: &[Elem], combine: bool) -> Vec<Wire> {
     if !combine {
         return channel
@@ -81,7 +81,7 @@ fn wire(assigner: WindowAssigner, channel: &[Elem], combine: bool) -> Vec<Wire> 
             })
             .collect();
     }
-    let combiner = SliceCombiner::new(&assigner, AggregateWindow::new(CountSum), true);
+    let combiner = WindowCombiner::new(&assigner, AggregateWindow::new(CountSum), true);
     let mut h = Harness::new(combiner);
     let mut out = Vec::new();
     let take = |h: &mut Harness<(u8, i64), _>, out: &mut Vec<Wire>| {
@@ -407,6 +407,11 @@ proptest! {
         let assigner = WindowAssigner::session(gap);
         let (outputs, late) = run_operator(assigner, lateness, &channels, &picks, None);
         let (expected, expected_late) = reference_sessions(gap, lateness, &channels);
+        prop_assert_eq!(maximal(finals(&outputs, lateness == 0)), expected.clone());
+        prop_assert_eq!(sorted(late), expected_late.clone());
+        // The same with each channel's local sessions merged by a combiner first.
+        let (outputs, late) =
+            run_operator_wired(assigner, lateness, &channels, &picks, None, true);
         prop_assert_eq!(maximal(finals(&outputs, lateness == 0)), expected);
         prop_assert_eq!(sorted(late), expected_late);
     }
@@ -498,6 +503,106 @@ fn session_records_bridge_two_sessions() {
 }
 
 #[test]
+fn a_combined_session_bridges_three_sessions() {
+    let assigner = WindowAssigner::session(10);
+    let op = WindowOperator::<_, _, u8, i64>::new(
+        assigner,
+        AggregateWindow::new(CountSum),
+        DefaultTrigger::of(&assigner),
+        true,
+        0,
+        None,
+    );
+    let mut h = Harness::new(op);
+    for (v, ts) in [(1, 0), (2, 20), (4, 40), (8, 70)] {
+        h.record((1, Combined::Raw(v)), ts).unwrap();
+    }
+    // [5, 45) overlaps [0, 10), [20, 30) and [40, 50), not [70, 80).
+    let partial = Combined::Session(TimeWindow::new(5, 45), (3, 16));
+    h.record((1, partial), 5).unwrap();
+    h.end().unwrap();
+    let mut got: Vec<_> = h
+        .take_records()
+        .into_iter()
+        .map(|o| (o.window.start, o.window.end, o.value))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(0, 50, (6, 23)), (70, 80, (1, 8))]);
+}
+
+/// What a session combiner sends for `elements` (records `(key, value, ts)` or watermarks).
+fn combined(gap: i64, elements: &[Result<(u8, i64, i64), i64>]) -> Vec<Wire> {
+    let combiner = WindowCombiner::new(
+        &WindowAssigner::session(gap),
+        AggregateWindow::new(CountSum),
+        true,
+    );
+    let mut h = Harness::new(combiner);
+    let mut out = Vec::new();
+    for e in elements {
+        match *e {
+            Ok((key, value, ts)) => h.record((key, value), ts).unwrap(),
+            Err(w) => h.watermark(w).unwrap(),
+        }
+        for e in h.take_elements() {
+            match e {
+                StreamElement::Records(mut b) => {
+                    let _ = b.drain_each(|m, ts| {
+                        out.push(Wire::Msg(m, ts));
+                        Ok::<(), ()>(())
+                    });
+                }
+                StreamElement::Watermark(w) => out.push(Wire::Watermark(w.0)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_session_combiner_sends_a_local_session_before_the_watermark_reaches_it() {
+    let session = |k: u8, s: i64, e: i64, acc: (u64, i64)| {
+        Wire::Msg((k, Combined::Session(TimeWindow::new(s, e), acc)), s)
+    };
+    let got = combined(
+        10,
+        &[
+            Ok((1, 1, 100)),
+            Ok((1, 2, 105)), // extends [100, 110) to [100, 115)
+            Ok((2, 4, 101)),
+            Ok((1, 8, 93)),   // extends it back to [93, 115), an earlier bucket
+            Ok((2, 16, 120)), // overlaps nothing: [101, 111) goes on
+            Err(90),          // nothing starts at or before 90
+            Err(95),          // key 1's session starts at 93
+            Ok((1, 32, 95)),  // at or behind the watermark: raw
+            Err(200),
+        ],
+    );
+    let want = [
+        session(2, 101, 111, (1, 4)),
+        Wire::Watermark(90),
+        session(1, 93, 115, (3, 11)),
+        Wire::Watermark(95),
+        Wire::Msg((1, Combined::Raw(32)), 95),
+        session(2, 120, 130, (1, 16)),
+        Wire::Watermark(200),
+    ];
+    assert_eq!(format!("{got:?}"), format!("{want:?}"));
+    // A raw record of a key sends that key's local session first.
+    let got = combined(
+        10,
+        &[Err(50), Ok((1, 1, 60)), Ok((1, 2, 40)), Ok((2, 4, 61))],
+    );
+    let want = [
+        Wire::Watermark(50),
+        session(1, 60, 70, (1, 1)),
+        Wire::Msg((1, Combined::Raw(2)), 40),
+    ];
+    assert_eq!(format!("{got:?}"), format!("{want:?}"));
+}
+
+#[test]
 fn timestamps_near_the_limits() {
     for assigner in [
         WindowAssigner::tumbling(1_000),
@@ -514,6 +619,13 @@ fn timestamps_near_the_limits() {
         ]];
         let channels: Vec<_> = chans.iter().map(|c| channel(c, 0, 1)).collect();
         let (outputs, late) = run_operator(assigner, 0, &channels, &[], None);
+        let (combined, combined_late) = run_operator_wired(assigner, 0, &channels, &[], None, true);
+        assert_eq!(
+            finals(&combined, true),
+            finals(&outputs, true),
+            "{assigner:?}"
+        );
+        assert_eq!(sorted(combined_late), sorted(late.clone()), "{assigner:?}");
         let expected = match assigner {
             WindowAssigner::Session { gap, .. } => reference_sessions(gap, 0, &channels),
             _ => reference_fixed(assigner, 0, &channels),

@@ -8,6 +8,11 @@
 //! key's sessions are checked and the timer re-armed for the next instant. A timer that an
 //! earlier one replaced stays set and is skipped when it comes up.
 //!
+//! Records usually arrive already merged: a
+//! [`WindowCombiner`](crate::window::WindowCombiner) on the sending worker merges
+//! each key's records into local sessions, which merge here as their records would have (see
+//! [`combine`](crate::window::combine)).
+//!
 //! State: each key's sessions in a store table, the timers in the store's timer set, and the
 //! operator's watermark written at each barrier.
 
@@ -121,6 +126,12 @@ where
     }
 }
 
+/// What joins a key's sessions: a record, or a combiner's local session.
+enum Incoming<T, A> {
+    Record(T, Timestamp),
+    Partial(A),
+}
+
 /// When a key's sessions need attention next: the earliest firing, or the earliest end of
 /// allowed lateness of a fired session.
 fn next_timer<A>(sessions: &[Session<A>], lateness: i64) -> Option<i64> {
@@ -139,16 +150,14 @@ where
     K: Key,
     C: Collector<W::Out>,
 {
-    /// Merges `[ts, ts + gap)` and every overlapping session of `ks` into one session, with
-    /// `value` added; returns its index.
+    /// Merges `window` and every overlapping session of `ks` into one session, with
+    /// `incoming` added; returns its index.
     fn merge_into(
         function: &mut W,
         ks: &mut KeySessions<W::Acc>,
-        value: T,
-        ts: Timestamp,
-        gap: i64,
+        window: TimeWindow,
+        incoming: Incoming<T, W::Acc>,
     ) -> usize {
-        let window = TimeWindow::new(ts, ts.saturating_add(gap));
         let mut hits = ks
             .sessions
             .iter()
@@ -157,13 +166,20 @@ where
             .map(|(i, _)| i);
         let t = match (hits.next(), hits.next()) {
             (None, _) => {
-                let acc = function.create();
+                let acc = match incoming {
+                    Incoming::Record(value, ts) => {
+                        let mut acc = function.create();
+                        function.add(&mut acc, value, ts);
+                        acc
+                    }
+                    Incoming::Partial(acc) => acc,
+                };
                 ks.sessions.push(Session {
                     window,
                     acc,
                     fired: false,
                 });
-                ks.sessions.len() - 1
+                return ks.sessions.len() - 1;
             }
             (Some(first), None) => {
                 let s = &mut ks.sessions[first];
@@ -187,7 +203,11 @@ where
                 first
             }
         };
-        function.add(&mut ks.sessions[t].acc, value, ts);
+        let acc = &mut ks.sessions[t].acc;
+        match incoming {
+            Incoming::Record(value, ts) => function.add(acc, value, ts),
+            Incoming::Partial(other) => function.merge(acc, other),
+        }
         t
     }
 
@@ -243,27 +263,37 @@ where
 {
     #[inline]
     fn collect(&mut self, (key, value): (K, Combined<T, W::Acc>), ts: Timestamp) -> Result<()> {
-        let Combined::Raw(value) = value else {
-            return Err(crate::Error::Config(
-                "internal: a partial window accumulator reached a window that is not sliced".into(),
-            ));
-        };
         if let Some(e) = self.broken.take() {
             return Err(e);
         }
         if !is_event_time(ts) {
             return Err(no_timestamp_error(ts));
         }
-        let horizon = self.watermark.max(self.ctx.input_watermark()).0;
-        if ts.saturating_add(self.lateness) <= horizon {
-            if !self.late.emit((key, value), ts)? {
-                self.ctx.count_late_dropped(1);
+        let (window, incoming) = match value {
+            Combined::Raw(value) => {
+                let horizon = self.watermark.max(self.ctx.input_watermark()).0;
+                if ts.saturating_add(self.lateness) <= horizon {
+                    if !self.late.emit((key, value), ts)? {
+                        self.ctx.count_late_dropped(1);
+                    }
+                    return Ok(());
+                }
+                let window = TimeWindow::new(ts, ts.saturating_add(self.gap));
+                (window, Incoming::Record(value, ts))
             }
-            return Ok(());
-        }
+            // A combiner's local session: its records were on time where they were combined,
+            // and it comes before the watermark reaches its start, so it normally merges with
+            // nothing that has fired; if the watermark here ran ahead of that input's (after
+            // idleness), the merged session fires again, as a late record's would.
+            Combined::Session(window, acc) => (window, Incoming::Partial(acc)),
+            Combined::Partial(_) => {
+                return Err(crate::Error::Config(
+                    "internal: a slice's partial accumulator reached a session window".into(),
+                ));
+            }
+        };
         let SessionWindowOp {
             function,
-            gap,
             lateness,
             keys,
             timers,
@@ -280,7 +310,7 @@ where
                 timer: None,
             })?,
         };
-        let t = Self::merge_into(function, ks, value, ts, *gap);
+        let t = Self::merge_into(function, ks, window, incoming);
         let session = &mut ks.sessions[t];
         if session.window.max_timestamp() > watermark.0 {
             // Extended past the watermark: it fires (again) when the watermark gets there.

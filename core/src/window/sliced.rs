@@ -607,6 +607,11 @@ where
         let value = match value {
             Combined::Raw(value) => value,
             Combined::Partial(acc) => return self.merge_partial(key, acc, ts),
+            Combined::Session(..) => {
+                return Err(crate::Error::Config(
+                    "internal: a partial session reached a window that is not a session".into(),
+                ));
+            }
         };
         let horizon = self.watermark.max(self.ctx.input_watermark()).0;
         if ts <= horizon {
