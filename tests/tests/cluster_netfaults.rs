@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::cluster::running_count::check_sequences_with;
 use sluice_tests::cluster::{Proc, WAIT_LIMIT, secret_file};
-use sluice_tests::faults::{Rng, extended, iterations};
 use sluice_tests::example_bin;
+use sluice_tests::faults::{Rng, extended, iterations};
 
 /// Says `line` on the test's stderr even when the harness captures output (a skip must be
 /// visible in CI's log).
