@@ -188,9 +188,11 @@ fn has_complete_checkpoint(chk: &Path) -> bool {
 }
 
 /// A hook that fails once, at the first event from `at` on that comes after a checkpoint
-/// completed (so the failure always has a checkpoint to restart from, however slow the
-/// machine). Until one has, events from `at` on wait a millisecond each, so that a slow
-/// first checkpoint still completes before the input runs out.
+/// completed (so the failure always has a checkpoint to restart from). It never blocks: a
+/// hook that slept while waiting for the first checkpoint held the worker's thread, and with
+/// it the very checkpoint writes it waited for (a first checkpoint took 16 s under load).
+/// The input runs on long enough after `at` (about a second at the tests' rates) for a
+/// checkpoint every 10–15 ms to complete on a slow machine.
 fn fail_once_after_a_checkpoint(
     chk: &Path,
     at: u64,
@@ -198,14 +200,14 @@ fn fail_once_after_a_checkpoint(
 ) -> impl Fn(u64) -> Result<(), String> + Clone + Send + Sync + 'static {
     let chk = chk.to_path_buf();
     move |seen| {
-        if seen < at || failures.load(Ordering::Relaxed) != 0 {
-            return Ok(());
-        }
-        if !has_complete_checkpoint(&chk) {
-            std::thread::sleep(Duration::from_millis(1));
-        } else if failures
-            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        // The directory is looked at every 64th event, not at every one.
+        if seen >= at
+            && seen % 64 == 0
+            && failures.load(Ordering::Relaxed) == 0
+            && has_complete_checkpoint(&chk)
+            && failures
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             return Err(format!("injected failure at event {seen}"));
         }
@@ -230,11 +232,11 @@ fn stateful_jobs_restart_after_a_failure_with_exactly_once_output() {
         for workers in [1, 2] {
             let (out, chk) = scratch(dir.path(), &format!("restart-{job:?}-{workers}"));
             let failures = Arc::new(AtomicU64::new(0));
-            let hook = fail_once_after_a_checkpoint(&chk, 10_000, failures.clone());
+            let hook = fail_once_after_a_checkpoint(&chk, 2_000, failures.clone());
             let (events, out2) = (input.clone(), out.clone());
             let report = within(Duration::from_secs(90), "failing run", move || {
                 let env = checkpointed_env(workers, &chk, 15);
-                env.set_source_rate(50_000.0);
+                env.set_source_rate(30_000.0);
                 build(&env, job, events, &out2, hook);
                 env.execute("stateful").unwrap()
             });
@@ -255,12 +257,12 @@ fn stateful_jobs_resume_at_another_worker_count() {
         let expected = reference(job, &input, dir.path());
         for (from, to) in [(2, 1), (2, 3)] {
             let (out, chk) = scratch(dir.path(), &format!("rescale-{job:?}-{from}-{to}"));
-            let hook = fail_once_after_a_checkpoint(&chk, 8_000, Arc::default());
+            let hook = fail_once_after_a_checkpoint(&chk, 2_000, Arc::default());
             let (events, out2, chk2) = (input.clone(), out.clone(), chk.clone());
             let first = within(Duration::from_secs(90), "first run", move || {
                 let env = checkpointed_env(from, &chk2, 10);
                 env.set_restart_strategy(0, Duration::ZERO);
-                env.set_source_rate(50_000.0);
+                env.set_source_rate(30_000.0);
                 build(&env, job, events, &out2, hook);
                 env.execute("stateful").unwrap_err().to_string()
             });
