@@ -9,14 +9,8 @@
 //! per-record path that reads an evicted entry is synchronous, and a `pread` of a cached
 //! block costs about a microsecond without touching glommio's ring (an io_uring
 //! submit-and-wait would cost the same syscall and could not reuse the page cache under
-//! `O_DIRECT`). Because segments are written with `O_DIRECT`, their pages are not in the
-//! page cache afterwards: a new spill or compaction segment is announced with
-//! `POSIX_FADV_WILLNEED` ([`DiskReader::will_need`]), so that the OS reads it in the
-//! background instead of each lookup of an evicted entry waiting for its own 4 KiB disk read
-//! (RocksDB writes its files through the page cache and finds them there the same way; the
-//! page cache is the kernel's, not the process's resident memory). Reads never go through
-//! glommio's DMA path, so its first-read probe bug (§5 #4) cannot hit them; the store still
-//! primes the probe with a non-empty file.
+//! `O_DIRECT`). Reads never go through glommio's DMA path, so its first-read probe bug
+//! (§5 #4) cannot hit them; the store still primes the probe with a non-empty file.
 //! The simulated disk for crash tests is `crate::sim::SimDisk`.
 #![allow(async_fn_in_trait)]
 
@@ -76,10 +70,6 @@ pub trait DiskReader {
     }
     /// Fills `buf` from `pos` (blocking); fails if the file ends first.
     fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// A hint that the file will be read soon, at random: the OS may start reading it into
-    /// its page cache in the background. Only a hint (the default does nothing); reads are
-    /// correct either way.
-    fn will_need(&self) {}
 }
 
 /// [`Disk`] on glommio DMA files (writes) and `pread` (reads).
@@ -147,19 +137,6 @@ impl DiskReader for StdReader {
     }
     fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, pos)
-    }
-    fn will_need(&self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on a file descriptor this reader owns and keeps open; it
-        // reads no memory of ours. Its result is ignored: the advice is only a hint.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                0,
-                self.len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            );
-        }
     }
 }
 

@@ -413,7 +413,6 @@ impl<D: Disk> Store<D> {
             .disk
             .open(&path)
             .map_err(|e| Fault::io("open segment", &path, e))?;
-        reader.will_need();
         let mut seg = builder.finish::<D::Reader>(dir);
         seg.source = Source::Disk(Rc::new(reader));
         seg.synced = true;
