@@ -223,20 +223,6 @@ impl<R: DiskReader> SegIndex<R> {
     }
 }
 
-/// Merges byte ranges `(offset, len)`, in file order, into as few reads as possible: ranges
-/// that touch are joined while the read stays within `max` bytes (a range longer than `max`
-/// is read alone). A restore reads a state's extents (one per key group) this way.
-pub fn coalesce(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &(offset, len) in ranges {
-        match out.last_mut() {
-            Some((o, l)) if *o + *l == offset && *l + len <= max => *l += len,
-            _ => out.push((offset, len)),
-        }
-    }
-    out
-}
-
 /// The frame at the start of `buf`, found at segment offset `offset`: a missing or torn frame,
 /// or one whose header names another place, is corruption naming the file and offset.
 fn frame_at<'a>(
@@ -753,17 +739,6 @@ mod tests {
                 assert_eq!(seg.range_of(&lo, &hi), (start, end.max(start)));
             }
         }
-    }
-
-    #[test]
-    fn coalesce_joins_touching_ranges_up_to_the_read_size() {
-        let r = [(0, 10), (10, 20), (30, 5), (40, 10), (50, 100), (150, 1)];
-        assert_eq!(
-            coalesce(&r, 40),
-            vec![(0, 35), (40, 10), (50, 100), (150, 1)]
-        );
-        assert_eq!(coalesce(&r, 1000), vec![(0, 35), (40, 111)]);
-        assert_eq!(coalesce(&[], 10), vec![]);
     }
 
     #[test]

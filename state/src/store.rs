@@ -427,17 +427,10 @@ impl<D: Disk> Store<D> {
         let mut buf = Scratch::new();
         let no_drops = core.ns_drops.is_empty();
         for seg in &core.segments {
-            let mine: Vec<(u64, u64)> = seg
-                .meta
-                .extents
-                .iter()
-                .filter(|e| e.state == id)
-                .map(|e| (e.offset, e.len))
-                .collect();
-            for (offset, len) in segment::coalesce(&mine, segment::SCAN_CHUNK_BYTES as u64) {
-                seg.read(offset, len as usize, &mut buf)?;
+            for e in seg.meta.extents.iter().filter(|e| e.state == id) {
+                seg.read(e.offset, e.len as usize, &mut buf)?;
                 let mut err = None;
-                segment::for_each_frame(&seg.path, seg.meta.id, offset, &buf, |fr| {
+                segment::for_each_frame(&seg.path, seg.meta.id, e.offset, &buf, |fr| {
                     if !no_drops && core.killed(&fr.head.sort, fr.ns, seg.meta.order) {
                         return Ok(true);
                     }

@@ -624,11 +624,12 @@ fn retention_deletes_segments_no_retained_checkpoint_needs() {
 }
 
 /// A restore reads each segment's extents of a state (one per key group, other states'
-/// extents in between) in a few large reads: the entries of every segment arrive, the newest
-/// version winning; a frame that rots after the open, inside such a read, is a corruption
-/// error naming the segment file and the frame's offset, and other states still restore.
+/// extents in between): the entries of every segment arrive, the newest version winning
+/// (one hash probe per frame); a frame that rots after the open checked it is a corruption
+/// error of the restore naming the segment file and the frame's offset, and other states
+/// still restore.
 #[test]
-fn restore_reads_extents_of_several_segments_together_and_detects_rot_in_them() {
+fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     let disk = SimDisk::default();
     let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
     let a = store
