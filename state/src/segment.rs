@@ -177,9 +177,9 @@ impl<R: DiskReader> SegIndex<R> {
         len: usize,
         buf: &mut AlignedVec<ARCHIVE_ALIGN>,
     ) -> FaultResult<()> {
+        buf.clear();
         match &self.source {
             Source::Mem(b) | Source::Writing(b) => {
-                buf.clear();
                 let end = pos as usize + len;
                 if end > b.len() {
                     return Err(Fault::corrupt(
@@ -191,9 +191,6 @@ impl<R: DiskReader> SegIndex<R> {
                 buf.extend_from_slice(&b[pos as usize..end]);
             }
             Source::Disk(r) => {
-                // Not cleared first: the read overwrites all `len` bytes (or fails), so only
-                // bytes beyond the buffer's old length are zeroed, and a lookup's or a
-                // restore's reused buffer costs no memset per read.
                 buf.resize(len, 0);
                 r.read_exact_at(pos, buf.as_mut_slice())
                     .map_err(|e| Fault::io("read segment", &self.path, e))?;

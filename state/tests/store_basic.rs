@@ -624,10 +624,9 @@ fn retention_deletes_segments_no_retained_checkpoint_needs() {
 }
 
 /// A restore reads each segment's extents of a state (one per key group, other states'
-/// extents in between): the entries of every segment arrive, the newest version winning
-/// (one hash probe per frame); a frame that rots after the open checked it is a corruption
-/// error of the restore naming the segment file and the frame's offset, and other states
-/// still restore.
+/// extents in between): the entries of every segment arrive, the newest version winning; a
+/// frame that rots after the open checked it is a corruption error of the restore naming the
+/// segment file and the frame's offset, and other states still restore.
 #[test]
 fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     let disk = SimDisk::default();

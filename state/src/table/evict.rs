@@ -2,8 +2,6 @@
 //! batches, the restore of entries read from disk, and the `TableOps` the store's checkpoint
 //! writer drives (freeze, serialize the frozen entries, finish or abort).
 
-use std::collections::hash_map::Entry;
-
 use super::*;
 
 impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
@@ -125,66 +123,26 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         }
         let value =
             crate::codec::decode_unaligned::<V>(fr.value).map_err(|r| decode("value", r))?;
-        let expires_ms = fr.head.expires_ms;
-        let c = &self.counters;
-        let full = self.cfg.evictable && c.mem_used.get() + self.entry_bytes > c.mem_budget.get();
-        let heap = self.cfg.weigh.map_or(0, |w| w(&value));
-        let weight = self.entry_bytes + heap;
-        // Whether `place` would evict first: then it must be the one to insert.
-        let evicts = self.cfg.evictable && c.mem_used.get() + weight > c.mem_budget.get();
-        // One hash probe per frame (the common case: a new key of an existing namespace).
-        if let Some(space) = self.spaces.get_mut(&ns) {
-            match space.map.entry(key) {
-                Entry::Occupied(mut o) => {
-                    let slot = o.get_mut();
-                    slot.value = Some(value);
-                    slot.expires_ms = expires_ms;
-                    return Ok(());
-                }
-                Entry::Vacant(_) if full => {
-                    space.complete = false;
-                    self.resident_all = false;
-                    return Ok(());
-                }
-                Entry::Vacant(v) if !evicts => {
-                    v.insert(Slot {
-                        value: Some(value),
-                        expires_ms,
-                        state: PERSISTED,
-                        weight: weight.min(u32::MAX as usize) as u32,
-                    });
-                    space.persisted = true;
-                    self.weight_total += weight;
-                    self.counters.charge(weight);
-                    return Ok(());
-                }
-                Entry::Vacant(v) => {
-                    let key = v.into_key();
-                    return self.restore_place(&ns, key, value, expires_ms);
-                }
-            }
-        }
-        if full {
-            self.resident_all = false;
+        if let Some(slot) = self.spaces.get_mut(&ns).and_then(|s| s.map.get_mut(&key)) {
+            slot.value = Some(value);
+            slot.expires_ms = fr.head.expires_ms;
             return Ok(());
         }
-        self.restore_place(&ns, key, value, expires_ms)
-    }
-
-    fn restore_place(
-        &mut self,
-        ns: &N,
-        key: K,
-        value: V,
-        expires_ms: u64,
-    ) -> Result<(), AccessError> {
+        let c = &self.counters;
+        if self.cfg.evictable && c.mem_used.get() + self.entry_bytes > c.mem_budget.get() {
+            self.resident_all = false;
+            if let Some(space) = self.spaces.get_mut(&ns) {
+                space.complete = false;
+            }
+            return Ok(());
+        }
         let slot = Slot {
             value: Some(value),
-            expires_ms,
+            expires_ms: fr.head.expires_ms,
             state: PERSISTED,
             weight: 0,
         };
-        self.place(ns, key, slot)?;
+        self.place(&ns, key, slot)?;
         Ok(())
     }
 
