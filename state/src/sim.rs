@@ -141,6 +141,17 @@ impl SimDisk {
     pub fn crash(&self, mode: CrashMode) -> CrashImage {
         crash_image(&self.0.borrow(), mode)
     }
+    /// Flips bits of a file in place, as bit rot after a store opened it would: `xor` is
+    /// applied to the byte at `offset`. Panics if the file or the byte does not exist.
+    pub fn flip(&self, path: &std::path::Path, offset: usize, xor: u8) {
+        let mut s = self.0.borrow_mut();
+        let ino = s.live_dir[path];
+        let f = s.files.get_mut(&ino).expect("listed file exists");
+        f.live[offset] ^= xor;
+        if let Some(b) = f.durable.get_mut(offset) {
+            *b ^= xor;
+        }
+    }
     /// Every file as last written (no crash).
     pub fn snapshot(&self) -> CrashImage {
         let s = self.0.borrow();

@@ -425,12 +425,13 @@ impl<D: Disk> Store<D> {
             .sum();
         t.reserve_for_restore(entries as usize);
         let mut buf = Scratch::new();
+        let no_drops = core.ns_drops.is_empty();
         for seg in &core.segments {
             for e in seg.meta.extents.iter().filter(|e| e.state == id) {
                 seg.read(e.offset, e.len as usize, &mut buf)?;
                 let mut err = None;
                 segment::for_each_frame(&seg.path, seg.meta.id, e.offset, &buf, |fr| {
-                    if core.killed(&fr.head.sort, fr.ns, seg.meta.order) {
+                    if !no_drops && core.killed(&fr.head.sort, fr.ns, seg.meta.order) {
                         return Ok(true);
                     }
                     if let Err(x) = t.restore_frame(&fr) {

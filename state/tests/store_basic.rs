@@ -622,3 +622,100 @@ fn retention_deletes_segments_no_retained_checkpoint_needs() {
         drop(Store::open(disk.clone(), &dir(), c.clone(), Some(id)).unwrap());
     }
 }
+
+/// A restore reads each segment's extents of a state (one per key group, other states'
+/// extents in between): the entries of every segment arrive, the newest version winning; a
+/// frame that rots after the open checked it is a corruption error of the restore naming the
+/// segment file and the frame's offset, and other states still restore.
+#[test]
+fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
+    let disk = SimDisk::default();
+    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
+    let a = store
+        .table::<(), u64, u64>("a", TableConfig::new(kg0))
+        .unwrap();
+    let b = store
+        .table::<(), u64, String>("b", TableConfig::new(kg0))
+        .unwrap();
+    for c in 1..=3u64 {
+        {
+            let (mut a, mut b) = (a.lock(), b.lock());
+            for k in 0..2000u64 {
+                if c == 1 || k % 3 == c % 3 {
+                    a.insert(&(), k, k * 10 + c).unwrap();
+                }
+                b.insert(&(), k + c, format!("{c}")).unwrap();
+            }
+            if c == 3 {
+                a.remove(&(), &5).unwrap();
+            }
+        }
+        block_on(store.checkpoint(c)).unwrap();
+    }
+    drop((a, b, store));
+    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), Some(3)).unwrap();
+    assert_eq!(store.stats().segments, 3);
+    let a = store
+        .table::<(), u64, u64>("a", TableConfig::new(kg0))
+        .unwrap();
+    let b = store
+        .table::<(), u64, String>("b", TableConfig::new(kg0))
+        .unwrap();
+    {
+        let (mut a, mut b) = (a.lock(), b.lock());
+        assert_eq!(a.resident_len(), 1999);
+        for k in 0..2000u64 {
+            let want = match k % 3 {
+                _ if k == 5 => None,
+                0 => Some(k * 10 + 3),
+                2 => Some(k * 10 + 2),
+                _ => Some(k * 10 + 1),
+            };
+            assert_eq!(a.get(&(), &k).unwrap().copied(), want, "key {k}");
+        }
+        assert_eq!(b.resident_len(), 2002);
+        assert_eq!(b.get(&(), &1).unwrap().map(String::as_str), Some("1"));
+        assert_eq!(b.get(&(), &2).unwrap().map(String::as_str), Some("2"));
+        assert_eq!(b.get(&(), &2001).unwrap().map(String::as_str), Some("3"));
+        assert_eq!(b.get(&(), &2002).unwrap().map(String::as_str), Some("3"));
+    }
+    drop((a, b, store));
+
+    // Rot in the 300th frame of state "a" in the largest segment, after the open checked it.
+    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), Some(3)).unwrap();
+    let files = disk.snapshot();
+    let (seg, bytes) = files
+        .files()
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+        .max_by_key(|(_, f)| f.len())
+        .unwrap();
+    let id_a = sluice_state::state_id("a");
+    let (mut at, mut seen) = (0usize, 0);
+    let bad = loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        assert!(len > 0, "fewer than 300 frames of state a");
+        let state = u32::from_le_bytes(bytes[at + 32..at + 36].try_into().unwrap());
+        if state == id_a {
+            seen += 1;
+            if seen == 300 {
+                break at;
+            }
+        }
+        at += len;
+    };
+    disk.flip(seg, bad + 84, 0x20);
+    let err = match store.table::<(), u64, u64>("a", TableConfig::new(kg0)) {
+        Ok(_) => panic!("rot in a restored frame was not detected"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&seg.display().to_string()) && err.contains(&format!("offset {bad}:")),
+        "{err}"
+    );
+    assert!(err.contains("crc mismatch"), "{err}");
+    let b = store
+        .table::<(), u64, String>("b", TableConfig::new(kg0))
+        .unwrap();
+    assert_eq!(b.lock().resident_len(), 2002);
+}
