@@ -39,6 +39,8 @@ pub const CONTROL_QUEUE_MAX: usize = 1024;
 /// Payload bytes of control messages queued unread, at most (control messages are not
 /// flow-controlled, so this bounds what a peer can make a connection hold).
 pub const CONTROL_QUEUE_BYTES_MAX: usize = 8 << 20;
+/// A big record frame's reads may read this much of what follows it (see `read_loop`).
+const READ_AHEAD_BYTES: usize = 4096;
 /// Frames smaller than this are coalesced into one write.
 const COALESCE_BYTES: usize = 64 << 10;
 /// How long a locally closed connection keeps reading for the peer's end of stream.
@@ -415,17 +417,6 @@ async fn read_some(sh: &Shared, buf: &mut [u8]) -> Result<usize, NetError> {
     })
 }
 
-async fn read_exact(sh: &Shared, mut buf: &mut [u8]) -> Result<(), NetError> {
-    while !buf.is_empty() {
-        let n = read_some(sh, buf).await?;
-        if n == 0 {
-            return Err(sh.protocol("the stream ended inside a frame".into()));
-        }
-        buf = &mut buf[n..];
-    }
-    Ok(())
-}
-
 async fn reader(sh: Rc<Shared>) {
     match read_loop(&sh).await {
         Ok(()) => sh.end_of_stream(),
@@ -433,14 +424,36 @@ async fn reader(sh: Rc<Shared>) {
     }
 }
 
+/// Reads into `buf` until at least `min` bytes are there; returns how many are.
+async fn read_at_least(sh: &Shared, buf: &mut [u8], min: usize) -> Result<usize, NetError> {
+    let mut have = 0;
+    while have < min {
+        let n = read_some(sh, &mut buf[have..]).await?;
+        if n == 0 {
+            return Err(sh.protocol("the stream ended inside a frame".into()));
+        }
+        have += n;
+    }
+    Ok(have)
+}
+
 /// Parses frames out of an aligned staging buffer; record frames larger than a quarter of it
 /// are read straight into their own buffer.
+///
+/// Such a frame's reads may also fill the slack at the end of its buffer (up to
+/// [`READ_AHEAD_BYTES`]), so that the next frame's header usually comes with them; what they
+/// read beyond the frame is moved to the stage. Without that, the stage read that fetches the
+/// next header would, in a stream of big batches, fetch most of the next batch with it, only
+/// for it to be copied out of the stage again. For when the header did not come along, the
+/// stage reads at most a quarter of itself while the last record frame was a big one.
 async fn read_loop(sh: &Shared) -> Result<(), NetError> {
     let cap = sh.params.read_chunk_bytes;
     let max = sh.params.frame_payload_max;
     let mut stage = AlignedBuf::with_capacity(cap);
     stage.resize(cap, 0);
     let (mut start, mut end, mut offset) = (0usize, 0usize, 0u64);
+    // Whether the last record frame was a big one.
+    let mut bulk = false;
     loop {
         while let Some(h) =
             frame::decode_header(&stage[start..end], offset, max).map_err(|source| {
@@ -453,6 +466,9 @@ async fn read_loop(sh: &Shared) -> Result<(), NetError> {
             let total = FRAME_HEADER_BYTES + h.padded_len();
             let have = end - start;
             let len = h.payload_len as usize;
+            if h.kind == FrameKind::Records {
+                bulk = total > cap / 4;
+            }
             if have >= total {
                 let body = &stage[start + FRAME_HEADER_BYTES..start + total];
                 let (payload, padding) = body.split_at(len);
@@ -467,12 +483,23 @@ async fn read_loop(sh: &Shared) -> Result<(), NetError> {
             if !direct {
                 break;
             }
-            // Straight into the payload's own buffer: copy what the stage holds, read the rest.
-            let mut buf = sh.pool.take(h.padded_len());
+            // Straight into the payload's own buffer: copy what the stage holds, read the rest
+            // (and perhaps the start of what follows, moved to the stage).
+            let body_len = h.padded_len();
+            let mut buf = sh.pool.take(body_len);
             let staged = have - FRAME_HEADER_BYTES;
             buf.storage_mut()[..staged].copy_from_slice(&stage[start + FRAME_HEADER_BYTES..end]);
-            read_exact(sh, &mut buf.storage_mut()[staged..h.padded_len()]).await?;
-            (start, end) = (0, 0);
+            let storage = buf.storage_mut();
+            let ahead = (storage.len() - body_len).min(READ_AHEAD_BYTES).min(cap);
+            let got = read_at_least(
+                sh,
+                &mut storage[staged..body_len + ahead],
+                body_len - staged,
+            )
+            .await?;
+            let beyond = staged + got - body_len;
+            stage[..beyond].copy_from_slice(&storage[body_len..body_len + beyond]);
+            (start, end) = (0, beyond);
             {
                 let body = &buf.storage_mut()[..h.padded_len()];
                 let (payload, padding) = body.split_at(len);
@@ -489,7 +516,8 @@ async fn read_loop(sh: &Shared) -> Result<(), NetError> {
             stage.copy_within(start..end, 0);
             (start, end) = (0, end - start);
         }
-        let n = read_some(sh, &mut stage[end..cap]).await?;
+        let limit = if bulk { (end + cap / 4).min(cap) } else { cap };
+        let n = read_some(sh, &mut stage[end..limit]).await?;
         if n == 0 {
             if end == start {
                 return Ok(());

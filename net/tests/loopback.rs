@@ -150,9 +150,22 @@ async fn receive_all(
 
 #[test]
 fn three_multiplexed_channels_deliver_in_order_exactly_once() {
+    multiplexed_channels(config(&secret()));
+}
+
+/// With a 4 KiB read stage, the script's record frames are by turns small (read through the
+/// stage), larger than a quarter of it (read in place, after which the stage reads a quarter
+/// at a time) and larger than all of it, between small control frames.
+#[test]
+fn large_and_small_frames_interleave_through_a_small_read_stage() {
+    let mut cfg = config(&secret());
+    cfg.read_chunk_bytes = 4096;
+    multiplexed_channels(cfg);
+}
+
+fn multiplexed_channels(cfg: NetConfig) {
     const CHANNELS: u64 = 3;
     const BATCHES: u64 = 120;
-    let cfg = config(&secret());
     let client_cfg = cfg.clone();
     let (seen, stats) = two_executors(
         cfg,
