@@ -52,7 +52,11 @@ pub struct NetBench {
     latency: bool,
     /// With --latency: events of each maximum-rate run (long enough that connecting is a
     /// small part of it).
-    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    #[arg(
+        long,
+        default_value_t = 10_000_000,
+        value_parser = clap::value_parser!(u64).range(1000..)
+    )]
     latency_events: u64,
     /// With --latency: seconds of each latency run.
     #[arg(long, default_value_t = 3.0)]
