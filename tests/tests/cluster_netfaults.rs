@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_tests::cluster::running_count::check_sequences_with;
+use sluice_tests::cluster::running_count::{check_sequences_with, job_args as job_args_of};
 use sluice_tests::cluster::{Proc, WAIT_LIMIT, secret_file};
 use sluice_tests::example_bin;
 use sluice_tests::faults::{Rng, extended, iterations};
@@ -443,22 +443,15 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
     let events = rate * 2 * u64::from(partitions + loss_episodes + 1);
     let keys = 60;
     let (output, checkpoints) = (dir.path().join("out"), dir.path().join("ck"));
-    let s = |p: &Path| p.display().to_string();
-    let job_args = [
-        "run".to_owned(),
-        "running-count".into(),
-        "--events".into(),
-        events.to_string(),
-        "--keys".into(),
-        keys.to_string(),
-        "--output".into(),
-        s(&output),
-        "--rate".into(),
-        rate.to_string(),
-        "--checkpoint-dir".into(),
-        s(&checkpoints),
-        "--checkpoint-interval-ms".into(),
-        "100".into(),
+    let mut job_args = vec!["run".to_owned(), "running-count".into()];
+    job_args.extend(job_args_of(
+        events,
+        keys,
+        &output,
+        &checkpoints,
+        rate as u32,
+    ));
+    job_args.extend([
         // Each fault may fail a run over once or twice; the default budget is 3 in all.
         "--restart-attempts".into(),
         (2 * (partitions + loss_episodes) + 3).to_string(),
@@ -466,7 +459,7 @@ fn partitions_and_packet_loss_of_worker_nodes_keep_exactly_once_output() {
         addr.clone(),
         "--secret-file".into(),
         secret.clone(),
-    ];
+    ]);
     let mut client = Proc::spawn(&bin, "client", &job_args, &[]);
     client.wait_for_line("submitted ");
     let checkpoint = |job: &[String]| job.get(4).and_then(|c| c.parse::<u64>().ok());
@@ -819,21 +812,7 @@ fn a_late_and_duplicated_checkpoint_complete_changes_nothing() {
     worker.wait_for_line("registered with the coordinator");
     cluster.workers.push(worker);
     let (events, keys, rate) = (20_000u64, 40u64, 4000u64);
-    let s = |p: &Path| p.display().to_string();
-    let job_args: Vec<String> = vec![
-        "--events".into(),
-        events.to_string(),
-        "--keys".into(),
-        keys.to_string(),
-        "--output".into(),
-        s(&output),
-        "--rate".into(),
-        rate.to_string(),
-        "--checkpoint-dir".into(),
-        s(&checkpoints),
-        "--checkpoint-interval-ms".into(),
-        "100".into(),
-    ];
+    let job_args = job_args_of(events, keys, &output, &checkpoints, rate as u32);
     let mut client = sluice_tests::cluster::submit(&cluster, "running-count", &job_args);
     let status = client.wait_exit(WAIT_LIMIT);
     assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
