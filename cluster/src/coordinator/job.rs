@@ -134,6 +134,18 @@ impl Job {
         config: RuntimeConfig,
         client: Connection,
     ) -> Job {
+        Job::fresh(id, name, args, workers_wanted, config, vec![client])
+    }
+
+    /// A job that has not run yet, watched by `clients`.
+    fn fresh(
+        id: String,
+        name: String,
+        args: Vec<String>,
+        workers_wanted: Option<u32>,
+        config: RuntimeConfig,
+        clients: Vec<Connection>,
+    ) -> Job {
         let initial_restore = config.restore.clone();
         Job {
             id,
@@ -141,7 +153,7 @@ impl Job {
             args,
             workers_wanted,
             config,
-            clients: vec![client],
+            clients,
             state: State::Waiting,
             run: None,
             restarts: 0,
@@ -170,33 +182,20 @@ impl Job {
             Ok(built) => (built.config, None),
             Err(e) => (RuntimeConfig::default(), Some(e)),
         };
-        let initial_restore = config.restore.clone();
-        let mut job = Job {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            args: r.args.clone(),
-            workers_wanted: r.workers_wanted,
+        let mut job = Job::fresh(
+            r.id.clone(),
+            r.name.clone(),
+            r.args.clone(),
+            r.workers_wanted,
             config,
-            clients: Vec::new(),
-            state: State::Waiting,
-            run: None,
-            restarts: r.restarts,
-            last_triggered: r.reserved.max(r.checkpoint),
-            last_complete: None,
-            initial_restore,
-            restart_at_ms: 0,
-            failure: None,
-            cancel_requested: false,
-            savepoint_waiters: Vec::new(),
-            workers_last: r.workers_last,
-            waiting_said: false,
-            runs: r.runs.clone(),
-            announced: r.checkpoint,
-            reserved: r.reserved,
-            end_message: None,
-            recovering_until_ms: None,
-            fenced: Vec::new(),
-        };
+            Vec::new(),
+        );
+        job.restarts = r.restarts;
+        job.last_triggered = r.reserved.max(r.checkpoint);
+        job.workers_last = r.workers_last;
+        job.runs = r.runs.clone();
+        job.announced = r.checkpoint;
+        job.reserved = r.reserved;
         if let Some((state, message)) = r.end {
             job.state = match state.as_str() {
                 "finished" => State::Finished,
