@@ -63,21 +63,27 @@ fn checkpoint_past(cluster: &TestCluster, after: u64) -> u64 {
         .max(after + 1)
 }
 
-/// A live worker node the job's current run uses (its `list` row has used slots).
+/// A live worker node the job's current run uses (its `list` row has used slots). A run may
+/// be between deployments right after a checkpoint: the list is read again until one shows.
 fn busy_worker(cluster: &TestCluster) -> usize {
-    let list = cluster.list();
-    let busy: Vec<usize> = list
-        .lines()
-        .filter_map(|l| {
+    let started = std::time::Instant::now();
+    loop {
+        let list = cluster.list();
+        let mut busy = list.lines().filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             let used: u32 = cols.get(3)?.parse().ok()?;
             let index: usize = cols.first()?.strip_prefix('w')?.parse().ok()?;
             (used > 0).then_some(index - 1)
-        })
-        .collect();
-    *busy
-        .last()
-        .unwrap_or_else(|| panic!("no worker node runs the job:\n{list}"))
+        });
+        if let Some(index) = busy.next_back() {
+            return index;
+        }
+        assert!(
+            started.elapsed() < WAIT_LIMIT,
+            "no worker node runs the job:\n{list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Waits until `proc` has said `needle` at least `n` times.
