@@ -224,32 +224,12 @@ impl Netns {
     /// Drops `percent` % of node `i`'s packets, each way, until [`Netns::no_loss`].
     fn loss(&self, i: usize, percent: u64) -> String {
         let p = format!("{:.2}", percent as f64 / 100.0);
-        let rule = [
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &p,
-            "-j",
-            "DROP",
-        ];
-        self.both_ways(i, "-A", &rule);
+        self.both_ways(i, "-A", &loss_rule(&p));
         p
     }
 
     fn no_loss(&self, i: usize, p: &str) {
-        let rule = [
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            p,
-            "-j",
-            "DROP",
-        ];
-        self.both_ways(i, "-D", &rule);
+        self.both_ways(i, "-D", &loss_rule(p));
     }
 
     /// `ip netns exec NS BIN ARGS` for node `i`, as a [`Proc`] (`ip` execs the binary, so
@@ -272,6 +252,20 @@ impl Drop for Netns {
         }
         let _ = run("ip", &["link", "del", &self.bridge]);
     }
+}
+
+/// The iptables rule that drops packets with probability `p` (a decimal fraction).
+fn loss_rule(p: &str) -> [&str; 8] {
+    [
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        p,
+        "-j",
+        "DROP",
+    ]
 }
 
 /// A process's resident set in KiB (`VmRSS` of `/proc/PID/status`), 0 once it is gone.
