@@ -467,6 +467,25 @@ fn q5_inc_hot_items_incrementally() {
     check(Query::Q5Inc);
 }
 
+/// Long enough (90 s of event time) for the incremental operator's maintenance to rotate its
+/// count tables several times, and for auctions to move from an old generation to a new one.
+#[test]
+fn q5_inc_across_generations_of_its_count_tables() {
+    let cfg = NexmarkConfig {
+        events: Some(30_000),
+        ..slow()
+    };
+    let expected = reference(Query::Q5, &events(&cfg));
+    assert!(expected.len() > 40, "{} rows", expected.len());
+    for workers in [1, 2] {
+        assert_eq!(
+            run(Query::Q5Inc, &cfg, workers),
+            expected,
+            "{workers} workers"
+        );
+    }
+}
+
 #[test]
 fn q7_highest_bid() {
     check(Query::Q7);
