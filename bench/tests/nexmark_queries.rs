@@ -69,6 +69,14 @@ fn fast() -> NexmarkConfig {
     }
 }
 
+/// The slow rate from 5 s before midnight (UTC) of 2023-11-14: days and minutes change.
+fn midnight() -> NexmarkConfig {
+    NexmarkConfig {
+        base_time_ms: 1_700_006_395_000,
+        ..slow()
+    }
+}
+
 fn events(cfg: &NexmarkConfig) -> Vec<Event> {
     let g = Generator::new(cfg).unwrap();
     (0..cfg.events.unwrap()).map(|n| g.event(n)).collect()
@@ -124,6 +132,13 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
         Query::Q7 => q7(ev),
         Query::Q8 => q8(ev),
         Query::Q9 => q9(ev),
+        Query::Q10 => bids(ev)
+            .map(|b| {
+                let (t, day) = (b.date_time, date_of(b.date_time));
+                let (h, m) = ((t / 3_600_000) % 24, (t / 60_000) % 60);
+                format!("{},{day},{h:02}:{m:02}", bid_line(b))
+            })
+            .collect(),
         Query::Q11 => q11(ev),
         Query::Q12 => unreachable!("q12 depends on processing time"),
         Query::Q14 => q14(ev),
@@ -316,22 +331,26 @@ fn q14(ev: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// `yyyy-MM-dd` of epoch milliseconds (UTC), for the days of the runs here.
+fn date_of(ms: i64) -> &'static str {
+    // 2023-11-14 is day 19,675; the runs here stay within a day or two of it.
+    match ms / 86_400_000 {
+        19_675 => "2023-11-14",
+        19_676 => "2023-11-15",
+        day => panic!("day {day} outside the reference's calendar"),
+    }
+}
+
 fn q17(ev: &[Event]) -> Vec<String> {
     // (auction, day) → prices.
-    let mut groups: BTreeMap<(u64, i64), Vec<u64>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u64, &str), Vec<u64>> = BTreeMap::new();
     for b in bids(ev) {
-        let day = b.date_time / 86_400_000;
+        let day = date_of(b.date_time);
         groups.entry((b.auction, day)).or_default().push(b.price);
     }
     groups
         .into_iter()
-        .map(|((auction, day), prices)| {
-            // 2023-11-14 is day 19,675; the runs here stay within a day or two of it.
-            let date = match day {
-                19_675 => "2023-11-14",
-                19_676 => "2023-11-15",
-                _ => panic!("day {day} outside the reference's calendar"),
-            };
+        .map(|((auction, date), prices)| {
             let n = prices.len() as u64;
             let r1 = prices.iter().filter(|&&p| p < 10_000).count();
             let r2 = prices
@@ -404,7 +423,11 @@ fn q21(ev: &[Event]) -> Vec<String> {
 }
 
 fn check(query: Query) {
-    for cfg in [slow(), fast()] {
+    check_at(query, [slow(), fast()]);
+}
+
+fn check_at(query: Query, configs: impl IntoIterator<Item = NexmarkConfig>) {
+    for cfg in configs {
         let expected = reference(query, &events(&cfg));
         for workers in [1, 2] {
             let got = run(query, &cfg, workers);
@@ -412,10 +435,11 @@ fn check(query: Query) {
             let extra = got.iter().find(|r| expected.binary_search(r).is_err());
             assert!(
                 got == expected,
-                "{} on {workers} workers at {} events/s: {} rows, the reference {}; \
+                "{} on {workers} workers at {} events/s from {}: {} rows, the reference {}; \
                  missing {missing:?}, extra {extra:?}",
                 query.name(),
                 cfg.first_event_rate,
+                cfg.base_time_ms,
                 got.len(),
                 expected.len(),
             );
@@ -499,6 +523,11 @@ fn q8_monitor_new_users() {
 #[test]
 fn q9_winning_bids() {
     check(Query::Q9);
+}
+
+#[test]
+fn q10_bids_with_day_and_minute() {
+    check_at(Query::Q10, [slow(), fast(), midnight()]);
 }
 
 #[test]

@@ -138,6 +138,8 @@ pub enum Query {
     Q8,
     /// Winning bids.
     Q9,
+    /// Log to a file system: bids with their day and minute.
+    Q10,
     /// User sessions: session windows.
     Q11,
     /// Processing-time windows.
@@ -167,6 +169,7 @@ impl Query {
         Query::Q7,
         Query::Q8,
         Query::Q9,
+        Query::Q10,
         Query::Q11,
         Query::Q12,
         Query::Q14,
@@ -189,6 +192,7 @@ impl Query {
             Query::Q7 => "q7",
             Query::Q8 => "q8",
             Query::Q9 => "q9",
+            Query::Q10 => "q10",
             Query::Q11 => "q11",
             Query::Q12 => "q12",
             Query::Q14 => "q14",
@@ -212,6 +216,7 @@ impl Query {
             Query::Q7 => "nexmark-q7",
             Query::Q8 => "nexmark-q8",
             Query::Q9 => "nexmark-q9",
+            Query::Q10 => "nexmark-q10",
             Query::Q11 => "nexmark-q11",
             Query::Q12 => "nexmark-q12",
             Query::Q14 => "nexmark-q14",
@@ -245,6 +250,7 @@ impl Query {
                 "id,itemName,description,initialBid,reserve,dateTime,expires,seller,category,\
                  extra,auction,bidder,price,bid_dateTime,bid_extra"
             }
+            Query::Q10 => "auction,bidder,price,dateTime,extra,dt,hm",
             Query::Q11 | Query::Q12 => "bidder,bid_count,starttime,endtime",
             Query::Q14 => "auction,bidder,price,bidTimeType,dateTime,extra,c_counts",
             Query::Q17 => {
@@ -267,6 +273,7 @@ impl Query {
             | Query::Q1
             | Query::Q2
             | Query::Q3
+            | Query::Q10
             | Query::Q14
             | Query::Q20
             | Query::Q21
@@ -298,6 +305,7 @@ impl Query {
             Query::Q7 => windows::q7(events, out),
             Query::Q8 => windows::q8(events, out),
             Query::Q9 => joins::q9(events, out),
+            Query::Q10 => stateless::q10(events, out),
             Query::Q11 => windows::q11(events, out),
             Query::Q12 => windows::q12(events, out),
             Query::Q14 => stateless::q14(events, out),
