@@ -143,6 +143,7 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
         Query::Q12 => unreachable!("q12 depends on processing time"),
         Query::Q14 => q14(ev),
         Query::Q17 => q17(ev),
+        Query::Q18 => q18(ev),
         Query::Q20 => q20(ev),
         Query::Q21 => q21(ev),
         Query::Q22 => bids(ev)
@@ -368,6 +369,34 @@ fn q17(ev: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// Every bid with its place in the stream (its index here).
+fn numbered_bids(ev: &[Event]) -> impl Iterator<Item = (usize, &Bid)> {
+    ev.iter().enumerate().filter_map(|(n, e)| match e {
+        Event::Bid(b) => Some((n, b)),
+        _ => None,
+    })
+}
+
+/// q18's `auction,bidder,price,channel,url,dateTime,extra`.
+fn bid_details(b: &Bid) -> String {
+    let (a, bi, p, c, u, t) = (b.auction, b.bidder, b.price, b.channel, b.url, b.date_time);
+    format!("{a},{bi},{p},{c},{u},{t},{}", b.extra.to_text())
+}
+
+/// The last bid per bidder and auction: the latest `dateTime`, of equal ones the later event.
+fn q18(ev: &[Event]) -> Vec<String> {
+    let mut last: HashMap<(u64, u64), (i64, usize, &Bid)> = HashMap::new();
+    for (n, b) in numbered_bids(ev) {
+        let e = last
+            .entry((b.bidder, b.auction))
+            .or_insert((b.date_time, n, b));
+        if (b.date_time, n) > (e.0, e.1) {
+            *e = (b.date_time, n, b);
+        }
+    }
+    last.values().map(|(_, _, b)| bid_details(b)).collect()
+}
+
 fn q20(ev: &[Event]) -> Vec<String> {
     let cat10: HashMap<u64, &Auction> = auctions(ev)
         .filter(|a| a.category == 10)
@@ -543,6 +572,11 @@ fn q14_bid_time_types() {
 #[test]
 fn q17_auction_statistics_per_day() {
     check(Query::Q17);
+}
+
+#[test]
+fn q18_last_bid_per_bidder_and_auction() {
+    check(Query::Q18);
 }
 
 #[test]

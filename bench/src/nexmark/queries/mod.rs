@@ -16,10 +16,10 @@
 //!
 //! # Bounded runs and changelogs
 //!
-//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category) produces a
-//! changelog in Flink: a new value per group after every input. Over a bounded run it is
-//! represented here by its final rows only, one per group, emitted when the input ends — the
-//! rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
+//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category) or a ranking over
+//! an unbounded stream (q18's last bid) produces a changelog in Flink: a new
+//! value per group after every input. Over a bounded run it is represented here by its final
+//! rows only, emitted when the input ends — the rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
 //! same rows the SQL produces, each once.
 //!
 //! # On a cluster
@@ -30,6 +30,7 @@
 
 pub mod hot_items;
 pub mod joins;
+pub mod ranks;
 pub mod stateless;
 pub mod windows;
 
@@ -148,6 +149,8 @@ pub enum Query {
     Q14,
     /// Auction statistics per day.
     Q17,
+    /// The last bid of each bidder on each auction: a deduplication.
+    Q18,
     /// Expanded bids: a regular join of bids and auctions.
     Q20,
     /// Channel ids from URLs.
@@ -174,6 +177,7 @@ impl Query {
         Query::Q12,
         Query::Q14,
         Query::Q17,
+        Query::Q18,
         Query::Q20,
         Query::Q21,
         Query::Q22,
@@ -197,6 +201,7 @@ impl Query {
             Query::Q12 => "q12",
             Query::Q14 => "q14",
             Query::Q17 => "q17",
+            Query::Q18 => "q18",
             Query::Q20 => "q20",
             Query::Q21 => "q21",
             Query::Q22 => "q22",
@@ -221,6 +226,7 @@ impl Query {
             Query::Q12 => "nexmark-q12",
             Query::Q14 => "nexmark-q14",
             Query::Q17 => "nexmark-q17",
+            Query::Q18 => "nexmark-q18",
             Query::Q20 => "nexmark-q20",
             Query::Q21 => "nexmark-q21",
             Query::Q22 => "nexmark-q22",
@@ -257,6 +263,7 @@ impl Query {
                 "auction,day,total_bids,rank1_bids,rank2_bids,rank3_bids,min_price,max_price,\
                  avg_price,sum_price"
             }
+            Query::Q18 => "auction,bidder,price,channel,url,dateTime,extra",
             Query::Q20 => {
                 "auction,bidder,price,channel,url,bid_dateTime,bid_extra,itemName,description,\
                  initialBid,reserve,auction_dateTime,expires,seller,category,auction_extra"
@@ -278,7 +285,7 @@ impl Query {
             | Query::Q20
             | Query::Q21
             | Query::Q22 => Due::OnRecord,
-            Query::Q4 | Query::Q17 => Due::AtEnd,
+            Query::Q4 | Query::Q17 | Query::Q18 => Due::AtEnd,
             Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
                 Due::OnWatermark
             }
@@ -310,6 +317,7 @@ impl Query {
             Query::Q12 => windows::q12(events, out),
             Query::Q14 => stateless::q14(events, out),
             Query::Q17 => stateless::q17(events, out),
+            Query::Q18 => ranks::q18(events, out),
             Query::Q20 => joins::q20(events, out),
             Query::Q21 => stateless::q21(events, out),
             Query::Q22 => stateless::q22(events, out),
