@@ -144,6 +144,7 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
         Query::Q14 => q14(ev),
         Query::Q17 => q17(ev),
         Query::Q18 => q18(ev),
+        Query::Q19 => q19(ev),
         Query::Q20 => q20(ev),
         Query::Q21 => q21(ev),
         Query::Q22 => bids(ev)
@@ -377,7 +378,7 @@ fn numbered_bids(ev: &[Event]) -> impl Iterator<Item = (usize, &Bid)> {
     })
 }
 
-/// q18's `auction,bidder,price,channel,url,dateTime,extra`.
+/// q18's and q19's `auction,bidder,price,channel,url,dateTime,extra`.
 fn bid_details(b: &Bid) -> String {
     let (a, bi, p, c, u, t) = (b.auction, b.bidder, b.price, b.channel, b.url, b.date_time);
     format!("{a},{bi},{p},{c},{u},{t},{}", b.extra.to_text())
@@ -395,6 +396,22 @@ fn q18(ev: &[Event]) -> Vec<String> {
         }
     }
     last.values().map(|(_, _, b)| bid_details(b)).collect()
+}
+
+/// The ten highest bids per auction: price descending, of equal prices the earlier event first.
+fn q19(ev: &[Event]) -> Vec<String> {
+    let mut per_auction: HashMap<u64, Vec<(usize, &Bid)>> = HashMap::new();
+    for (n, b) in numbered_bids(ev) {
+        per_auction.entry(b.auction).or_default().push((n, b));
+    }
+    let mut rows = Vec::new();
+    for mut bids in per_auction.into_values() {
+        bids.sort_by_key(|&(n, b)| (std::cmp::Reverse(b.price), n));
+        for (rank, (_, b)) in bids.iter().take(10).enumerate() {
+            rows.push(format!("{},{}", bid_details(b), rank + 1));
+        }
+    }
+    rows
 }
 
 fn q20(ev: &[Event]) -> Vec<String> {
@@ -577,6 +594,11 @@ fn q17_auction_statistics_per_day() {
 #[test]
 fn q18_last_bid_per_bidder_and_auction() {
     check(Query::Q18);
+}
+
+#[test]
+fn q19_ten_highest_bids_per_auction() {
+    check(Query::Q19);
 }
 
 #[test]

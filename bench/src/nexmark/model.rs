@@ -397,7 +397,7 @@ pub struct Bid {
 impl Bid {
     /// The number of the event this bid is (for a bid from [`Generator::event`], whose texts
     /// are drawn from the random sequence seeded with it): its place in the stream, which
-    /// orders bids of equal `date_time` (q18's last bid).
+    /// orders bids of equal `date_time` (q18's last bid, q19's ranks).
     ///
     /// [`Generator::event`]: super::Generator::event
     #[inline]

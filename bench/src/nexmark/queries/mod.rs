@@ -17,7 +17,7 @@
 //! # Bounded runs and changelogs
 //!
 //! A query whose SQL is an unbounded `GROUP BY` (q4's average per category) or a ranking over
-//! an unbounded stream (q18's last bid) produces a changelog in Flink: a new
+//! an unbounded stream (q18's last bid, q19's Top-N) produces a changelog in Flink: a new
 //! value per group after every input. Over a bounded run it is represented here by its final
 //! rows only, emitted when the input ends — the rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
 //! same rows the SQL produces, each once.
@@ -151,6 +151,8 @@ pub enum Query {
     Q17,
     /// The last bid of each bidder on each auction: a deduplication.
     Q18,
+    /// The ten highest bids of each auction: a Top-N.
+    Q19,
     /// Expanded bids: a regular join of bids and auctions.
     Q20,
     /// Channel ids from URLs.
@@ -178,6 +180,7 @@ impl Query {
         Query::Q14,
         Query::Q17,
         Query::Q18,
+        Query::Q19,
         Query::Q20,
         Query::Q21,
         Query::Q22,
@@ -202,6 +205,7 @@ impl Query {
             Query::Q14 => "q14",
             Query::Q17 => "q17",
             Query::Q18 => "q18",
+            Query::Q19 => "q19",
             Query::Q20 => "q20",
             Query::Q21 => "q21",
             Query::Q22 => "q22",
@@ -227,6 +231,7 @@ impl Query {
             Query::Q14 => "nexmark-q14",
             Query::Q17 => "nexmark-q17",
             Query::Q18 => "nexmark-q18",
+            Query::Q19 => "nexmark-q19",
             Query::Q20 => "nexmark-q20",
             Query::Q21 => "nexmark-q21",
             Query::Q22 => "nexmark-q22",
@@ -264,6 +269,7 @@ impl Query {
                  avg_price,sum_price"
             }
             Query::Q18 => "auction,bidder,price,channel,url,dateTime,extra",
+            Query::Q19 => "auction,bidder,price,channel,url,dateTime,extra,rank_number",
             Query::Q20 => {
                 "auction,bidder,price,channel,url,bid_dateTime,bid_extra,itemName,description,\
                  initialBid,reserve,auction_dateTime,expires,seller,category,auction_extra"
@@ -285,7 +291,7 @@ impl Query {
             | Query::Q20
             | Query::Q21
             | Query::Q22 => Due::OnRecord,
-            Query::Q4 | Query::Q17 | Query::Q18 => Due::AtEnd,
+            Query::Q4 | Query::Q17 | Query::Q18 | Query::Q19 => Due::AtEnd,
             Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
                 Due::OnWatermark
             }
@@ -318,6 +324,7 @@ impl Query {
             Query::Q14 => stateless::q14(events, out),
             Query::Q17 => stateless::q17(events, out),
             Query::Q18 => ranks::q18(events, out),
+            Query::Q19 => ranks::q19(events, out),
             Query::Q20 => joins::q20(events, out),
             Query::Q21 => stateless::q21(events, out),
             Query::Q22 => stateless::q22(events, out),

@@ -1,7 +1,8 @@
 //! The queries that rank bids with `ROW_NUMBER()`: q18's last bid per bidder and auction (a
-//! deduplication). It is an updating result over an unbounded stream in the SQL; over a
-//! bounded run it gives its final rows when the input ends ([`Due::AtEnd`]), from a final
-//! aggregation whose values are combined per key before the exchange.
+//! deduplication) and q19's ten highest bids per auction (a Top-N). Both are updating results
+//! over an unbounded stream in the SQL; over a bounded run each gives its final rows when the
+//! input ends ([`Due::AtEnd`]), from a final aggregation whose values are combined per key
+//! before the exchange.
 //!
 //! # Ties
 //!
@@ -9,13 +10,14 @@
 //! result is not determined by its input when two bids tie. Here the stream order decides, as
 //! it does in Flink's operators for these queries on one partition: the later event of two
 //! bids with equal `dateTime` is q18's last bid (Flink's keep-last-row deduplication replaces
-//! its row on an equal time). An event's place in the
+//! its row on an equal time), and the earlier event of two bids with equal prices ranks first
+//! in q19 (Flink's Top-N keeps earlier rows ahead of equal ones). An event's place in the
 //! stream is its number ([`Bid::event_number`]), the same on any number of workers.
 
 use std::fmt::{self, Display};
 
 use sluice::ops::Pipe;
-use sluice::{DataStream, Head};
+use sluice::{AggregateFunction, DataStream, Head};
 
 use super::{Due, RowOutput};
 use crate::nexmark::model::{Bid, Event};
@@ -66,6 +68,97 @@ impl Display for BidDetails {
     }
 }
 
+/// How many bids per auction q19 keeps.
+pub const Q19_TOP: usize = 10;
+
+/// q19, the ten highest bids of each auction:
+///
+/// ```sql
+/// SELECT * FROM
+/// (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rank_number
+///  FROM bid)
+/// WHERE rank_number <= 10;
+/// ```
+///
+/// Its final rows when the input ends: each auction's ten highest bids (all of them when it
+/// has fewer), numbered 1 to 10; of bids with equal prices, the earlier event ranks first
+/// (see the module's *Ties*).
+pub fn q19<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    let rows = events
+        .flat_map(Event::bid)
+        .key_by(|b: &Bid| b.auction)
+        .emit_final()
+        .aggregate(TopBids)
+        .flat_map(|top: Vec<Bid>| {
+            top.into_iter()
+                .zip(1..)
+                .map(|(bid, rank)| Q19Row { bid, rank })
+        });
+    out.rows(rows, Due::AtEnd);
+}
+
+/// An auction's highest bids, at most [`Q19_TOP`], in rank order: price descending, then
+/// event number ascending.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TopBids;
+
+/// Whether `a` ranks ahead of `b` in q19.
+#[inline]
+fn ranks_ahead(a: &Bid, b: &Bid) -> bool {
+    a.price > b.price || (a.price == b.price && a.event_number() < b.event_number())
+}
+
+impl TopBids {
+    #[inline]
+    fn insert(top: &mut Vec<Bid>, bid: Bid) {
+        if top.len() == Q19_TOP && top.last().is_some_and(|last| !ranks_ahead(&bid, last)) {
+            return;
+        }
+        let at = top.partition_point(|x| ranks_ahead(x, &bid));
+        top.insert(at, bid);
+        top.truncate(Q19_TOP);
+    }
+}
+
+impl AggregateFunction<Bid> for TopBids {
+    type Acc = Vec<Bid>;
+    type Out = Vec<Bid>;
+    fn create_accumulator(&self) -> Vec<Bid> {
+        Vec::new()
+    }
+    #[inline]
+    fn add(&self, acc: &mut Vec<Bid>, bid: Bid) {
+        TopBids::insert(acc, bid);
+    }
+    fn merge(&self, acc: &mut Vec<Bid>, other: Vec<Bid>) {
+        for bid in other {
+            TopBids::insert(acc, bid);
+        }
+    }
+    fn get_result(&self, acc: &Vec<Bid>) -> Vec<Bid> {
+        acc.clone()
+    }
+}
+
+/// A row of q19: `auction,bidder,price,channel,url,dateTime,extra,rank_number`.
+#[derive(Clone, Copy, Debug)]
+pub struct Q19Row {
+    /// The bid.
+    pub bid: Bid,
+    /// Its rank in its auction, from 1.
+    pub rank: u64,
+}
+
+impl Display for Q19Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", BidDetails(self.bid), self.rank)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +173,30 @@ mod tests {
             url: Sym(0),
             date_time,
             extra: LazyText::new(n, 0, 0),
+        }
+    }
+
+    /// Any order of adding and merging gives the same ten, ties by event number.
+    #[test]
+    fn top_bids_rank_ties_by_the_earlier_event() {
+        let prices = [7, 3, 7, 9, 7, 1, 9, 7, 7, 3, 7, 7, 2, 7, 9];
+        let bids: Vec<Bid> = (0..).zip(prices).map(|(n, p)| bid(n, p, 0)).collect();
+        let mut expected = bids.clone();
+        expected.sort_by_key(|b| (std::cmp::Reverse(b.price), b.event_number()));
+        expected.truncate(Q19_TOP);
+        let ranked = |top: Vec<Bid>| -> Vec<(u64, u64)> {
+            top.iter().map(|b| (b.price, b.event_number())).collect()
+        };
+        for split in 0..bids.len() {
+            let (mut a, mut b) = (TopBids.create_accumulator(), TopBids.create_accumulator());
+            for x in bids[..split].iter().rev() {
+                TopBids.add(&mut a, *x);
+            }
+            for x in &bids[split..] {
+                TopBids.add(&mut b, *x);
+            }
+            TopBids.merge(&mut b, a);
+            assert_eq!(ranked(b), ranked(expected.clone()), "split at {split}");
         }
     }
 
