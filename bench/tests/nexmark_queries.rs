@@ -142,6 +142,13 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
         Query::Q11 => q11(ev),
         Query::Q12 => unreachable!("q12 depends on processing time"),
         Query::Q14 => q14(ev),
+        Query::Q15 => {
+            let per_day = group_bids(ev, |b| date_of(b.date_time));
+            per_day
+                .into_iter()
+                .map(|(day, bids)| format!("{day},{}", distinct_counts(&bids)))
+                .collect()
+        }
         Query::Q17 => q17(ev),
         Query::Q18 => q18(ev),
         Query::Q19 => q19(ev),
@@ -341,6 +348,41 @@ fn date_of(ms: i64) -> &'static str {
         19_676 => "2023-11-15",
         day => panic!("day {day} outside the reference's calendar"),
     }
+}
+
+fn group_bids<'a, G: Ord>(ev: &'a [Event], group: impl Fn(&Bid) -> G) -> BTreeMap<G, Vec<&'a Bid>> {
+    let mut groups: BTreeMap<G, Vec<&Bid>> = BTreeMap::new();
+    for b in bids(ev) {
+        groups.entry(group(b)).or_default().push(b);
+    }
+    groups
+}
+
+/// q15's and q16's twelve counts of a group's bids: bids, distinct bidders and distinct
+/// auctions, each in total and for the three price ranks of the filters.
+fn distinct_counts(bids: &[&Bid]) -> String {
+    let ranks: [fn(u64) -> bool; 4] = [
+        |_| true,
+        |p| p < 10_000,
+        |p| (10_000..1_000_000).contains(&p),
+        |p| p >= 1_000_000,
+    ];
+    let mut counts = Vec::new();
+    for rank in ranks {
+        counts.push(bids.iter().filter(|b| rank(b.price)).count());
+    }
+    for field in [|b: &Bid| b.bidder, |b: &Bid| b.auction] {
+        for rank in ranks {
+            let distinct: std::collections::HashSet<u64> = bids
+                .iter()
+                .filter(|b| rank(b.price))
+                .map(|b| field(b))
+                .collect();
+            counts.push(distinct.len());
+        }
+    }
+    let counts: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+    counts.join(",")
 }
 
 fn q17(ev: &[Event]) -> Vec<String> {
@@ -584,6 +626,11 @@ fn q11_user_sessions() {
 #[test]
 fn q14_bid_time_types() {
     check(Query::Q14);
+}
+
+#[test]
+fn q15_bidding_statistics_per_day() {
+    check_at(Query::Q15, [slow(), fast(), midnight()]);
 }
 
 #[test]
