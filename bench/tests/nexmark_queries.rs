@@ -149,6 +149,18 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
                 .map(|(day, bids)| format!("{day},{}", distinct_counts(&bids)))
                 .collect()
         }
+        Query::Q16 => {
+            let groups = group_bids(ev, |b| (b.channel.as_str(), date_of(b.date_time)));
+            groups
+                .into_iter()
+                .map(|((channel, day), bids)| {
+                    let t = bids.iter().map(|b| b.date_time).max().unwrap();
+                    let (h, m) = ((t / 3_600_000) % 24, (t / 60_000) % 60);
+                    let counts = distinct_counts(&bids);
+                    format!("{channel},{day},{h:02}:{m:02},{counts}")
+                })
+                .collect()
+        }
         Query::Q17 => q17(ev),
         Query::Q18 => q18(ev),
         Query::Q19 => q19(ev),
@@ -631,6 +643,11 @@ fn q14_bid_time_types() {
 #[test]
 fn q15_bidding_statistics_per_day() {
     check_at(Query::Q15, [slow(), fast(), midnight()]);
+}
+
+#[test]
+fn q16_channel_statistics_per_day() {
+    check_at(Query::Q16, [slow(), fast(), midnight()]);
 }
 
 #[test]

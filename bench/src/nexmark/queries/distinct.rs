@@ -1,7 +1,8 @@
-//! The queries of distinct counts with filters: q15's bidding statistics per day —
-//! `count(*)`, `count(distinct bidder)` and `count(distinct auction)`, each in total and
-//! `FILTER`ed to three price ranks. It is an unbounded `GROUP BY` in the SQL; over a bounded
-//! run it gives its final rows, one per group, when the input ends ([`Due::AtEnd`]).
+//! The queries of distinct counts with filters: q15's bidding statistics per day and q16's per
+//! channel and day — `count(*)`, `count(distinct bidder)` and `count(distinct auction)`, each
+//! in total and `FILTER`ed to three price ranks. Both are unbounded `GROUP BY`s in the SQL;
+//! over a bounded run each gives its final rows, one per group, when the input ends
+//! ([`Due::AtEnd`]).
 //!
 //! # Two stages, as Flink splits distinct aggregates
 //!
@@ -18,9 +19,9 @@
 use std::fmt::{self, Display};
 
 use sluice::ops::Pipe;
-use sluice::{DataStream, Head, Key};
+use sluice::{CompactString, DataStream, Head, Key};
 
-use super::stateless::{epoch_day, write_date};
+use super::stateless::{epoch_day, write_date, write_hour_minute};
 use super::{Due, RowOutput};
 use crate::nexmark::model::{Bid, Event};
 
@@ -52,7 +53,41 @@ where
     );
 }
 
-/// The two stages of q15 over the groups `group` gives each bid; `row` makes a group's
+/// q16, channel statistics per day: q15's columns per channel and day, after the channel, the
+/// day and `max(DATE_FORMAT(dateTime, 'HH:mm')) as minute` —
+///
+/// ```sql
+/// SELECT channel, DATE_FORMAT(dateTime, 'yyyy-MM-dd') as `day`,
+///     max(DATE_FORMAT(dateTime, 'HH:mm')) as `minute`,
+///     count(*) AS total_bids, ... (as q15)
+/// FROM bid GROUP BY channel, DATE_FORMAT(dateTime, 'yyyy-MM-dd');
+/// ```
+///
+/// Its final rows, one per channel (its string, as it is) and day (UTC), when the input ends.
+/// Within a day the greatest `HH:mm` is the latest bid's.
+pub fn q16<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    distinct_stats(
+        events,
+        |b: &Bid| {
+            (
+                CompactString::new(b.channel.as_str()),
+                epoch_day(b.date_time),
+            )
+        },
+        |(channel, day), stats| Q16Row {
+            channel,
+            day,
+            stats,
+        },
+        out,
+    );
+}
+
+/// The two stages of q15 and q16 over the groups `group` gives each bid; `row` makes a group's
 /// row of its statistics.
 fn distinct_stats<H, P, G, R>(
     events: DataStream<H, P>,
@@ -213,6 +248,24 @@ pub struct Q15Row {
 impl Display for Q15Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_date(f, self.day)?;
+        write!(f, ",{}", self.stats)
+    }
+}
+
+/// A row of q16: `channel,day,minute,` and q15's twelve counts.
+#[derive(Clone, Debug)]
+pub struct Q16Row {
+    channel: CompactString,
+    day: i64,
+    stats: Stats,
+}
+
+impl Display for Q16Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},", self.channel)?;
+        write_date(f, self.day)?;
+        f.write_str(",")?;
+        write_hour_minute(f, self.stats.latest)?;
         write!(f, ",{}", self.stats)
     }
 }

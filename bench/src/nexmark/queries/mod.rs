@@ -16,10 +16,10 @@
 //!
 //! # Bounded runs and changelogs
 //!
-//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category, q15's statistics
-//! per day) or a ranking over an unbounded stream (q18's last bid, q19's Top-N) produces a
-//! changelog in Flink: a new value per group after every input. Over a bounded run it is
-//! represented here by its final rows only, emitted when the input ends — the rows the
+//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category, q15's and q16's
+//! statistics per day) or a ranking over an unbounded stream (q18's last bid, q19's Top-N)
+//! produces a changelog in Flink: a new value per group after every input. Over a bounded run
+//! it is represented here by its final rows only, emitted when the input ends — the rows the
 //! changelog's last state holds. Joins and windows emit as the watermark allows, the same rows
 //! the SQL produces, each once.
 //!
@@ -151,6 +151,8 @@ pub enum Query {
     Q14,
     /// Bidding statistics per day: distinct counts with filters.
     Q15,
+    /// Channel statistics per day: q15's counts per channel.
+    Q16,
     /// Auction statistics per day.
     Q17,
     /// The last bid of each bidder on each auction: a deduplication.
@@ -183,6 +185,7 @@ impl Query {
         Query::Q12,
         Query::Q14,
         Query::Q15,
+        Query::Q16,
         Query::Q17,
         Query::Q18,
         Query::Q19,
@@ -209,6 +212,7 @@ impl Query {
             Query::Q12 => "q12",
             Query::Q14 => "q14",
             Query::Q15 => "q15",
+            Query::Q16 => "q16",
             Query::Q17 => "q17",
             Query::Q18 => "q18",
             Query::Q19 => "q19",
@@ -236,6 +240,7 @@ impl Query {
             Query::Q12 => "nexmark-q12",
             Query::Q14 => "nexmark-q14",
             Query::Q15 => "nexmark-q15",
+            Query::Q16 => "nexmark-q16",
             Query::Q17 => "nexmark-q17",
             Query::Q18 => "nexmark-q18",
             Query::Q19 => "nexmark-q19",
@@ -276,6 +281,11 @@ impl Query {
                  rank2_bidders,rank3_bidders,total_auctions,rank1_auctions,rank2_auctions,\
                  rank3_auctions"
             }
+            Query::Q16 => {
+                "channel,day,minute,total_bids,rank1_bids,rank2_bids,rank3_bids,total_bidders,\
+                 rank1_bidders,rank2_bidders,rank3_bidders,total_auctions,rank1_auctions,\
+                 rank2_auctions,rank3_auctions"
+            }
             Query::Q17 => {
                 "auction,day,total_bids,rank1_bids,rank2_bids,rank3_bids,min_price,max_price,\
                  avg_price,sum_price"
@@ -303,7 +313,9 @@ impl Query {
             | Query::Q20
             | Query::Q21
             | Query::Q22 => Due::OnRecord,
-            Query::Q4 | Query::Q15 | Query::Q17 | Query::Q18 | Query::Q19 => Due::AtEnd,
+            Query::Q4 | Query::Q15 | Query::Q16 | Query::Q17 | Query::Q18 | Query::Q19 => {
+                Due::AtEnd
+            }
             Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
                 Due::OnWatermark
             }
@@ -335,6 +347,7 @@ impl Query {
             Query::Q12 => windows::q12(events, out),
             Query::Q14 => stateless::q14(events, out),
             Query::Q15 => distinct::q15(events, out),
+            Query::Q16 => distinct::q16(events, out),
             Query::Q17 => stateless::q17(events, out),
             Query::Q18 => ranks::q18(events, out),
             Query::Q19 => ranks::q19(events, out),
