@@ -4,22 +4,27 @@
 //! over a bounded run each gives its final rows, one per group, when the input ends
 //! ([`Due::AtEnd`]).
 //!
-//! # Two stages, as Flink splits distinct aggregates
+//! # One set per group
 //!
-//! Each bid becomes two records: one keyed by its group and bidder, one by its group and
-//! auction, each holding the price ranks the bid falls in (the bidder's also counts the bid).
-//! A final reduce per such key (combined before its exchange) leaves one value per distinct
-//! bidder or auction of a group, with every rank it bid in; a second final reduce per group
-//! counts them. No set of bidders is ever built, and each stage sends one value per key and
-//! worker.
+//! A final aggregate per group keeps, beside the group's bid counts and latest time, every
+//! distinct bidder and auction of the group in a hash map, each with the price ranks of its
+//! bids as bits; the counts come from one pass over the map when the input ends. Each worker
+//! builds its groups' maps before the exchange and the owning worker merges them, so a bid
+//! costs a few hash-map probes, and only the partial maps cross the exchange. (Splitting the
+//! distinct counts into a keyed reduce per group and bidder, as Flink's planner does, puts
+//! every distinct pair in the state store as its own entry: q16's pairs at 20 M events
+//! outgrew the store's memory budget, and the run slowed fivefold as entries were evicted and
+//! read back.)
 //!
 //! The price ranks are the SQL's filters: rank 1 `price < 10000`, rank 2 `price >= 10000 and
 //! price < 1000000`, rank 3 `price >= 1000000`.
 
+use std::collections::HashMap;
 use std::fmt::{self, Display};
 
+use rustc_hash::FxBuildHasher;
 use sluice::ops::Pipe;
-use sluice::{CompactString, DataStream, Head, Key};
+use sluice::{AggregateFunction, CompactString, DataStream, Head, Key, StateCodec};
 
 use super::stateless::{epoch_day, write_date, write_hour_minute};
 use super::{Due, RowOutput};
@@ -87,47 +92,27 @@ where
     );
 }
 
-/// The two stages of q15 and q16 over the groups `group` gives each bid; `row` makes a group's
+/// q15's and q16's aggregate over the groups `group` gives each bid; `row` makes a group's
 /// row of its statistics.
-fn distinct_stats<H, P, G, R>(
+fn distinct_stats<H, P, G, F, R>(
     events: DataStream<H, P>,
-    group: impl Fn(&Bid) -> G + Clone + Send + Sync + 'static,
+    group: F,
     row: impl Fn(G, Stats) -> R + Clone + Send + Sync + 'static,
     out: &impl RowOutput,
 ) where
     H: Head,
     P: Pipe<H::Item, Out = Event>,
-    G: Key + Sync + 'static,
+    G: Key + StateCodec + Sync + 'static,
+    F: Fn(&Bid) -> G + Clone + Send + Sync + 'static,
     R: Display + Send + 'static,
 {
+    let key = group.clone();
     let rows = events
-        .flat_map_into(move |e: Event, out: &mut Vec<((G, u64), Seen)>| {
-            let Some(b) = e.bid() else { return };
-            let ranks = rank_bit(b.price);
-            let mut bids = [0; 3];
-            bids[ranks.trailing_zeros() as usize] = 1;
-            let latest = b.date_time;
-            let bidder = Seen {
-                ranks,
-                bids,
-                latest,
-            };
-            let auction = Seen {
-                bids: [0; 3],
-                ..bidder
-            };
-            let g = group(&b);
-            out.push(((g.clone(), b.bidder << 1), bidder));
-            out.push(((g, (b.auction << 1) | 1), auction));
-        })
-        .into_keyed()
+        .flat_map(Event::bid)
+        .key_by(move |b: &Bid| key(b))
         .emit_final()
-        .reduce(Seen::merge)
-        .map(|((g, who), seen): ((G, u64), Seen)| (g, Stats::of(who & 1 == 1, seen)))
-        .into_keyed()
-        .emit_final()
-        .reduce(Stats::merge)
-        .map(move |(g, stats)| row(g, stats));
+        .aggregate(DistinctAgg(group))
+        .flat_map(move |stats: Option<(G, Stats)>| stats.map(|(g, s)| row(g, s)));
     out.rows(rows, Due::AtEnd);
 }
 
@@ -143,85 +128,96 @@ fn rank_bit(price: u64) -> u8 {
     }
 }
 
-/// What a group holds of one of its bidders (or auctions): the price ranks of its bids, as
-/// bits; its bids per rank (a bidder's only, so each bid counts once); its latest bid's time.
+/// A group's bids so far: the group (from its first bid), its bids per price rank, its latest
+/// bid's time, and each of its bidders (`id << 1`) and auctions (`id << 1 | 1`) with the ranks
+/// of its bids as bits.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
+    Clone, Debug, sluice::rkyv::Archive, sluice::rkyv::Serialize, sluice::rkyv::Deserialize,
 )]
 #[rkyv(crate = sluice::rkyv)]
-pub struct Seen {
-    ranks: u8,
+pub struct Distinct<G> {
+    group: Option<G>,
     bids: [u64; 3],
     latest: i64,
+    seen: HashMap<u64, u8, FxBuildHasher>,
 }
 
-impl Seen {
-    fn merge(a: Seen, b: Seen) -> Seen {
-        Seen {
-            ranks: a.ranks | b.ranks,
-            bids: [
-                a.bids[0] + b.bids[0],
-                a.bids[1] + b.bids[1],
-                a.bids[2] + b.bids[2],
-            ],
-            latest: a.latest.max(b.latest),
+/// The aggregate of [`Distinct`] groups; `F` gives a bid's group.
+#[derive(Clone)]
+pub struct DistinctAgg<F>(F);
+
+impl<G, F> AggregateFunction<Bid> for DistinctAgg<F>
+where
+    G: Clone + Send + 'static,
+    F: Fn(&Bid) -> G + Clone + Send + Sync + 'static,
+{
+    type Acc = Distinct<G>;
+    type Out = Option<(G, Stats)>;
+
+    fn create_accumulator(&self) -> Distinct<G> {
+        Distinct {
+            group: None,
+            bids: [0; 3],
+            latest: i64::MIN,
+            seen: HashMap::default(),
         }
+    }
+
+    #[inline]
+    fn add(&self, acc: &mut Distinct<G>, b: Bid) {
+        if acc.group.is_none() {
+            acc.group = Some((self.0)(&b));
+        }
+        let rank = rank_bit(b.price);
+        acc.bids[rank.trailing_zeros() as usize] += 1;
+        acc.latest = acc.latest.max(b.date_time);
+        *acc.seen.entry(b.bidder << 1).or_insert(0) |= rank;
+        *acc.seen.entry((b.auction << 1) | 1).or_insert(0) |= rank;
+    }
+
+    fn merge(&self, acc: &mut Distinct<G>, mut other: Distinct<G>) {
+        if other.seen.len() > acc.seen.len() {
+            std::mem::swap(&mut acc.seen, &mut other.seen);
+        }
+        for (who, ranks) in other.seen {
+            *acc.seen.entry(who).or_insert(0) |= ranks;
+        }
+        acc.group = acc.group.take().or(other.group);
+        for (n, m) in acc.bids.iter_mut().zip(other.bids) {
+            *n += m;
+        }
+        acc.latest = acc.latest.max(other.latest);
+    }
+
+    fn get_result(&self, acc: &Distinct<G>) -> Option<(G, Stats)> {
+        let mut stats = Stats {
+            bids: acc.bids,
+            bidders: [0; 4],
+            auctions: [0; 4],
+            latest: acc.latest,
+        };
+        for (&who, &ranks) in &acc.seen {
+            let counts = match who & 1 {
+                0 => &mut stats.bidders,
+                _ => &mut stats.auctions,
+            };
+            counts[0] += 1;
+            for (i, n) in counts[1..].iter_mut().enumerate() {
+                *n += u64::from(ranks >> i & 1);
+            }
+        }
+        Some((acc.group.clone()?, stats))
     }
 }
 
 /// A group's statistics: its bids per rank; its distinct bidders and auctions, in total and
 /// per rank; its latest bid's time.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    sluice::rkyv::Archive,
-    sluice::rkyv::Serialize,
-    sluice::rkyv::Deserialize,
-)]
-#[rkyv(crate = sluice::rkyv)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
     bids: [u64; 3],
     bidders: [u64; 4],
     auctions: [u64; 4],
     latest: i64,
-}
-
-impl Stats {
-    /// One distinct bidder's (or auction's) share of its group's statistics.
-    fn of(auction: bool, seen: Seen) -> Stats {
-        let bit = |i: u8| u64::from(seen.ranks >> i & 1);
-        let counts = [1, bit(0), bit(1), bit(2)];
-        let (bidders, auctions) = match auction {
-            false => (counts, [0; 4]),
-            true => ([0; 4], counts),
-        };
-        Stats {
-            bids: seen.bids,
-            bidders,
-            auctions,
-            latest: seen.latest,
-        }
-    }
-
-    fn merge(a: Stats, b: Stats) -> Stats {
-        let add = |x: [u64; 4], y: [u64; 4]| std::array::from_fn(|i| x[i] + y[i]);
-        Stats {
-            bids: std::array::from_fn(|i| a.bids[i] + b.bids[i]),
-            bidders: add(a.bidders, b.bidders),
-            auctions: add(a.auctions, b.auctions),
-            latest: a.latest.max(b.latest),
-        }
-    }
 }
 
 impl Display for Stats {
@@ -273,6 +269,7 @@ impl Display for Q16Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nexmark::model::{LazyText, Sym};
 
     #[test]
     fn price_ranks_follow_the_filters() {
@@ -283,17 +280,43 @@ mod tests {
         assert_eq!(rank_bit(1_000_000), 4);
     }
 
+    fn bid(bidder: u64, auction: u64, price: u64, date_time: i64) -> Bid {
+        Bid {
+            auction,
+            bidder,
+            price,
+            channel: Sym(0),
+            url: Sym(0),
+            date_time,
+            extra: LazyText::default(),
+        }
+    }
+
+    /// Any split of the bids into merged partials gives the same counts.
     #[test]
-    fn a_group_counts_each_bidder_once_per_rank() {
-        let seen = |ranks, bids, latest| Seen {
-            ranks,
-            bids,
-            latest,
-        };
-        let bidder = Seen::merge(seen(1, [1, 0, 0], 5), seen(4, [0, 0, 2], 9));
-        let auction = Seen::merge(seen(1, [0; 3], 5), seen(1, [0; 3], 7));
-        let stats = Stats::merge(Stats::of(false, bidder), Stats::of(true, auction));
-        assert_eq!(stats.to_string(), "3,1,0,2,1,1,0,1,1,1,0,0");
-        assert_eq!(stats.latest, 9);
+    fn a_group_counts_each_bidder_and_auction_once_per_rank() {
+        let agg = DistinctAgg(|_: &Bid| 7_i64);
+        let bids = [
+            bid(1, 10, 5, 3),
+            bid(1, 10, 50_000, 9),
+            bid(2, 10, 5_000_000, 4),
+            bid(1, 11, 7, 2),
+            bid(3, 11, 70_000, 1),
+        ];
+        for split in 0..=bids.len() {
+            let (mut a, mut b) = (agg.create_accumulator(), agg.create_accumulator());
+            bids[..split].iter().for_each(|x| agg.add(&mut a, *x));
+            bids[split..].iter().for_each(|x| agg.add(&mut b, *x));
+            agg.merge(&mut a, b);
+            let (group, stats) = agg.get_result(&a).unwrap();
+            assert_eq!(group, 7);
+            assert_eq!(
+                stats.to_string(),
+                "5,2,2,1,3,1,2,1,2,2,2,1",
+                "split at {split}"
+            );
+            assert_eq!(stats.latest, 9);
+        }
+        assert_eq!(agg.get_result(&agg.create_accumulator()), None);
     }
 }
