@@ -362,7 +362,8 @@ fn date_of(ms: i64) -> &'static str {
     }
 }
 
-fn group_bids<'a, G: Ord>(ev: &'a [Event], group: impl Fn(&Bid) -> G) -> BTreeMap<G, Vec<&'a Bid>> {
+/// The bids of each group that `group` gives them.
+fn group_bids<G: Ord>(ev: &[Event], group: impl Fn(&Bid) -> G) -> BTreeMap<G, Vec<&Bid>> {
     let mut groups: BTreeMap<G, Vec<&Bid>> = BTreeMap::new();
     for b in bids(ev) {
         groups.entry(group(b)).or_default().push(b);
