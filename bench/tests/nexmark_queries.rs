@@ -69,6 +69,14 @@ fn fast() -> NexmarkConfig {
     }
 }
 
+/// The slow rate from 5 s before midnight (UTC) of 2023-11-14: days and minutes change.
+fn midnight() -> NexmarkConfig {
+    NexmarkConfig {
+        base_time_ms: 1_700_006_395_000,
+        ..slow()
+    }
+}
+
 fn events(cfg: &NexmarkConfig) -> Vec<Event> {
     let g = Generator::new(cfg).unwrap();
     (0..cfg.events.unwrap()).map(|n| g.event(n)).collect()
@@ -124,10 +132,38 @@ fn reference(query: Query, ev: &[Event]) -> Vec<String> {
         Query::Q7 => q7(ev),
         Query::Q8 => q8(ev),
         Query::Q9 => q9(ev),
+        Query::Q10 => bids(ev)
+            .map(|b| {
+                let (t, day) = (b.date_time, date_of(b.date_time));
+                let (h, m) = ((t / 3_600_000) % 24, (t / 60_000) % 60);
+                format!("{},{day},{h:02}:{m:02}", bid_line(b))
+            })
+            .collect(),
         Query::Q11 => q11(ev),
         Query::Q12 => unreachable!("q12 depends on processing time"),
         Query::Q14 => q14(ev),
+        Query::Q15 => {
+            let per_day = group_bids(ev, |b| date_of(b.date_time));
+            per_day
+                .into_iter()
+                .map(|(day, bids)| format!("{day},{}", distinct_counts(&bids)))
+                .collect()
+        }
+        Query::Q16 => {
+            let groups = group_bids(ev, |b| (b.channel.as_str(), date_of(b.date_time)));
+            groups
+                .into_iter()
+                .map(|((channel, day), bids)| {
+                    let t = bids.iter().map(|b| b.date_time).max().unwrap();
+                    let (h, m) = ((t / 3_600_000) % 24, (t / 60_000) % 60);
+                    let counts = distinct_counts(&bids);
+                    format!("{channel},{day},{h:02}:{m:02},{counts}")
+                })
+                .collect()
+        }
         Query::Q17 => q17(ev),
+        Query::Q18 => q18(ev),
+        Query::Q19 => q19(ev),
         Query::Q20 => q20(ev),
         Query::Q21 => q21(ev),
         Query::Q22 => bids(ev)
@@ -316,22 +352,62 @@ fn q14(ev: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// `yyyy-MM-dd` of epoch milliseconds (UTC), for the days of the runs here.
+fn date_of(ms: i64) -> &'static str {
+    // 2023-11-14 is day 19,675; the runs here stay within a day or two of it.
+    match ms / 86_400_000 {
+        19_675 => "2023-11-14",
+        19_676 => "2023-11-15",
+        day => panic!("day {day} outside the reference's calendar"),
+    }
+}
+
+/// The bids of each group that `group` gives them.
+fn group_bids<G: Ord>(ev: &[Event], group: impl Fn(&Bid) -> G) -> BTreeMap<G, Vec<&Bid>> {
+    let mut groups: BTreeMap<G, Vec<&Bid>> = BTreeMap::new();
+    for b in bids(ev) {
+        groups.entry(group(b)).or_default().push(b);
+    }
+    groups
+}
+
+/// q15's and q16's twelve counts of a group's bids: bids, distinct bidders and distinct
+/// auctions, each in total and for the three price ranks of the filters.
+fn distinct_counts(bids: &[&Bid]) -> String {
+    let ranks: [fn(u64) -> bool; 4] = [
+        |_| true,
+        |p| p < 10_000,
+        |p| (10_000..1_000_000).contains(&p),
+        |p| p >= 1_000_000,
+    ];
+    let mut counts = Vec::new();
+    for rank in ranks {
+        counts.push(bids.iter().filter(|b| rank(b.price)).count());
+    }
+    for field in [|b: &Bid| b.bidder, |b: &Bid| b.auction] {
+        for rank in ranks {
+            let distinct: std::collections::HashSet<u64> = bids
+                .iter()
+                .filter(|b| rank(b.price))
+                .map(|b| field(b))
+                .collect();
+            counts.push(distinct.len());
+        }
+    }
+    let counts: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+    counts.join(",")
+}
+
 fn q17(ev: &[Event]) -> Vec<String> {
     // (auction, day) → prices.
-    let mut groups: BTreeMap<(u64, i64), Vec<u64>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u64, &str), Vec<u64>> = BTreeMap::new();
     for b in bids(ev) {
-        let day = b.date_time / 86_400_000;
+        let day = date_of(b.date_time);
         groups.entry((b.auction, day)).or_default().push(b.price);
     }
     groups
         .into_iter()
-        .map(|((auction, day), prices)| {
-            // 2023-11-14 is day 19,675; the runs here stay within a day or two of it.
-            let date = match day {
-                19_675 => "2023-11-14",
-                19_676 => "2023-11-15",
-                _ => panic!("day {day} outside the reference's calendar"),
-            };
+        .map(|((auction, date), prices)| {
             let n = prices.len() as u64;
             let r1 = prices.iter().filter(|&&p| p < 10_000).count();
             let r2 = prices
@@ -347,6 +423,50 @@ fn q17(ev: &[Event]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Every bid with its place in the stream (its index here).
+fn numbered_bids(ev: &[Event]) -> impl Iterator<Item = (usize, &Bid)> {
+    ev.iter().enumerate().filter_map(|(n, e)| match e {
+        Event::Bid(b) => Some((n, b)),
+        _ => None,
+    })
+}
+
+/// q18's and q19's `auction,bidder,price,channel,url,dateTime,extra`.
+fn bid_details(b: &Bid) -> String {
+    let (a, bi, p, c, u, t) = (b.auction, b.bidder, b.price, b.channel, b.url, b.date_time);
+    format!("{a},{bi},{p},{c},{u},{t},{}", b.extra.to_text())
+}
+
+/// The last bid per bidder and auction: the latest `dateTime`, of equal ones the later event.
+fn q18(ev: &[Event]) -> Vec<String> {
+    let mut last: HashMap<(u64, u64), (i64, usize, &Bid)> = HashMap::new();
+    for (n, b) in numbered_bids(ev) {
+        let e = last
+            .entry((b.bidder, b.auction))
+            .or_insert((b.date_time, n, b));
+        if (b.date_time, n) > (e.0, e.1) {
+            *e = (b.date_time, n, b);
+        }
+    }
+    last.values().map(|(_, _, b)| bid_details(b)).collect()
+}
+
+/// The ten highest bids per auction: price descending, of equal prices the earlier event first.
+fn q19(ev: &[Event]) -> Vec<String> {
+    let mut per_auction: HashMap<u64, Vec<(usize, &Bid)>> = HashMap::new();
+    for (n, b) in numbered_bids(ev) {
+        per_auction.entry(b.auction).or_default().push((n, b));
+    }
+    let mut rows = Vec::new();
+    for mut bids in per_auction.into_values() {
+        bids.sort_by_key(|&(n, b)| (std::cmp::Reverse(b.price), n));
+        for (rank, (_, b)) in bids.iter().take(10).enumerate() {
+            rows.push(format!("{},{}", bid_details(b), rank + 1));
+        }
+    }
+    rows
 }
 
 fn q20(ev: &[Event]) -> Vec<String> {
@@ -404,7 +524,11 @@ fn q21(ev: &[Event]) -> Vec<String> {
 }
 
 fn check(query: Query) {
-    for cfg in [slow(), fast()] {
+    check_at(query, [slow(), fast()]);
+}
+
+fn check_at(query: Query, configs: impl IntoIterator<Item = NexmarkConfig>) {
+    for cfg in configs {
         let expected = reference(query, &events(&cfg));
         for workers in [1, 2] {
             let got = run(query, &cfg, workers);
@@ -412,10 +536,11 @@ fn check(query: Query) {
             let extra = got.iter().find(|r| expected.binary_search(r).is_err());
             assert!(
                 got == expected,
-                "{} on {workers} workers at {} events/s: {} rows, the reference {}; \
+                "{} on {workers} workers at {} events/s from {}: {} rows, the reference {}; \
                  missing {missing:?}, extra {extra:?}",
                 query.name(),
                 cfg.first_event_rate,
+                cfg.base_time_ms,
                 got.len(),
                 expected.len(),
             );
@@ -502,6 +627,11 @@ fn q9_winning_bids() {
 }
 
 #[test]
+fn q10_bids_with_day_and_minute() {
+    check_at(Query::Q10, [slow(), fast(), midnight()]);
+}
+
+#[test]
 fn q11_user_sessions() {
     check(Query::Q11);
 }
@@ -512,8 +642,28 @@ fn q14_bid_time_types() {
 }
 
 #[test]
+fn q15_bidding_statistics_per_day() {
+    check_at(Query::Q15, [slow(), fast(), midnight()]);
+}
+
+#[test]
+fn q16_channel_statistics_per_day() {
+    check_at(Query::Q16, [slow(), fast(), midnight()]);
+}
+
+#[test]
 fn q17_auction_statistics_per_day() {
     check(Query::Q17);
+}
+
+#[test]
+fn q18_last_bid_per_bidder_and_auction() {
+    check(Query::Q18);
+}
+
+#[test]
+fn q19_ten_highest_bids_per_auction() {
+    check(Query::Q19);
 }
 
 #[test]

@@ -39,8 +39,8 @@ use sluice::cli::progress::human;
 /// Options of `sluice bench nexmark`.
 #[derive(Args, Debug)]
 pub struct NexmarkBench {
-    /// The query to run: q0, q1, q2, q3, q4, q5, q5-inc, q7, q8, q9, q11, q12, q14, q17, q20,
-    /// q21 or q22.
+    /// The query to run: q0, q1, q2, q3, q4, q5, q5-inc, q7, q8, q9, q10, q11, q12, q14, q15,
+    /// q16, q17, q18, q19, q20, q21 or q22.
     #[arg(long, value_name = "QN", value_parser = parse_query, required_unless_present = "all")]
     query: Option<Query>,
     /// Runs every implemented query, one after the other.

@@ -247,6 +247,13 @@ impl LazyText {
         self.for_each_letter(|b| out.push(char::from(b)));
     }
 
+    /// The seed of the letters' random sequence: for the generator's texts, the number of
+    /// the event they belong to.
+    #[inline]
+    pub(crate) fn seed(&self) -> u64 {
+        u64::from(self.seed[0]) | (u64::from(self.seed[1]) << 32)
+    }
+
     /// The letters as a `String`.
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(self.len());
@@ -258,8 +265,7 @@ impl LazyText {
         if self.len == 0 {
             return;
         }
-        let seed = u64::from(self.seed[0]) | (u64::from(self.seed[1]) << 32);
-        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut rng = SmallRng::seed_from_u64(self.seed());
         for _ in 0..self.skip {
             rng.next_u64();
         }
@@ -386,6 +392,18 @@ pub struct Bid {
     pub date_time: i64,
     /// Padding letters that bring the event to its nominal size (100 bytes).
     pub extra: LazyText,
+}
+
+impl Bid {
+    /// The number of the event this bid is (for a bid from [`Generator::event`], whose texts
+    /// are drawn from the random sequence seeded with it): its place in the stream, which
+    /// orders bids of equal `date_time` (q18's last bid, q19's ranks).
+    ///
+    /// [`Generator::event`]: super::Generator::event
+    #[inline]
+    pub fn event_number(&self) -> u64 {
+        self.extra.seed()
+    }
 }
 
 /// The kind of an event, chosen by its number: of every 50 events, 1 person, 3 auctions and

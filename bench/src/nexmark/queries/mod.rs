@@ -16,11 +16,12 @@
 //!
 //! # Bounded runs and changelogs
 //!
-//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category) produces a
-//! changelog in Flink: a new value per group after every input. Over a bounded run it is
-//! represented here by its final rows only, one per group, emitted when the input ends — the
-//! rows the changelog's last state holds. Joins and windows emit as the watermark allows, the
-//! same rows the SQL produces, each once.
+//! A query whose SQL is an unbounded `GROUP BY` (q4's average per category, q15's and q16's
+//! statistics per day) or a ranking over an unbounded stream (q18's last bid, q19's Top-N)
+//! produces a changelog in Flink: a new value per group after every input. Over a bounded run
+//! it is represented here by its final rows only, emitted when the input ends — the rows the
+//! changelog's last state holds. Joins and windows emit as the watermark allows, the same rows
+//! the SQL produces, each once.
 //!
 //! # On a cluster
 //!
@@ -28,8 +29,10 @@
 //! [`register_wire_types`], so each query runs across nodes too. Symbols cross as their
 //! strings (see [`Sym`]).
 
+pub mod distinct;
 pub mod hot_items;
 pub mod joins;
+pub mod ranks;
 pub mod stateless;
 pub mod windows;
 
@@ -138,14 +141,24 @@ pub enum Query {
     Q8,
     /// Winning bids.
     Q9,
+    /// Log to a file system: bids with their day and minute.
+    Q10,
     /// User sessions: session windows.
     Q11,
     /// Processing-time windows.
     Q12,
     /// Bidding statistics per time of day (filter and projection).
     Q14,
+    /// Bidding statistics per day: distinct counts with filters.
+    Q15,
+    /// Channel statistics per day: q15's counts per channel.
+    Q16,
     /// Auction statistics per day.
     Q17,
+    /// The last bid of each bidder on each auction: a deduplication.
+    Q18,
+    /// The ten highest bids of each auction: a Top-N.
+    Q19,
     /// Expanded bids: a regular join of bids and auctions.
     Q20,
     /// Channel ids from URLs.
@@ -167,10 +180,15 @@ impl Query {
         Query::Q7,
         Query::Q8,
         Query::Q9,
+        Query::Q10,
         Query::Q11,
         Query::Q12,
         Query::Q14,
+        Query::Q15,
+        Query::Q16,
         Query::Q17,
+        Query::Q18,
+        Query::Q19,
         Query::Q20,
         Query::Q21,
         Query::Q22,
@@ -189,10 +207,15 @@ impl Query {
             Query::Q7 => "q7",
             Query::Q8 => "q8",
             Query::Q9 => "q9",
+            Query::Q10 => "q10",
             Query::Q11 => "q11",
             Query::Q12 => "q12",
             Query::Q14 => "q14",
+            Query::Q15 => "q15",
+            Query::Q16 => "q16",
             Query::Q17 => "q17",
+            Query::Q18 => "q18",
+            Query::Q19 => "q19",
             Query::Q20 => "q20",
             Query::Q21 => "q21",
             Query::Q22 => "q22",
@@ -212,10 +235,15 @@ impl Query {
             Query::Q7 => "nexmark-q7",
             Query::Q8 => "nexmark-q8",
             Query::Q9 => "nexmark-q9",
+            Query::Q10 => "nexmark-q10",
             Query::Q11 => "nexmark-q11",
             Query::Q12 => "nexmark-q12",
             Query::Q14 => "nexmark-q14",
+            Query::Q15 => "nexmark-q15",
+            Query::Q16 => "nexmark-q16",
             Query::Q17 => "nexmark-q17",
+            Query::Q18 => "nexmark-q18",
+            Query::Q19 => "nexmark-q19",
             Query::Q20 => "nexmark-q20",
             Query::Q21 => "nexmark-q21",
             Query::Q22 => "nexmark-q22",
@@ -245,12 +273,25 @@ impl Query {
                 "id,itemName,description,initialBid,reserve,dateTime,expires,seller,category,\
                  extra,auction,bidder,price,bid_dateTime,bid_extra"
             }
+            Query::Q10 => "auction,bidder,price,dateTime,extra,dt,hm",
             Query::Q11 | Query::Q12 => "bidder,bid_count,starttime,endtime",
             Query::Q14 => "auction,bidder,price,bidTimeType,dateTime,extra,c_counts",
+            Query::Q15 => {
+                "day,total_bids,rank1_bids,rank2_bids,rank3_bids,total_bidders,rank1_bidders,\
+                 rank2_bidders,rank3_bidders,total_auctions,rank1_auctions,rank2_auctions,\
+                 rank3_auctions"
+            }
+            Query::Q16 => {
+                "channel,day,minute,total_bids,rank1_bids,rank2_bids,rank3_bids,total_bidders,\
+                 rank1_bidders,rank2_bidders,rank3_bidders,total_auctions,rank1_auctions,\
+                 rank2_auctions,rank3_auctions"
+            }
             Query::Q17 => {
                 "auction,day,total_bids,rank1_bids,rank2_bids,rank3_bids,min_price,max_price,\
                  avg_price,sum_price"
             }
+            Query::Q18 => "auction,bidder,price,channel,url,dateTime,extra",
+            Query::Q19 => "auction,bidder,price,channel,url,dateTime,extra,rank_number",
             Query::Q20 => {
                 "auction,bidder,price,channel,url,bid_dateTime,bid_extra,itemName,description,\
                  initialBid,reserve,auction_dateTime,expires,seller,category,auction_extra"
@@ -267,11 +308,14 @@ impl Query {
             | Query::Q1
             | Query::Q2
             | Query::Q3
+            | Query::Q10
             | Query::Q14
             | Query::Q20
             | Query::Q21
             | Query::Q22 => Due::OnRecord,
-            Query::Q4 | Query::Q17 => Due::AtEnd,
+            Query::Q4 | Query::Q15 | Query::Q16 | Query::Q17 | Query::Q18 | Query::Q19 => {
+                Due::AtEnd
+            }
             Query::Q5 | Query::Q5Inc | Query::Q7 | Query::Q8 | Query::Q9 | Query::Q11 => {
                 Due::OnWatermark
             }
@@ -298,10 +342,15 @@ impl Query {
             Query::Q7 => windows::q7(events, out),
             Query::Q8 => windows::q8(events, out),
             Query::Q9 => joins::q9(events, out),
+            Query::Q10 => stateless::q10(events, out),
             Query::Q11 => windows::q11(events, out),
             Query::Q12 => windows::q12(events, out),
             Query::Q14 => stateless::q14(events, out),
+            Query::Q15 => distinct::q15(events, out),
+            Query::Q16 => distinct::q16(events, out),
             Query::Q17 => stateless::q17(events, out),
+            Query::Q18 => ranks::q18(events, out),
+            Query::Q19 => ranks::q19(events, out),
             Query::Q20 => joins::q20(events, out),
             Query::Q21 => stateless::q21(events, out),
             Query::Q22 => stateless::q22(events, out),

@@ -1,6 +1,6 @@
 //! The queries over bids alone: projections and filters, one row per input bid at most (q0,
-//! q1, q2, q14, q21, q22: each a chain of one `flat_map` after the source, with no exchange),
-//! and q17's statistics per auction and day (a final aggregation).
+//! q1, q2, q10, q14, q21, q22: each a chain of one `flat_map` after the source, with no
+//! exchange), and q17's statistics per auction and day (a final aggregation).
 
 use std::fmt::{self, Display};
 
@@ -82,6 +82,43 @@ impl Display for Q2Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{},{}", self.0, self.1)
     }
+}
+
+/// q10, log to a file system: `SELECT auction, bidder, price, dateTime, extra,
+/// DATE_FORMAT(dateTime, 'yyyy-MM-dd'), DATE_FORMAT(dateTime, 'HH:mm') FROM bid`, every bid
+/// with the day and the minute it falls in (UTC), the columns the SQL's file sink partitions
+/// by. The rows go to the run's sink (part files with `--output`) as they come; the SQL's
+/// rolling and partition commits are the file sink's business, not the rows'.
+pub fn q10<H, P>(events: DataStream<H, P>, out: &impl RowOutput)
+where
+    H: Head,
+    P: Pipe<H::Item, Out = Event>,
+{
+    out.rows(
+        events.flat_map(|e: Event| e.bid().map(Q10Row)),
+        Due::OnRecord,
+    );
+}
+
+/// A row of q10: `auction,bidder,price,dateTime,extra,dt,hm`; `dt` and `hm` are formatted
+/// when the row is written.
+#[derive(Clone, Copy, Debug)]
+pub struct Q10Row(pub Bid);
+
+impl Display for Q10Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        BidRow(self.0).fmt(f)?;
+        f.write_str(",")?;
+        write_date(f, epoch_day(self.0.date_time))?;
+        f.write_str(",")?;
+        write_hour_minute(f, self.0.date_time)
+    }
+}
+
+/// `DATE_FORMAT(t, 'HH:mm')` of epoch milliseconds, in UTC.
+pub(super) fn write_hour_minute(f: &mut fmt::Formatter<'_>, ms: i64) -> fmt::Result {
+    let minute = ms.div_euclid(60_000).rem_euclid(24 * 60);
+    write!(f, "{:02}:{:02}", minute / 60, minute % 60)
 }
 
 /// q14, a filter and projection with a UDF: bids with `0.908 * price` strictly between
@@ -290,12 +327,12 @@ where
 }
 
 /// The days since 1970-01-01 of epoch milliseconds, in UTC.
-fn epoch_day(ms: i64) -> i64 {
+pub(super) fn epoch_day(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
 
 /// `yyyy-MM-dd` of a day since 1970-01-01 (the proleptic Gregorian calendar).
-fn write_date(f: &mut fmt::Formatter<'_>, days: i64) -> fmt::Result {
+pub(super) fn write_date(f: &mut fmt::Formatter<'_>, days: i64) -> fmt::Result {
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -426,5 +463,21 @@ mod tests {
         assert_eq!(date(1_700_000_000_000), "2023-11-14");
         assert_eq!(date(951_782_400_000), "2000-02-29");
         assert_eq!(date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn hours_and_minutes_of_the_day() {
+        struct Hm(i64);
+        impl Display for Hm {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_hour_minute(f, self.0)
+            }
+        }
+        assert_eq!(Hm(0).to_string(), "00:00");
+        // The default base time, 1700000000000, is 22:13:20 UTC.
+        assert_eq!(Hm(1_700_000_000_000).to_string(), "22:13");
+        assert_eq!(Hm(86_399_999).to_string(), "23:59");
+        assert_eq!(Hm(-1).to_string(), "23:59");
+        assert_eq!(Hm(3_600_000 * 9 + 60_000 * 5 + 59_999).to_string(), "09:05");
     }
 }
