@@ -141,6 +141,27 @@ fn stale_rejections(cluster: &TestCluster) -> u64 {
     old + count(&cluster.coordinator.log())
 }
 
+/// Waits for the job's end and checks it: the client exits 0, the output holds every key's
+/// sequence exactly once, and the coordinators rejected at least one stale message; how many.
+fn ends_exactly_once_with_stale_rejections(
+    client: &mut Proc,
+    cluster: &TestCluster,
+    events: u64,
+    keys: u64,
+    output: &Path,
+) -> u64 {
+    let status = job_end(client, cluster);
+    assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
+    check_sequences(events, keys, output, client, cluster);
+    let rejected = stale_rejections(cluster);
+    assert!(
+        rejected >= 1,
+        "no stale message rejected\n{}",
+        cluster.logs()
+    );
+    rejected
+}
+
 #[test]
 fn a_paused_worker_node_is_fenced_and_its_stale_messages_rejected() {
     let dir = tempdir();
@@ -163,15 +184,8 @@ fn a_paused_worker_node_is_fenced_and_its_stale_messages_rejected() {
         .coordinator
         .wait_for_line("rejected a stale message of run 1 from node w2");
     cluster.workers[1].wait_for_line("lost the coordinator");
-    let status = job_end(&mut client, &cluster);
-    assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
-    check_sequences(events, keys, &output, &client, &cluster);
-    let rejected = stale_rejections(&cluster);
-    assert!(
-        rejected >= 1,
-        "no stale message rejected\n{}",
-        cluster.logs()
-    );
+    let rejected =
+        ends_exactly_once_with_stale_rejections(&mut client, &cluster, events, keys, &output);
     eprintln!("stale messages rejected: {rejected}");
 }
 
@@ -236,15 +250,8 @@ fn chaos_of_worker_kills_coordinator_kills_and_a_pause_keeps_exactly_once() {
     wait_for_lines(&mut client, "restarting from checkpoint", restarts);
     checkpoint_past(&cluster, newest);
 
-    let status = job_end(&mut client, &cluster);
-    assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
-    check_sequences(events, keys, &output, &client, &cluster);
-    let rejected = stale_rejections(&cluster);
-    assert!(
-        rejected >= 1,
-        "no stale message rejected\n{}",
-        cluster.logs()
-    );
+    let rejected =
+        ends_exactly_once_with_stale_rejections(&mut client, &cluster, events, keys, &output);
     eprintln!("stale messages rejected: {rejected}, restarts: {restarts}");
 }
 

@@ -39,6 +39,16 @@ fn assert_one_line_error(out: &std::process::Output, needles: &[&str]) {
     }
 }
 
+/// After the refusals: the coordinator still serves its nodes and never panicked.
+fn assert_still_serving(cluster: &TestCluster) {
+    assert!(
+        cluster.list().contains("w1"),
+        "the coordinator stopped serving"
+    );
+    let log = cluster.coordinator.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 #[test]
 fn a_worker_and_a_client_with_the_wrong_secret_are_refused_and_logged() {
     let dir = tempdir();
@@ -131,12 +141,7 @@ fn garbage_and_a_4_gib_frame_header_are_disconnected_and_logged() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        cluster.list().contains("w1"),
-        "the coordinator stopped serving"
-    );
-    let log = cluster.coordinator.log();
-    assert!(!log.contains("panicked"), "{log}");
+    assert_still_serving(&cluster);
 }
 
 #[test]
@@ -548,10 +553,5 @@ fn a_replayed_handshake_and_frames_before_one_are_refused_by_the_coordinator() {
         assert!(started.elapsed() < WAIT_LIMIT, "{log}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        cluster.list().contains("w1"),
-        "the coordinator stopped serving"
-    );
-    let log = cluster.coordinator.log();
-    assert!(!log.contains("panicked"), "{log}");
+    assert_still_serving(&cluster);
 }

@@ -452,18 +452,25 @@ proptest! {
     }
 }
 
-#[test]
-fn a_window_fires_when_the_watermark_reaches_its_end_minus_one() {
-    let assigner = WindowAssigner::tumbling(10);
-    let op = WindowOperator::<_, _, u8, i64>::new(
+/// The operator the tests below drive: a count and sum per key and window, with the
+/// assigner's default trigger, no allowed lateness and no late output.
+fn count_sum_operator(
+    assigner: WindowAssigner,
+) -> WindowOperator<AggregateWindow<CountSum, i64>, DefaultTrigger, u8, i64> {
+    WindowOperator::new(
         assigner,
         AggregateWindow::new(CountSum),
         DefaultTrigger::of(&assigner),
         true,
         0,
         None,
-    );
-    let mut h = Harness::new(op);
+    )
+}
+
+#[test]
+fn a_window_fires_when_the_watermark_reaches_its_end_minus_one() {
+    let assigner = WindowAssigner::tumbling(10);
+    let mut h = Harness::new(count_sum_operator(assigner));
     h.record((1, Combined::Raw(5)), 3).unwrap();
     h.watermark(8).unwrap();
     assert!(h.take_records().is_empty());
@@ -477,15 +484,7 @@ fn a_window_fires_when_the_watermark_reaches_its_end_minus_one() {
 #[test]
 fn session_records_bridge_two_sessions() {
     let assigner = WindowAssigner::session(10);
-    let op = WindowOperator::<_, _, u8, i64>::new(
-        assigner,
-        AggregateWindow::new(CountSum),
-        DefaultTrigger::of(&assigner),
-        true,
-        0,
-        None,
-    );
-    let mut h = Harness::new(op);
+    let mut h = Harness::new(count_sum_operator(assigner));
     let raw = |v: i64| Combined::Raw(v);
     h.record((1, raw(1)), 0).unwrap();
     h.record((1, raw(2)), 30).unwrap();
@@ -505,15 +504,7 @@ fn session_records_bridge_two_sessions() {
 #[test]
 fn a_combined_session_bridges_three_sessions() {
     let assigner = WindowAssigner::session(10);
-    let op = WindowOperator::<_, _, u8, i64>::new(
-        assigner,
-        AggregateWindow::new(CountSum),
-        DefaultTrigger::of(&assigner),
-        true,
-        0,
-        None,
-    );
-    let mut h = Harness::new(op);
+    let mut h = Harness::new(count_sum_operator(assigner));
     for (v, ts) in [(1, 0), (2, 20), (4, 40), (8, 70)] {
         h.record((1, Combined::Raw(v)), ts).unwrap();
     }
