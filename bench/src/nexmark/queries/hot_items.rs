@@ -25,8 +25,9 @@
 //! until its memory is touched. Rows waiting behind either are the run's p99. So both happen
 //! on a *maintenance* timer half a slide away from the instants at which windows are due:
 //! there the generations rotate, and the table reserves room for a quarter more auctions than
-//! the last slide added, so that it does not grow on the insert path before the next maintenance. A
-//! stall there is over long before the next window is due.
+//! the last slide added, so that it does not grow on the insert path before the next
+//! maintenance. A stall there is over long before the next window is due. The end of the input
+//! fires every timer at once, so nothing is maintained then.
 
 use std::collections::VecDeque;
 
@@ -178,6 +179,7 @@ fn maintenance_ms(first: i64) -> i64 {
     window_last_ms(first) - SLIDE_MS / 2
 }
 
+/// Whether a timer at `timestamp` is a maintenance timer (one of [`maintenance_ms`]'s).
 fn is_maintenance(timestamp: Timestamp) -> bool {
     timestamp.rem_euclid(SLIDE_MS) == SLIDE_MS / 2 - 1
 }
@@ -279,8 +281,7 @@ impl HotItems {
             self.generation_start = self.timer_registered;
         }
         // Room for a quarter more auctions than the last slide added: growing while full would
-        // rehash every entry on the insert path, whenever the table happens to fill. (Twice
-        // as many cost 15% of the throughput in memory that the tables never use.)
+        // rehash every entry on the insert path, whenever the table happens to fill.
         let added = std::mem::take(&mut self.added);
         let room = added + added / 4;
         if self.counts.capacity() - self.counts.len() < room {
