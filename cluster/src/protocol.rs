@@ -185,6 +185,16 @@ mod messages {
             /// Set for a savepoint: where the stages write their state.
             savepoint_dir: Option<String>,
         },
+        /// Node → coordinator: a stage instance runs (its state is restored); checkpoints are
+        /// triggered once every instance does.
+        Running {
+            /// The run.
+            run: u64,
+            /// The stage.
+            stage: u32,
+            /// The global worker.
+            worker: u32,
+        },
         /// Node → coordinator: a stage instance's snapshot of a checkpoint is durable.
         Ack {
             /// The run.
@@ -437,6 +447,11 @@ mod tests {
                 restore: Some("/c/chk-3".into()),
                 checkpoint_dir: None,
             }),
+            Msg::Running {
+                run: 3,
+                stage: 1,
+                worker: 3,
+            },
             Msg::Ack {
                 run: 3,
                 checkpoint_id: 9,

@@ -573,6 +573,11 @@ fn to_coordinator(run: u64, m: ToCoordinator) -> Msg {
             .collect()
     };
     match m {
+        ToCoordinator::Running { stage, worker } => Msg::Running {
+            run,
+            stage: stage as u32,
+            worker: worker as u32,
+        },
         ToCoordinator::Ack(a) => Msg::Ack {
             run,
             checkpoint_id: a.checkpoint_id,

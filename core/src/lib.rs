@@ -48,3 +48,6 @@ pub use key::{Key, KeyGroups, StableHasher};
 /// (and a future deterministic simulator) are repeatable. Never used for anything persisted or
 /// sent between nodes: that is what [`Key::stable_hash`] is for.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// A hash set with a fixed hasher, like [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;

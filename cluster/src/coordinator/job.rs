@@ -877,6 +877,12 @@ impl Job {
                 };
                 run.checkpoints.control().send(ToCoordinator::Ack(ack));
             }
+            Msg::Running { stage, worker, .. } => {
+                run.checkpoints.control().send(ToCoordinator::Running {
+                    stage: stage as usize,
+                    worker: worker as usize,
+                });
+            }
             Msg::Declined {
                 checkpoint_id,
                 stage,

@@ -305,6 +305,7 @@ impl Coord {
     fn node_message(&mut self, node: u64, msg: Msg) {
         let run = match &msg {
             Msg::Prepared { run, .. }
+            | Msg::Running { run, .. }
             | Msg::Ack { run, .. }
             | Msg::Declined { run, .. }
             | Msg::Finished { run, .. }

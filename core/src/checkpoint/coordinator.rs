@@ -193,6 +193,10 @@ impl Coordinator {
     pub fn tick(&mut self, stages: &[Box<dyn StageFactory>]) -> Result<Tick> {
         while let Ok(message) = self.messages.try_recv() {
             let outcome = match message {
+                ToCoordinator::Running { stage, worker } => {
+                    self.tracker.on_running(stage, worker);
+                    continue;
+                }
                 ToCoordinator::Ack(ack) => self.tracker.on_ack(ack),
                 ToCoordinator::Finished {
                     stage,
@@ -521,11 +525,49 @@ mod tests {
                 }) as Box<dyn StageFactory>
             })
             .collect();
-        (Coordinator::new(Some(config), info, 0), stages, commits)
+        let c = Coordinator::new(Some(config), info, 0);
+        for stage in 0..2 {
+            c.control()
+                .send(ToCoordinator::Running { stage, worker: 0 });
+        }
+        (c, stages, commits)
     }
 
     fn tick(c: &mut Coordinator, stages: &[Box<dyn StageFactory>]) {
         assert!(matches!(c.tick(stages), Ok(Tick::Continue)));
+    }
+
+    #[test]
+    fn no_checkpoint_or_savepoint_starts_before_every_instance_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CheckpointConfig::new(dir.path(), Duration::ZERO);
+        config.timeout = Duration::from_secs(60);
+        let info = JobInfo {
+            job: "restoring".into(),
+            workers: 2,
+            key_groups_max: 128,
+            stage_names: vec!["Source: a".into()],
+            run: 0,
+        };
+        let mut c = Coordinator::new(Some(config), info, 4);
+        let control = c.control();
+        c.request_savepoint_and_continue(&dir.path().join("sp"));
+        control.send(ToCoordinator::Running {
+            stage: 0,
+            worker: 1,
+        });
+        for _ in 0..3 {
+            tick(&mut c, &[]);
+        }
+        assert_eq!(control.pending_trigger(4), None, "worker 0 still restores");
+        assert_eq!(c.savepoint_pending(), Some(None));
+        control.send(ToCoordinator::Running {
+            stage: 0,
+            worker: 0,
+        });
+        tick(&mut c, &[]);
+        assert_eq!(control.pending_trigger(4).map(|t| t.0), Some(5));
+        assert_eq!(c.savepoint_pending(), Some(Some(5)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use crate::FastMap;
+use crate::{FastMap, FastSet};
 
 /// How checkpoints are taken.
 #[derive(Clone, Debug)]
@@ -90,6 +90,15 @@ pub struct Ack {
 /// What a stage instance tells the coordinator.
 #[derive(Clone, Debug)]
 pub enum ToCoordinator {
+    /// It is running: its state is restored and it processes records. No checkpoint is
+    /// triggered before every instance is (Flink's rule: not while a task initializes), so
+    /// that no checkpoint waits for a restore.
+    Running {
+        /// The stage.
+        stage: usize,
+        /// The worker.
+        worker: usize,
+    },
     /// Its snapshot of a checkpoint is durable.
     Ack(Ack),
     /// It finished (its inputs ended): it will acknowledge no more checkpoints, so count it
@@ -224,9 +233,12 @@ struct Pending {
 /// };
 /// let mut t = CheckpointTracker::new(2, 0, Duration::from_millis(100), Duration::ZERO,
 ///     Duration::from_secs(10));
-/// assert_eq!(t.due(0), None); // the first call starts the clock
+/// t.on_running(0, 0);
+/// assert_eq!(t.due(0), None); // an instance is still restoring
+/// t.on_running(1, 0);
+/// assert_eq!(t.due(10), None); // every instance runs: the interval starts
 /// assert_eq!(t.due(50), None);
-/// assert_eq!(t.due(100), Some(1));
+/// assert_eq!(t.due(110), Some(1));
 /// assert_eq!(t.on_ack(ack(1, 0, 0)), AckOutcome::Pending);
 /// assert_eq!(t.on_ack(ack(1, 0, 0)), AckOutcome::Stale); // a duplicate
 /// assert!(matches!(t.on_ack(ack(1, 1, 0)), AckOutcome::Complete(1, _)));
@@ -234,6 +246,8 @@ struct Pending {
 /// ```
 pub struct CheckpointTracker {
     expected: usize,
+    /// Instances that run (restored) or finished: none is triggered before all do.
+    started: FastSet<(usize, usize)>,
     /// Instances that finished, and their final split states.
     finished: FastMap<(usize, usize), Vec<SplitState>>,
     interval_ms: u64,
@@ -257,6 +271,7 @@ impl CheckpointTracker {
     ) -> Self {
         CheckpointTracker {
             expected,
+            started: FastSet::default(),
             finished: FastMap::default(),
             interval_ms: interval.as_millis() as u64,
             min_pause_ms: min_pause.as_millis() as u64,
@@ -268,10 +283,13 @@ impl CheckpointTracker {
         }
     }
 
-    /// The checkpoint to trigger at `now_ms`, if one is due: none is pending, an interval has
-    /// passed since the last start (from the tracker's first call), and the minimum pause since
-    /// the last end.
+    /// The checkpoint to trigger at `now_ms`, if one is due: every instance runs, none is
+    /// pending, an interval has passed since the last start (at first, since the first call
+    /// that found every instance running), and the minimum pause since the last end.
     pub fn due(&mut self, now_ms: u64) -> Option<u64> {
+        if !self.all_running() {
+            return None;
+        }
         let start = *self.last_start_ms.get_or_insert(now_ms);
         let due = self.pending.is_none()
             && now_ms >= start + self.interval_ms
@@ -279,9 +297,20 @@ impl CheckpointTracker {
         due.then(|| self.start(now_ms))
     }
 
-    /// Starts a checkpoint now, whatever the interval (a savepoint); `None` if one is pending.
+    /// Starts a checkpoint now, whatever the interval (a savepoint); `None` if one is pending
+    /// or an instance is still restoring.
     pub fn start_now(&mut self, now_ms: u64) -> Option<u64> {
-        self.pending.is_none().then(|| self.start(now_ms))
+        (self.pending.is_none() && self.all_running()).then(|| self.start(now_ms))
+    }
+
+    /// A stage instance runs: its state is restored.
+    pub fn on_running(&mut self, stage: usize, worker: usize) {
+        self.started.insert((stage, worker));
+    }
+
+    /// Whether every instance runs (or finished): checkpoints may be triggered.
+    pub fn all_running(&self) -> bool {
+        self.started.len() >= self.expected
     }
 
     fn start(&mut self, now_ms: u64) -> u64 {
@@ -314,6 +343,7 @@ impl CheckpointTracker {
         splits: Vec<SplitState>,
     ) -> AckOutcome {
         self.finished.insert((stage, worker), splits.clone());
+        self.started.insert((stage, worker));
         let Some(id) = self.pending.as_ref().map(|p| p.id) else {
             return AckOutcome::Stale;
         };
@@ -443,6 +473,35 @@ mod tests {
         }
     }
 
+    /// Marks `n` instances of stage 0 running.
+    fn running(t: &mut CheckpointTracker, n: usize) {
+        for w in 0..n {
+            t.on_running(0, w);
+        }
+    }
+
+    #[test]
+    fn nothing_is_triggered_while_an_instance_restores() {
+        let mut t = CheckpointTracker::new(
+            3,
+            7,
+            Duration::from_millis(10),
+            Duration::ZERO,
+            Duration::from_secs(1),
+        );
+        t.on_running(0, 0);
+        t.on_running(0, 0);
+        t.on_running(1, 0);
+        assert_eq!(t.due(0), None);
+        assert_eq!(t.due(500), None, "one instance still restores");
+        assert_eq!(t.start_now(500), None, "nor a savepoint");
+        // A finished instance counts as running; the interval starts once all are.
+        assert_eq!(t.on_finished(1, 1, vec![]), AckOutcome::Stale);
+        assert_eq!(t.due(600), None);
+        assert_eq!(t.due(609), None);
+        assert_eq!(t.due(610), Some(8));
+    }
+
     #[test]
     fn finished_instances_count_as_acknowledged() {
         let mut t = CheckpointTracker::new(
@@ -452,6 +511,7 @@ mod tests {
             Duration::ZERO,
             Duration::from_secs(1),
         );
+        running(&mut t, 2);
         t.due(0);
         assert_eq!(t.due(10), Some(1));
         assert_eq!(t.on_ack(ack(1, 0, 0)), AckOutcome::Pending);
@@ -473,6 +533,7 @@ mod tests {
             Duration::from_millis(5),
             Duration::from_millis(100),
         );
+        running(&mut t, 1);
         assert_eq!(t.due(0), None);
         assert_eq!(t.due(10), Some(5));
         assert_eq!(t.timed_out(50), None);

@@ -89,6 +89,12 @@ where
     }
     let op_ctx = builder.build();
     let chain = pipe.attach(tail, &op_ctx);
+    if let Some(control) = &ctx.checkpoints {
+        control.send(ToCoordinator::Running {
+            stage: ctx.stage,
+            worker: ctx.worker,
+        });
+    }
     Ok(Running {
         _in: std::marker::PhantomData,
         chain,
