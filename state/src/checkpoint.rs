@@ -152,6 +152,7 @@ impl<D: Disk> Store<D> {
         let batch = self.serialize_tables().await?;
         info.entries = batch.len() as u64;
         let mut segments = snapshot;
+        let mut new_segment = None;
         if !batch.is_empty() {
             let mut b = SegmentBuilder::new(segment_id, order, batch.len() as u64);
             b.push_batch(batch);
@@ -164,10 +165,9 @@ impl<D: Disk> Store<D> {
             }
             let n = mem_bytes_of(self, segment_id);
             self.shared.counters.spill_add(n);
-            info.bytes_written += self.persist_segment(segment_id, true).await?;
+            new_segment = Some(segment_id);
             segments.push(segment_id);
         }
-        self.shared.counters.registered_epoch.set(epoch);
         let m = {
             let core = self.shared.core.borrow();
             let Some(f) = &core.frozen else {
@@ -182,7 +182,29 @@ impl<D: Disk> Store<D> {
             )
         };
         info.segments = m.segments.len();
-        info.bytes_written += self.write_manifest(&m).await?;
+        // The new segment and the manifest's temporary file are written and synced side by
+        // side (one sync's latency instead of two); the manifest is renamed into place, and
+        // so takes effect, only once both are durable.
+        let persist = async {
+            match new_segment {
+                Some(id) => self.persist_segment(id, true).await,
+                None => Ok(0),
+            }
+        };
+        let dir = &self.shared.dir;
+        let staged = async {
+            stage_manifest(&self.shared.disk, dir, &m)
+                .await
+                .map_err(|f| self.fail(f))
+        };
+        let (persisted, staged) = futures_lite::future::zip(persist, staged).await;
+        info.bytes_written += persisted?;
+        let (n, tmp) = staged?;
+        publish_manifest(&self.shared.disk, dir, &tmp, m.checkpoint_id)
+            .await
+            .map_err(|f| self.fail(f))?;
+        info.bytes_written += n;
+        self.shared.counters.registered_epoch.set(epoch);
         let tables: Vec<_> = {
             let core = self.shared.core.borrow();
             core.tables
@@ -310,13 +332,6 @@ impl<D: Disk> Store<D> {
             self.shared.counters.spill_done(bytes.len());
             return Ok(written);
         }
-    }
-
-    /// Writes a manifest atomically; returns the bytes written.
-    pub(crate) async fn write_manifest(&self, m: &Manifest) -> FaultResult<u64> {
-        write_manifest_in(&self.shared.disk, &self.shared.dir, m)
-            .await
-            .map_err(|f| self.fail(f))
     }
 
     /// Retains the newest checkpoints and deletes what only older ones referred to.
@@ -449,18 +464,44 @@ pub(crate) async fn write_manifest_in<D: Disk>(
     dir: &Path,
     m: &Manifest,
 ) -> FaultResult<u64> {
+    let (n, tmp) = stage_manifest(disk, dir, m).await?;
+    publish_manifest(disk, dir, &tmp, m.checkpoint_id).await?;
+    Ok(n)
+}
+
+/// Writes a manifest to its temporary file in `dir` and syncs it; returns the bytes written
+/// and the file. It takes effect only when [`publish_manifest`] renames it.
+async fn stage_manifest<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    m: &Manifest,
+) -> FaultResult<(u64, PathBuf)> {
     let name = manifest::manifest_name(m.checkpoint_id);
     let tmp: PathBuf = dir.join(format!("{name}.tmp"));
-    let path = dir.join(&name);
     // Padded to the file's own alignment by `write_file`.
-    let bytes = manifest::encode(m, 1)
-        .map_err(|e| Fault::io("encode manifest", &path, std::io::Error::other(e)))?;
+    let bytes = manifest::encode(m, 1).map_err(|e| {
+        Fault::io(
+            "encode manifest",
+            &dir.join(&name),
+            std::io::Error::other(e),
+        )
+    })?;
     let n = write_file(disk, &tmp, &bytes, "manifest", true).await?;
-    disk.rename(&tmp, &path)
+    Ok((n, tmp))
+}
+
+/// Renames the staged manifest of checkpoint `checkpoint_id` into place and syncs `dir`.
+async fn publish_manifest<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    tmp: &Path,
+    checkpoint_id: u64,
+) -> FaultResult<()> {
+    let path = dir.join(manifest::manifest_name(checkpoint_id));
+    disk.rename(tmp, &path)
         .await
         .map_err(|e| Fault::io("rename manifest", &path, e))?;
     disk.sync_dir(dir)
         .await
-        .map_err(|e| Fault::io("fsync directory", dir, e))?;
-    Ok(n)
+        .map_err(|e| Fault::io("fsync directory", dir, e))
 }
