@@ -155,6 +155,8 @@ pub fn available_cpus() -> Vec<usize> {
 
 enum WorkerEvent {
     Started,
+    /// A message for the checkpoint coordinator arrived.
+    Wake,
     StartFailed(usize, String),
     Finished(usize, Result<()>),
 }
@@ -409,11 +411,22 @@ fn run_once(
             }
         }
     }
+    // The coordinator's messages wake this thread, so that it completes a checkpoint as soon
+    // as its last acknowledgement arrives (set once every worker started: while the waker
+    // holds a sender, the channel cannot report that every worker thread is gone).
+    let wake_tx = events_tx.clone();
     drop(events_tx);
 
     if let Err(e) = await_startup(&events, workers) {
         abort_start(go_senders, threads);
         return Err(e);
+    }
+    if let Some(c) = &coordinator {
+        c.control().set_waker(Some(Box::new(move || {
+            let _ = wake_tx.send(WorkerEvent::Wake);
+        })));
+    } else {
+        drop(wake_tx);
     }
     let clock = SystemClock::new();
     for go in &go_senders {
@@ -437,7 +450,18 @@ fn run_once(
                     errors.push(e);
                 }
             }
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(_) => {}
+            // A worker thread that died without reporting (a panic outside its stages) is
+            // seen here: with the waker's sender alive, the channel never disconnects.
+            Err(RecvTimeoutError::Timeout) if threads.iter().all(|t| t.is_finished()) => {
+                while let Ok(event) = events.try_recv() {
+                    if let WorkerEvent::Finished(_, Err(e)) = event {
+                        errors.push(e);
+                    }
+                }
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if clock.elapsed() >= last_progress + config.progress_interval {
@@ -462,6 +486,9 @@ fn run_once(
                 }
             }
         }
+    }
+    if let Some(c) = &coordinator {
+        c.control().set_waker(None);
     }
     for (w, handle) in threads.into_iter().enumerate() {
         if let Err(payload) = handle.join() {
@@ -604,6 +631,7 @@ fn await_startup(events: &mpsc::Receiver<WorkerEvent>, workers: usize) -> Result
     while started < workers {
         match events.recv_timeout(STARTUP_TIMEOUT) {
             Ok(WorkerEvent::Started) => started += 1,
+            Ok(WorkerEvent::Wake) => {}
             Ok(WorkerEvent::StartFailed(worker, reason)) => {
                 return Err(Error::Startup { worker, reason });
             }

@@ -143,6 +143,27 @@ pub struct CheckpointControl {
     /// The directory of that savepoint, where the stages write their state.
     pub savepoint_dir: Mutex<Option<std::path::PathBuf>>,
     to_coordinator: Mutex<mpsc::Sender<ToCoordinator>>,
+    /// Called after each message, so that a coordinator waiting for something else (the
+    /// runtime's thread waits for worker events) handles it at once rather than at its next
+    /// periodic tick.
+    waker: WakerCell,
+}
+
+/// Wakes the coordinator's thread.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct WakerCell(Mutex<Option<Waker>>);
+
+impl std::fmt::Debug for WakerCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.lock().map_or(true, |w| w.is_some());
+        f.write_str(if set {
+            "WakerCell(set)"
+        } else {
+            "WakerCell(none)"
+        })
+    }
 }
 
 impl CheckpointControl {
@@ -157,6 +178,7 @@ impl CheckpointControl {
             savepoint_at: AtomicU64::new(0),
             savepoint_dir: Mutex::new(None),
             to_coordinator: Mutex::new(to_coordinator),
+            waker: WakerCell::default(),
         })
     }
     /// The checkpoint sources should inject, if newer than `injected`.
@@ -164,13 +186,26 @@ impl CheckpointControl {
         let id = self.trigger.load(Ordering::Acquire);
         (id > injected).then(|| (id, self.trigger_ms.load(Ordering::Relaxed)))
     }
-    /// Sends a message to the coordinator (dropped if it is gone: the job ends).
+    /// Sends a message to the coordinator (dropped if it is gone: the job ends), and wakes it.
     pub fn send(&self, message: ToCoordinator) {
         let _ = self
             .to_coordinator
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(message);
+        if let Some(wake) = self
+            .waker
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            wake();
+        }
+    }
+    /// Sets (or, with `None`, removes) what [`send`](Self::send) calls to wake the coordinator.
+    pub fn set_waker(&self, waker: Option<Waker>) {
+        *self.waker.0.lock().unwrap_or_else(|e| e.into_inner()) = waker;
     }
     /// Whether checkpoint `id` was taken to stop the job (a savepoint).
     pub fn stops_at(&self, id: u64) -> bool {
@@ -478,6 +513,27 @@ mod tests {
         for w in 0..n {
             t.on_running(0, w);
         }
+    }
+
+    #[test]
+    fn every_message_wakes_the_coordinator_while_a_waker_is_set() {
+        let (tx, rx) = mpsc::channel();
+        let control = CheckpointControl::new(tx, 0);
+        let wakes = Arc::new(AtomicU64::new(0));
+        let w = wakes.clone();
+        control.set_waker(Some(Box::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        })));
+        control.send(ToCoordinator::Running {
+            stage: 0,
+            worker: 0,
+        });
+        control.send(ToCoordinator::Ack(ack(1, 0, 0)));
+        assert_eq!(wakes.load(Ordering::Relaxed), 2);
+        assert_eq!(rx.try_iter().count(), 2, "woken after the message is in");
+        control.set_waker(None);
+        control.send(ToCoordinator::Ack(ack(2, 0, 0)));
+        assert_eq!(wakes.load(Ordering::Relaxed), 2);
     }
 
     #[test]
