@@ -106,6 +106,10 @@ pub(crate) struct Job {
     restart_at_ms: u64,
     /// Why the current run is being cancelled, and whether a restart may follow.
     failure: Option<(String, bool)>,
+    /// Whether that cause is only a consequence (a part cancelled because a peer went away):
+    /// a primary cause learnt while the run is being cancelled (the loss of the node that
+    /// went away) replaces it.
+    failure_secondary: bool,
     cancel_requested: bool,
     savepoint_waiters: Vec<Connection>,
     workers_last: u32,
@@ -162,6 +166,7 @@ impl Job {
             initial_restore,
             restart_at_ms: 0,
             failure: None,
+            failure_secondary: false,
             cancel_requested: false,
             savepoint_waiters: Vec::new(),
             workers_last: 0,
@@ -755,6 +760,15 @@ impl Job {
     /// Stops the current run everywhere: `cause` is why, `restartable` whether a restart may
     /// get past it.
     fn fail_run(&mut self, c: &mut Coord, cause: String, restartable: bool) {
+        self.fail_run_with(c, cause, restartable, false);
+    }
+
+    /// [`fail_run`](Self::fail_run) with a cause that is `secondary` (a consequence of
+    /// another failure, which may still be reported).
+    fn fail_run_with(&mut self, c: &mut Coord, cause: String, restartable: bool, secondary: bool) {
+        if self.failure.is_none() {
+            self.failure_secondary = secondary;
+        }
         let Some(run) = &mut self.run else { return };
         tracing::warn!(job = %self.id, run = run.id, "run failed: {cause}");
         let abort = self.config.checkpoints.is_none();
@@ -782,6 +796,7 @@ impl Job {
             .failure
             .take()
             .unwrap_or_else(|| ("the run failed".into(), false));
+        self.failure_secondary = false;
         self.release(c);
         if self.cancel_requested {
             self.end(c, State::Cancelled, false, format!("{} cancelled", self.id));
@@ -819,7 +834,18 @@ impl Job {
         }
         match self.state {
             State::Preparing | State::Running => self.fail_run(c, what.to_owned(), true),
+            // A surviving part reported first that it was cancelled (its peer went away):
+            // the loss is the cause.
+            State::Cancelling => self.upgrade_failure(what.to_owned(), true),
             _ => {}
+        }
+    }
+
+    /// Records a primary cause of the run's failure in place of a secondary one.
+    fn upgrade_failure(&mut self, cause: String, restartable: bool) {
+        if self.failure.is_some() && self.failure_secondary {
+            self.failure = Some((cause, restartable));
+            self.failure_secondary = false;
         }
     }
 
@@ -911,13 +937,26 @@ impl Job {
             }
             Msg::RunEnded { outcome, .. } => {
                 let failed = !outcome.ok;
-                let (message, restartable) = (outcome.message.clone(), outcome.restartable);
+                let (message, restartable, secondary) = (
+                    outcome.message.clone(),
+                    outcome.restartable,
+                    outcome.secondary,
+                );
                 part.ended = Some(outcome);
-                if failed && matches!(self.state, State::Preparing | State::Running) {
-                    let cause = root_cause(&run.parts).map_or((message, restartable), |o| {
-                        (o.message.clone(), o.restartable)
-                    });
-                    self.fail_run(c, cause.0, cause.1);
+                if failed {
+                    let (message, restartable, secondary) = root_cause(&run.parts)
+                        .map_or((message, restartable, secondary), |o| {
+                            (o.message.clone(), o.restartable, o.secondary)
+                        });
+                    match self.state {
+                        State::Preparing | State::Running => {
+                            self.fail_run_with(c, message, restartable, secondary);
+                        }
+                        State::Cancelling if !secondary => {
+                            self.upgrade_failure(message, restartable);
+                        }
+                        _ => {}
+                    }
                 }
             }
             Msg::Committed { error, .. } => match error {

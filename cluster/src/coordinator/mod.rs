@@ -321,14 +321,19 @@ impl Coord {
             .iter()
             .find(|(_, j)| j.run_id() == Some(run))
             .map(|(id, _)| id.clone());
+        // An acknowledgement may complete a checkpoint: the job is ticked at once, not at
+        // its next periodic tick.
+        let ack = matches!(msg, Msg::Ack { .. });
         match owner {
             Some(job_id) => {
                 let mut given_back = None;
                 self.with_job(&job_id, |job, c| {
                     given_back = job.node_message(c, node, msg);
                 });
-                if let Some(msg) = given_back {
-                    self.reject_stale(node, run, &msg);
+                match given_back {
+                    Some(msg) => self.reject_stale(node, run, &msg),
+                    None if ack => self.with_job(&job_id, |job, c| job.tick(c)),
+                    None => {}
                 }
             }
             None => self.reject_stale(node, run, &msg),
