@@ -52,7 +52,9 @@ pub(crate) const IO_MEMORY_BYTES: usize = 64 * 1024;
 const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
 /// How long workers have to report that they started.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-pub(crate) const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
+/// Worker threads are named this and their index (`sluice bench net --latency` reads their
+/// scheduler counters by it).
+pub const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
 
 /// How to run a job.
 #[derive(Clone, Debug)]

@@ -14,7 +14,18 @@
 //! omission, by measuring from the intended instant rather than from the actual send. The
 //! maximum rate is measured first (the same pipeline unthrottled, median of the runs); each
 //! level then runs for a fixed time; every figure is the median over the runs.
+//!
+//! Each run also reports how long the two worker threads were ready to run but waited for a
+//! CPU (their run-queue wait, from `/proc/self/task/*/schedstat`, sampled while the run lasts),
+//! per second of the run. On a shared machine with two cores that wait, not the engine, is
+//! where the tail comes from: the threads of other sessions' compilers get the kernel's fair
+//! share (autogroups, so `nice` does not help), and a worker that is runnable waits a slice of
+//! theirs — 2 to 6 ms each time in `perf sched timehist`. Every record behind it waits too,
+//! those that stay on worker 0 as well as those that cross the network. A run whose workers
+//! waited, say, 50 ms per second cannot have a p99 under a slice; a p99 of 200 µs needs runs
+//! whose wait is near zero.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,7 +39,7 @@ use sluice::{
 use sluice_bench::stats::median;
 use sluice_core::exchange::PartLayout;
 use sluice_core::remote::part::{Part, PartSpec};
-use sluice_core::runtime::default_key_groups;
+use sluice_core::runtime::{WORKER_THREAD_PREFIX, default_key_groups};
 use sluice_net::{ClusterSecret, NetConfig};
 
 use sluice::cli::progress::human;
@@ -198,9 +209,75 @@ impl SinkWriter<(u64, u64)> for LatencyWriter {
     }
 }
 
+/// CPU time and run-queue wait of this process's worker threads, by thread id, as
+/// `/proc/self/task/TID/schedstat` last showed them.
+#[derive(Default)]
+struct Sched {
+    threads: HashMap<u64, SchedStat>,
+}
+
+/// A thread's nanoseconds on a CPU and waiting on a run queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SchedStat {
+    cpu_ns: u64,
+    wait_ns: u64,
+}
+
+/// The first two fields of a `schedstat` file: time on a CPU and time runnable but waiting,
+/// in ns (the third, the number of time slices, is not needed).
+fn parse_schedstat(text: &str) -> Option<SchedStat> {
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    Some(SchedStat {
+        cpu_ns: fields.next()?.ok()?,
+        wait_ns: fields.next()?.ok()?,
+    })
+}
+
+impl Sched {
+    /// Reads every worker thread's counters; a thread that is gone keeps its last ones.
+    /// Nothing is read where `/proc` is not there (the figures are then 0).
+    fn sample(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let path = entry.path();
+            let worker = std::fs::read_to_string(path.join("comm"))
+                .is_ok_and(|c| c.starts_with(WORKER_THREAD_PREFIX));
+            if !worker {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("schedstat"));
+            if let Some(stat) = stat.ok().as_deref().and_then(parse_schedstat) {
+                self.threads.insert(tid, stat);
+            }
+        }
+    }
+
+    /// What the threads did since `before`, summed over the threads, in ms: CPU, wait.
+    fn since(&self, before: &Sched) -> (f64, f64) {
+        let (mut cpu, mut wait) = (0u64, 0u64);
+        for (tid, now) in &self.threads {
+            let then = before.threads.get(tid).copied().unwrap_or_default();
+            cpu += now.cpu_ns.saturating_sub(then.cpu_ns);
+            wait += now.wait_ns.saturating_sub(then.wait_ns);
+        }
+        (cpu as f64 / 1e6, wait as f64 / 1e6)
+    }
+}
+
+/// How often the run-queue figures are sampled while a run lasts.
+const SCHED_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
 /// What one run measured.
 struct Run {
     secs: f64,
+    /// The worker threads' CPU time and run-queue wait over the run, summed, in ms.
+    worker_cpu_ms: f64,
+    worker_wait_ms: f64,
     /// Latencies of records that crossed the network (worker 1), and of the others.
     remote: Histogram<u64>,
     local: Histogram<u64>,
@@ -248,12 +325,20 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
     // An unthrottled source does not wait for `pace.start`: the run's length is taken from
     // here, connections included (taking it from `pace.start` made a run that ended within
     // those 30 ms look almost infinitely fast).
+    let mut before = Sched::default();
+    before.sample();
+    let mut sched = Sched::default();
     let started = Instant::now();
     for p in &mut parts {
         p.start(endpoints.clone());
     }
     let mut done = [false, false];
+    let mut sampled = started;
     while !done.iter().all(|d| *d) {
+        if sampled.elapsed() >= SCHED_SAMPLE_EVERY {
+            sched.sample();
+            sampled = Instant::now();
+        }
         for (i, p) in parts.iter_mut().enumerate() {
             if let Some(result) = p.poll_finished() {
                 result.map_err(|e| anyhow!("part {i}: {e}"))?;
@@ -263,6 +348,7 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let secs = started.elapsed().as_secs_f64();
+    let (worker_cpu_ms, worker_wait_ms) = sched.since(&before);
     let (mut remote, mut local) = (histogram(), histogram());
     for (worker, h) in hists.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let target = if *worker == 1 {
@@ -282,6 +368,8 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
     }
     Ok(Run {
         secs,
+        worker_cpu_ms,
+        worker_wait_ms,
         remote,
         local,
     })
@@ -332,28 +420,41 @@ pub fn latency(
         human(max_rate)
     );
     eprintln!(
-        "{:>6} {:>10}  {:>9} {:>9} {:>9} {:>9}   (µs, median of {runs} runs; remote records)",
-        "level", "records/s", "p50", "p99", "p99.9", "max"
+        "{:>6} {:>10}  {:>9} {:>9} {:>9} {:>9} {:>9}   (µs, median of {runs} runs; remote \
+         records; rq wait: the workers' run-queue wait, ms per s)",
+        "level", "records/s", "p50", "p99", "p99.9", "max", "rq wait"
     );
     let mut levels = Vec::new();
     for fraction in LEVELS {
         let rate = max_rate * fraction;
         let events = ((rate * secs) as u64).max(1000);
-        let (mut remote, mut local) = (Vec::new(), Vec::new());
+        let (mut remote, mut local, mut sched) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             let r = run(rate, events, keys)?;
             remote.push(percentiles(&r.remote));
             local.push(percentiles(&r.local));
+            let per_sec = |ms: f64| ms / r.secs.max(1e-9);
+            sched.push(serde_json::json!({
+                "secs": r.secs,
+                "worker_cpu_ms_per_s": per_sec(r.worker_cpu_ms),
+                "worker_runqueue_wait_ms_per_s": per_sec(r.worker_wait_ms),
+            }));
         }
         let (rm, lm) = (medians(&remote), medians(&local));
+        let waits: Vec<f64> = sched
+            .iter()
+            .filter_map(|s| s["worker_runqueue_wait_ms_per_s"].as_f64())
+            .collect();
+        let wait = median(&waits);
         eprintln!(
-            "{:>5.0}% {:>10}  {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+            "{:>5.0}% {:>10}  {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1}",
             fraction * 100.0,
             human(rate),
             rm[0],
             rm[1],
             rm[2],
-            rm[3]
+            rm[3],
+            wait
         );
         levels.push(serde_json::json!({
             "fraction": fraction,
@@ -362,6 +463,8 @@ pub fn latency(
             "remote_latency_us": json_of(&rm),
             "local_latency_us": json_of(&lm),
             "remote_runs_us": remote.iter().map(json_of).collect::<Vec<_>>(),
+            "worker_runqueue_wait_ms_per_s": wait,
+            "sched_runs": sched,
         }));
     }
     Ok(serde_json::json!({
@@ -373,4 +476,35 @@ pub fn latency(
         "keys": keys,
         "levels": levels,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_gives_cpu_and_wait() {
+        let s = parse_schedstat("431002 97535 5\n");
+        assert_eq!(
+            s,
+            Some(SchedStat {
+                cpu_ns: 431_002,
+                wait_ns: 97_535
+            })
+        );
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn sched_counts_what_happened_since() {
+        let stat = |cpu_ns, wait_ns| SchedStat { cpu_ns, wait_ns };
+        let mut before = Sched::default();
+        before.threads.insert(1, stat(1_000_000, 500_000));
+        let mut after = Sched::default();
+        // Thread 1 ran on; thread 2 started after `before`.
+        after.threads.insert(1, stat(4_000_000, 2_500_000));
+        after.threads.insert(2, stat(3_000_000, 1_000_000));
+        assert_eq!(after.since(&before), (6.0, 3.0));
+    }
 }
