@@ -444,6 +444,7 @@ impl<D: Disk> Store<D> {
                 }
             }
         }
+        t.restore_flush().map_err(access_to_open)?;
         let all = t.resident_all();
         t.restore_done(all);
         Ok(())
