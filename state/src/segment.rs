@@ -218,6 +218,32 @@ impl<R: DiskReader> SegIndex<R> {
     pub fn may_contain(&self, sort: &SortKey) -> bool {
         self.bloom.may_contain(entry_hash(sort))
     }
+    /// Calls `f` for every frame in `[start, end)` (frame boundaries) in file order, each
+    /// frame checked (crc, layout, place), reading a file sequentially in chunks of
+    /// [`SCAN_CHUNK_BYTES`] through `buf` (a table restore: never the whole range at once,
+    /// which for a state of one key group was a buffer the size of the segment).
+    pub fn scan(
+        &self,
+        start: u64,
+        end: u64,
+        buf: &mut AlignedVec<ARCHIVE_ALIGN>,
+        mut f: impl FnMut(&FrameRef<'_>) -> FaultResult<bool>,
+    ) -> FaultResult<()> {
+        match &self.source {
+            Source::Mem(b) | Source::Writing(b) => {
+                if end as usize > b.len() || start > end {
+                    return Err(Fault::corrupt(
+                        &self.path,
+                        start,
+                        "read past the segment's end",
+                    ));
+                }
+                let bytes = &b[start as usize..end as usize];
+                for_each_frame(&self.path, self.meta.id, start, bytes, |fr| f(&fr))
+            }
+            Source::Disk(r) => scan_range(&self.path, self.meta.id, &**r, start, end, buf, f),
+        }
+    }
 }
 
 /// The frame at the start of `buf`, found at segment offset `offset`: a missing or torn frame,
@@ -558,7 +584,8 @@ pub fn scan_segment<R: DiskReader>(
     let mut ext_left = 0u64;
     let mut cur_ext: Option<Extent> = None;
     let mut hashes: Vec<u64> = Vec::with_capacity(BLOOM_BATCH);
-    scan_range(path, meta.id, reader, 0, meta.data_len, |fr| {
+    let mut buf = AlignedVec::new();
+    scan_range(path, meta.id, reader, 0, meta.data_len, &mut buf, |fr| {
         let offset = fr.head.offset;
         if fr.head.checkpoint_id > checkpoint_max {
             return Err(Fault::corrupt(
@@ -622,29 +649,39 @@ pub fn scan_segment<R: DiskReader>(
     Ok((fences, bloom))
 }
 
-/// Reads `[start, end)` of a segment file sequentially, calling `f` for each frame (which
-/// gets the frame and its raw bytes); `f` returns false to stop.
+/// Reads `[start, end)` of a segment file sequentially through `buf` (kept between calls,
+/// grown only for a frame larger than it), calling `f` for each frame (checked: crc, layout,
+/// place); `f` returns false to stop.
 pub fn scan_range<R: DiskReader>(
     path: &Path,
     segment_id: u64,
     reader: &R,
     start: u64,
     end: u64,
+    buf: &mut AlignedVec<ARCHIVE_ALIGN>,
     mut f: impl FnMut(&FrameRef<'_>) -> FaultResult<bool>,
 ) -> FaultResult<()> {
-    let mut buf: AlignedVec<ARCHIVE_ALIGN> = AlignedVec::new();
+    if buf.len() < SCAN_CHUNK_BYTES {
+        buf.resize(SCAN_CHUNK_BYTES, 0);
+    }
+    // `buf[..filled]` holds the bytes at segment offsets `pos..`: the start of a frame.
     let mut pos = start;
-    let mut carry = 0usize;
-    while pos + (carry as u64) < end {
-        let want = (SCAN_CHUNK_BYTES as u64).min(end - pos - carry as u64) as usize;
-        let have = buf.len();
-        buf.resize(have + want, 0);
+    let mut filled = 0usize;
+    while pos + (filled as u64) < end {
+        if filled == buf.len() {
+            // One frame fills the buffer (frames are at most FRAME_BYTES_MAX).
+            let grown = (2 * buf.len()).min(frame::FRAME_BYTES_MAX.max(filled + 1));
+            buf.resize(grown, 0);
+        }
+        let want = ((buf.len() - filled) as u64).min(end - pos - filled as u64) as usize;
         reader
-            .read_exact_at(pos + have as u64, &mut buf.as_mut_slice()[have..])
+            .read_exact_at(
+                pos + filled as u64,
+                &mut buf.as_mut_slice()[filled..filled + want],
+            )
             .map_err(|e| Fault::io("read segment", path, e))?;
-        let filled = buf.len();
+        filled += want;
         let mut at = 0usize;
-        let mut stop = false;
         while at < filled {
             let offset = pos + at as u64;
             if needs_more(&buf[at..filled], offset, end) {
@@ -653,27 +690,18 @@ pub fn scan_range<R: DiskReader>(
             let fr = frame_at(path, segment_id, &buf[at..filled], offset)?;
             at += fr.len;
             if !f(&fr)? {
-                stop = true;
-                break;
+                return Ok(());
             }
-        }
-        if stop {
-            return Ok(());
         }
         if at == 0 && filled >= frame::FRAME_BYTES_MAX {
             return Err(Fault::corrupt(path, pos, "frame larger than the maximum"));
         }
         // Keep the partial frame at the end for the next read.
-        let rest = buf.as_slice()[at..filled].to_vec();
-        buf.clear();
-        buf.extend_from_slice(&rest);
+        buf.as_mut_slice().copy_within(at..filled, 0);
         pos += at as u64;
-        carry = rest.len();
-        if want == 0 {
-            break;
-        }
+        filled -= at;
     }
-    if carry != 0 {
+    if filled != 0 {
         return Err(Fault::corrupt(
             path,
             pos,
@@ -736,6 +764,105 @@ mod tests {
                 assert_eq!(seg.range_of(&lo, &hi), (start, end.max(start)));
             }
         }
+    }
+
+    /// A file in memory, for `scan_range`.
+    struct VecReader(Vec<u8>);
+
+    impl DiskReader for VecReader {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let pos = pos as usize;
+            match self.0.get(pos..pos + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    Ok(())
+                }
+                None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+    }
+
+    /// `scan_range` reads a chunk at a time through one buffer: frames that straddle two
+    /// chunks, and frames larger than a chunk (the buffer grows), come out once each and in
+    /// order, from any frame boundary to any other; a flipped byte is corruption at its
+    /// frame's offset, and a range that ends inside a frame is a torn frame.
+    #[test]
+    fn scan_range_carries_frames_across_chunks_and_grows_for_large_ones() {
+        let sizes = [
+            10,
+            SCAN_CHUNK_BYTES - 200,
+            3000,
+            2 * SCAN_CHUNK_BYTES + 5,
+            64,
+            0,
+            SCAN_CHUNK_BYTES / 3,
+            100,
+        ];
+        let mut b = SegmentBuilder::new(7, 1, 16);
+        for (i, &n) in sizes.iter().enumerate() {
+            let sort = SortKey {
+                state: 1,
+                kg: 0,
+                ns_hash: 0,
+                key_hash: i as u64,
+            };
+            let value = vec![i as u8; n];
+            b.push(
+                sort,
+                Kind::Put,
+                0,
+                1,
+                b"",
+                &(i as u64).to_le_bytes(),
+                &value,
+            );
+        }
+        let seg: SegIndex<VecReader> = b.finish(Path::new("/s"));
+        let Source::Mem(bytes) = &seg.source else {
+            unreachable!("a built segment is in memory")
+        };
+        let mut offsets = Vec::new();
+        for_each_frame(&seg.path, 7, 0, bytes, |fr| {
+            offsets.push(fr.head.offset);
+            Ok(true)
+        })
+        .unwrap();
+        let end = seg.meta.data_len;
+        let reader = VecReader(bytes.to_vec());
+        let mut buf = AlignedVec::new();
+        let bounds: Vec<u64> = offsets.iter().copied().chain([end]).collect();
+        for (i, &from) in bounds.iter().enumerate() {
+            for (j, &to) in bounds.iter().enumerate().skip(i) {
+                let mut seen = Vec::new();
+                scan_range(&seg.path, 7, &reader, from, to, &mut buf, |fr| {
+                    let k = fr.head.sort.key_hash as usize;
+                    assert_eq!(fr.value, &vec![k as u8; sizes[k]][..]);
+                    seen.push(fr.head.offset);
+                    Ok(true)
+                })
+                .unwrap();
+                assert_eq!(seen, offsets[i..j], "range {from}..{to}");
+            }
+        }
+        for k in [1, 3, 6] {
+            let mut bad = bytes.to_vec();
+            bad[offsets[k] as usize + 100 + sizes[k] / 2] ^= 4;
+            let err = scan_range(&seg.path, 7, &VecReader(bad), 0, end, &mut buf, |_| {
+                Ok(true)
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("offset {}:", offsets[k])), "{err}");
+            assert!(err.contains("crc mismatch"), "{err}");
+        }
+        let torn = offsets[3] + 50;
+        let err = scan_range(&seg.path, 7, &reader, 0, torn, &mut buf, |_| Ok(true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("offset {}:", offsets[3])), "{err}");
     }
 
     #[test]

@@ -428,13 +428,12 @@ impl<D: Disk> Store<D> {
         let no_drops = core.ns_drops.is_empty();
         for seg in &core.segments {
             for e in seg.meta.extents.iter().filter(|e| e.state == id) {
-                seg.read(e.offset, e.len as usize, &mut buf)?;
                 let mut err = None;
-                segment::for_each_frame(&seg.path, seg.meta.id, e.offset, &buf, |fr| {
+                seg.scan(e.offset, e.offset + e.len, &mut buf, |fr| {
                     if !no_drops && core.killed(&fr.head.sort, fr.ns, seg.meta.order) {
                         return Ok(true);
                     }
-                    if let Err(x) = t.restore_frame(&fr) {
+                    if let Err(x) = t.restore_frame(fr) {
                         err = Some(x);
                         return Ok(false);
                     }
@@ -445,6 +444,7 @@ impl<D: Disk> Store<D> {
                 }
             }
         }
+        t.restore_flush().map_err(access_to_open)?;
         let all = t.resident_all();
         t.restore_done(all);
         Ok(())

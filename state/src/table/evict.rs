@@ -102,8 +102,9 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         self.dirty.retain(|_| kept.next().unwrap_or(true));
     }
 
-    /// Applies one frame of this table's state while the store is restored (oldest segment
-    /// first). Returns false once the budget is full and the rest must stay on disk.
+    /// Takes one frame of this table's state while the store is restored (oldest segment
+    /// first): decoded now, applied with the next [`RESTORE_BATCH`] frames (see
+    /// [`restore_flush`](Self::restore_flush)); the caller flushes at the end.
     pub(crate) fn restore_frame(&mut self, fr: &FrameRef<'_>) -> Result<(), AccessError> {
         let name = self.ser.name.clone();
         let decode = |what: &'static str, reason: String| AccessError::Decode {
@@ -115,17 +116,53 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         let key = crate::codec::decode_unaligned::<K>(fr.key).map_err(|r| decode("key", r))?;
         let now = self.counters.now_ms.get();
         let gone = fr.head.kind == Kind::Tombstone || now_expired(fr.head.expires_ms, now);
-        if gone {
+        let value = if gone {
+            None
+        } else {
+            let v = crate::codec::decode_unaligned::<V>(fr.value);
+            Some(v.map_err(|r| decode("value", r))?)
+        };
+        self.restoring.push((ns, key, value, fr.head.expires_ms));
+        if self.restoring.len() >= RESTORE_BATCH {
+            self.restore_flush()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the frames taken so far, in order. A restore inserts every entry at a random
+    /// place of a large map, and a lookup's first load (the map's control bytes) missed the
+    /// cache each time, one miss after another: the lookups of a whole batch go first, in a
+    /// tight loop whose misses overlap, so the inserts after them find those bytes cached.
+    pub(crate) fn restore_flush(&mut self) -> Result<(), AccessError> {
+        let mut batch = std::mem::take(&mut self.restoring);
+        for (ns, key, _, _) in &batch {
+            let hit = self.spaces.get(ns).is_some_and(|s| s.map.contains_key(key));
+            std::hint::black_box(hit);
+        }
+        for (ns, key, value, expires_ms) in batch.drain(..) {
+            self.restore_one(ns, key, value, expires_ms)?;
+        }
+        self.restoring = batch;
+        Ok(())
+    }
+
+    /// Applies one restored entry (`None`: a tombstone or an expired entry).
+    fn restore_one(
+        &mut self,
+        ns: N,
+        key: K,
+        value: Option<V>,
+        expires_ms: u64,
+    ) -> Result<(), AccessError> {
+        let Some(value) = value else {
             if let Some(slot) = self.spaces.get_mut(&ns).and_then(|s| s.map.remove(&key)) {
                 self.release(slot.weight as usize);
             }
             return Ok(());
-        }
-        let value =
-            crate::codec::decode_unaligned::<V>(fr.value).map_err(|r| decode("value", r))?;
+        };
         if let Some(slot) = self.spaces.get_mut(&ns).and_then(|s| s.map.get_mut(&key)) {
             slot.value = Some(value);
-            slot.expires_ms = fr.head.expires_ms;
+            slot.expires_ms = expires_ms;
             return Ok(());
         }
         let c = &self.counters;
@@ -138,7 +175,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         }
         let slot = Slot {
             value: Some(value),
-            expires_ms: fr.head.expires_ms,
+            expires_ms,
             state: PERSISTED,
             weight: 0,
         };

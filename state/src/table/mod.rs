@@ -29,6 +29,9 @@ const EPOCH: u32 = REF - 1;
 /// The dirty list's length below which it is never pruned.
 const DIRTY_PRUNE_MIN: usize = 4096;
 
+/// Restored frames decoded before they are applied together (`restore_flush`).
+const RESTORE_BATCH: usize = 32;
+
 /// Frozen entries the writer serializes per borrow of the table.
 pub(crate) const SERIALIZE_CHUNK: usize = 4096;
 
@@ -242,6 +245,8 @@ pub struct TableData<N, K, V> {
     loading: bool,
     /// Entries a restore will load: the capacity of the first namespace's map.
     reserve_hint: usize,
+    /// Restored entries decoded and not yet applied (see `restore_flush`).
+    restoring: Vec<(N, K, Option<V>, u64)>,
     /// The dirty list's length at which it is pruned next.
     dirty_prune_at: usize,
 }
@@ -299,6 +304,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             weight_total: 0,
             loading: false,
             reserve_hint: 0,
+            restoring: Vec::new(),
             dirty_prune_at: DIRTY_PRUNE_MIN,
         };
         Table {
