@@ -62,6 +62,17 @@ enum State {
 }
 
 /// A node's part of a run.
+/// Why the current run is being cancelled.
+struct Failure {
+    cause: String,
+    /// Whether a restart may follow.
+    restartable: bool,
+    /// Whether the cause is only a consequence (a part cancelled because a peer went away):
+    /// a primary cause learnt while the run is being cancelled (the loss of the node that
+    /// went away) replaces it.
+    secondary: bool,
+}
+
 struct RunPart {
     node: u64,
     count: u32,
@@ -104,12 +115,8 @@ pub(crate) struct Job {
     /// Where the first run resumes (the job's `--restore`).
     initial_restore: Option<RestoreFrom>,
     restart_at_ms: u64,
-    /// Why the current run is being cancelled, and whether a restart may follow.
-    failure: Option<(String, bool)>,
-    /// Whether that cause is only a consequence (a part cancelled because a peer went away):
-    /// a primary cause learnt while the run is being cancelled (the loss of the node that
-    /// went away) replaces it.
-    failure_secondary: bool,
+    /// Why the current run is being cancelled.
+    failure: Option<Failure>,
     cancel_requested: bool,
     savepoint_waiters: Vec<Connection>,
     workers_last: u32,
@@ -166,7 +173,6 @@ impl Job {
             initial_restore,
             restart_at_ms: 0,
             failure: None,
-            failure_secondary: false,
             cancel_requested: false,
             savepoint_waiters: Vec::new(),
             workers_last: 0,
@@ -766,9 +772,6 @@ impl Job {
     /// [`fail_run`](Self::fail_run) with a cause that is `secondary` (a consequence of
     /// another failure, which may still be reported).
     fn fail_run_with(&mut self, c: &mut Coord, cause: String, restartable: bool, secondary: bool) {
-        if self.failure.is_none() {
-            self.failure_secondary = secondary;
-        }
         let Some(run) = &mut self.run else { return };
         tracing::warn!(job = %self.id, run = run.id, "run failed: {cause}");
         let abort = self.config.checkpoints.is_none();
@@ -778,7 +781,11 @@ impl Job {
             }
         }
         run.cancel_deadline_ms = c.clock.now_ms() + CANCEL_DEADLINE.as_millis() as u64;
-        self.failure.get_or_insert((cause, restartable));
+        self.failure.get_or_insert(Failure {
+            cause,
+            restartable,
+            secondary,
+        });
         self.state = State::Cancelling;
     }
 
@@ -792,11 +799,13 @@ impl Job {
         if waiting {
             tracing::warn!(job = %self.id, "parts of a failed run did not confirm they stopped");
         }
-        let (cause, restartable) = self
-            .failure
-            .take()
-            .unwrap_or_else(|| ("the run failed".into(), false));
-        self.failure_secondary = false;
+        let Failure {
+            cause, restartable, ..
+        } = self.failure.take().unwrap_or_else(|| Failure {
+            cause: "the run failed".into(),
+            restartable: false,
+            secondary: false,
+        });
         self.release(c);
         if self.cancel_requested {
             self.end(c, State::Cancelled, false, format!("{} cancelled", self.id));
@@ -843,9 +852,12 @@ impl Job {
 
     /// Records a primary cause of the run's failure in place of a secondary one.
     fn upgrade_failure(&mut self, cause: String, restartable: bool) {
-        if self.failure.is_some() && self.failure_secondary {
-            self.failure = Some((cause, restartable));
-            self.failure_secondary = false;
+        if self.failure.as_ref().is_some_and(|f| f.secondary) {
+            self.failure = Some(Failure {
+                cause,
+                restartable,
+                secondary: false,
+            });
         }
     }
 
