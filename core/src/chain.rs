@@ -41,6 +41,13 @@ pub trait Collector<T> {
     fn flush(&mut self) -> Result<()>;
     /// The input ended: emit final results, then pass the end on.
     fn on_end(&mut self) -> Result<()>;
+    /// A hint that `records` (with `timestamps`, empty when the records have none) are the
+    /// next ones collected, in this order. An operator that looks every record up in a large
+    /// table touches their entries here, one after another, so that the cache misses of a
+    /// run of records overlap instead of stalling each record in turn. Changes no state and
+    /// emits nothing. Default: nothing.
+    #[inline]
+    fn prefetch(&mut self, _records: &[T], _timestamps: &[Timestamp]) {}
 }
 
 /// Forwards the listed non-record hooks of a collector to its `next` field (all of them when

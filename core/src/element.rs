@@ -56,6 +56,11 @@ pub struct CheckpointBarrier {
     pub timestamp_ms: u64,
 }
 
+/// Records announced to a collector at a time before they are collected
+/// ([`Batch::drain_into`]): enough for their cache misses to overlap, few enough that what
+/// they touch is still cached when they are collected.
+pub const PREFETCH_RUN: usize = 16;
+
 /// Up to [`BATCH_RECORDS_MAX`] records and their timestamps.
 ///
 /// `timestamps` is either empty (no record of the batch has a timestamp) or exactly as long as
@@ -167,21 +172,40 @@ impl<T> Batch<T> {
     }
 
     /// Pushes every record, in order, into `collector`, emptying the batch (its buffers stay
-    /// allocated). The loop is written out here, not through a closure, so the collector's
-    /// chain inlines into it.
+    /// allocated), announcing each run of [`PREFETCH_RUN`] records to the collector first
+    /// ([`Collector::prefetch`](crate::chain::Collector::prefetch)). The loop is written out
+    /// here, not through a closure, so the collector's chain inlines into it.
     #[inline]
     pub fn drain_into<C: crate::chain::Collector<T>>(
         &mut self,
         collector: &mut C,
     ) -> crate::error::Result<()> {
+        let mut records = self.records.drain(..);
         if self.timestamps.is_empty() {
-            for record in self.records.drain(..) {
-                collector.collect(record, NO_TIMESTAMP)?;
+            loop {
+                let ahead = records.as_slice();
+                let run = ahead.len().min(PREFETCH_RUN);
+                if run == 0 {
+                    break;
+                }
+                collector.prefetch(&ahead[..run], &[]);
+                for record in records.by_ref().take(run) {
+                    collector.collect(record, NO_TIMESTAMP)?;
+                }
             }
         } else {
-            debug_assert_eq!(self.timestamps.len(), self.records.len());
-            for (record, ts) in self.records.drain(..).zip(self.timestamps.drain(..)) {
-                collector.collect(record, ts)?;
+            debug_assert_eq!(self.timestamps.len(), records.len());
+            let mut timestamps = self.timestamps.drain(..);
+            loop {
+                let (ahead, ts_ahead) = (records.as_slice(), timestamps.as_slice());
+                let run = ahead.len().min(ts_ahead.len()).min(PREFETCH_RUN);
+                if run == 0 {
+                    break;
+                }
+                collector.prefetch(&ahead[..run], &ts_ahead[..run]);
+                for (record, ts) in records.by_ref().zip(timestamps.by_ref()).take(run) {
+                    collector.collect(record, ts)?;
+                }
             }
         }
         Ok(())
@@ -259,6 +283,116 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, vec![(1, NO_TIMESTAMP), (2, 20), (3, NO_TIMESTAMP)]);
+        assert!(b.is_empty());
+    }
+
+    /// Records what a collector is told: every prefetch hint, then every record.
+    #[derive(Default)]
+    struct Log {
+        events: Vec<(bool, Vec<(u32, Timestamp)>)>,
+        fail_at: Option<u32>,
+    }
+
+    impl crate::chain::Collector<u32> for Log {
+        fn collect(&mut self, record: u32, ts: Timestamp) -> crate::error::Result<()> {
+            if self.fail_at == Some(record) {
+                return Err(crate::error::Error::Config(format!("record {record}")));
+            }
+            self.events.push((false, vec![(record, ts)]));
+            Ok(())
+        }
+        fn prefetch(&mut self, records: &[u32], timestamps: &[Timestamp]) {
+            let ts = |i: usize| timestamps.get(i).copied().unwrap_or(NO_TIMESTAMP);
+            let run = records
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| (r, ts(i)))
+                .collect();
+            self.events.push((true, run));
+        }
+        fn on_watermark(&mut self, _: Watermark) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn on_status(&mut self, _: WatermarkStatus) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn on_processing_time(&mut self, _: i64) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn on_barrier(&mut self, _: CheckpointBarrier) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn on_end(&mut self) -> crate::error::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_run_of_records_is_announced_exactly_before_it_is_collected() {
+        for (n, timed) in [
+            (0, false),
+            (1, true),
+            (16, false),
+            (37, true),
+            (1024, false),
+        ] {
+            let mut b = Batch::with_capacity();
+            let expected: Vec<(u32, Timestamp)> = (0..n)
+                .map(|i| (i, if timed { 1000 + i as i64 } else { NO_TIMESTAMP }))
+                .collect();
+            for &(r, ts) in &expected {
+                b.push(r, ts);
+            }
+            let mut log = Log::default();
+            b.drain_into(&mut log).unwrap();
+            assert!(b.is_empty());
+            // Collected: every record once, in order, with its timestamp.
+            let collected: Vec<_> = log
+                .events
+                .iter()
+                .filter(|(hint, _)| !hint)
+                .flat_map(|(_, r)| r.clone())
+                .collect();
+            assert_eq!(collected, expected, "n={n}");
+            // Announced: runs of at most PREFETCH_RUN, each the very records collected next.
+            let mut at = 0;
+            for (i, (hint, run)) in log.events.iter().enumerate() {
+                if !hint {
+                    continue;
+                }
+                assert!(!run.is_empty() && run.len() <= PREFETCH_RUN, "n={n}");
+                let next: Vec<_> = log.events[i + 1..]
+                    .iter()
+                    .take(run.len())
+                    .map(|(hint, r)| {
+                        assert!(!hint, "a run is collected before the next is announced");
+                        r[0]
+                    })
+                    .collect();
+                assert_eq!(&next, run, "n={n}");
+                at += run.len();
+            }
+            assert_eq!(at, n as usize, "n={n}: every record announced once");
+        }
+    }
+
+    #[test]
+    fn a_failing_record_stops_the_drain_and_empties_the_batch() {
+        let mut b = Batch::with_capacity();
+        for i in 0..40u32 {
+            b.push(i, 5);
+        }
+        let mut log = Log {
+            fail_at: Some(20),
+            ..Log::default()
+        };
+        let err = b.drain_into(&mut log).unwrap_err();
+        assert!(err.to_string().contains("record 20"), "{err}");
+        let collected = log.events.iter().filter(|(hint, _)| !hint).count();
+        assert_eq!(collected, 20);
         assert!(b.is_empty());
     }
 }

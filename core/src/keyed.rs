@@ -88,6 +88,21 @@ macro_rules! final_hooks {
     };
 }
 
+/// Touches the entries of a run of records' keys in a keyed operator's table
+/// ([`Collector::prefetch`]).
+#[inline]
+fn prefetch_keys<K: Key, X, V: StateCodec>(state: &mut OpTable<(), K, V>, records: &[(K, X)]) {
+    if records.len() < 2 {
+        return;
+    }
+    if let Ok(table) = state.get() {
+        let table = table.lock();
+        for (key, _) in records {
+            table.prefetch(&(), key);
+        }
+    }
+}
+
 /// The control hooks of a combiner: it holds values across flushes (the point of combining)
 /// and sends them all on before a checkpoint barrier, before the final watermark and at the
 /// end of input.
@@ -188,6 +203,10 @@ where
             }
             _ => Ok(()),
         }
+    }
+    #[inline]
+    fn prefetch(&mut self, records: &[(K, T)], _timestamps: &[Timestamp]) {
+        prefetch_keys(&mut self.state, records);
     }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
@@ -353,6 +372,10 @@ where
             Ok(())
         }
     }
+    #[inline]
+    fn prefetch(&mut self, records: &[(K, T)], _timestamps: &[Timestamp]) {
+        prefetch_keys(&mut self.state, records);
+    }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             let f = &this.f;
@@ -511,6 +534,10 @@ where
         }
         Ok(())
     }
+    #[inline]
+    fn prefetch(&mut self, records: &[(K, A::Acc)], _timestamps: &[Timestamp]) {
+        prefetch_keys(&mut self.state, records);
+    }
     final_hooks!(|this| {
         let f = &this.f;
         emit_all(&mut this.state, &mut this.next, |_, acc| {
@@ -600,6 +627,10 @@ where
             }
             None => Ok(()),
         }
+    }
+    #[inline]
+    fn prefetch(&mut self, records: &[(K, V)], _timestamps: &[Timestamp]) {
+        prefetch_keys(&mut self.state, records);
     }
     final_hooks!(|this| {
         if this.emit == Emit::Final {

@@ -20,12 +20,16 @@ use sluice_tests::{hidden_dot_entries, visible_entries, within};
 /// Events: (timestamp, key, value), timestamps rising with a little disorder (never more than
 /// the watermark's bound), 64 keys.
 fn events(n: u64) -> Vec<(i64, u32, i64)> {
+    events_with(n, 64, |i| (i as i64) * 3)
+}
+
+/// `n` events over `keys` keys, event `i` at about `ts(i)`.
+fn events_with(n: u64, keys: u64, ts: impl Fn(u64) -> i64) -> Vec<(i64, u32, i64)> {
     (0..n)
         .map(|i| {
             let jitter = (i.wrapping_mul(0x9E37_79B9) % 7) as i64;
-            let ts = (i as i64) * 3 + jitter;
-            let key = (i.wrapping_mul(2_654_435_761) % 64) as u32;
-            (ts, key, (i % 1_000) as i64)
+            let key = (i.wrapping_mul(2_654_435_761) % keys) as u32;
+            (ts(i) + jitter, key, (i % 1_000) as i64)
         })
         .collect()
 }
@@ -246,6 +250,36 @@ fn stateful_jobs_restart_after_a_failure_with_exactly_once_output() {
             assert_eq!(committed(&out), expected, "{job:?} on {workers} workers");
             assert!(hidden_dot_entries(&out).is_empty(), "no pending files left");
         }
+    }
+}
+
+/// Tables past the size from which the keyed operators and windows touch a run of records'
+/// entries before updating them (`Collector::prefetch`; 32k entries of a namespace per
+/// worker) and the checkpoint writer touches frozen entries ahead: about 40k keys per window
+/// and 100k per running reduce on each worker. A run that fails after a checkpoint commits
+/// exactly the output of an uninterrupted one.
+#[test]
+fn large_keyed_tables_restart_with_exactly_once_output() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100k events per 500 ms window over 200k keys: about 79k distinct keys per window.
+    let input = events_with(400_000, 200_000, |i| (i / 200) as i64);
+    for job in [Job::Tumbling, Job::Reduce] {
+        let expected = reference(job, &input, dir.path());
+        assert!(expected.len() > 300_000, "{job:?}: {}", expected.len());
+        let (out, chk) = scratch(dir.path(), &format!("large-{job:?}"));
+        let failures = Arc::new(AtomicU64::new(0));
+        let hook = fail_once_after_a_checkpoint(&chk, 150_000, failures.clone());
+        let (events, out2) = (input.clone(), out.clone());
+        let report = within(Duration::from_secs(120), "failing run", move || {
+            let env = checkpointed_env(2, &chk, 15);
+            env.set_source_rate(250_000.0);
+            build(&env, job, events, &out2, hook);
+            env.execute("stateful").unwrap()
+        });
+        assert_eq!(failures.load(Ordering::Relaxed), 1, "{job:?}");
+        assert_eq!(report.restarts, 1, "{job:?}");
+        assert_eq!(committed(&out), expected, "{job:?}");
+        assert!(hidden_dot_entries(&out).is_empty(), "no pending files left");
     }
 }
 

@@ -145,6 +145,10 @@ where
     fn on_end(&mut self) -> Result<()> {
         each!(self, op => op.on_end())
     }
+    #[inline]
+    fn prefetch(&mut self, records: &[(K, Combined<T, W::Acc>)], timestamps: &[Timestamp]) {
+        each!(self, op => op.prefetch(records, timestamps))
+    }
 }
 
 impl<W, Tr, K, T> Pipe<(K, Combined<T, W::Acc>)> for WindowOperator<W, Tr, K, T>

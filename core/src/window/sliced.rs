@@ -643,5 +643,22 @@ where
         self.save_progress()?;
         self.next.on_barrier(barrier)
     }
+    /// Touches the slices' entries of a run of records ahead of the watermark (raw or
+    /// partial), so that their misses in a large table overlap.
+    fn prefetch(&mut self, records: &[(K, Combined<T, W::Acc>)], timestamps: &[Timestamp]) {
+        if records.len() < 2 || timestamps.len() != records.len() {
+            return;
+        }
+        let (spec, horizon) = (self.spec, self.watermark.0);
+        let Ok(accs) = self.accs.get() else {
+            return;
+        };
+        let table = accs.lock();
+        for ((key, _), &ts) in records.iter().zip(timestamps) {
+            if ts > horizon {
+                table.prefetch(&spec.slice_start(ts), key);
+            }
+        }
+    }
     crate::forward_hooks!(on_status, on_processing_time, flush, on_end);
 }

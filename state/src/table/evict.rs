@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Frozen entries whose slots are touched together before they are serialized.
+const PREFETCH_RUN: usize = 16;
+
 impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// Clock eviction: frees about a tenth of the budget from this table. Clean entries are
     /// dropped (their newest version is in a searchable segment); dirty ones are serialized
@@ -227,6 +230,12 @@ impl<N: Ns, K: Ns, V: Codec> TableOps for TableData<N, K, V> {
         let end = (self.frozen_at + max).min(self.frozen.len());
         let (fe, cur) = (self.frozen_epoch, self.cur);
         for i in self.frozen_at..end {
+            if (i - self.frozen_at) % PREFETCH_RUN == 0 {
+                // Touch the next run's slots first, so that their cache misses overlap.
+                for (ns, key) in &self.frozen[i..(i + PREFETCH_RUN).min(end)] {
+                    self.prefetch(ns, key);
+                }
+            }
             let (ns, key) = &self.frozen[i];
             let Some(space) = self.spaces.get_mut(ns) else {
                 continue;
