@@ -721,7 +721,7 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
 }
 
 /// Point lookups of evicted entries in one segment of many sparse-index strides (the
-/// lookup searches a top level of every 64th fence first): every key is found with its
+/// lookup searches a top level of every 16th fence first): every key is found with its
 /// value, absent keys are absent; rot in a frame after the open is a crc error naming the
 /// file and the frame's offset for each lookup that scans that frame, and no lookup returns
 /// a wrong value.
@@ -756,7 +756,7 @@ fn lookups_across_many_index_strides_find_every_key_and_detect_rot() {
     let stats = store.stats();
     assert_eq!(stats.segments, 1);
     assert!(
-        stats.segment_bytes > 4096 * 64 * 8,
+        stats.segment_bytes > 4096 * 8 * sluice_state::segment::FENCE_TOP_STRIDE as u64,
         "only {} bytes: fewer than 8 strides",
         stats.segment_bytes
     );
