@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::disk::{Disk, DiskWriter};
+use crate::disk::{Disk, DiskReader, DiskWriter};
 use crate::error::{CheckpointError, Fault, FaultResult};
 use crate::manifest::{self, Manifest, SegmentRec};
 use crate::segment::{self, EntryBatch, SegmentBuilder, Source};
@@ -324,6 +324,7 @@ impl<D: Disk> Store<D> {
                 .disk
                 .open(&path)
                 .map_err(|e| self.fail(Fault::io("open segment", &path, e)))?;
+            reader.will_need();
             let mut core = self.shared.core.borrow_mut();
             if let Some(seg) = core.segments.iter_mut().find(|s| s.meta.id == id) {
                 seg.source = Source::Disk(Rc::new(reader));

@@ -9,8 +9,12 @@
 //! per-record path that reads an evicted entry is synchronous, and a `pread` of a cached
 //! block costs about a microsecond without touching glommio's ring (an io_uring
 //! submit-and-wait would cost the same syscall and could not reuse the page cache under
-//! `O_DIRECT`). Reads never go through glommio's DMA path, so its first-read probe bug
-//! (§5 #4) cannot hit them; the store still primes the probe with a non-empty file.
+//! `O_DIRECT`). An `O_DIRECT` write leaves nothing in the page cache, so once a segment is
+//! written the store asks the kernel to read it in ahead ([`DiskReader::will_need`],
+//! `POSIX_FADV_WILLNEED`: one sequential read in the background) instead of letting each
+//! lookup's first `pread` of a block wait for the disk. Reads never go through glommio's
+//! DMA path, so its first-read probe bug (§5 #4) cannot hit them; the store still primes the
+//! probe with a non-empty file.
 //! The simulated disk for crash tests is `crate::sim::SimDisk`.
 #![allow(async_fn_in_trait)]
 
@@ -70,6 +74,11 @@ pub trait DiskReader {
     }
     /// Fills `buf` from `pos` (blocking); fails if the file ends first.
     fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// A hint that the whole file will be read soon, at random places: start reading it
+    /// into the page cache in the background (a file written with `O_DIRECT` is not in the
+    /// page cache, so otherwise every first read of a block of it waits for the disk).
+    /// Only a hint: nothing fails if it is ignored.
+    fn will_need(&self) {}
 }
 
 /// [`Disk`] on glommio DMA files (writes) and `pread` (reads).
@@ -137,6 +146,24 @@ impl DiskReader for StdReader {
     }
     fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, pos)
+    }
+    fn will_need(&self) {
+        use std::os::fd::AsRawFd;
+        // Linux reads at most the device's readahead window (`read_ahead_kb`, 128 KiB by
+        // default) per call, so the file is advised a window at a time.
+        const WINDOW: u64 = 128 << 10;
+        let fd = self.file.as_raw_fd();
+        let mut at = 0;
+        while at < self.len {
+            let (Ok(off), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(WINDOW))
+            else {
+                return;
+            };
+            // SAFETY: `posix_fadvise` only reads its integer arguments, and the descriptor
+            // is open while `self.file` lives. The result is ignored: it is only advice.
+            let _ = unsafe { libc::posix_fadvise(fd, off, len, libc::POSIX_FADV_WILLNEED) };
+            at += WINDOW;
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! and namespaces, and its per-(state, key group) extents, so that a point lookup reads one
 //! block and a key-group subset reads only its own byte ranges.
 
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -17,6 +18,8 @@ use crate::frame::{self, Decoded, FrameHead, FrameRef, Kind, SortKey};
 
 /// Bytes between two sparse-index entries.
 pub const FENCE_BYTES: u64 = 4096;
+/// Fences per entry of a segment's top-level fence index ([`SegIndex::fence_top`]).
+pub const FENCE_TOP_STRIDE: usize = 16;
 /// Bloom filter bits per entry (about 1% false positives with 7 probes).
 const BLOOM_BITS_PER_KEY: u64 = 10;
 const BLOOM_PROBES: u64 = 7;
@@ -160,6 +163,10 @@ pub struct SegIndex<R> {
     pub path: PathBuf,
     /// Sparse index: sort key and offset of the first frame at or after each 4 KiB.
     pub fences: Vec<(SortKey, u64)>,
+    /// Every [`FENCE_TOP_STRIDE`]th fence key, built on the first lookup: a point lookup
+    /// searches this small array (cache-resident) and then one stride of `fences`, instead
+    /// of a binary search whose every step in a large segment's fences missed the cache.
+    pub fence_top: OnceCell<Vec<SortKey>>,
     /// Entries and namespaces.
     pub bloom: Bloom,
     /// Where the bytes are.
@@ -198,9 +205,35 @@ impl<R: DiskReader> SegIndex<R> {
         }
         Ok(())
     }
+    /// The first fence whose key is at least `lo`.
+    fn first_fence_from(&self, lo: &SortKey) -> usize {
+        let top = self.fence_top.get_or_init(|| {
+            self.fences
+                .iter()
+                .step_by(FENCE_TOP_STRIDE)
+                .map(|f| f.0)
+                .collect()
+        });
+        // top[..t] < lo <= top[t]: the answer is after fence (t - 1) * STRIDE and at most
+        // fence t * STRIDE.
+        let t = top.partition_point(|k| k < lo);
+        let from = if t == 0 {
+            0
+        } else {
+            (t - 1) * FENCE_TOP_STRIDE + 1
+        };
+        let to = (t * FENCE_TOP_STRIDE).min(self.fences.len());
+        // A forward scan, not a binary search: its loads are sequential, so the hardware
+        // prefetches the stride's cache lines instead of each step waiting for a miss.
+        let stride = &self.fences[from..to];
+        from + stride
+            .iter()
+            .position(|(k, _)| k >= lo)
+            .unwrap_or(stride.len())
+    }
     /// The byte range that holds every frame with sort keys in `[lo, hi]`.
     pub fn range_of(&self, lo: &SortKey, hi: &SortKey) -> (u64, u64) {
-        let i = self.fences.partition_point(|(k, _)| k < lo);
+        let i = self.first_fence_from(lo);
         let start = if i == 0 { 0 } else { self.fences[i - 1].1 };
         // The end fence is the first one past `hi`: for a point lookup (`lo == hi`) that is
         // fence `i` or just after it, found without a second binary search.
@@ -559,6 +592,7 @@ impl SegmentBuilder {
             path: dir.join(segment_name(self.id)),
             meta,
             fences: self.fences,
+            fence_top: OnceCell::new(),
             bloom: self.bloom,
             source: Source::Mem(Rc::new(self.buf)),
             synced: false,
@@ -726,7 +760,9 @@ mod tests {
     use super::*;
 
     /// `range_of` against the two binary searches it replaces, with runs of equal fence keys
-    /// shorter and longer than its forward scan.
+    /// shorter and longer than its forward scan, and over several strides of the top-level
+    /// fence index (a long run of equal keys across two stride boundaries, keys absent
+    /// between fences, before the first and after the last).
     #[test]
     fn range_of_matches_two_binary_searches() {
         let key = |h: u64| SortKey {
@@ -735,12 +771,17 @@ mod tests {
             ns_hash: 0,
             key_hash: h,
         };
-        let hashes = [1u64, 2, 2, 3, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 7, 9];
+        let mut hashes = vec![1u64, 2, 2, 3, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 7, 9];
+        hashes.extend((10..60).map(|i| i / 2 * 2));
+        hashes.extend(std::iter::repeat_n(100, 2 * FENCE_TOP_STRIDE));
+        hashes.extend((102..400).map(|i| i / 3 * 3));
+        assert!(hashes.is_sorted());
+        let data_len = hashes.len() as u64 * 4096 + 100;
         let seg: SegIndex<crate::sim::SimReader> = SegIndex {
             meta: SegmentMeta {
                 id: 1,
                 order: 1,
-                data_len: 100_000,
+                data_len,
                 entries: 0,
                 extents: vec![],
             },
@@ -750,17 +791,18 @@ mod tests {
                 .enumerate()
                 .map(|(i, &h)| (key(h), i as u64 * 4096))
                 .collect(),
+            fence_top: OnceCell::new(),
             bloom: Bloom::with_keys(1),
             source: Source::Mem(Rc::new(AlignedVec::new())),
             synced: true,
         };
-        for lo in 0..11 {
-            for hi in lo..11 {
+        for lo in 0..402 {
+            for hi in (lo..402).step_by(1 + (lo as usize % 7)) {
                 let (lo, hi) = (key(lo), key(hi));
                 let i = seg.fences.partition_point(|(k, _)| *k < lo);
                 let j = seg.fences.partition_point(|(k, _)| *k <= hi);
                 let start = if i == 0 { 0 } else { seg.fences[i - 1].1 };
-                let end = seg.fences.get(j).map_or(100_000, |f| f.1);
+                let end = seg.fences.get(j).map_or(data_len, |f| f.1);
                 assert_eq!(seg.range_of(&lo, &hi), (start, end.max(start)));
             }
         }

@@ -193,6 +193,7 @@ pub(crate) fn open_segment<D: Disk>(
         meta,
         path,
         fences,
+        fence_top: std::cell::OnceCell::new(),
         bloom,
         source: Source::Disk(Rc::new(reader)),
         synced: true,

@@ -82,6 +82,7 @@ impl Series {
             "read_per_s": self.med(|r| r.read_per_s),
             "memory_bytes": self.med(|r| r.memory_bytes as f64),
             "update_per_s_runs": self.runs.iter().map(|r| r.update_per_s).collect::<Vec<_>>(),
+            "read_per_s_runs": self.runs.iter().map(|r| r.read_per_s).collect::<Vec<_>>(),
         })
     }
 }
@@ -153,23 +154,33 @@ fn point(args: &StateBench) -> Result<Vec<Value>> {
                 s.med(|r| r.load_per_s)
             );
         }
-        let upd = |i: usize| series.get(i).map_or(0.0, |s| s.med(|r| r.update_per_s));
-        let mut ratios = json!({ "sluice_in_memory_vs_hashmap_updates": upd(1) / upd(0) });
+        let med = |i: usize, f: fn(&PointResult) -> f64| series.get(i).map_or(0.0, |s| s.med(f));
+        let upd = |i: usize| med(i, |r| r.update_per_s);
+        let rd = |i: usize| med(i, |r| r.read_per_s);
+        let mut ratios = json!({
+            "sluice_in_memory_vs_hashmap_updates": upd(1) / upd(0),
+            "sluice_in_memory_vs_hashmap_reads": rd(1) / rd(0),
+        });
         eprintln!(
-            "sluice in memory / hashmap, updates: {:.2}",
-            upd(1) / upd(0)
+            "sluice in memory / hashmap: updates {:.2}, reads {:.2}",
+            upd(1) / upd(0),
+            rd(1) / rd(0)
         );
         if series.len() > 3 {
             eprintln!(
-                "sluice / rocksdb in memory, updates: {:.2}",
-                upd(1) / upd(3)
+                "sluice / rocksdb in memory: updates {:.2}, reads {:.2}",
+                upd(1) / upd(3),
+                rd(1) / rd(3)
             );
             eprintln!(
-                "sluice / rocksdb with budget, updates: {:.2}",
-                upd(2) / upd(4)
+                "sluice / rocksdb with budget: updates {:.2}, reads {:.2}",
+                upd(2) / upd(4),
+                rd(2) / rd(4)
             );
             ratios["sluice_vs_rocksdb_in_memory_updates"] = json!(upd(1) / upd(3));
+            ratios["sluice_vs_rocksdb_in_memory_reads"] = json!(rd(1) / rd(3));
             ratios["sluice_vs_rocksdb_budget_updates"] = json!(upd(2) / upd(4));
+            ratios["sluice_vs_rocksdb_budget_reads"] = json!(rd(2) / rd(4));
         }
         out.push(json!({
             "keys": keys,
