@@ -320,6 +320,14 @@ fn merge_stats(a: &mut CheckpointStats, b: &CheckpointStats) {
     let _ = a.sync_us.add(&b.sync_us);
     let _ = a.align_us.add(&b.align_us);
     let _ = a.sync_max_us.add(&b.sync_max_us);
+    for (name, h) in &b.sync_us_by_stage {
+        match a.sync_us_by_stage.iter_mut().find(|(n, _)| n == name) {
+            Some((_, mine)) => {
+                let _ = mine.add(h);
+            }
+            None => a.sync_us_by_stage.push((name.clone(), h.clone())),
+        }
+    }
 }
 
 fn stats_json(s: &CheckpointStats) -> Value {
@@ -328,6 +336,9 @@ fn stats_json(s: &CheckpointStats) -> Value {
         "aborted": s.aborted,
         "sync_pause_us": percentiles(&s.sync_us),
         "sync_pause_max_per_checkpoint_us": percentiles(&s.sync_max_us),
+        "sync_pause_by_stage_us": s.sync_us_by_stage.iter().map(|(name, h)| {
+            json!({ "stage": name, "sync_pause_us": percentiles(h) })
+        }).collect::<Vec<_>>(),
         "duration_us": percentiles(&s.duration_us),
         "align_us": percentiles(&s.align_us),
     })
@@ -530,6 +541,9 @@ fn throughput_report(
             q(&s.duration_us, 0.5),
             q(&s.duration_us, 0.99),
         );
+        for (stage, h) in s.sync_us_by_stage.iter().filter(|(_, h)| !h.is_empty()) {
+            eprintln!("    sync p50 {} p99 {}: {stage}", q(h, 0.5), q(h, 0.99));
+        }
         let mut o = json!({
             "name": v.name,
             "interval_ms": v.interval_ms,

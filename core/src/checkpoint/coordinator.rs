@@ -49,14 +49,19 @@ pub struct CheckpointStats {
     pub last_completed: u64,
     /// From trigger to completion (metadata written), per completed checkpoint.
     pub duration_us: Histogram<u64>,
-    /// The synchronous pause of every stage instance's snapshot (freezing its state), per
-    /// instance and completed checkpoint.
+    /// The synchronous pause of every stage instance, per instance and completed checkpoint:
+    /// from taking the (aligned) barrier to its state frozen, i.e. the chain's barrier hooks
+    /// (a pre-aggregation sends what it holds on, sinks pre-commit) and the freeze.
     pub sync_us: Histogram<u64>,
     /// The alignment time of every stage instance with several inputs, per instance and
     /// completed checkpoint.
     pub align_us: Histogram<u64>,
     /// The longest synchronous pause of any instance, per completed checkpoint.
     pub sync_max_us: Histogram<u64>,
+    /// `sync_us` per stage, by stage name, in stage order: a source stage's pause includes
+    /// sending on what its chain holds before the barrier (a pre-aggregation's partial
+    /// results); a stage after an exchange mostly freezes state.
+    pub sync_us_by_stage: Vec<(String, Histogram<u64>)>,
 }
 
 impl Default for CheckpointStats {
@@ -75,6 +80,7 @@ impl Default for CheckpointStats {
             sync_us: histogram(),
             align_us: histogram(),
             sync_max_us: histogram(),
+            sync_us_by_stage: Vec::new(),
         }
     }
 }
@@ -384,13 +390,27 @@ impl Coordinator {
             stats.duration_us.saturating_record(us);
         }
         let mut sync_max = 0;
-        for instance in meta.stages.iter().flat_map(|s| &s.instances) {
+        for stage in &meta.stages {
+            let i = match stats
+                .sync_us_by_stage
+                .iter()
+                .position(|(n, _)| *n == stage.name)
+            {
+                Some(i) => i,
+                None => {
+                    let h = Histogram::new_from(&stats.sync_us);
+                    stats.sync_us_by_stage.push((stage.name.clone(), h));
+                    stats.sync_us_by_stage.len() - 1
+                }
+            };
             // Finished instances acknowledge implicitly, with nothing measured.
-            if instance.duration_us == 0 {
-                continue;
+            for instance in stage.instances.iter().filter(|i| i.duration_us > 0) {
+                stats.sync_us.saturating_record(instance.sync_us);
+                stats.sync_us_by_stage[i]
+                    .1
+                    .saturating_record(instance.sync_us);
+                sync_max = sync_max.max(instance.sync_us);
             }
-            stats.sync_us.saturating_record(instance.sync_us);
-            sync_max = sync_max.max(instance.sync_us);
         }
         // Every stage fed by channels aligns (an exchange has a channel per upstream worker);
         // a source stage does not.
