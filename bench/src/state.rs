@@ -284,12 +284,33 @@ pub struct RecoveryResult {
     pub ms: f64,
     /// The open alone, in ms.
     pub open_ms: f64,
+    /// CPU time (user and system) of the restoring thread over the same span, in ms: what
+    /// the restore costs its core, less sensitive than `ms` to other processes.
+    pub cpu_ms: f64,
+    /// Minor page faults of the restoring thread over the same span.
+    pub faults: u64,
     /// Whether the page cache was dropped first (needs root).
     pub cold: bool,
 }
 
-/// Writes a checkpoint of `keys` keys, then times reopening it and loading the table.
-pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryResult> {
+/// CPU time (ms) and minor page faults of the calling thread so far.
+fn thread_usage() -> (f64, u64) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_THREAD) {
+        Ok(u) => {
+            let tv =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+            (
+                tv(u.user_time()) + tv(u.system_time()),
+                u.minor_page_faults() as u64,
+            )
+        }
+        Err(_) => (0.0, 0),
+    }
+}
+
+/// Writes a checkpoint of the keys `first..first + keys` into a store in `dir`.
+fn write_recovery_state(dir: &Path, first: u64, keys: u64) -> Result<()> {
     let d = dir.to_path_buf();
     on_glommio(async move || -> Result<()> {
         let cfg = StoreConfig {
@@ -301,33 +322,113 @@ pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryR
         let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
         {
             let mut tl = t.lock();
-            for j in 0..keys {
+            for j in first..first + keys {
                 tl.insert(&(), key(j), [j as u8; 64])?;
             }
         }
         store.checkpoint(1).await?;
         Ok(())
-    })??;
-    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok();
-    let d = dir.to_path_buf();
-    on_glommio(async move || -> Result<RecoveryResult> {
-        let cfg = StoreConfig {
-            memory_budget_bytes: budget,
-            key_groups: (0, 127),
-            ..StoreConfig::default()
-        };
-        let start = Instant::now();
-        let store = Store::open(GlommioDisk, &d, cfg, Some(1))?;
-        let open_ms = start.elapsed().as_secs_f64() * 1e3;
-        let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        black_box(t.lock().resident_len());
-        Ok(RecoveryResult {
-            keys,
-            bytes: store.stats().segment_bytes,
-            ms,
-            open_ms,
-            cold,
-        })
     })?
+}
+
+/// Drops the page cache (needs root); whether it could.
+fn drop_page_cache() -> bool {
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// Reopens the store in `dir` at checkpoint 1 and loads its table, on the calling executor.
+async fn restore_store(dir: &Path, keys: u64, budget: usize, cold: bool) -> Result<RecoveryResult> {
+    let cfg = StoreConfig {
+        memory_budget_bytes: budget,
+        key_groups: (0, 127),
+        ..StoreConfig::default()
+    };
+    let (cpu0, faults0) = thread_usage();
+    let start = Instant::now();
+    let store = Store::open(GlommioDisk, dir, cfg, Some(1))?;
+    let open_ms = start.elapsed().as_secs_f64() * 1e3;
+    let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let (cpu1, faults1) = thread_usage();
+    black_box(t.lock().resident_len());
+    Ok(RecoveryResult {
+        keys,
+        bytes: store.stats().segment_bytes,
+        ms,
+        open_ms,
+        cpu_ms: cpu1 - cpu0,
+        faults: faults1 - faults0,
+        cold,
+    })
+}
+
+/// Writes a checkpoint of `keys` keys, then times reopening it and loading the table.
+pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryResult> {
+    write_recovery_state(dir, 0, keys)?;
+    let cold = drop_page_cache();
+    let d = dir.to_path_buf();
+    on_glommio(async move || restore_store(&d, keys, budget, cold).await)?
+}
+
+/// A recovery of several stores at once.
+#[derive(Clone, Debug, Default)]
+pub struct ParallelRecovery {
+    /// Each store's figures (its own open and load, on its own executor).
+    pub stores: Vec<RecoveryResult>,
+    /// From the first store's start to the last store's end, in ms.
+    pub wall_ms: f64,
+}
+
+/// Writes `stores` stores of `keys / stores` keys each (under `dir`), drops the page cache,
+/// then restores them all at once, each on its own executor pinned to its own CPU of `cpus`
+/// (round robin), as a job's workers restore theirs, started together.
+pub fn sluice_recovery_parallel(
+    dir: &Path,
+    keys: u64,
+    stores: usize,
+    cpus: &[usize],
+    budget: usize,
+) -> Result<ParallelRecovery> {
+    anyhow::ensure!(stores > 0, "at least one store");
+    let per = keys / stores as u64;
+    for s in 0..stores {
+        write_recovery_state(&dir.join(format!("store-{s}")), s as u64 * per, per)?;
+    }
+    let cold = drop_page_cache();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(stores));
+    let mut handles = Vec::new();
+    for s in 0..stores {
+        let placement = match cpus {
+            [] => Placement::Unbound,
+            _ => Placement::Fixed(cpus[s % cpus.len()]),
+        };
+        let d = dir.join(format!("store-{s}"));
+        let barrier = barrier.clone();
+        let h = LocalExecutorBuilder::new(placement)
+            .io_memory(64 << 10)
+            .spawn(move || async move {
+                barrier.wait();
+                let start = Instant::now();
+                let r = restore_store(&d, per, budget, cold).await;
+                (start, Instant::now(), r)
+            })
+            .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?;
+        handles.push(h);
+    }
+    let mut out = ParallelRecovery::default();
+    let mut span: Option<(Instant, Instant)> = None;
+    for h in handles {
+        let (start, end, r) = h
+            .join()
+            .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))?;
+        out.stores.push(r?);
+        span = Some(match span {
+            None => (start, end),
+            Some((a, b)) => (a.min(start), b.max(end)),
+        });
+    }
+    if let Some((a, b)) = span {
+        out.wall_ms = (b - a).as_secs_f64() * 1e3;
+    }
+    Ok(out)
 }
