@@ -20,9 +20,12 @@ use std::process::ExitCode;
 
 use clap::{Args, FromArgMatches, Subcommand};
 use sluice::cli::{BoxError, Cli};
+use sluice_state::hugepage::HugePageAlloc;
 
+/// mimalloc, with transparent huge pages advised for large allocations (a state table's hash
+/// map: a restore inserts at random places of it; see `sluice_state::hugepage`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: HugePageAlloc<mimalloc::MiMalloc> = HugePageAlloc(mimalloc::MiMalloc);
 
 fn boxed(e: anyhow::Error) -> BoxError {
     e.into()
