@@ -332,7 +332,7 @@ fn write_recovery_state(dir: &Path, first: u64, keys: u64) -> Result<()> {
 }
 
 /// Drops the page cache (needs root); whether it could.
-fn drop_page_cache() -> bool {
+pub fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
@@ -362,15 +362,22 @@ async fn restore_store(dir: &Path, keys: u64, budget: usize, cold: bool) -> Resu
     })
 }
 
-/// Writes a checkpoint of `keys` keys, then times reopening it and loading the table.
-pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryResult> {
-    write_recovery_state(dir, 0, keys)?;
-    let cold = drop_page_cache();
-    let d = dir.to_path_buf();
-    on_glommio(async move || restore_store(&d, keys, budget, cold).await)?
+/// Writes `stores` stores of `keys / stores` keys each under `dir` (see [`store_dir`]).
+pub fn write_recovery_states(dir: &Path, keys: u64, stores: usize) -> Result<()> {
+    anyhow::ensure!(stores > 0, "at least one store");
+    let per = keys / stores as u64;
+    for s in 0..stores {
+        write_recovery_state(&store_dir(dir, s), s as u64 * per, per)?;
+    }
+    Ok(())
 }
 
-/// A recovery of several stores at once.
+/// The directory of store `s` of a recovery run under `dir`.
+pub fn store_dir(dir: &Path, s: usize) -> std::path::PathBuf {
+    dir.join(format!("store-{s}"))
+}
+
+/// A recovery of one or several stores at once.
 #[derive(Clone, Debug, Default)]
 pub struct ParallelRecovery {
     /// Each store's figures (its own open and load, on its own executor).
@@ -379,30 +386,66 @@ pub struct ParallelRecovery {
     pub wall_ms: f64,
 }
 
-/// Writes `stores` stores of `keys / stores` keys each (under `dir`), drops the page cache,
-/// then restores them all at once, each on its own executor pinned to its own CPU of `cpus`
-/// (round robin), as a job's workers restore theirs, started together.
-pub fn sluice_recovery_parallel(
+impl ParallelRecovery {
+    /// As one JSON value (what a restoring child process reports to the bench).
+    pub fn to_json(&self) -> serde_json::Value {
+        let stores: Vec<_> = self
+            .stores
+            .iter()
+            .map(|r| {
+                serde_json::json!([r.keys, r.bytes, r.ms, r.open_ms, r.cpu_ms, r.faults, r.cold])
+            })
+            .collect();
+        serde_json::json!({ "wall_ms": self.wall_ms, "stores": stores })
+    }
+    /// Reads [`to_json`](Self::to_json)'s value back.
+    pub fn from_json(v: &serde_json::Value) -> Result<ParallelRecovery> {
+        let bad = || anyhow::anyhow!("bad recovery record: {v}");
+        let f = |x: &serde_json::Value| x.as_f64().ok_or_else(bad);
+        let mut out = ParallelRecovery {
+            wall_ms: f(&v["wall_ms"])?,
+            stores: Vec::new(),
+        };
+        for r in v["stores"].as_array().ok_or_else(bad)? {
+            out.stores.push(RecoveryResult {
+                keys: f(&r[0])? as u64,
+                bytes: f(&r[1])? as u64,
+                ms: f(&r[2])?,
+                open_ms: f(&r[3])?,
+                cpu_ms: f(&r[4])?,
+                faults: f(&r[5])? as u64,
+                cold: r[6].as_bool().ok_or_else(bad)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Restores the `stores` stores that [`write_recovery_states`] wrote under `dir`, all at
+/// once: one store on an unpinned executor, several each on its own executor pinned to its
+/// own CPU of `cpus` (round robin), as a job's workers restore theirs, started together.
+/// `cold` is whether the page cache was dropped since they were written. A recovery is a
+/// fresh process (a restarted job), so the bench runs this in one: memory the writing freed
+/// would otherwise be reused, already faulted in.
+pub fn restore_stores(
     dir: &Path,
     keys: u64,
     stores: usize,
     cpus: &[usize],
     budget: usize,
+    cold: bool,
 ) -> Result<ParallelRecovery> {
     anyhow::ensure!(stores > 0, "at least one store");
     let per = keys / stores as u64;
-    for s in 0..stores {
-        write_recovery_state(&dir.join(format!("store-{s}")), s as u64 * per, per)?;
-    }
-    let cold = drop_page_cache();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(stores));
     let mut handles = Vec::new();
     for s in 0..stores {
         let placement = match cpus {
+            _ if stores == 1 => Placement::Unbound,
             [] => Placement::Unbound,
             _ => Placement::Fixed(cpus[s % cpus.len()]),
         };
-        let d = dir.join(format!("store-{s}"));
+        let d = store_dir(dir, s);
         let barrier = barrier.clone();
         let h = LocalExecutorBuilder::new(placement)
             .io_memory(64 << 10)

@@ -46,6 +46,13 @@ pub struct StateBench {
     /// theirs (default: 1 and, on a machine of several CPUs, one per CPU).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
     recovery_stores: Vec<u32>,
+    /// Internal: restore the recovery stores written under DIR in this process and print
+    /// the figures as JSON (each recovery run is a fresh process, as a restarted job is).
+    #[arg(long, hide = true, value_name = "DIR")]
+    recovery_child: Option<PathBuf>,
+    /// Internal: the page cache was dropped before the child started.
+    #[arg(long, hide = true)]
+    recovery_child_cold: bool,
     /// Runs of each variant (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
@@ -240,33 +247,28 @@ fn recovery(args: &StateBench) -> Result<Value> {
     );
     for &keys in &args.recovery_keys {
         for stores in recovery_stores(args, cpus.len()) {
-            rows.push(recovery_row(args, keys, stores, &cpus)?);
+            rows.push(recovery_row(args, keys, stores)?);
         }
     }
     Ok(json!(rows))
 }
 
 /// One row of the recovery table: `stores` stores holding `keys` keys in all, restored at
-/// once. One store runs on an unpinned executor (the series measured since the start);
-/// several run pinned, one per CPU. MB/s is the machine's: all the segment bytes over the
-/// wall time until the slowest store is done; MB/s/store is each store's bytes over its own
-/// time (median over the stores). `ms`, `open ms` and `cpu ms` are the slowest store's time,
-/// its open, and the CPU time a store's thread spent (median over the stores).
-fn recovery_row(args: &StateBench, keys: u64, stores: usize, cpus: &[usize]) -> Result<Value> {
+/// once in a fresh process (after the page cache is dropped). One store runs on an unpinned
+/// executor (the series measured since the start); several run pinned, one per CPU. MB/s is
+/// the machine's: all the segment bytes over the wall time until the slowest store is done;
+/// MB/s/store is each store's bytes over its own time (median over the stores). `ms`,
+/// `open ms` and `cpu ms` are the slowest store's time, its open, and the CPU time a store's
+/// thread spent (median over the stores).
+fn recovery_row(args: &StateBench, keys: u64, stores: usize) -> Result<Value> {
     let (mut wall, mut open, mut cpu, mut per, mut faults) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut bytes, mut cold) = (0u64, true);
     for _ in 0..args.runs {
         let tmp = scratch(args, "rec")?;
-        let runs = if stores == 1 {
-            let r = state::sluice_recovery(tmp.path(), keys, usize::MAX / 2)?;
-            state::ParallelRecovery {
-                wall_ms: r.ms,
-                stores: vec![r],
-            }
-        } else {
-            state::sluice_recovery_parallel(tmp.path(), keys, stores, cpus, usize::MAX / 2)?
-        };
+        state::write_recovery_states(tmp.path(), keys, stores)?;
+        let dropped = state::drop_page_cache();
+        let runs = restore_in_child(tmp.path(), keys, stores, dropped)?;
         let rs = &runs.stores;
         bytes = rs.iter().map(|r| r.bytes).sum();
         cold &= rs.iter().all(|r| r.cold);
@@ -304,8 +306,55 @@ fn recovery_row(args: &StateBench, keys: u64, stores: usize, cpus: &[usize]) -> 
     }))
 }
 
+/// Restores the stores under `dir` in a child process (this binary, `--recovery-child`).
+fn restore_in_child(
+    dir: &std::path::Path,
+    keys: u64,
+    stores: usize,
+    cold: bool,
+) -> Result<state::ParallelRecovery> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "state", "--recovery-child"])
+        .arg(dir)
+        .args(["--recovery-keys", &keys.to_string()])
+        .args(["--recovery-stores", &stores.to_string()])
+        .stderr(std::process::Stdio::inherit());
+    if cold {
+        cmd.arg("--recovery-child-cold");
+    }
+    let out = cmd.output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "the restoring child failed: {text}");
+    let line = text.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(line)
+        .map_err(|e| anyhow::anyhow!("the restoring child printed '{line}': {e}"))?;
+    state::ParallelRecovery::from_json(&v)
+}
+
+/// The child's side of [`restore_in_child`].
+fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
+    let (Some(&keys), Some(&stores)) = (args.recovery_keys.first(), args.recovery_stores.first())
+    else {
+        anyhow::bail!("--recovery-child needs --recovery-keys and --recovery-stores");
+    };
+    let cpus = sluice::available_cpus();
+    let r = state::restore_stores(
+        dir,
+        keys,
+        stores as usize,
+        &cpus,
+        usize::MAX / 2,
+        args.recovery_child_cold,
+    )?;
+    println!("{}", r.to_json());
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub fn run(args: &StateBench) -> Result<()> {
+    if let Some(dir) = &args.recovery_child {
+        return recovery_child(args, dir);
+    }
     let want = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
     let mut record = json!({
         "schema": "sluice-bench/1",
