@@ -10,13 +10,34 @@
 //! The advice covers only the 2 MiB-aligned part of the allocation, so nothing outside it
 //! changes; memory the allocator later reuses from that range for other objects may stay
 //! advised, a cost of at most the bytes of large allocations freed.
+//!
+//! Not always a win: on a VM whose balloon reports free pages to the host (this project's
+//! machine), the free 2 MiB blocks a huge-page fault takes are the ones the host reclaimed,
+//! and faulting them back in cost more system time than the 4 KiB faults saved (4M inserts:
+//! 0.5 CPU-s advised against 1.0 at one time, 2.1–2.8 against 1.3–2.3 at another). So it
+//! can be turned off ([`set_enabled`]); the `sluice` binary turns it on only when asked.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Allocations of at least this many bytes are advised to use huge pages.
 pub const HUGE_ALLOC_MIN: usize = 32 << 20;
 
 const HUGE_PAGE: usize = 2 << 20;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the advice of every [`HugePageAlloc`] on or off (on by default), for allocations
+/// made from now on: a binary reads its setting at start (`sluice`: on only with
+/// `SLUICE_HUGE_PAGES=1`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+#[inline]
+fn wanted(size: usize, p: *mut u8) -> bool {
+    size >= HUGE_ALLOC_MIN && !p.is_null() && ENABLED.load(Ordering::Relaxed)
+}
 
 /// A global allocator that advises huge pages for large allocations of `A`:
 /// `#[global_allocator] static A: HugePageAlloc<System> = HugePageAlloc(System);`.
@@ -44,7 +65,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HugePageAlloc<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { self.0.alloc(layout) };
-        if layout.size() >= HUGE_ALLOC_MIN && !p.is_null() {
+        if wanted(layout.size(), p) {
             advise_huge_pages(p, layout.size());
         }
         p
@@ -53,7 +74,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HugePageAlloc<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { self.0.alloc_zeroed(layout) };
-        if layout.size() >= HUGE_ALLOC_MIN && !p.is_null() {
+        if wanted(layout.size(), p) {
             advise_huge_pages(p, layout.size());
         }
         p
@@ -67,7 +88,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for HugePageAlloc<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
-        if new_size >= HUGE_ALLOC_MIN && !p.is_null() {
+        if wanted(new_size, p) {
             advise_huge_pages(p, new_size);
         }
         p
@@ -147,6 +168,17 @@ mod tests {
         assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
         // SAFETY: `s` is the live block of `small`.
         unsafe { a.dealloc(s, small) };
+
+        // Turned off: large allocations are left alone.
+        set_enabled(false);
+        // SAFETY: as above.
+        let p = unsafe { a.alloc(big) };
+        set_enabled(true);
+        assert!(!p.is_null());
+        let flags = vm_flags((p as usize).next_multiple_of(HUGE_PAGE)).unwrap_or_default();
+        assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
+        // SAFETY: `p` is the live block of `big`.
+        unsafe { a.dealloc(p, big) };
     }
 
     #[test]
