@@ -16,7 +16,6 @@ pub mod codec;
 pub mod disk;
 mod error;
 pub mod frame;
-pub mod hugepage;
 mod maintain;
 pub mod manifest;
 pub mod segment;

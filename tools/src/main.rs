@@ -20,24 +20,15 @@ use std::process::ExitCode;
 
 use clap::{Args, FromArgMatches, Subcommand};
 use sluice::cli::{BoxError, Cli};
-use sluice_state::hugepage::HugePageAlloc;
 
-/// mimalloc, with transparent huge pages advised for large allocations when
-/// `SLUICE_HUGE_PAGES=1` (a state table's hash map: a restore inserts at random places of
-/// it; see `sluice_state::hugepage`).
 #[global_allocator]
-static GLOBAL: HugePageAlloc<mimalloc::MiMalloc> = HugePageAlloc(mimalloc::MiMalloc);
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn boxed(e: anyhow::Error) -> BoxError {
     e.into()
 }
 
 fn main() -> ExitCode {
-    // Huge pages for large allocations only with SLUICE_HUGE_PAGES=1 (see ARCHITECTURE.md:
-    // measured both ways on this project's VM).
-    sluice_state::hugepage::set_enabled(
-        std::env::var_os("SLUICE_HUGE_PAGES").is_some_and(|v| v == "1"),
-    );
     // `about` after `augment_*`, which would replace it with the type's doc comment.
     let demo = demo::DemoArgs::augment_args(clap::Command::new("demo")).about(
         "Runs word count on a generated corpus on every core and prints the top words and \
