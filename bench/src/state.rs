@@ -284,12 +284,33 @@ pub struct RecoveryResult {
     pub ms: f64,
     /// The open alone, in ms.
     pub open_ms: f64,
+    /// CPU time (user and system) of the restoring thread over the same span, in ms: what
+    /// the restore costs its core, less sensitive than `ms` to other processes.
+    pub cpu_ms: f64,
+    /// Minor page faults of the restoring thread over the same span.
+    pub faults: u64,
     /// Whether the page cache was dropped first (needs root).
     pub cold: bool,
 }
 
-/// Writes a checkpoint of `keys` keys, then times reopening it and loading the table.
-pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryResult> {
+/// CPU time (ms) and minor page faults of the calling thread so far.
+fn thread_usage() -> (f64, u64) {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_THREAD) {
+        Ok(u) => {
+            let tv =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+            (
+                tv(u.user_time()) + tv(u.system_time()),
+                u.minor_page_faults() as u64,
+            )
+        }
+        Err(_) => (0.0, 0),
+    }
+}
+
+/// Writes a checkpoint of the keys `first..first + keys` into a store in `dir`.
+fn write_recovery_state(dir: &Path, first: u64, keys: u64) -> Result<()> {
     let d = dir.to_path_buf();
     on_glommio(async move || -> Result<()> {
         let cfg = StoreConfig {
@@ -301,33 +322,156 @@ pub fn sluice_recovery(dir: &Path, keys: u64, budget: usize) -> Result<RecoveryR
         let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
         {
             let mut tl = t.lock();
-            for j in 0..keys {
+            for j in first..first + keys {
                 tl.insert(&(), key(j), [j as u8; 64])?;
             }
         }
         store.checkpoint(1).await?;
         Ok(())
-    })??;
-    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok();
-    let d = dir.to_path_buf();
-    on_glommio(async move || -> Result<RecoveryResult> {
-        let cfg = StoreConfig {
-            memory_budget_bytes: budget,
-            key_groups: (0, 127),
-            ..StoreConfig::default()
-        };
-        let start = Instant::now();
-        let store = Store::open(GlommioDisk, &d, cfg, Some(1))?;
-        let open_ms = start.elapsed().as_secs_f64() * 1e3;
-        let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        black_box(t.lock().resident_len());
-        Ok(RecoveryResult {
-            keys,
-            bytes: store.stats().segment_bytes,
-            ms,
-            open_ms,
-            cold,
-        })
     })?
+}
+
+/// Drops the page cache (needs root); whether it could.
+pub fn drop_page_cache() -> bool {
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// Reopens the store in `dir` at checkpoint 1 and loads its table, on the calling executor.
+async fn restore_store(dir: &Path, keys: u64, budget: usize, cold: bool) -> Result<RecoveryResult> {
+    let cfg = StoreConfig {
+        memory_budget_bytes: budget,
+        key_groups: (0, 127),
+        ..StoreConfig::default()
+    };
+    let (cpu0, faults0) = thread_usage();
+    let start = Instant::now();
+    let store = Store::open(GlommioDisk, dir, cfg, Some(1))?;
+    let open_ms = start.elapsed().as_secs_f64() * 1e3;
+    let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let (cpu1, faults1) = thread_usage();
+    black_box(t.lock().resident_len());
+    Ok(RecoveryResult {
+        keys,
+        bytes: store.stats().segment_bytes,
+        ms,
+        open_ms,
+        cpu_ms: cpu1 - cpu0,
+        faults: faults1 - faults0,
+        cold,
+    })
+}
+
+/// Writes `stores` stores of `keys / stores` keys each under `dir` (see [`store_dir`]).
+pub fn write_recovery_states(dir: &Path, keys: u64, stores: usize) -> Result<()> {
+    anyhow::ensure!(stores > 0, "at least one store");
+    let per = keys / stores as u64;
+    for s in 0..stores {
+        write_recovery_state(&store_dir(dir, s), s as u64 * per, per)?;
+    }
+    Ok(())
+}
+
+/// The directory of store `s` of a recovery run under `dir`.
+pub fn store_dir(dir: &Path, s: usize) -> std::path::PathBuf {
+    dir.join(format!("store-{s}"))
+}
+
+/// A recovery of one or several stores at once.
+#[derive(Clone, Debug, Default)]
+pub struct ParallelRecovery {
+    /// Each store's figures (its own open and load, on its own executor).
+    pub stores: Vec<RecoveryResult>,
+    /// From the first store's start to the last store's end, in ms.
+    pub wall_ms: f64,
+}
+
+impl ParallelRecovery {
+    /// As one JSON value (what a restoring child process reports to the bench).
+    pub fn to_json(&self) -> serde_json::Value {
+        let stores: Vec<_> = self
+            .stores
+            .iter()
+            .map(|r| {
+                serde_json::json!([r.keys, r.bytes, r.ms, r.open_ms, r.cpu_ms, r.faults, r.cold])
+            })
+            .collect();
+        serde_json::json!({ "wall_ms": self.wall_ms, "stores": stores })
+    }
+    /// Reads [`to_json`](Self::to_json)'s value back.
+    pub fn from_json(v: &serde_json::Value) -> Result<ParallelRecovery> {
+        let bad = || anyhow::anyhow!("bad recovery record: {v}");
+        let f = |x: &serde_json::Value| x.as_f64().ok_or_else(bad);
+        let mut out = ParallelRecovery {
+            wall_ms: f(&v["wall_ms"])?,
+            stores: Vec::new(),
+        };
+        for r in v["stores"].as_array().ok_or_else(bad)? {
+            out.stores.push(RecoveryResult {
+                keys: f(&r[0])? as u64,
+                bytes: f(&r[1])? as u64,
+                ms: f(&r[2])?,
+                open_ms: f(&r[3])?,
+                cpu_ms: f(&r[4])?,
+                faults: f(&r[5])? as u64,
+                cold: r[6].as_bool().ok_or_else(bad)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Restores the `stores` stores that [`write_recovery_states`] wrote under `dir`, all at
+/// once: one store on an unpinned executor, several each on its own executor pinned to its
+/// own CPU of `cpus` (round robin), as a job's workers restore theirs, started together.
+/// `cold` is whether the page cache was dropped since they were written. A recovery is a
+/// fresh process (a restarted job), so the bench runs this in one: memory the writing freed
+/// would otherwise be reused, already faulted in.
+pub fn restore_stores(
+    dir: &Path,
+    keys: u64,
+    stores: usize,
+    cpus: &[usize],
+    budget: usize,
+    cold: bool,
+) -> Result<ParallelRecovery> {
+    anyhow::ensure!(stores > 0, "at least one store");
+    let per = keys / stores as u64;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(stores));
+    let mut handles = Vec::new();
+    for s in 0..stores {
+        let placement = match cpus {
+            _ if stores == 1 => Placement::Unbound,
+            [] => Placement::Unbound,
+            _ => Placement::Fixed(cpus[s % cpus.len()]),
+        };
+        let d = store_dir(dir, s);
+        let barrier = barrier.clone();
+        let h = LocalExecutorBuilder::new(placement)
+            .io_memory(64 << 10)
+            .spawn(move || async move {
+                barrier.wait();
+                let start = Instant::now();
+                let r = restore_store(&d, per, budget, cold).await;
+                (start, Instant::now(), r)
+            })
+            .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?;
+        handles.push(h);
+    }
+    let mut out = ParallelRecovery::default();
+    let mut span: Option<(Instant, Instant)> = None;
+    for h in handles {
+        let (start, end, r) = h
+            .join()
+            .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))?;
+        out.stores.push(r?);
+        span = Some(match span {
+            None => (start, end),
+            Some((a, b)) => (a.min(start), b.max(end)),
+        });
+    }
+    if let Some((a, b)) = span {
+        out.wall_ms = (b - a).as_secs_f64() * 1e3;
+    }
+    Ok(out)
 }

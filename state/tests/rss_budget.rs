@@ -2,6 +2,8 @@
 //! a child process (alone, so nothing else allocates) writes 10× its budget through glommio
 //! DMA files on the real disk, flushing after every batch as the runtime does, and reports
 //! its RSS from /proc/self/status; the parent checks it against the budget and the state.
+//! Then the child restores that state into the same budget, and the restore must stay near
+//! the budget too (it loads what fits and sizes the table for that, not for the state).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,13 +75,35 @@ fn rss_child() {
             for j in (0..KEYS).step_by(997) {
                 assert_eq!(tl.get(&(), &key(j)).unwrap(), Some(&[j as u8; 64]));
             }
+            drop(tl);
             let stats = store.stats();
+            let after = rss_kib();
+            // Restore the same state, ten times the budget, into the same budget: the table
+            // is sized and loaded only as far as the budget allows; the rest stays on disk.
+            drop(t);
+            drop(store);
+            let closed = rss_kib();
+            let cfg = StoreConfig {
+                memory_budget_bytes: BUDGET,
+                key_groups: (0, 31),
+                ..StoreConfig::default()
+            };
+            let store = Store::open(GlommioDisk, &dir, cfg, Some(1)).unwrap();
+            let t = store
+                .table::<(), [u8; 16], [u8; 64]>("big", TableConfig::new(kg))
+                .unwrap();
+            let restored = rss_kib();
+            let restored_used = store.memory_used();
+            let mut tl = t.lock();
+            let resident = tl.resident_len();
+            for j in (0..KEYS).step_by(991) {
+                assert_eq!(tl.get(&(), &key(j)).unwrap(), Some(&[j as u8; 64]));
+            }
             println!(
-                "RSS before_kib={before} mid_kib={mid} filled_kib={filled} after_kib={} \
-                 accounted_max={weight} segment_bytes={} index_bytes={}",
-                rss_kib(),
-                stats.segment_bytes,
-                stats.index_bytes
+                "RSS before_kib={before} mid_kib={mid} filled_kib={filled} after_kib={after} \
+                 accounted_max={weight} segment_bytes={} index_bytes={} closed_kib={closed} \
+                 restored_kib={restored} restored_used={restored_used} resident={resident}",
+                stats.segment_bytes, stats.index_bytes
             );
         })
         .unwrap()
@@ -146,6 +170,24 @@ fn state_ten_times_the_budget_keeps_rss_near_the_budget() {
     );
     // Between a quarter of the writes and the last one (before the final checkpoint, whose
     // serialized dirty set is a transient proportional to the budget).
+    // The restore of all that state into the same budget: it loads what fits (the table's
+    // map sized for that, not for every entry on disk) and reads the rest on access.
+    let restored = (field("restored_kib=") * 1024).saturating_sub(field("closed_kib=") * 1024);
+    let (used, resident) = (field("restored_used="), field("resident="));
+    assert!(
+        resident > 0 && resident < KEYS / 5,
+        "{resident} of {KEYS} entries resident"
+    );
+    assert!(
+        used <= BUDGET as u64 + (1 << 20),
+        "the restore accounts {used} bytes with a budget of {BUDGET}"
+    );
+    assert!(
+        restored < 2 * BUDGET as u64 + (8 << 20),
+        "RSS grew by {} MiB restoring into a budget of {} MiB",
+        restored >> 20,
+        BUDGET >> 20
+    );
     let late = (field("filled_kib=") * 1024).saturating_sub(mid);
     // What does grow with the state: each segment's bloom filter and sparse index (about
     // 2 bytes per entry; RocksDB keeps its filters and index blocks in memory too) and the

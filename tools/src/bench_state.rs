@@ -41,6 +41,18 @@ pub struct StateBench {
         default_value = "1000000,4000000,10000000"
     )]
     recovery_keys: Vec<u64>,
+    /// Stores restored at once in the recovery runs, comma-separated: each gets an equal share
+    /// of the keys and its own executor pinned to its own CPU, as a job's workers restore
+    /// theirs (default: 1 and, on a machine of several CPUs, one per CPU).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
+    recovery_stores: Vec<u32>,
+    /// Internal: restore the recovery stores written under DIR in this process and print
+    /// the figures as JSON (each recovery run is a fresh process, as a restarted job is).
+    #[arg(long, hide = true, value_name = "DIR")]
+    recovery_child: Option<PathBuf>,
+    /// Internal: the page cache was dropped before the child started.
+    #[arg(long, hide = true)]
+    recovery_child_cold: bool,
     /// Runs of each variant (medians are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
@@ -228,39 +240,132 @@ fn checkpoint(args: &StateBench) -> Result<Value> {
     Ok(json!({ "keys": args.checkpoint_keys, "checkpoints": rows }))
 }
 
+/// The store counts of the recovery runs.
+fn recovery_stores(args: &StateBench, cpus: usize) -> Vec<usize> {
+    if !args.recovery_stores.is_empty() {
+        return args.recovery_stores.iter().map(|&n| n as usize).collect();
+    }
+    if cpus > 1 { vec![1, cpus] } else { vec![1] }
+}
+
 fn recovery(args: &StateBench) -> Result<Value> {
+    let cpus = sluice::available_cpus();
     let mut rows = Vec::new();
     eprintln!("\nrecovery (open + load the table), medians:");
     eprintln!(
-        "{:>10} {:>12} {:>10} {:>10} {:>10} {:>6}",
-        "keys", "bytes", "ms", "open ms", "MB/s", "cold"
+        "{:>10} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "keys", "stores", "bytes", "ms", "open ms", "cpu ms", "MB/s", "MB/s/store", "cold"
     );
     for &keys in &args.recovery_keys {
-        let mut rs = Vec::new();
-        for _ in 0..args.runs {
-            let tmp = scratch(args, "rec")?;
-            rs.push(state::sluice_recovery(tmp.path(), keys, usize::MAX / 2)?);
+        for stores in recovery_stores(args, cpus.len()) {
+            rows.push(recovery_row(args, keys, stores)?);
         }
-        let ms = median(&rs.iter().map(|r| r.ms).collect::<Vec<_>>());
-        let open_ms = median(&rs.iter().map(|r| r.open_ms).collect::<Vec<_>>());
-        let bytes = rs[0].bytes;
-        let mbps = bytes as f64 / 1e6 / (ms / 1e3);
-        let cold = rs[0].cold;
-        eprintln!("{keys:>10} {bytes:>12} {ms:>10.1} {open_ms:>10.1} {mbps:>10.0} {cold:>6}");
-        rows.push(json!({
-            "keys": keys,
-            "bytes": bytes,
-            "ms": ms,
-            "open_ms": open_ms,
-            "mb_per_s": mbps,
-            "cold_cache": cold,
-        }));
     }
     Ok(json!(rows))
 }
 
+/// One row of the recovery table: `stores` stores holding `keys` keys in all, restored at
+/// once in a fresh process (after the page cache is dropped). One store runs on an unpinned
+/// executor (the series measured since the start); several run pinned, one per CPU. MB/s is
+/// the machine's: all the segment bytes over the wall time until the slowest store is done;
+/// MB/s/store is each store's bytes over its own time (median over the stores). `ms`,
+/// `open ms` and `cpu ms` are the slowest store's time, its open, and the CPU time a store's
+/// thread spent (median over the stores).
+fn recovery_row(args: &StateBench, keys: u64, stores: usize) -> Result<Value> {
+    let (mut wall, mut open, mut cpu, mut per, mut faults) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut bytes, mut cold) = (0u64, true);
+    for _ in 0..args.runs {
+        let tmp = scratch(args, "rec")?;
+        state::write_recovery_states(tmp.path(), keys, stores)?;
+        let dropped = state::drop_page_cache();
+        let runs = restore_in_child(tmp.path(), keys, stores, dropped)?;
+        let rs = &runs.stores;
+        bytes = rs.iter().map(|r| r.bytes).sum();
+        cold &= rs.iter().all(|r| r.cold);
+        wall.push(runs.wall_ms);
+        open.push(rs.iter().map(|r| r.open_ms).fold(0.0, f64::max));
+        cpu.push(median(&rs.iter().map(|r| r.cpu_ms).collect::<Vec<_>>()));
+        faults.push(median(
+            &rs.iter().map(|r| r.faults as f64).collect::<Vec<_>>(),
+        ));
+        per.push(median(
+            &rs.iter()
+                .map(|r| r.bytes as f64 / 1e6 / (r.ms / 1e3))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    let ms = median(&wall);
+    let (open_ms, cpu_ms, per_store) = (median(&open), median(&cpu), median(&per));
+    let mbps = bytes as f64 / 1e6 / (ms / 1e3);
+    eprintln!(
+        "{keys:>10} {stores:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} {cpu_ms:>9.1} {mbps:>9.0} \
+         {per_store:>10.0} {cold:>6}"
+    );
+    Ok(json!({
+        "keys": keys,
+        "stores": stores,
+        "bytes": bytes,
+        "ms": ms,
+        "open_ms": open_ms,
+        "cpu_ms_per_store": cpu_ms,
+        "page_faults_per_store": median(&faults),
+        "mb_per_s": mbps,
+        "mb_per_s_per_store": per_store,
+        "ms_runs": wall,
+        "cold_cache": cold,
+    }))
+}
+
+/// Restores the stores under `dir` in a child process (this binary, `--recovery-child`).
+fn restore_in_child(
+    dir: &std::path::Path,
+    keys: u64,
+    stores: usize,
+    cold: bool,
+) -> Result<state::ParallelRecovery> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "state", "--recovery-child"])
+        .arg(dir)
+        .args(["--recovery-keys", &keys.to_string()])
+        .args(["--recovery-stores", &stores.to_string()])
+        .stderr(std::process::Stdio::inherit());
+    if cold {
+        cmd.arg("--recovery-child-cold");
+    }
+    let out = cmd.output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "the restoring child failed: {text}");
+    let line = text.lines().last().unwrap_or_default();
+    let v: Value = serde_json::from_str(line)
+        .map_err(|e| anyhow::anyhow!("the restoring child printed '{line}': {e}"))?;
+    state::ParallelRecovery::from_json(&v)
+}
+
+/// The child's side of [`restore_in_child`].
+fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
+    let (Some(&keys), Some(&stores)) = (args.recovery_keys.first(), args.recovery_stores.first())
+    else {
+        anyhow::bail!("--recovery-child needs --recovery-keys and --recovery-stores");
+    };
+    let cpus = sluice::available_cpus();
+    let r = state::restore_stores(
+        dir,
+        keys,
+        stores as usize,
+        &cpus,
+        usize::MAX / 2,
+        args.recovery_child_cold,
+    )?;
+    println!("{}", r.to_json());
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub fn run(args: &StateBench) -> Result<()> {
+    if let Some(dir) = &args.recovery_child {
+        return recovery_child(args, dir);
+    }
     let want = |part: &str| args.only.as_deref().is_none_or(|o| o == part);
     let mut record = json!({
         "schema": "sluice-bench/1",
