@@ -168,8 +168,6 @@ fn state_ten_times_the_budget_keeps_rss_near_the_budget() {
         grown >> 20,
         BUDGET >> 20
     );
-    // Between a quarter of the writes and the last one (before the final checkpoint, whose
-    // serialized dirty set is a transient proportional to the budget).
     // The restore of all that state into the same budget: it loads what fits (the table's
     // map sized for that, not for every entry on disk) and reads the rest on access.
     let restored = (field("restored_kib=") * 1024).saturating_sub(field("closed_kib=") * 1024);
@@ -188,6 +186,8 @@ fn state_ten_times_the_budget_keeps_rss_near_the_budget() {
         restored >> 20,
         BUDGET >> 20
     );
+    // Between a quarter of the writes and the last one (before the final checkpoint, whose
+    // serialized dirty set is a transient proportional to the budget).
     let late = (field("filled_kib=") * 1024).saturating_sub(mid);
     // What does grow with the state: each segment's bloom filter and sparse index (about
     // 2 bytes per entry; RocksDB keeps its filters and index blocks in memory too) and the
