@@ -48,6 +48,15 @@ pub trait Collector<T> {
     /// emits nothing. Default: nothing.
     #[inline]
     fn prefetch(&mut self, _records: &[T], _timestamps: &[Timestamp]) {}
+    /// Whether [`prefetch`](Collector::prefetch) does anything. `Batch::drain_into` announces
+    /// runs of records only to a collector that says so and gives any other its plain
+    /// per-record loop: once inlined, the answer is a constant, and the loop the compiler
+    /// sees is the one it inlines best (splitting every chain's loop into runs made a source
+    /// chain ~7% more instructions per record, callgrind, through lost inlining).
+    #[inline]
+    fn prefetches(&self) -> bool {
+        false
+    }
 }
 
 /// Forwards the listed non-record hooks of a collector to its `next` field (all of them when

@@ -99,11 +99,17 @@ impl<T> Batch<T> {
         }
     }
 
-    /// Appends a record and its timestamp ([`NO_TIMESTAMP`] for none).
-    #[inline]
+    /// Appends a record and its timestamp ([`NO_TIMESTAMP`] for none). Always inlined, with
+    /// the rare backfill out of line: it is every source's per-record step, and the compiler
+    /// left it out of line in a source (~17 more instructions per record, callgrind) when
+    /// unrelated code changed.
+    #[inline(always)]
     pub fn push(&mut self, record: T, ts: Timestamp) {
         if ts != NO_TIMESTAMP || !self.timestamps.is_empty() {
-            self.push_timestamp(ts);
+            if self.timestamps.len() < self.records.len() {
+                self.backfill_timestamps();
+            }
+            self.timestamps.push(ts);
         }
         self.records.push(record);
     }
@@ -134,14 +140,12 @@ impl<T> Batch<T> {
         }
     }
 
-    #[inline]
-    fn push_timestamp(&mut self, ts: Timestamp) {
-        if self.timestamps.len() < self.records.len() {
-            // The first timestamp after records without one: those get none.
-            self.timestamps.reserve(BATCH_RECORDS_MAX);
-            self.timestamps.resize(self.records.len(), NO_TIMESTAMP);
-        }
-        self.timestamps.push(ts);
+    /// The first timestamp after records without one: those get none.
+    #[cold]
+    #[inline(never)]
+    fn backfill_timestamps(&mut self) {
+        self.timestamps.reserve(BATCH_RECORDS_MAX);
+        self.timestamps.resize(self.records.len(), NO_TIMESTAMP);
     }
 
     /// Number of records.
@@ -172,14 +176,27 @@ impl<T> Batch<T> {
     }
 
     /// Pushes every record, in order, into `collector`, emptying the batch (its buffers stay
-    /// allocated), announcing each run of [`PREFETCH_RUN`] records to the collector first
-    /// ([`Collector::prefetch`](crate::chain::Collector::prefetch)). The loop is written out
-    /// here, not through a closure, so the collector's chain inlines into it.
+    /// allocated), announcing each run of [`PREFETCH_RUN`] records to a collector that
+    /// [`prefetches`](crate::chain::Collector::prefetches) first. The loops are written out
+    /// here, not through a closure, so the collector's chain inlines into them.
     #[inline]
     pub fn drain_into<C: crate::chain::Collector<T>>(
         &mut self,
         collector: &mut C,
     ) -> crate::error::Result<()> {
+        if !collector.prefetches() {
+            if self.timestamps.is_empty() {
+                for record in self.records.drain(..) {
+                    collector.collect(record, NO_TIMESTAMP)?;
+                }
+            } else {
+                debug_assert_eq!(self.timestamps.len(), self.records.len());
+                for (record, ts) in self.records.drain(..).zip(self.timestamps.drain(..)) {
+                    collector.collect(record, ts)?;
+                }
+            }
+            return Ok(());
+        }
         let mut records = self.records.drain(..);
         if self.timestamps.is_empty() {
             loop {
@@ -291,6 +308,8 @@ mod tests {
     struct Log {
         events: Vec<(bool, Vec<(u32, Timestamp)>)>,
         fail_at: Option<u32>,
+        /// Says it does not prefetch.
+        plain: bool,
     }
 
     impl crate::chain::Collector<u32> for Log {
@@ -300,6 +319,9 @@ mod tests {
             }
             self.events.push((false, vec![(record, ts)]));
             Ok(())
+        }
+        fn prefetches(&self) -> bool {
+            !self.plain
         }
         fn prefetch(&mut self, records: &[u32], timestamps: &[Timestamp]) {
             let ts = |i: usize| timestamps.get(i).copied().unwrap_or(NO_TIMESTAMP);
@@ -377,6 +399,22 @@ mod tests {
             }
             assert_eq!(at, n as usize, "n={n}: every record announced once");
         }
+    }
+
+    #[test]
+    fn a_collector_that_does_not_prefetch_gets_only_its_records() {
+        let mut b = Batch::with_capacity();
+        for i in 0..40u32 {
+            b.push(i, 7);
+        }
+        let mut log = Log {
+            plain: true,
+            ..Log::default()
+        };
+        b.drain_into(&mut log).unwrap();
+        assert!(log.events.iter().all(|(hint, _)| !hint));
+        let collected: Vec<u32> = log.events.iter().map(|(_, r)| r[0].0).collect();
+        assert_eq!(collected, (0..40).collect::<Vec<_>>());
     }
 
     #[test]

@@ -208,6 +208,9 @@ where
     fn prefetch(&mut self, records: &[(K, T)], _timestamps: &[Timestamp]) {
         prefetch_keys(&mut self.state, records);
     }
+    fn prefetches(&self) -> bool {
+        true
+    }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             emit_all(&mut this.state, &mut this.next, |_, v| v)?;
@@ -376,6 +379,9 @@ where
     fn prefetch(&mut self, records: &[(K, T)], _timestamps: &[Timestamp]) {
         prefetch_keys(&mut self.state, records);
     }
+    fn prefetches(&self) -> bool {
+        true
+    }
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             let f = &this.f;
@@ -538,6 +544,9 @@ where
     fn prefetch(&mut self, records: &[(K, A::Acc)], _timestamps: &[Timestamp]) {
         prefetch_keys(&mut self.state, records);
     }
+    fn prefetches(&self) -> bool {
+        true
+    }
     final_hooks!(|this| {
         let f = &this.f;
         emit_all(&mut this.state, &mut this.next, |_, acc| {
@@ -631,6 +640,9 @@ where
     #[inline]
     fn prefetch(&mut self, records: &[(K, V)], _timestamps: &[Timestamp]) {
         prefetch_keys(&mut self.state, records);
+    }
+    fn prefetches(&self) -> bool {
+        true
     }
     final_hooks!(|this| {
         if this.emit == Emit::Final {

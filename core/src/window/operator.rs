@@ -149,6 +149,10 @@ where
     fn prefetch(&mut self, records: &[(K, Combined<T, W::Acc>)], timestamps: &[Timestamp]) {
         each!(self, op => op.prefetch(records, timestamps))
     }
+    #[inline]
+    fn prefetches(&self) -> bool {
+        each!(self, op => op.prefetches())
+    }
 }
 
 impl<W, Tr, K, T> Pipe<(K, Combined<T, W::Acc>)> for WindowOperator<W, Tr, K, T>

@@ -660,5 +660,8 @@ where
             }
         }
     }
+    fn prefetches(&self) -> bool {
+        true
+    }
     crate::forward_hooks!(on_status, on_processing_time, flush, on_end);
 }
