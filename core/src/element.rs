@@ -401,12 +401,18 @@ mod tests {
         }
     }
 
+    /// Records `0..n`, all at `ts`.
+    fn batch_at(n: u32, ts: Timestamp) -> Batch<u32> {
+        let mut b = Batch::with_capacity();
+        for i in 0..n {
+            b.push(i, ts);
+        }
+        b
+    }
+
     #[test]
     fn a_collector_that_does_not_prefetch_gets_only_its_records() {
-        let mut b = Batch::with_capacity();
-        for i in 0..40u32 {
-            b.push(i, 7);
-        }
+        let mut b = batch_at(40, 7);
         let mut log = Log {
             plain: true,
             ..Log::default()
@@ -419,10 +425,7 @@ mod tests {
 
     #[test]
     fn a_failing_record_stops_the_drain_and_empties_the_batch() {
-        let mut b = Batch::with_capacity();
-        for i in 0..40u32 {
-            b.push(i, 5);
-        }
+        let mut b = batch_at(40, 5);
         let mut log = Log {
             fail_at: Some(20),
             ..Log::default()
