@@ -390,19 +390,12 @@ impl Coordinator {
             stats.duration_us.saturating_record(us);
         }
         let mut sync_max = 0;
-        for stage in &meta.stages {
-            let i = match stats
-                .sync_us_by_stage
-                .iter()
-                .position(|(n, _)| *n == stage.name)
-            {
-                Some(i) => i,
-                None => {
-                    let h = Histogram::new_from(&stats.sync_us);
-                    stats.sync_us_by_stage.push((stage.name.clone(), h));
-                    stats.sync_us_by_stage.len() - 1
-                }
-            };
+        // `meta.stages` lists every stage of the job, in stage order, each time.
+        for (i, stage) in meta.stages.iter().enumerate() {
+            if i == stats.sync_us_by_stage.len() {
+                let h = Histogram::new_from(&stats.sync_us);
+                stats.sync_us_by_stage.push((stage.name.clone(), h));
+            }
             // Finished instances acknowledge implicitly, with nothing measured.
             for instance in stage.instances.iter().filter(|i| i.duration_us > 0) {
                 stats.sync_us.saturating_record(instance.sync_us);

@@ -4,9 +4,6 @@
 
 use super::*;
 
-/// Frozen entries whose slots are touched together before they are serialized.
-const PREFETCH_RUN: usize = 16;
-
 impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// Clock eviction: frees about a tenth of the budget from this table. Clean entries are
     /// dropped (their newest version is in a searchable segment); dirty ones are serialized
@@ -139,8 +136,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     pub(crate) fn restore_flush(&mut self) -> Result<(), AccessError> {
         let mut batch = std::mem::take(&mut self.restoring);
         for (ns, key, _, _) in &batch {
-            let hit = self.spaces.get(ns).is_some_and(|s| s.map.contains_key(key));
-            std::hint::black_box(hit);
+            self.prefetch(ns, key);
         }
         for (ns, key, value, expires_ms) in batch.drain(..) {
             self.restore_one(ns, key, value, expires_ms)?;

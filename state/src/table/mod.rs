@@ -32,9 +32,13 @@ const DIRTY_PRUNE_MIN: usize = 4096;
 /// Restored frames decoded before they are applied together (`restore_flush`).
 const RESTORE_BATCH: usize = 32;
 
-/// Entries of a namespace below which `prefetch` does nothing: a smaller map stays in the
-/// caches, where touching an entry twice costs more than it saves.
+/// A namespace map's capacity (entries) below which `prefetch` does nothing: a smaller map
+/// stays in the caches, where touching an entry twice costs more than it saves. Capacity,
+/// not length: a map reserved for a restore is large, and missed, from its first insert.
 const PREFETCH_MIN_ENTRIES: usize = 1 << 15;
+
+/// Entries touched together (`prefetch`) before they are used, by the checkpoint writer.
+const PREFETCH_RUN: usize = 16;
 
 /// Frozen entries the writer serializes per borrow of the table.
 pub(crate) const SERIALIZE_CHUNK: usize = 4096;
@@ -425,7 +429,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         let Some(space) = self.spaces.get(ns) else {
             return;
         };
-        if space.map.len() < PREFETCH_MIN_ENTRIES {
+        if space.map.capacity() < PREFETCH_MIN_ENTRIES {
             return;
         }
         if let Some(slot) = space.map.get(key) {
