@@ -52,7 +52,7 @@ pub use stream::{
 
 pub use sluice_core::chain::Identity;
 pub use sluice_core::checkpoint::CheckpointConfig;
-pub use sluice_core::checkpoint::coordinator::CheckpointStats;
+pub use sluice_core::checkpoint::coordinator::{CheckpointStats, StagePauses};
 pub use sluice_core::context::{OutputTag, SideOutput};
 pub use sluice_core::join::{Either, JoinType};
 pub use sluice_core::keyed::{AggregateFunction, Emit};

@@ -209,8 +209,12 @@ mod messages {
             splits: Vec<WireSplit>,
             /// Where its state went.
             state: Option<String>,
-            /// Its synchronous pause, in µs.
+            /// Its pause at the barrier, in µs.
             sync_us: u64,
+            /// Of that, its freeze of the dirty state, in µs.
+            freeze_us: u64,
+            /// The CPU time its thread spent in the pause, in µs.
+            sync_cpu_us: u64,
             /// From its barrier to the acknowledgement, in µs.
             duration_us: u64,
             /// How long its inputs were aligning, in µs.
@@ -464,6 +468,8 @@ mod tests {
                 }],
                 state: None,
                 sync_us: 1,
+                freeze_us: 4,
+                sync_cpu_us: 5,
                 duration_us: 2,
                 align_us: 3,
             },

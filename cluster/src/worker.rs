@@ -586,6 +586,8 @@ fn to_coordinator(run: u64, m: ToCoordinator) -> Msg {
             splits: splits(a.splits),
             state: a.state,
             sync_us: a.sync_us,
+            freeze_us: a.freeze_us,
+            sync_cpu_us: a.sync_cpu_us,
             duration_us: a.duration_us,
             align_us: a.align_us,
         },

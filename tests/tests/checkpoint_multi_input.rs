@@ -104,6 +104,16 @@ fn check_report(report: &JobReport, what: &str) {
         c.completed
     );
     assert!(!c.align_us.is_empty(), "{what}: no alignment measured");
+    // Every stage's pauses, each with its freeze and CPU time.
+    assert!(
+        c.by_stage.len() >= 2,
+        "{what}: pauses of {} stages",
+        c.by_stage.len()
+    );
+    for p in &c.by_stage {
+        assert_eq!(p.freeze_us.len(), p.sync_us.len(), "{what}: {}", p.name);
+        assert_eq!(p.sync_cpu_us.len(), p.sync_us.len(), "{what}: {}", p.name);
+    }
     // The slow input's barrier comes up to 50 ms after the fast one's.
     assert!(
         c.align_us.max() >= 5_000,
@@ -117,6 +127,35 @@ fn check_report(report: &JobReport, what: &str) {
         c.align_us.max(),
         c.sync_us.value_at_quantile(0.99)
     );
+}
+
+/// Each measured instance's pause parts fit in its pause: the freeze is a part of it, and its
+/// thread cannot have spent more CPU time in it than it lasted (2 µs: each clock is read to
+/// the µs at both ends).
+fn check_pauses(m: &metadata::CheckpointMetadata) {
+    for (stage, i) in m
+        .stages
+        .iter()
+        .flat_map(|s| s.instances.iter().map(move |i| (&s.name, i)))
+        .filter(|(_, i)| i.duration_us > 0)
+    {
+        let at = format!(
+            "checkpoint {}, {stage}, worker {}",
+            m.checkpoint_id, i.worker
+        );
+        assert!(
+            i.freeze_us <= i.sync_us,
+            "{at}: freeze {} µs of {}",
+            i.freeze_us,
+            i.sync_us
+        );
+        assert!(
+            i.sync_cpu_us <= i.sync_us + 2,
+            "{at}: CPU {} µs of {}",
+            i.sync_cpu_us,
+            i.sync_us
+        );
+    }
 }
 
 /// A union of a fast and a slow source, then per key (97 keys) the final count and sum
@@ -242,11 +281,17 @@ fn an_interval_join_of_a_fast_and_a_slow_input_aligns_and_restores_exactly_once(
         env.execute("interval join").unwrap()
     });
     check_report(&report, "interval join");
-    let stateful = metadata::list(&chk)
+    let retained: Vec<_> = metadata::list(&chk)
         .unwrap()
         .into_iter()
         .filter_map(|f| f.metadata.ok())
-        .any(|m| stage_has_state(&m, "interval_join["));
+        .collect();
+    for m in &retained {
+        check_pauses(m);
+    }
+    let stateful = retained
+        .iter()
+        .any(|m| stage_has_state(m, "interval_join["));
     assert!(
         stateful,
         "no checkpoint names state of the interval join stage"

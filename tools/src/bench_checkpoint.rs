@@ -320,12 +320,10 @@ fn merge_stats(a: &mut CheckpointStats, b: &CheckpointStats) {
     let _ = a.sync_us.add(&b.sync_us);
     let _ = a.align_us.add(&b.align_us);
     let _ = a.sync_max_us.add(&b.sync_max_us);
-    for (name, h) in &b.sync_us_by_stage {
-        match a.sync_us_by_stage.iter_mut().find(|(n, _)| n == name) {
-            Some((_, mine)) => {
-                let _ = mine.add(h);
-            }
-            None => a.sync_us_by_stage.push((name.clone(), h.clone())),
+    for stage in &b.by_stage {
+        match a.by_stage.iter_mut().find(|s| s.name == stage.name) {
+            Some(mine) => mine.add(stage),
+            None => a.by_stage.push(stage.clone()),
         }
     }
 }
@@ -336,8 +334,13 @@ fn stats_json(s: &CheckpointStats) -> Value {
         "aborted": s.aborted,
         "sync_pause_us": percentiles(&s.sync_us),
         "sync_pause_max_per_checkpoint_us": percentiles(&s.sync_max_us),
-        "sync_pause_by_stage_us": s.sync_us_by_stage.iter().map(|(name, h)| {
-            json!({ "stage": name, "sync_pause_us": percentiles(h) })
+        "sync_pause_by_stage_us": s.by_stage.iter().map(|p| {
+            json!({
+                "stage": p.name,
+                "sync_pause_us": percentiles(&p.sync_us),
+                "freeze_us": percentiles(&p.freeze_us),
+                "sync_cpu_us": percentiles(&p.sync_cpu_us),
+            })
         }).collect::<Vec<_>>(),
         "duration_us": percentiles(&s.duration_us),
         "align_us": percentiles(&s.align_us),
@@ -541,8 +544,15 @@ fn throughput_report(
             q(&s.duration_us, 0.5),
             q(&s.duration_us, 0.99),
         );
-        for (stage, h) in s.sync_us_by_stage.iter().filter(|(_, h)| !h.is_empty()) {
-            eprintln!("    sync p50 {} p99 {}: {stage}", q(h, 0.5), q(h, 0.99));
+        for p in s.by_stage.iter().filter(|p| !p.sync_us.is_empty()) {
+            eprintln!(
+                "    sync p50 {} p99 {} (CPU p99 {}, freeze p99 {}): {}",
+                q(&p.sync_us, 0.5),
+                q(&p.sync_us, 0.99),
+                q(&p.sync_cpu_us, 0.99),
+                q(&p.freeze_us, 0.99),
+                p.name
+            );
         }
         let mut o = json!({
             "name": v.name,

@@ -74,10 +74,13 @@ fn describe(dir: &std::path::Path, meta: &CheckpointMetadata) -> String {
                     (false, None) => "not started".to_owned(),
                 })
                 .collect();
+            let pause = format!(
+                "sync {} µs (freeze {} µs, CPU {} µs)",
+                i.sync_us, i.freeze_us, i.sync_cpu_us
+            );
             out.push_str(&format!(
-                "    worker {}: sync {} µs, align {} µs, total {} µs{}{}\n",
+                "    worker {}: {pause}, align {} µs, total {} µs{}{}\n",
                 i.worker,
-                i.sync_us,
                 i.align_us,
                 i.duration_us,
                 if splits.is_empty() {
@@ -92,4 +95,58 @@ fn describe(dir: &std::path::Path, meta: &CheckpointMetadata) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::checkpoint::SplitState;
+    use sluice_core::checkpoint::metadata::{
+        CheckpointMetadata, InstanceMetadata, METADATA_FORMAT, StageMetadata,
+    };
+
+    #[test]
+    fn describes_each_instance_with_its_pause_and_positions() {
+        let instance = |worker, splits, state: Option<&str>| InstanceMetadata {
+            worker,
+            splits,
+            state: state.map(str::to_owned),
+            sync_us: 130,
+            freeze_us: 12,
+            sync_cpu_us: 110,
+            duration_us: 9000,
+            align_us: 40,
+        };
+        let split = |position, done| SplitState {
+            split: vec![1],
+            position,
+            done,
+        };
+        let meta = CheckpointMetadata {
+            format: METADATA_FORMAT,
+            checkpoint_id: 7,
+            job: "wc".into(),
+            savepoint: false,
+            timestamp_ms: 1000,
+            workers: 2,
+            key_groups_max: 128,
+            run: 0,
+            stages: vec![StageMetadata {
+                stage: 0,
+                name: "Source: lines".into(),
+                instances: vec![
+                    instance(0, vec![split(Some(42), false)], None),
+                    instance(1, vec![split(None, true)], Some("../state/w1")),
+                ],
+            }],
+        };
+        let text = super::describe(std::path::Path::new("/chk/chk-7"), &meta);
+        assert_eq!(
+            text,
+            "checkpoint 7 of job 'wc' at /chk/chk-7\n  workers: 2, key groups: 128, triggered \
+             at 1000 ms\n  stage 0: Source: lines\n    worker 0: sync 130 µs (freeze 12 µs, \
+             CPU 110 µs), align 40 µs, total 9000 µs, splits: at 42\n    worker 1: sync 130 \
+             µs (freeze 12 µs, CPU 110 µs), align 40 µs, total 9000 µs, splits: done, state: \
+             ../state/w1\n"
+        );
+    }
 }

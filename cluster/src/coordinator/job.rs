@@ -899,6 +899,8 @@ impl Job {
                 splits,
                 state,
                 sync_us,
+                freeze_us,
+                sync_cpu_us,
                 duration_us,
                 align_us,
                 ..
@@ -910,6 +912,8 @@ impl Job {
                     splits: from_wire(splits),
                     state,
                     sync_us,
+                    freeze_us,
+                    sync_cpu_us,
                     duration_us,
                     align_us,
                 };

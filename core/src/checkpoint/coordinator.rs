@@ -58,10 +58,33 @@ pub struct CheckpointStats {
     pub align_us: Histogram<u64>,
     /// The longest synchronous pause of any instance, per completed checkpoint.
     pub sync_max_us: Histogram<u64>,
-    /// `sync_us` per stage, by stage name, in stage order: a source stage's pause includes
-    /// sending on what its chain holds before the barrier (a pre-aggregation's partial
-    /// results); a stage after an exchange mostly freezes state.
-    pub sync_us_by_stage: Vec<(String, Histogram<u64>)>,
+    /// The pauses per stage, in stage order: a source stage's pause includes sending on what
+    /// its chain holds before the barrier (a pre-aggregation's partial results); a stage after
+    /// an exchange mostly freezes state.
+    pub by_stage: Vec<StagePauses>,
+}
+
+/// One stage's pauses, per instance and completed checkpoint (see [`crate::checkpoint::Ack`]).
+#[derive(Clone, Debug)]
+pub struct StagePauses {
+    /// The stage's name.
+    pub name: String,
+    /// The whole pause, wall time.
+    pub sync_us: Histogram<u64>,
+    /// Its freeze of the dirty state.
+    pub freeze_us: Histogram<u64>,
+    /// The CPU time the instance's thread spent in the pause.
+    pub sync_cpu_us: Histogram<u64>,
+}
+
+impl StagePauses {
+    /// Adds `other`'s figures (a stage of the same name, from another run).
+    pub fn add(&mut self, other: &StagePauses) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.sync_us.add(&other.sync_us);
+        let _ = self.freeze_us.add(&other.freeze_us);
+        let _ = self.sync_cpu_us.add(&other.sync_cpu_us);
+    }
 }
 
 impl Default for CheckpointStats {
@@ -80,7 +103,7 @@ impl Default for CheckpointStats {
             sync_us: histogram(),
             align_us: histogram(),
             sync_max_us: histogram(),
-            sync_us_by_stage: Vec::new(),
+            by_stage: Vec::new(),
         }
     }
 }
@@ -392,16 +415,22 @@ impl Coordinator {
         let mut sync_max = 0;
         // `meta.stages` lists every stage of the job, in stage order, each time.
         for (i, stage) in meta.stages.iter().enumerate() {
-            if i == stats.sync_us_by_stage.len() {
-                let h = Histogram::new_from(&stats.sync_us);
-                stats.sync_us_by_stage.push((stage.name.clone(), h));
+            if i == stats.by_stage.len() {
+                let h = || Histogram::new_from(&stats.sync_us);
+                stats.by_stage.push(StagePauses {
+                    name: stage.name.clone(),
+                    sync_us: h(),
+                    freeze_us: h(),
+                    sync_cpu_us: h(),
+                });
             }
+            let pauses = &mut stats.by_stage[i];
             // Finished instances acknowledge implicitly, with nothing measured.
             for instance in stage.instances.iter().filter(|i| i.duration_us > 0) {
                 stats.sync_us.saturating_record(instance.sync_us);
-                stats.sync_us_by_stage[i]
-                    .1
-                    .saturating_record(instance.sync_us);
+                pauses.sync_us.saturating_record(instance.sync_us);
+                pauses.freeze_us.saturating_record(instance.freeze_us);
+                pauses.sync_cpu_us.saturating_record(instance.sync_cpu_us);
                 sync_max = sync_max.max(instance.sync_us);
             }
         }
@@ -438,6 +467,8 @@ impl Coordinator {
                     splits: ack.splits,
                     state: ack.state,
                     sync_us: ack.sync_us,
+                    freeze_us: ack.freeze_us,
+                    sync_cpu_us: ack.sync_cpu_us,
                     duration_us: ack.duration_us,
                     align_us: ack.align_us,
                 });
@@ -504,6 +535,8 @@ mod tests {
             splits: vec![],
             state: None,
             sync_us: 5,
+            freeze_us: 2,
+            sync_cpu_us: 4,
             duration_us: 10,
             align_us: 0,
         })

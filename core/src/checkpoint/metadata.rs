@@ -65,8 +65,14 @@ pub struct InstanceMetadata {
     pub splits: Vec<SplitState>,
     /// Where its operator state is.
     pub state: Option<String>,
-    /// The synchronous pause of its snapshot, in µs.
+    /// The pause in its record flow at the barrier, in µs (see [`crate::checkpoint::Ack`]).
     pub sync_us: u64,
+    /// Of `sync_us`, the freeze of its state, in µs (absent in older metadata: 0).
+    #[serde(default)]
+    pub freeze_us: u64,
+    /// The CPU time its thread spent in the pause, in µs (absent in older metadata: 0).
+    #[serde(default)]
+    pub sync_cpu_us: u64,
     /// From its barrier to its acknowledgement, in µs.
     pub duration_us: u64,
     /// How long its inputs were aligning, in µs (absent in older metadata: 0).
@@ -299,6 +305,8 @@ mod tests {
                     }],
                     state: None,
                     sync_us: 3,
+                    freeze_us: 1,
+                    sync_cpu_us: 2,
                     duration_us: 9,
                     align_us: 0,
                 }],
@@ -365,20 +373,25 @@ mod tests {
     }
 
     #[test]
-    fn metadata_without_alignment_times_reads_as_zero() {
+    fn metadata_without_newer_measurements_reads_them_as_zero() {
         let dir = tempfile::tempdir().unwrap();
         let chk = checkpoint_dir(dir.path(), 1);
         std::fs::create_dir_all(&chk).unwrap();
-        let json = serde_json::to_string(&meta(1))
-            .unwrap()
-            .replace(",\"align_us\":0", "");
-        assert!(!json.contains("align_us"));
+        let mut old = meta(1);
+        for i in old.stages.iter_mut().flat_map(|s| s.instances.iter_mut()) {
+            (i.freeze_us, i.sync_cpu_us, i.align_us) = (0, 0, 0);
+        }
+        let mut json = serde_json::to_string(&old).unwrap();
+        for field in ["freeze_us", "sync_cpu_us", "align_us"] {
+            json = json.replace(&format!(",\"{field}\":0"), "");
+            assert!(!json.contains(field), "{json}");
+        }
         let crc = crc32fast::hash(json.as_bytes());
         std::fs::write(
             chk.join(METADATA_FILE),
             format!("{json}\ncrc32:{crc:08x}\n"),
         )
         .unwrap();
-        assert_eq!(CheckpointMetadata::read(&chk).unwrap(), meta(1));
+        assert_eq!(CheckpointMetadata::read(&chk).unwrap(), old);
     }
 }

@@ -78,8 +78,15 @@ pub struct Ack {
     pub splits: Vec<SplitState>,
     /// Where the stage's operator state went (opaque to the coordinator), if it has any.
     pub state: Option<String>,
-    /// How long the synchronous part of the snapshot took (the pause in the record flow).
+    /// The pause in the record flow at the barrier, wall time: the chain's barrier hooks (a
+    /// pre-aggregation sends on what it holds, sinks pre-commit) and the state's freeze.
     pub sync_us: u64,
+    /// Of `sync_us`, the freeze of the dirty state (Flink's synchronous snapshot part; 0 for
+    /// a stage without keyed state).
+    pub freeze_us: u64,
+    /// The CPU time the worker's thread spent in the pause: `sync_us` less the time the
+    /// thread was descheduled (or, on a VM, lost to the host), within the clock's precision.
+    pub sync_cpu_us: u64,
     /// From the barrier's arrival to the acknowledgement.
     pub duration_us: u64,
     /// How long the stage's inputs were aligning: from the first input's barrier to the last
@@ -264,7 +271,7 @@ struct Pending {
 /// use sluice_core::checkpoint::{Ack, AckOutcome, CheckpointTracker};
 /// let ack = |id, stage, worker| Ack {
 ///     checkpoint_id: id, stage, worker, splits: vec![], state: None, sync_us: 0,
-///     duration_us: 0, align_us: 0,
+///     freeze_us: 0, sync_cpu_us: 0, duration_us: 0, align_us: 0,
 /// };
 /// let mut t = CheckpointTracker::new(2, 0, Duration::from_millis(100), Duration::ZERO,
 ///     Duration::from_secs(10));
@@ -463,6 +470,8 @@ fn finished_ack(id: u64, stage: usize, worker: usize, splits: &[SplitState]) -> 
         splits: splits.to_vec(),
         state: None,
         sync_us: 0,
+        freeze_us: 0,
+        sync_cpu_us: 0,
         duration_us: 0,
         align_us: 0,
     }
@@ -503,6 +512,8 @@ mod tests {
             splits: vec![],
             state: None,
             sync_us: 0,
+            freeze_us: 0,
+            sync_cpu_us: 0,
             duration_us: 0,
             align_us: 0,
         }

@@ -168,8 +168,10 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
     ) -> Result<()> {
         let id = barrier.checkpoint_id;
         let started = self.ctx.monotonic_us();
+        let cpu_started = thread_cpu_us();
         let savepoint = wctx.checkpoints.as_ref().and_then(|c| c.savepoint_dir(id));
         self.barrier(barrier)?;
+        let hooked = self.ctx.monotonic_us();
         // The synchronous part: freeze the dirty state (a savepoint copies it whole below).
         let frozen = match (&self.state, &savepoint) {
             (Some(state), None) => Some(
@@ -180,7 +182,9 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
             ),
             _ => None,
         };
-        let sync_us = self.ctx.monotonic_us() - started;
+        let frozen_at = self.ctx.monotonic_us();
+        let sync_cpu_us = thread_cpu_us().saturating_sub(cpu_started);
+        let sync_us = frozen_at - started;
         self.drain().await?;
         let ack = Ack {
             checkpoint_id: id,
@@ -189,6 +193,8 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
             splits,
             state: None,
             sync_us,
+            freeze_us: frozen_at - hooked,
+            sync_cpu_us,
             duration_us: 0,
             align_us,
         };
@@ -300,6 +306,14 @@ fn state_err(op: &'static str, e: impl std::fmt::Display) -> crate::Error {
         op,
         message: crate::runtime::one_line(&e.to_string()),
     }
+}
+
+/// The CPU time of the calling thread, in µs (0 where the clock cannot be read).
+fn thread_cpu_us() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000
+    })
 }
 
 fn send_ack(wctx: &WorkerContext, ack: Ack, duration_us: u64) {
