@@ -227,6 +227,28 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, String> {
     }))
 }
 
+/// The length and sort key of the frame at the start of `buf`, read from its header without
+/// checking its crc: `None` unless the length is a plausible frame length that fits in
+/// `buf`. A point lookup steps over the frames before the one it wants with this and checks
+/// in full (with [`decode`]) only the frame it returns; nothing it returns is unchecked.
+#[inline]
+pub fn peek(buf: &[u8]) -> Option<(usize, SortKey)> {
+    if buf.len() < HEADER_BYTES {
+        return None;
+    }
+    let len = u32_at(buf, 0) as usize;
+    if len < HEADER_BYTES || len % FRAME_ALIGN != 0 || len > buf.len() {
+        return None;
+    }
+    let sort = SortKey {
+        state: u32_at(buf, 32),
+        kg: u32_at(buf, 36),
+        ns_hash: u64_at(buf, 40),
+        key_hash: u64_at(buf, 48),
+    };
+    Some((len, sort))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,6 +205,29 @@ impl<R: DiskReader> SegIndex<R> {
         }
         Ok(())
     }
+    /// The `len` bytes at `pos`: borrowed from memory for a segment not yet on disk, else
+    /// read with one `pread` into `buf`, which only grows (no zeroing or copying per read).
+    pub fn read_block<'a>(
+        &'a self,
+        pos: u64,
+        len: usize,
+        buf: &'a mut AlignedVec<ARCHIVE_ALIGN>,
+    ) -> FaultResult<&'a [u8]> {
+        match &self.source {
+            Source::Mem(b) | Source::Writing(b) => b
+                .get(pos as usize..pos as usize + len)
+                .ok_or_else(|| Fault::corrupt(&self.path, pos, "read past the segment's end")),
+            Source::Disk(r) => {
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                let out = &mut buf.as_mut_slice()[..len];
+                r.read_exact_at(pos, out)
+                    .map_err(|e| Fault::io("read segment", &self.path, e))?;
+                Ok(out)
+            }
+        }
+    }
     /// The first fence whose key is at least `lo`.
     fn first_fence_from(&self, lo: &SortKey) -> usize {
         let top = self.fence_top.get_or_init(|| {
@@ -320,6 +343,54 @@ pub fn for_each_frame<'a>(
         }
     }
     Ok(())
+}
+
+/// The frame of the entry (`sort`, `ns`, `key`) in `block` (which starts at segment offset
+/// `base` at a frame boundary and ends at one), if it is there.
+///
+/// The frames before it are stepped over by their length and sort key alone; the frame
+/// returned is checked in full (crc, layout, place), so a damaged frame is never returned.
+/// When that quick walk does not end at a good frame of the entry (the entry is not there,
+/// or a frame on the way does not look like one, or the one found fails its check), the
+/// block is walked again with every frame checked, as a scan does: a damaged length that
+/// made the quick walk skip the entry, or the damaged entry itself, is then a corruption
+/// error naming the file and the offset of the first bad frame, and an absent entry is
+/// absent only once every frame before its place has passed its check.
+pub fn find_frame<'a>(
+    path: &Path,
+    segment_id: u64,
+    base: u64,
+    block: &'a [u8],
+    sort: &SortKey,
+    ns: &[u8],
+    key: &[u8],
+) -> FaultResult<Option<FrameRef<'a>>> {
+    let mut at = 0usize;
+    while let Some((len, s)) = frame::peek(&block[at..]) {
+        if s > *sort {
+            break;
+        }
+        if s == *sort {
+            match frame_at(path, segment_id, &block[at..], base + at as u64) {
+                Ok(fr) if fr.ns == ns && fr.key == key => return Ok(Some(fr)),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        at += len;
+    }
+    let mut hit = None;
+    for_each_frame(path, segment_id, base, block, |fr| {
+        if fr.head.sort > *sort {
+            return Ok(false);
+        }
+        if fr.head.sort == *sort && fr.ns == ns && fr.key == key {
+            hit = Some(fr);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(hit)
 }
 
 /// A frame must say it is where it was found (misdirected writes, RELIABILITY R6b).
@@ -905,6 +976,95 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("offset {}:", offsets[3])), "{err}");
+    }
+
+    /// A block of 40 frames: every second key hash is present, with ties (two keys of one
+    /// hash) in between.
+    fn find_block() -> (Vec<u8>, Vec<(SortKey, Vec<u8>)>) {
+        let mut b = SegmentBuilder::new(9, 1, 40);
+        let mut entries = Vec::new();
+        for i in 0..40u64 {
+            let sort = SortKey {
+                state: 1,
+                kg: 0,
+                ns_hash: 0,
+                key_hash: 2 * (i / 2 * 2) + 2,
+            };
+            let key = i.to_le_bytes().to_vec();
+            b.push(sort, Kind::Put, 0, 1, b"", &key, &[i as u8; 40]);
+            entries.push((sort, key));
+        }
+        let seg: SegIndex<VecReader> = b.finish(Path::new("/f"));
+        let Source::Mem(bytes) = &seg.source else {
+            unreachable!("a built segment is in memory")
+        };
+        (bytes.to_vec(), entries)
+    }
+
+    fn find(block: &[u8], sort: &SortKey, key: &[u8]) -> Result<Option<u8>, String> {
+        find_frame(Path::new("/f"), 9, 0, block, sort, b"", key)
+            .map(|hit| hit.map(|fr| fr.value[0]))
+            .map_err(|e| e.to_string())
+    }
+
+    /// A point lookup steps over the frames before the one it wants without checking them,
+    /// and checks the one it returns: every entry of a clean block is found and absent ones
+    /// are absent; a damaged value of a frame before the wanted one does not keep the
+    /// wanted one from being read, but the damaged entry itself is a crc error naming its
+    /// offset; a damaged length or sort key on the way is an error at that frame, never a
+    /// wrong or missing entry.
+    #[test]
+    fn find_frame_checks_the_frame_it_returns_and_never_returns_a_wrong_entry() {
+        let (block, entries) = find_block();
+        let mut offsets = Vec::new();
+        for_each_frame(Path::new("/f"), 9, 0, &block, |fr| {
+            offsets.push(fr.head.offset);
+            Ok(true)
+        })
+        .unwrap();
+        for (i, (sort, key)) in entries.iter().enumerate() {
+            assert_eq!(find(&block, sort, key), Ok(Some(i as u8)), "entry {i}");
+            let other = 99u64.to_le_bytes();
+            assert_eq!(find(&block, sort, &other), Ok(None), "entry {i}, other key");
+            let gap = SortKey {
+                key_hash: sort.key_hash + 1,
+                ..*sort
+            };
+            assert_eq!(find(&block, &gap, key), Ok(None), "after entry {i}");
+        }
+        let m = 17;
+        let at = offsets[m] as usize;
+        let crc_error = |r: Result<Option<u8>, String>| {
+            let e = r.expect_err("an error");
+            assert!(e.contains(&format!("offset {at}:")), "{e}");
+        };
+        // A damaged value.
+        let mut bad = block.clone();
+        bad[at + frame::HEADER_BYTES + 16 + 3] ^= 0x10;
+        for (i, (sort, key)) in entries.iter().enumerate() {
+            match i.cmp(&m) {
+                std::cmp::Ordering::Equal => crc_error(find(&bad, sort, key)),
+                _ => assert_eq!(find(&bad, sort, key), Ok(Some(i as u8)), "entry {i}"),
+            }
+        }
+        // An absent entry after the damaged frame is absent only once that frame passed.
+        let (last, _) = entries[entries.len() - 1];
+        let past = SortKey {
+            key_hash: last.key_hash + 1,
+            ..last
+        };
+        crc_error(find(&bad, &past, b"x"));
+        // A damaged length or sort key: never a wrong or missing entry after it.
+        for (byte, flip) in [(0, 0x10), (0, 0x01), (1, 0x01), (48, 0x01), (55, 0x80)] {
+            let mut bad = block.clone();
+            bad[at + byte] ^= flip;
+            for (i, (sort, key)) in entries.iter().enumerate().skip(m) {
+                match find(&bad, sort, key) {
+                    Ok(v) => assert!(i != m && v == Some(i as u8), "byte {byte}, entry {i}"),
+                    Err(e) => assert!(e.contains(&format!("offset {at}:")), "{e}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -569,28 +569,17 @@ impl<D: Disk> StoreLink for Shared<D> {
             if start >= end {
                 continue;
             }
-            seg.read(start, (end - start) as usize, buf)?;
-            let mut hit: Option<(Kind, u64, std::ops::Range<usize>)> = None;
-            let base = buf.as_ptr() as usize;
-            segment::for_each_frame(&seg.path, seg.meta.id, start, buf, |fr| {
-                if fr.head.sort > *sort {
-                    return Ok(false);
-                }
-                if fr.head.sort == *sort && fr.ns == ns && fr.key == key {
-                    let at = fr.value.as_ptr() as usize - base;
-                    hit = Some((fr.head.kind, fr.head.expires_ms, at..at + fr.value.len()));
-                    return Ok(false);
-                }
-                Ok(true)
-            })?;
-            let Some((kind, expires_ms, range)) = hit else {
+            let block = seg.read_block(start, (end - start) as usize, buf)?;
+            let hit = segment::find_frame(&seg.path, seg.meta.id, start, block, sort, ns, key)?;
+            let Some(fr) = hit else {
                 continue;
             };
-            if kind == Kind::Tombstone || core.killed(sort, ns, seg.meta.order) {
+            if fr.head.kind == Kind::Tombstone || core.killed(sort, ns, seg.meta.order) {
                 return Ok(Found::Absent);
             }
-            let mut value = Scratch::with_capacity(range.len());
-            value.extend_from_slice(&buf[range]);
+            let mut value = Scratch::with_capacity(fr.value.len());
+            value.extend_from_slice(fr.value);
+            let expires_ms = fr.head.expires_ms;
             return Ok(Found::Put { value, expires_ms });
         }
         Ok(Found::Absent)
