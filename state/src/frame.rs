@@ -249,6 +249,19 @@ pub fn peek(buf: &[u8]) -> Option<(usize, SortKey)> {
     Some((len, sort))
 }
 
+/// Whether the frame `f` (whole, as [`peek`] found it, not checked) holds this namespace and
+/// key: the parts its header's lengths place, compared without checking the crc.
+#[inline]
+pub fn names(f: &[u8], ns: &[u8], key: &[u8]) -> bool {
+    let ns_len = u16::from_le_bytes([f[68], f[69]]) as usize;
+    let key_len = u32_at(f, 72) as usize;
+    let key_at = HEADER_BYTES + pad(ns_len);
+    ns_len == ns.len()
+        && key_len == key.len()
+        && f.get(HEADER_BYTES..HEADER_BYTES + ns_len) == Some(ns)
+        && f.get(key_at..key_at + key_len) == Some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -565,21 +565,13 @@ impl<D: Disk> StoreLink for Shared<D> {
             if !seg.may_contain(sort) {
                 continue;
             }
-            let (start, end) = seg.range_of(sort, sort);
-            if start >= end {
-                continue;
-            }
-            let block = seg.read_block(start, (end - start) as usize, buf)?;
-            let hit = segment::find_frame(&seg.path, seg.meta.id, start, block, sort, ns, key)?;
-            let Some(fr) = hit else {
+            let Some(e) = seg.find(sort, ns, key, buf)? else {
                 continue;
             };
-            if fr.head.kind == Kind::Tombstone || core.killed(sort, ns, seg.meta.order) {
+            if e.kind == Kind::Tombstone || core.killed(sort, ns, seg.meta.order) {
                 return Ok(Found::Absent);
             }
-            let mut value = Scratch::with_capacity(fr.value.len());
-            value.extend_from_slice(fr.value);
-            let expires_ms = fr.head.expires_ms;
+            let (value, expires_ms) = (e.value, e.expires_ms);
             return Ok(Found::Put { value, expires_ms });
         }
         Ok(Found::Absent)
