@@ -227,6 +227,41 @@ pub fn decode(buf: &[u8]) -> Result<Decoded<'_>, String> {
     }))
 }
 
+/// The length and sort key of the frame at the start of `buf`, read from its header without
+/// checking its crc: `None` unless the length is a plausible frame length that fits in
+/// `buf`. A point lookup steps over the frames before the one it wants with this and checks
+/// in full (with [`decode`]) only the frame it returns; nothing it returns is unchecked.
+#[inline]
+pub fn peek(buf: &[u8]) -> Option<(usize, SortKey)> {
+    if buf.len() < HEADER_BYTES {
+        return None;
+    }
+    let len = u32_at(buf, 0) as usize;
+    if len < HEADER_BYTES || len % FRAME_ALIGN != 0 || len > buf.len() {
+        return None;
+    }
+    let sort = SortKey {
+        state: u32_at(buf, 32),
+        kg: u32_at(buf, 36),
+        ns_hash: u64_at(buf, 40),
+        key_hash: u64_at(buf, 48),
+    };
+    Some((len, sort))
+}
+
+/// Whether the frame `f` (whole, as [`peek`] found it, not checked) holds this namespace and
+/// key: the parts its header's lengths place, compared without checking the crc.
+#[inline]
+pub fn names(f: &[u8], ns: &[u8], key: &[u8]) -> bool {
+    let ns_len = u16::from_le_bytes([f[68], f[69]]) as usize;
+    let key_len = u32_at(f, 72) as usize;
+    let key_at = HEADER_BYTES + pad(ns_len);
+    ns_len == ns.len()
+        && key_len == key.len()
+        && f.get(HEADER_BYTES..HEADER_BYTES + ns_len) == Some(ns)
+        && f.get(key_at..key_at + key_len) == Some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,6 +205,29 @@ impl<R: DiskReader> SegIndex<R> {
         }
         Ok(())
     }
+    /// The `len` bytes at `pos`: borrowed from memory for a segment not yet on disk, else
+    /// read with one `pread` into `buf`, which only grows (no zeroing or copying per read).
+    pub fn read_block<'a>(
+        &'a self,
+        pos: u64,
+        len: usize,
+        buf: &'a mut AlignedVec<ARCHIVE_ALIGN>,
+    ) -> FaultResult<&'a [u8]> {
+        match &self.source {
+            Source::Mem(b) | Source::Writing(b) => b
+                .get(pos as usize..pos as usize + len)
+                .ok_or_else(|| Fault::corrupt(&self.path, pos, "read past the segment's end")),
+            Source::Disk(r) => {
+                if buf.len() < len {
+                    buf.resize(len, 0);
+                }
+                let out = &mut buf.as_mut_slice()[..len];
+                r.read_exact_at(pos, out)
+                    .map_err(|e| Fault::io("read segment", &self.path, e))?;
+                Ok(out)
+            }
+        }
+    }
     /// The first fence whose key is at least `lo`.
     fn first_fence_from(&self, lo: &SortKey) -> usize {
         let top = self.fence_top.get_or_init(|| {
@@ -233,8 +256,13 @@ impl<R: DiskReader> SegIndex<R> {
     }
     /// The byte range that holds every frame with sort keys in `[lo, hi]`.
     pub fn range_of(&self, lo: &SortKey, hi: &SortKey) -> (u64, u64) {
+        let (i, j) = self.fence_range(lo, hi);
+        self.offsets(i, j)
+    }
+    /// The fences around `[lo, hi]`: `i`, the first fence at or after `lo`, and `j`, the
+    /// first one past `hi` (either may be `fences.len()`).
+    fn fence_range(&self, lo: &SortKey, hi: &SortKey) -> (usize, usize) {
         let i = self.first_fence_from(lo);
-        let start = if i == 0 { 0 } else { self.fences[i - 1].1 };
         // The end fence is the first one past `hi`: for a point lookup (`lo == hi`) that is
         // fence `i` or just after it, found without a second binary search.
         let mut j = i;
@@ -244,8 +272,96 @@ impl<R: DiskReader> SegIndex<R> {
         if j - i == 8 {
             j = i + 8 + self.fences[i + 8..].partition_point(|(k, _)| k <= hi);
         }
+        (i, j)
+    }
+    /// The bytes from the fence before fence `i` to fence `j`.
+    fn offsets(&self, i: usize, j: usize) -> (u64, u64) {
+        let start = if i == 0 { 0 } else { self.fences[i - 1].1 };
         let end = self.fences.get(j).map_or(self.meta.data_len, |f| f.1);
         (start, end.max(start))
+    }
+    /// The entry (`sort`, `ns`, `key`) if this segment has it, read as [`find_frame`] reads a
+    /// block. A segment on disk is read with `pread` into `buf` (which only grows), and not
+    /// always all of the block: the sort keys of the fences on either side of a block of
+    /// one state, key group and namespace place the key by its hash (uniform between them),
+    /// so the first read stops [`read_ahead`](Self::read_ahead) bytes past that place, and
+    /// the rest of the block is read only when the entry is not found within it.
+    pub fn find(
+        &self,
+        sort: &SortKey,
+        ns: &[u8],
+        key: &[u8],
+        buf: &mut AlignedVec<ARCHIVE_ALIGN>,
+    ) -> FaultResult<Option<Entry>> {
+        let (i, j) = self.fence_range(sort, sort);
+        let (start, end) = self.offsets(i, j);
+        if start >= end {
+            return Ok(None);
+        }
+        let len = (end - start) as usize;
+        let (path, id) = (&self.path, self.meta.id);
+        let Source::Disk(r) = &self.source else {
+            let block = self.read_block(start, len, buf)?;
+            return Ok(find_frame(path, id, start, block, sort, ns, key)?.map(Entry::of));
+        };
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let read = |from: usize, to: usize, buf: &mut AlignedVec<ARCHIVE_ALIGN>| {
+            r.read_exact_at(start + from as u64, &mut buf.as_mut_slice()[from..to])
+                .map_err(|e| Fault::io("read segment", path, e))
+        };
+        let mut have = self.first_read(i, j, sort, len);
+        read(0, have, buf)?;
+        loop {
+            match quick_find(&buf[..have], sort, ns, key) {
+                Quick::Hit(at) => {
+                    if let Ok(fr) = frame_at(path, id, &buf[at..have], start + at as u64) {
+                        return Ok(Some(Entry::of(fr)));
+                    }
+                    break;
+                }
+                Quick::Short if have < len => {
+                    read(have, len, buf)?;
+                    have = len;
+                }
+                Quick::Short | Quick::Past => break,
+            }
+        }
+        if have < len {
+            read(have, len, buf)?;
+        }
+        Ok(check_find(path, id, start, &buf[..len], sort, ns, key)?.map(Entry::of))
+    }
+    /// Bytes read past the estimated place of an entry: three frames of the segment's mean
+    /// size (the estimate is off by about half the square root of a block's frames, 2.5 of
+    /// 25 small ones) and a little.
+    fn read_ahead(&self) -> usize {
+        let mean = self.meta.data_len / self.meta.entries.max(1);
+        (3 * mean + 128).min(FENCE_BYTES) as usize
+    }
+    /// How many bytes of the block between fences `i - 1` and `i` (`len` of them) the first
+    /// read of a point lookup of `sort` takes: up to [`read_ahead`](Self::read_ahead) past
+    /// the place that the fence keys' hashes put it at, or all of them where the fences are
+    /// not of the entry's state, key group and namespace.
+    fn first_read(&self, i: usize, j: usize, sort: &SortKey, len: usize) -> usize {
+        if j != i || i == 0 || i >= self.fences.len() {
+            return len;
+        }
+        let (lo, hi) = (&self.fences[i - 1].0, &self.fences[i].0);
+        let group = |k: &SortKey| (k.state, k.kg, k.ns_hash);
+        if group(lo) != group(sort) || group(hi) != group(sort) {
+            return len;
+        }
+        let below = sort.key_hash.saturating_sub(lo.key_hash) as f64;
+        let span = hi.key_hash.saturating_sub(lo.key_hash).max(1) as f64;
+        let want = (below / span * len as f64) as usize + self.read_ahead();
+        let want = frame::pad(want);
+        if want + self.read_ahead() / 2 >= len {
+            len
+        } else {
+            want
+        }
     }
     /// Whether an entry may be here.
     pub fn may_contain(&self, sort: &SortKey) -> bool {
@@ -320,6 +436,109 @@ pub fn for_each_frame<'a>(
         }
     }
     Ok(())
+}
+
+/// An entry found by a point lookup: its kind, expiry and value (copied out of the read
+/// buffer).
+pub struct Entry {
+    /// Put or tombstone.
+    pub kind: Kind,
+    /// Expiry time in ms (0: never).
+    pub expires_ms: u64,
+    /// The value archive.
+    pub value: AlignedVec<ARCHIVE_ALIGN>,
+}
+
+impl Entry {
+    fn of(fr: FrameRef<'_>) -> Entry {
+        let mut value = AlignedVec::with_capacity(fr.value.len());
+        value.extend_from_slice(fr.value);
+        Entry {
+            kind: fr.head.kind,
+            expires_ms: fr.head.expires_ms,
+            value,
+        }
+    }
+}
+
+/// Where the quick walk of a point lookup ended.
+enum Quick {
+    /// At a frame whose header names the entry (not yet checked).
+    Hit(usize),
+    /// At the end of the bytes read, or at something that is not a whole frame.
+    Short,
+    /// At a frame past the entry's place.
+    Past,
+}
+
+/// The quick walk of a point lookup over `bytes` (which start at a frame): frames are
+/// stepped over by their length and sort key, unchecked.
+fn quick_find(bytes: &[u8], sort: &SortKey, ns: &[u8], key: &[u8]) -> Quick {
+    let mut at = 0usize;
+    loop {
+        let Some((len, s)) = frame::peek(&bytes[at..]) else {
+            return Quick::Short;
+        };
+        if s > *sort {
+            return Quick::Past;
+        }
+        if s == *sort && frame::names(&bytes[at..at + len], ns, key) {
+            return Quick::Hit(at);
+        }
+        at += len;
+    }
+}
+
+/// The frame of the entry (`sort`, `ns`, `key`) in `block` (which starts at segment offset
+/// `base` at a frame boundary and ends at one), if it is there.
+///
+/// The frames before it are stepped over by their length and sort key alone; the frame
+/// returned is checked in full (crc, layout, place), so a damaged frame is never returned.
+/// When that quick walk does not end at a good frame of the entry (the entry is not there,
+/// or a frame on the way does not look like one, or the one found fails its check), the
+/// block is walked again with every frame checked, as a scan does: a damaged length that
+/// made the quick walk skip the entry, or the damaged entry itself, is then a corruption
+/// error naming the file and the offset of the first bad frame, and an absent entry is
+/// absent only once every frame before its place has passed its check.
+pub fn find_frame<'a>(
+    path: &Path,
+    segment_id: u64,
+    base: u64,
+    block: &'a [u8],
+    sort: &SortKey,
+    ns: &[u8],
+    key: &[u8],
+) -> FaultResult<Option<FrameRef<'a>>> {
+    if let Quick::Hit(at) = quick_find(block, sort, ns, key) {
+        if let Ok(fr) = frame_at(path, segment_id, &block[at..], base + at as u64) {
+            return Ok(Some(fr));
+        }
+    }
+    check_find(path, segment_id, base, block, sort, ns, key)
+}
+
+/// The slow path of [`find_frame`]: every frame of `block` up to the entry's place checked.
+fn check_find<'a>(
+    path: &Path,
+    segment_id: u64,
+    base: u64,
+    block: &'a [u8],
+    sort: &SortKey,
+    ns: &[u8],
+    key: &[u8],
+) -> FaultResult<Option<FrameRef<'a>>> {
+    let mut hit = None;
+    for_each_frame(path, segment_id, base, block, |fr| {
+        if fr.head.sort > *sort {
+            return Ok(false);
+        }
+        if fr.head.sort == *sort && fr.ns == ns && fr.key == key {
+            hit = Some(fr);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(hit)
 }
 
 /// A frame must say it is where it was found (misdirected writes, RELIABILITY R6b).
@@ -905,6 +1124,229 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("offset {}:", offsets[3])), "{err}");
+    }
+
+    /// A block of 40 frames: every second key hash is present, with ties (two keys of one
+    /// hash) in between.
+    fn find_block() -> (Vec<u8>, Vec<(SortKey, Vec<u8>)>) {
+        let mut b = SegmentBuilder::new(9, 1, 40);
+        let mut entries = Vec::new();
+        for i in 0..40u64 {
+            let sort = SortKey {
+                state: 1,
+                kg: 0,
+                ns_hash: 0,
+                key_hash: 2 * (i / 2 * 2) + 2,
+            };
+            let key = i.to_le_bytes().to_vec();
+            b.push(sort, Kind::Put, 0, 1, b"", &key, &[i as u8; 40]);
+            entries.push((sort, key));
+        }
+        let seg: SegIndex<VecReader> = b.finish(Path::new("/f"));
+        let Source::Mem(bytes) = &seg.source else {
+            unreachable!("a built segment is in memory")
+        };
+        (bytes.to_vec(), entries)
+    }
+
+    fn find(block: &[u8], sort: &SortKey, key: &[u8]) -> Result<Option<u8>, String> {
+        find_frame(Path::new("/f"), 9, 0, block, sort, b"", key)
+            .map(|hit| hit.map(|fr| fr.value[0]))
+            .map_err(|e| e.to_string())
+    }
+
+    /// A point lookup steps over the frames before the one it wants without checking them,
+    /// and checks the one it returns: every entry of a clean block is found and absent ones
+    /// are absent; a damaged value of a frame before the wanted one does not keep the
+    /// wanted one from being read, but the damaged entry itself is a crc error naming its
+    /// offset; a damaged length or sort key on the way is an error at that frame, never a
+    /// wrong or missing entry.
+    #[test]
+    fn find_frame_checks_the_frame_it_returns_and_never_returns_a_wrong_entry() {
+        let (block, entries) = find_block();
+        let mut offsets = Vec::new();
+        for_each_frame(Path::new("/f"), 9, 0, &block, |fr| {
+            offsets.push(fr.head.offset);
+            Ok(true)
+        })
+        .unwrap();
+        for (i, (sort, key)) in entries.iter().enumerate() {
+            assert_eq!(find(&block, sort, key), Ok(Some(i as u8)), "entry {i}");
+            let other = 99u64.to_le_bytes();
+            assert_eq!(find(&block, sort, &other), Ok(None), "entry {i}, other key");
+            let gap = SortKey {
+                key_hash: sort.key_hash + 1,
+                ..*sort
+            };
+            assert_eq!(find(&block, &gap, key), Ok(None), "after entry {i}");
+        }
+        let m = 17;
+        let at = offsets[m] as usize;
+        let crc_error = |r: Result<Option<u8>, String>| {
+            let e = r.expect_err("an error");
+            assert!(e.contains(&format!("offset {at}:")), "{e}");
+        };
+        // A damaged value.
+        let mut bad = block.clone();
+        bad[at + frame::HEADER_BYTES + 16 + 3] ^= 0x10;
+        for (i, (sort, key)) in entries.iter().enumerate() {
+            match i.cmp(&m) {
+                std::cmp::Ordering::Equal => crc_error(find(&bad, sort, key)),
+                _ => assert_eq!(find(&bad, sort, key), Ok(Some(i as u8)), "entry {i}"),
+            }
+        }
+        // An absent entry after the damaged frame is absent only once that frame passed.
+        let (last, _) = entries[entries.len() - 1];
+        let past = SortKey {
+            key_hash: last.key_hash + 1,
+            ..last
+        };
+        crc_error(find(&bad, &past, b"x"));
+        // A damaged length or sort key: never a wrong or missing entry after it.
+        for (byte, flip) in [(0, 0x10), (0, 0x01), (1, 0x01), (48, 0x01), (55, 0x80)] {
+            let mut bad = block.clone();
+            bad[at + byte] ^= flip;
+            for (i, (sort, key)) in entries.iter().enumerate().skip(m) {
+                match find(&bad, sort, key) {
+                    Ok(v) => assert!(i != m && v == Some(i as u8), "byte {byte}, entry {i}"),
+                    Err(e) => assert!(e.contains(&format!("offset {at}:")), "{e}"),
+                }
+            }
+        }
+    }
+
+    /// A file in memory that counts the bytes read from it.
+    struct CountingReader(Vec<u8>, std::cell::Cell<u64>);
+
+    impl DiskReader for CountingReader {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.1.set(self.1.get() + buf.len() as u64);
+            let pos = pos as usize;
+            match self.0.get(pos..pos + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    Ok(())
+                }
+                None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+    }
+
+    /// A segment on a counting reader of `n` entries of `value_len`-byte values, keys of
+    /// hashed sort keys in two namespaces; with its entries' keys and frame offsets.
+    fn disk_segment(n: u64, value_len: usize) -> (SegIndex<CountingReader>, Vec<(SortKey, u64)>) {
+        let mut batch = EntryBatch::default();
+        for i in 0..n {
+            let key = i.to_le_bytes();
+            let sort = SortKey::of(3, 1, &[(i % 2) as u8], &key);
+            batch.push(
+                sort,
+                Kind::Put,
+                0,
+                1,
+                &[(i % 2) as u8],
+                &key,
+                &vec![i as u8; value_len],
+            );
+        }
+        let mut b = SegmentBuilder::new(5, 1, n);
+        b.push_batch(batch);
+        let mut seg: SegIndex<CountingReader> = b.finish(Path::new("/d"));
+        let Source::Mem(bytes) = &seg.source else {
+            unreachable!("a built segment is in memory")
+        };
+        let bytes = bytes.to_vec();
+        let mut entries = Vec::new();
+        for_each_frame(&seg.path, 5, 0, &bytes, |fr| {
+            let k = u64::from_le_bytes(fr.key.try_into().unwrap());
+            entries.push((fr.head.sort, k));
+            Ok(true)
+        })
+        .unwrap();
+        seg.source = Source::Disk(Rc::new(CountingReader(bytes, std::cell::Cell::new(0))));
+        (seg, entries)
+    }
+
+    fn bytes_read(seg: &SegIndex<CountingReader>) -> u64 {
+        let Source::Disk(r) = &seg.source else {
+            unreachable!("on disk")
+        };
+        r.1.replace(0)
+    }
+
+    /// `SegIndex::find` on disk: every entry is found with its value and absent keys are
+    /// absent, with small frames (a first read of part of a block, placed by the fence
+    /// keys' hashes: less than three quarters of the blocks' bytes in all) and with large
+    /// ones (whole blocks); rot in one value fails that entry alone.
+    #[test]
+    fn find_on_disk_reads_part_of_a_block_and_finds_every_entry() {
+        for (n, value_len) in [(6000u64, 60usize), (300, 5000)] {
+            let (seg, entries) = disk_segment(n, value_len);
+            let mut buf = AlignedVec::new();
+            let mut blocks = 0u64;
+            for (sort, k) in &entries {
+                let ns = [(k % 2) as u8];
+                let e = seg
+                    .find(sort, &ns, &k.to_le_bytes(), &mut buf)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    e.value.as_slice(),
+                    &vec![*k as u8; value_len][..],
+                    "key {k}"
+                );
+                let (start, end) = seg.range_of(sort, sort);
+                blocks += end - start;
+            }
+            let read = bytes_read(&seg);
+            if value_len < 100 {
+                assert!(read < blocks * 3 / 4, "{read} bytes of {blocks}");
+            } else {
+                assert_eq!(read, blocks);
+            }
+            for (sort, k) in &entries {
+                let (ns, other) = ([(k % 2) as u8], (k + n).to_le_bytes());
+                assert!(seg.find(sort, &ns, &other, &mut buf).unwrap().is_none());
+            }
+            for i in n..n + 200 {
+                let key = i.to_le_bytes();
+                let sort = SortKey::of(3, 1, &[0], &key);
+                assert!(seg.find(&sort, &[0], &key, &mut buf).unwrap().is_none());
+            }
+        }
+        let (mut seg, entries) = disk_segment(6000, 60);
+        let (sort, k) = entries[3001];
+        let Source::Disk(r) = &seg.source else {
+            unreachable!("on disk")
+        };
+        let mut bytes = r.0.clone();
+        let mut offsets = Vec::new();
+        for_each_frame(&seg.path, 5, 0, &bytes, |fr| {
+            offsets.push(fr.head.offset as usize);
+            Ok(true)
+        })
+        .unwrap();
+        let bad = offsets[3001];
+        bytes[bad + frame::HEADER_BYTES + 16 + 16 + 5] ^= 1;
+        seg.source = Source::Disk(Rc::new(CountingReader(bytes, std::cell::Cell::new(0))));
+        let mut buf = AlignedVec::new();
+        let e = seg
+            .find(&sort, &[(k % 2) as u8], &k.to_le_bytes(), &mut buf)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(&format!("offset {bad}:")) && e.contains("crc mismatch"),
+            "{e}"
+        );
+        for (i, (sort, k)) in entries.iter().enumerate().filter(|(i, _)| *i != 3001) {
+            let ns = [(k % 2) as u8];
+            let e = seg.find(sort, &ns, &k.to_le_bytes(), &mut buf).unwrap();
+            assert_eq!(e.unwrap().value[0], *k as u8, "entry {i}");
+        }
     }
 
     #[test]

@@ -565,32 +565,13 @@ impl<D: Disk> StoreLink for Shared<D> {
             if !seg.may_contain(sort) {
                 continue;
             }
-            let (start, end) = seg.range_of(sort, sort);
-            if start >= end {
-                continue;
-            }
-            seg.read(start, (end - start) as usize, buf)?;
-            let mut hit: Option<(Kind, u64, std::ops::Range<usize>)> = None;
-            let base = buf.as_ptr() as usize;
-            segment::for_each_frame(&seg.path, seg.meta.id, start, buf, |fr| {
-                if fr.head.sort > *sort {
-                    return Ok(false);
-                }
-                if fr.head.sort == *sort && fr.ns == ns && fr.key == key {
-                    let at = fr.value.as_ptr() as usize - base;
-                    hit = Some((fr.head.kind, fr.head.expires_ms, at..at + fr.value.len()));
-                    return Ok(false);
-                }
-                Ok(true)
-            })?;
-            let Some((kind, expires_ms, range)) = hit else {
+            let Some(e) = seg.find(sort, ns, key, buf)? else {
                 continue;
             };
-            if kind == Kind::Tombstone || core.killed(sort, ns, seg.meta.order) {
+            if e.kind == Kind::Tombstone || core.killed(sort, ns, seg.meta.order) {
                 return Ok(Found::Absent);
             }
-            let mut value = Scratch::with_capacity(range.len());
-            value.extend_from_slice(&buf[range]);
+            let (value, expires_ms) = (e.value, e.expires_ms);
             return Ok(Found::Put { value, expires_ms });
         }
         Ok(Found::Absent)

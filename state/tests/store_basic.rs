@@ -804,3 +804,75 @@ fn lookups_across_many_index_strides_find_every_key_and_detect_rot() {
     drop(t);
     drop(store);
 }
+
+/// A point lookup checks the crc of the frame it returns, not of the frames before it in
+/// the block it reads: rot in one evicted entry's value is a crc error naming the file and
+/// that frame's offset for that key alone, and every other key of its block, before and
+/// after it, still reads its own value.
+#[test]
+fn rot_in_one_entry_fails_only_that_entry_and_not_its_block() {
+    let disk = SimDisk::default();
+    let n = 3000u64;
+    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
+    let t = store
+        .table::<(), u64, u64>("block", TableConfig::new(kg0))
+        .unwrap();
+    {
+        let mut t = t.lock();
+        for k in 0..n {
+            t.insert(&(), k, k * 5 + 2).unwrap();
+        }
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    drop((t, store));
+    let files = disk.snapshot();
+    let (seg, bytes) = files
+        .files()
+        .iter()
+        .find(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    // Frames of this table: an 80-byte header, the key (8 bytes, padded to 16), the value.
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        frames.push(at);
+        at += len;
+    }
+    assert_eq!(frames.len() as u64, n);
+    // A frame with two more after it in the same 4 KiB, so that no sparse-index entry
+    // starts between it and them: their lookups read it first.
+    let m = (frames.len() / 2..frames.len() - 2)
+        .find(|&i| frames[i] / 4096 == frames[i + 2] / 4096 && frames[i] % 4096 > 0)
+        .unwrap();
+    let bad = frames[m];
+    let key_at = |f: usize| u64::from_le_bytes(bytes[f + 80..f + 88].try_into().unwrap());
+    let rotten = key_at(bad);
+    let lazy = StoreConfig {
+        restore_eagerly: false,
+        ..cfg(64 << 20)
+    };
+    let store = Store::open(disk.clone(), &dir(), lazy, Some(1)).unwrap();
+    let t = store
+        .table::<(), u64, u64>("block", TableConfig::new(kg0))
+        .unwrap();
+    // Rot after the open (which checks every frame).
+    disk.flip(seg, bad + 96, 0x08);
+    let mut t = t.lock();
+    for f in [frames[m + 1], frames[m + 2], frames[m - 1]] {
+        let k = key_at(f);
+        assert_eq!(t.get(&(), &k).unwrap(), Some(&(k * 5 + 2)), "key {k}");
+    }
+    let e = t.get(&(), &rotten).unwrap_err().to_string();
+    assert!(
+        e.contains(&seg.display().to_string()) && e.contains(&format!("offset {bad}:")),
+        "{e}"
+    );
+    assert!(e.contains("crc mismatch"), "{e}");
+    for k in (0..n).filter(|&k| k != rotten) {
+        assert_eq!(t.get(&(), &k).unwrap(), Some(&(k * 5 + 2)), "key {k}");
+    }
+}
