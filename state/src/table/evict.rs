@@ -145,7 +145,9 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         Ok(())
     }
 
-    /// Applies one restored entry (`None`: a tombstone or an expired entry).
+    /// Applies one restored entry (`None`: a tombstone or an expired entry): one lookup of
+    /// the key (an entry of the map) when its namespace exists, which it does after the
+    /// first entry for `()`.
     fn restore_one(
         &mut self,
         ns: N,
@@ -159,25 +161,56 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             }
             return Ok(());
         };
-        if let Some(slot) = self.spaces.get_mut(&ns).and_then(|s| s.map.get_mut(&key)) {
-            slot.value = Some(value);
-            slot.expires_ms = expires_ms;
-            return Ok(());
-        }
         let c = &self.counters;
-        if self.cfg.evictable && c.mem_used.get() + self.entry_bytes > c.mem_budget.get() {
+        let full =
+            |weight: usize| self.cfg.evictable && c.mem_used.get() + weight > c.mem_budget.get();
+        let mut slot = Slot {
+            value: Some(value),
+            expires_ms,
+            state: PERSISTED,
+            weight: 0,
+        };
+        let key = match self.spaces.get_mut(&ns) {
+            None => key,
+            Some(space) => match space.map.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let old = o.get_mut();
+                    old.value = slot.value;
+                    old.expires_ms = expires_ms;
+                    return Ok(());
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    if full(self.entry_bytes) {
+                        self.resident_all = false;
+                        space.complete = false;
+                        return Ok(());
+                    }
+                    let heap = match (&slot.value, self.cfg.weigh) {
+                        (Some(v), Some(w)) => w(v),
+                        _ => 0,
+                    };
+                    let weight = self.entry_bytes + heap;
+                    if full(weight) {
+                        // `place` evicts first.
+                        v.into_key()
+                    } else {
+                        slot.weight = weight.min(u32::MAX as usize) as u32;
+                        self.weight_total += weight;
+                        c.charge(weight);
+                        space.persisted = true;
+                        v.insert(slot);
+                        return Ok(());
+                    }
+                }
+            },
+        };
+        if full(self.entry_bytes) {
             self.resident_all = false;
             if let Some(space) = self.spaces.get_mut(&ns) {
                 space.complete = false;
             }
             return Ok(());
         }
-        let slot = Slot {
-            value: Some(value),
-            expires_ms,
-            state: PERSISTED,
-            weight: 0,
-        };
         self.place(&ns, key, slot)?;
         Ok(())
     }
