@@ -2,8 +2,9 @@
 //! cluster, the cluster's nodes, list, cancel, savepoint) with the built-in jobs, plus the
 //! demo, the benchmarks and `inspect`. Every failure is one line on stderr and a non-zero
 //! exit code.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // but for setting the allocator's options, in `allocator.rs`
 
+mod allocator;
 mod bench;
 mod bench_checkpoint;
 mod bench_net;
@@ -29,6 +30,7 @@ fn boxed(e: anyhow::Error) -> BoxError {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     // `about` after `augment_*`, which would replace it with the type's doc comment.
     let demo = demo::DemoArgs::augment_args(clap::Command::new("demo")).about(
         "Runs word count on a generated corpus on every core and prints the top words and \
