@@ -720,6 +720,24 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     assert_eq!(b.lock().resident_len(), 2002);
 }
 
+/// A store with table `name` of keys `0..n` (values `value(k)`), checkpointed as checkpoint 1
+/// and closed: its disk.
+fn checkpointed_table(name: &str, n: u64, value: fn(u64) -> u64) -> SimDisk {
+    let disk = SimDisk::default();
+    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
+    let t = store
+        .table::<(), u64, u64>(name, TableConfig::new(kg0))
+        .unwrap();
+    {
+        let mut t = t.lock();
+        for k in 0..n {
+            t.insert(&(), k, value(k)).unwrap();
+        }
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    disk
+}
+
 /// Point lookups of evicted entries in one segment of many sparse-index strides (the
 /// lookup searches a top level of every 16th fence first): every key is found with its
 /// value, absent keys are absent; rot in a frame after the open is a crc error naming the
@@ -727,20 +745,8 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
 /// a wrong value.
 #[test]
 fn lookups_across_many_index_strides_find_every_key_and_detect_rot() {
-    let disk = SimDisk::default();
     let n = 30_000u64;
-    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
-    let t = store
-        .table::<(), u64, u64>("wide", TableConfig::new(kg0))
-        .unwrap();
-    {
-        let mut t = t.lock();
-        for k in 0..n {
-            t.insert(&(), k, k * 3 + 1).unwrap();
-        }
-    }
-    block_on(store.checkpoint(1)).unwrap();
-    drop((t, store));
+    let disk = checkpointed_table("wide", n, |k| k * 3 + 1);
     let lazy = StoreConfig {
         restore_eagerly: false,
         ..cfg(64 << 20)
@@ -811,20 +817,8 @@ fn lookups_across_many_index_strides_find_every_key_and_detect_rot() {
 /// after it, still reads its own value.
 #[test]
 fn rot_in_one_entry_fails_only_that_entry_and_not_its_block() {
-    let disk = SimDisk::default();
     let n = 3000u64;
-    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
-    let t = store
-        .table::<(), u64, u64>("block", TableConfig::new(kg0))
-        .unwrap();
-    {
-        let mut t = t.lock();
-        for k in 0..n {
-            t.insert(&(), k, k * 5 + 2).unwrap();
-        }
-    }
-    block_on(store.checkpoint(1)).unwrap();
-    drop((t, store));
+    let disk = checkpointed_table("block", n, |k| k * 5 + 2);
     let files = disk.snapshot();
     let (seg, bytes) = files
         .files()
