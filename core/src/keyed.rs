@@ -103,6 +103,20 @@ fn prefetch_keys<K: Key, X, V: StateCodec>(state: &mut OpTable<(), K, V>, record
     }
 }
 
+/// [`Collector::prefetch`] for a keyed operator whose records are `$record`s (a key first) and
+/// whose table is `self.state`.
+macro_rules! prefetch_hooks {
+    ($record:ty) => {
+        #[inline]
+        fn prefetch(&mut self, records: &[$record], _timestamps: &[Timestamp]) {
+            prefetch_keys(&mut self.state, records);
+        }
+        fn prefetches(&self) -> bool {
+            true
+        }
+    };
+}
+
 /// The control hooks of a combiner: it holds values across flushes (the point of combining)
 /// and sends them all on before a checkpoint barrier, before the final watermark and at the
 /// end of input.
@@ -204,13 +218,7 @@ where
             _ => Ok(()),
         }
     }
-    #[inline]
-    fn prefetch(&mut self, records: &[(K, T)], _timestamps: &[Timestamp]) {
-        prefetch_keys(&mut self.state, records);
-    }
-    fn prefetches(&self) -> bool {
-        true
-    }
+    prefetch_hooks!((K, T));
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             emit_all(&mut this.state, &mut this.next, |_, v| v)?;
@@ -375,13 +383,7 @@ where
             Ok(())
         }
     }
-    #[inline]
-    fn prefetch(&mut self, records: &[(K, T)], _timestamps: &[Timestamp]) {
-        prefetch_keys(&mut self.state, records);
-    }
-    fn prefetches(&self) -> bool {
-        true
-    }
+    prefetch_hooks!((K, T));
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             let f = &this.f;
@@ -540,13 +542,7 @@ where
         }
         Ok(())
     }
-    #[inline]
-    fn prefetch(&mut self, records: &[(K, A::Acc)], _timestamps: &[Timestamp]) {
-        prefetch_keys(&mut self.state, records);
-    }
-    fn prefetches(&self) -> bool {
-        true
-    }
+    prefetch_hooks!((K, A::Acc));
     final_hooks!(|this| {
         let f = &this.f;
         emit_all(&mut this.state, &mut this.next, |_, acc| {
@@ -637,13 +633,7 @@ where
             None => Ok(()),
         }
     }
-    #[inline]
-    fn prefetch(&mut self, records: &[(K, V)], _timestamps: &[Timestamp]) {
-        prefetch_keys(&mut self.state, records);
-    }
-    fn prefetches(&self) -> bool {
-        true
-    }
+    prefetch_hooks!((K, V));
     final_hooks!(|this| {
         if this.emit == Emit::Final {
             emit_all(&mut this.state, &mut this.next, |k, v| v.map(|v| (k, v)))?;

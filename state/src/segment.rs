@@ -177,34 +177,6 @@ pub struct SegIndex<R> {
 }
 
 impl<R: DiskReader> SegIndex<R> {
-    /// Reads `len` bytes at `pos` into an aligned buffer.
-    pub fn read(
-        &self,
-        pos: u64,
-        len: usize,
-        buf: &mut AlignedVec<ARCHIVE_ALIGN>,
-    ) -> FaultResult<()> {
-        buf.clear();
-        match &self.source {
-            Source::Mem(b) | Source::Writing(b) => {
-                let end = pos as usize + len;
-                if end > b.len() {
-                    return Err(Fault::corrupt(
-                        &self.path,
-                        pos,
-                        "read past the segment's end",
-                    ));
-                }
-                buf.extend_from_slice(&b[pos as usize..end]);
-            }
-            Source::Disk(r) => {
-                buf.resize(len, 0);
-                r.read_exact_at(pos, buf.as_mut_slice())
-                    .map_err(|e| Fault::io("read segment", &self.path, e))?;
-            }
-        }
-        Ok(())
-    }
     /// The `len` bytes at `pos`: borrowed from memory for a segment not yet on disk, else
     /// read with one `pread` into `buf`, which only grows (no zeroing or copying per read).
     pub fn read_block<'a>(

@@ -606,8 +606,8 @@ impl<D: Disk> StoreLink for Shared<D> {
                 if start >= end {
                     continue;
                 }
-                seg.read(start, (end - start) as usize, &mut buf)?;
-                segment::for_each_frame(&seg.path, seg.meta.id, start, &buf, |fr| {
+                let block = seg.read_block(start, (end - start) as usize, &mut buf)?;
+                segment::for_each_frame(&seg.path, seg.meta.id, start, block, |fr| {
                     if fr.head.sort > hi {
                         return Ok(false);
                     }

@@ -311,23 +311,6 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
-/// Adds `b`'s histograms and counts to `a`.
-fn merge_stats(a: &mut CheckpointStats, b: &CheckpointStats) {
-    a.completed += b.completed;
-    a.aborted += b.aborted;
-    // Same bounds on both sides: adding cannot fail.
-    let _ = a.duration_us.add(&b.duration_us);
-    let _ = a.sync_us.add(&b.sync_us);
-    let _ = a.align_us.add(&b.align_us);
-    let _ = a.sync_max_us.add(&b.sync_max_us);
-    for stage in &b.by_stage {
-        match a.by_stage.iter_mut().find(|s| s.name == stage.name) {
-            Some(mine) => mine.add(stage),
-            None => a.by_stage.push(stage.clone()),
-        }
-    }
-}
-
 fn stats_json(s: &CheckpointStats) -> Value {
     json!({
         "completed": s.completed,
@@ -473,7 +456,7 @@ fn throughput(args: &CheckpointBench, dir: &Path) -> Result<Value> {
             v.wall_events_per_s.push(r.wall_events_per_s);
             v.events_per_cpu_s.push(r.events_per_cpu_s);
             v.completed.push(measured);
-            merge_stats(&mut v.stats, &r.stats);
+            v.stats.add(&r.stats);
         }
         eprintln!("run {}/{} done", run + 1, args.runs);
     }
@@ -658,9 +641,9 @@ fn alignment(args: &CheckpointBench, dir: &Path) -> Result<Value> {
     let mut balanced = CheckpointStats::default();
     for run in 0..args.runs {
         let s = alignment_run(args, Some(slow), &dir.join(format!("skewed-{run}")))?;
-        merge_stats(&mut skewed, &s);
+        skewed.add(&s);
         let b = alignment_run(args, None, &dir.join(format!("balanced-{run}")))?;
-        merge_stats(&mut balanced, &b);
+        balanced.add(&b);
         eprintln!("alignment run {}/{} done", run + 1, args.runs);
     }
     eprintln!(

@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
-use sluice::Env;
+use sluice::{CheckpointStats, Env};
 use sluice_bench::nexmark::queries::{Due, Query};
 use sluice_bench::nexmark::run::{BenchOutput, LatencyClock, ThrottledSource, latency_histogram};
 use sluice_bench::nexmark::{NexmarkConfig, NexmarkSource};
@@ -96,17 +96,7 @@ struct Measured {
     cpu_secs: Vec<f64>,
     rows: u64,
     latency: Option<Histogram<u64>>,
-    checkpoints: Option<Checkpoints>,
-}
-
-/// The checkpoints of a query's runs.
-struct Checkpoints {
-    completed: u64,
-    aborted: u64,
-    /// Trigger to completion, per checkpoint.
-    duration_us: Histogram<u64>,
-    /// The longest synchronous pause of any instance, per checkpoint.
-    sync_max_us: Histogram<u64>,
+    checkpoints: Option<CheckpointStats>,
 }
 
 /// CPU time used by this process so far (user + system, all threads), in seconds.
@@ -231,24 +221,8 @@ fn run_once(
     if let Some(dir) = checkpoint_dir {
         let stats = &report.checkpoints;
         match &mut m.checkpoints {
-            Some(c) => {
-                c.completed += stats.completed;
-                c.aborted += stats.aborted;
-                c.duration_us
-                    .add(&stats.duration_us)
-                    .context("merge checkpoint histograms")?;
-                c.sync_max_us
-                    .add(&stats.sync_max_us)
-                    .context("merge checkpoint histograms")?;
-            }
-            None => {
-                m.checkpoints = Some(Checkpoints {
-                    completed: stats.completed,
-                    aborted: stats.aborted,
-                    duration_us: stats.duration_us.clone(),
-                    sync_max_us: stats.sync_max_us.clone(),
-                })
-            }
+            Some(c) => c.add(stats),
+            None => m.checkpoints = Some(stats.clone()),
         }
         let path = dir.path().display().to_string();
         dir.close()

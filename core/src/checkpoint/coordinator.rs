@@ -77,6 +77,26 @@ pub struct StagePauses {
     pub sync_cpu_us: Histogram<u64>,
 }
 
+impl CheckpointStats {
+    /// Adds `other`'s counts and histograms (another run's, of the same job), stage by stage
+    /// name; `last_completed` stays.
+    pub fn add(&mut self, other: &CheckpointStats) {
+        self.completed += other.completed;
+        self.aborted += other.aborted;
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.duration_us.add(&other.duration_us);
+        let _ = self.sync_us.add(&other.sync_us);
+        let _ = self.align_us.add(&other.align_us);
+        let _ = self.sync_max_us.add(&other.sync_max_us);
+        for stage in &other.by_stage {
+            match self.by_stage.iter_mut().find(|s| s.name == stage.name) {
+                Some(mine) => mine.add(stage),
+                None => self.by_stage.push(stage.clone()),
+            }
+        }
+    }
+}
+
 impl StagePauses {
     /// Adds `other`'s figures (a stage of the same name, from another run).
     pub fn add(&mut self, other: &StagePauses) {

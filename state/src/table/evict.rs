@@ -170,6 +170,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: PERSISTED,
             weight: 0,
         };
+        let weight = self.weight_of(&slot.value);
         let key = match self.spaces.get_mut(&ns) {
             None => key,
             Some(space) => match space.map.entry(key) {
@@ -185,11 +186,6 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                         space.complete = false;
                         return Ok(());
                     }
-                    let heap = match (&slot.value, self.cfg.weigh) {
-                        (Some(v), Some(w)) => w(v),
-                        _ => 0,
-                    };
-                    let weight = self.entry_bytes + heap;
                     if full(weight) {
                         // `place` evicts first.
                         v.into_key()

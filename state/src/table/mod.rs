@@ -726,14 +726,20 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         self.dirty.push((ns.clone(), key.clone()));
     }
 
-    /// Inserts a slot for a key that is not resident, charging its weight (and evicting
-    /// first when over the budget).
-    fn place(&mut self, ns: &N, key: K, mut slot: Slot<V>) -> Result<&mut Slot<V>, AccessError> {
-        let heap = match (&slot.value, self.cfg.weigh) {
+    /// The bytes an entry holding `value` is charged: the slot, and the value's heap as the
+    /// table's weigher counts it.
+    pub(crate) fn weight_of(&self, value: &Option<V>) -> usize {
+        let heap = match (value, self.cfg.weigh) {
             (Some(v), Some(w)) => w(v),
             _ => 0,
         };
-        let weight = self.entry_bytes + heap;
+        self.entry_bytes + heap
+    }
+
+    /// Inserts a slot for a key that is not resident, charging its weight (and evicting
+    /// first when over the budget).
+    fn place(&mut self, ns: &N, key: K, mut slot: Slot<V>) -> Result<&mut Slot<V>, AccessError> {
+        let weight = self.weight_of(&slot.value);
         slot.weight = weight.min(u32::MAX as usize) as u32;
         let c = &self.counters;
         if self.cfg.evictable && !self.loading && c.mem_used.get() + weight > c.mem_budget.get() {
