@@ -1,14 +1,21 @@
-//! The binary's allocator, mimalloc, and its one setting: how long it keeps memory that was
-//! freed before it returns it to the OS (its `purge_delay`).
+//! The binary's allocator, mimalloc, and its one setting: it keeps the memory that was freed
+//! for reuse and does not return it to the OS (its `purge_delay`, -1: never).
 //!
-//! mimalloc's default, 1 s, made a checkpoint's pause 10× longer. At each barrier a source's
-//! pre-aggregation sends ~10,000 partial results on, in freshly allocated batches that the
-//! receiving workers free. Memory freed that way was handed back to the OS between two
-//! checkpoints, and the next flush faulted it in again, page by page; on a VM each such fault
-//! costs the host's work too. `sluice bench checkpoint`, 2 workers, quiet machine: the source
-//! stage's pause p99 was 1.5–2.6 ms (all of it CPU time in the pause), and 0.33–0.37 ms with
-//! a delay of 10 s (p50 0.15–0.19 ms either way). Memory still goes back to the OS once it has
-//! stayed unused for 10 s.
+//! At each barrier a source's pre-aggregation sends ~10,000 partial results on, in freshly
+//! allocated batches that the receiving workers free. mimalloc returns memory unused for
+//! `purge_delay` (1 s by default) with `madvise`, from whichever thread next allocates:
+//! - memory handed back between two checkpoints was faulted in again, page by page, by the
+//!   next flush (the source stage's pause p99 1.5–2.6 ms with the default);
+//! - with a delay of 10 s the faults were gone, but a purge still ran inside a flush now and
+//!   then: each `madvise` shoots down the TLB of the other worker's CPU, and on a VM those
+//!   interrupts are slow. A profile of such a pause showed the worker waiting in the kernel
+//!   for them (`smp_call_function_many_cond`); its pauses took 1–8 ms, all of it CPU time.
+//!
+//! Never purging removed both (`sluice bench checkpoint`, 1,000M events, 2 workers: source
+//! stage pause p99 0.14–0.45 ms against 0.19–7.9 ms with 10 s). A worker's memory stays at its
+//! high-water mark and is reused, as a thread-per-core engine's should be predictable; the
+//! state store's budget bounds the largest part of it. `MIMALLOC_PURGE_DELAY` still decides
+//! when it is set (e.g. `=1000` to return memory after 1 s).
 
 use libmimalloc_sys::{mi_option_set, mi_option_t};
 
@@ -17,8 +24,8 @@ use libmimalloc_sys::{mi_option_set, mi_option_t};
 /// `MIMALLOC_PURGE_DELAY`.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// The purge delay the binary runs with, in ms.
-pub const PURGE_DELAY_MS: i64 = 10_000;
+/// The purge delay the binary runs with, in ms; -1 is never.
+pub const PURGE_DELAY_MS: i64 = -1;
 
 /// The environment variable through which mimalloc reads the purge delay; when it is set, it
 /// is left to decide.
