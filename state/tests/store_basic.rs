@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use futures_lite::future::block_on;
-use sluice_state::sim::SimDisk;
+use sluice_state::sim::{CrashImage, SimDisk};
 use sluice_state::{Store, StoreConfig, TableConfig};
 
 fn kg(_: &u64, k: &u64) -> u32 {
@@ -684,12 +684,7 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     // Rot in the 300th frame of state "a" in the largest segment, after the open checked it.
     let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), Some(3)).unwrap();
     let files = disk.snapshot();
-    let (seg, bytes) = files
-        .files()
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
-        .max_by_key(|(_, f)| f.len())
-        .unwrap();
+    let (seg, bytes) = segment_files(&files).max_by_key(|(_, f)| f.len()).unwrap();
     let id_a = sluice_state::state_id("a");
     let (mut at, mut seen) = (0usize, 0);
     let bad = loop {
@@ -718,6 +713,14 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
         .table::<(), u64, String>("b", TableConfig::new(kg0))
         .unwrap();
     assert_eq!(b.lock().resident_len(), 2002);
+}
+
+/// The segment files of a disk image, with their bytes.
+fn segment_files(image: &CrashImage) -> impl Iterator<Item = (&PathBuf, &Vec<u8>)> {
+    image
+        .files()
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
 }
 
 /// A store with table `name` of keys `0..n` (values `value(k)`), checkpointed as checkpoint 1
@@ -780,11 +783,7 @@ fn lookups_across_many_index_strides_find_every_key_and_detect_rot() {
 
     let (store, t) = open();
     let files = disk.snapshot();
-    let (seg, bytes) = files
-        .files()
-        .iter()
-        .find(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let (seg, bytes) = segment_files(&files).next().unwrap();
     let mut bad = 0usize;
     for _ in 0..20_000 {
         bad += u32::from_le_bytes(bytes[bad..bad + 4].try_into().unwrap()) as usize;
@@ -820,11 +819,7 @@ fn rot_in_one_entry_fails_only_that_entry_and_not_its_block() {
     let n = 3000u64;
     let disk = checkpointed_table("block", n, |k| k * 5 + 2);
     let files = disk.snapshot();
-    let (seg, bytes) = files
-        .files()
-        .iter()
-        .find(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let (seg, bytes) = segment_files(&files).next().unwrap();
     // Frames of this table: an 80-byte header, the key (8 bytes, padded to 16), the value.
     let mut frames = Vec::new();
     let mut at = 0usize;
