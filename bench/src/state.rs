@@ -280,7 +280,8 @@ pub struct RecoveryResult {
     pub keys: u64,
     /// Bytes of segments read.
     pub bytes: u64,
-    /// Open (validate every frame, build indexes) plus loading the table, in ms.
+    /// Open (validate every frame, build indexes) plus registering the table, which loads
+    /// it into memory in an eager restore and reads nothing more in a lazy one, in ms.
     pub ms: f64,
     /// The open alone, in ms.
     pub open_ms: f64,
@@ -336,11 +337,20 @@ pub fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
 }
 
-/// Reopens the store in `dir` at checkpoint 1 and loads its table, on the calling executor.
-async fn restore_store(dir: &Path, keys: u64, budget: usize, cold: bool) -> Result<RecoveryResult> {
+/// Reopens the store in `dir` (keys `first..first + keys`) at checkpoint 1 and registers its
+/// table, loading it (`eager`) or not, on the calling executor; then checks that the table
+/// serves its first and last keys.
+async fn restore_store(
+    dir: &Path,
+    (first, keys): (u64, u64),
+    budget: usize,
+    cold: bool,
+    eager: bool,
+) -> Result<RecoveryResult> {
     let cfg = StoreConfig {
         memory_budget_bytes: budget,
         key_groups: (0, 127),
+        restore_eagerly: eager,
         ..StoreConfig::default()
     };
     let (cpu0, faults0) = thread_usage();
@@ -351,6 +361,10 @@ async fn restore_store(dir: &Path, keys: u64, budget: usize, cold: bool) -> Resu
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let (cpu1, faults1) = thread_usage();
     black_box(t.lock().resident_len());
+    for j in [first, first + keys.max(1) - 1] {
+        let got = t.lock().get(&(), &key(j))?.copied();
+        anyhow::ensure!(got == Some([j as u8; 64]), "restored key {j} reads {got:?}");
+    }
     Ok(RecoveryResult {
         keys,
         bytes: store.stats().segment_bytes,
@@ -424,7 +438,8 @@ impl ParallelRecovery {
 /// Restores the `stores` stores that [`write_recovery_states`] wrote under `dir`, all at
 /// once: one store on an unpinned executor, several each on its own executor pinned to its
 /// own CPU of `cpus` (round robin), as a job's workers restore theirs, started together.
-/// `cold` is whether the page cache was dropped since they were written. A recovery is a
+/// `cold` is whether the page cache was dropped since they were written; `eager` whether
+/// the tables are loaded into memory when registered (else read on access). A recovery is a
 /// fresh process (a restarted job), so the bench runs this in one: memory the writing freed
 /// would otherwise be reused, already faulted in.
 pub fn restore_stores(
@@ -434,6 +449,7 @@ pub fn restore_stores(
     cpus: &[usize],
     budget: usize,
     cold: bool,
+    eager: bool,
 ) -> Result<ParallelRecovery> {
     anyhow::ensure!(stores > 0, "at least one store");
     let per = keys / stores as u64;
@@ -452,7 +468,7 @@ pub fn restore_stores(
             .spawn(move || async move {
                 barrier.wait();
                 let start = Instant::now();
-                let r = restore_store(&d, per, budget, cold).await;
+                let r = restore_store(&d, (s as u64 * per, per), budget, cold, eager).await;
                 (start, Instant::now(), r)
             })
             .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?;

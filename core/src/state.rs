@@ -151,6 +151,12 @@ impl DiskReader for StateReader {
             StateReader::Memory(r) => r.read_exact_at(pos, buf),
         }
     }
+    fn will_need_range(&self, pos: u64, len: u64) {
+        match self {
+            StateReader::Files(r) => r.will_need_range(pos, len),
+            StateReader::Memory(r) => r.will_need_range(pos, len),
+        }
+    }
 }
 
 /// Bytes of resident state a store keeps by default before it evicts to disk.

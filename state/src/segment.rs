@@ -25,6 +25,9 @@ const BLOOM_BITS_PER_KEY: u64 = 10;
 const BLOOM_PROBES: u64 = 7;
 /// How much a sequential scan reads at a time.
 pub const SCAN_CHUNK_BYTES: usize = 4 << 20;
+/// How far ahead of its reads a sequential scan asks the kernel to read
+/// ([`DiskReader::will_need_range`]): eight chunks in flight while one is decoded.
+pub const SCAN_AHEAD_BYTES: u64 = 8 * SCAN_CHUNK_BYTES as u64;
 
 /// The name of segment `id` in a store directory.
 pub fn segment_name(id: u64) -> String {
@@ -892,6 +895,9 @@ pub fn scan_range<R: DiskReader>(
     // `buf[..filled]` holds the bytes at segment offsets `pos..`: the start of a frame.
     let mut pos = start;
     let mut filled = 0usize;
+    // `[start, advised)` has been advised: the kernel reads it in the background while the
+    // frames before it are checked (cold, a restore's reads wait on the disk otherwise).
+    let mut advised = start;
     while pos + (filled as u64) < end {
         if filled == buf.len() {
             // One frame fills the buffer (frames are at most FRAME_BYTES_MAX).
@@ -899,6 +905,11 @@ pub fn scan_range<R: DiskReader>(
             buf.resize(grown, 0);
         }
         let want = ((buf.len() - filled) as u64).min(end - pos - filled as u64) as usize;
+        let ahead = (pos + (filled + want) as u64 + SCAN_AHEAD_BYTES).min(end);
+        if ahead > advised {
+            reader.will_need_range(advised, ahead - advised);
+            advised = ahead;
+        }
         reader
             .read_exact_at(
                 pos + filled as u64,
@@ -1184,6 +1195,84 @@ mod tests {
                     Err(e) => assert!(e.contains(&format!("offset {at}:")), "{e}"),
                 }
             }
+        }
+    }
+
+    /// A file in memory that logs the reads and the advice it gets.
+    struct AdvisedReader(Vec<u8>, std::cell::RefCell<Vec<(bool, u64, u64)>>);
+
+    impl DiskReader for AdvisedReader {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.1.borrow_mut().push((false, pos, buf.len() as u64));
+            let pos = pos as usize;
+            buf.copy_from_slice(&self.0[pos..pos + buf.len()]);
+            Ok(())
+        }
+        fn will_need_range(&self, pos: u64, len: u64) {
+            self.1.borrow_mut().push((true, pos, len));
+        }
+    }
+
+    /// A scan advises the bytes ahead of its reads, each once, in order and within its
+    /// range, so the disk reads them while it checks the frames before them: every read
+    /// was advised before it, and advice runs at most [`SCAN_AHEAD_BYTES`] past the end of
+    /// the latest read.
+    #[test]
+    fn scan_range_advises_the_bytes_ahead_of_its_reads() {
+        let mut b = SegmentBuilder::new(9, 1, 64);
+        for i in 0..60u64 {
+            let sort = SortKey {
+                state: 1,
+                kg: 0,
+                ns_hash: 0,
+                key_hash: i,
+            };
+            let value = vec![i as u8; 1 << 20];
+            b.push(sort, Kind::Put, 0, 1, b"", &i.to_le_bytes(), &value);
+        }
+        let seg: SegIndex<VecReader> = b.finish(Path::new("/a"));
+        let Source::Mem(bytes) = &seg.source else {
+            unreachable!("a built segment is in memory")
+        };
+        let mut offsets = Vec::new();
+        for_each_frame(&seg.path, 9, 0, bytes, |fr| {
+            offsets.push(fr.head.offset);
+            Ok(true)
+        })
+        .unwrap();
+        let mut buf = AlignedVec::new();
+        for (from, to) in [
+            (0, seg.meta.data_len),
+            (offsets[3], offsets[50]),
+            (0, offsets[1]),
+        ] {
+            let reader = AdvisedReader(bytes.to_vec(), Default::default());
+            let mut n = 0;
+            scan_range(&seg.path, 9, &reader, from, to, &mut buf, |_| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+            assert!(n > 0);
+            let (mut advised, mut read_end) = (from, from);
+            for &(advice, pos, len) in reader.1.borrow().iter() {
+                if advice {
+                    assert_eq!(pos, advised, "advice in order, each byte once");
+                    advised += len;
+                    assert!(advised <= to, "advice past the range's end");
+                    assert!(advised <= read_end + SCAN_AHEAD_BYTES + SCAN_CHUNK_BYTES as u64);
+                } else {
+                    assert!(
+                        pos + len <= advised,
+                        "read of {pos}+{len} before its advice"
+                    );
+                    read_end = read_end.max(pos + len);
+                }
+            }
+            assert_eq!((advised, read_end), (to, to), "range {from}..{to}");
         }
     }
 

@@ -46,6 +46,12 @@ pub struct StateBench {
     /// theirs (default: 1 and, on a machine of several CPUs, one per CPU).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
     recovery_stores: Vec<u32>,
+    /// How the recovery runs restore, comma-separated: `eager` loads each table into memory
+    /// when it is registered (the default for jobs), `lazy` validates and indexes the
+    /// segments and reads entries on access.
+    #[arg(long, value_delimiter = ',', default_value = "eager,lazy",
+          value_parser = ["eager", "lazy"])]
+    recovery_modes: Vec<String>,
     /// Internal: restore the recovery stores written under DIR in this process and print
     /// the figures as JSON (each recovery run is a fresh process, as a restarted job is).
     #[arg(long, hide = true, value_name = "DIR")]
@@ -253,12 +259,14 @@ fn recovery(args: &StateBench) -> Result<Value> {
     let mut rows = Vec::new();
     eprintln!("\nrecovery (open + load the table), medians:");
     eprintln!(
-        "{:>10} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
-        "keys", "stores", "bytes", "ms", "open ms", "cpu ms", "MB/s", "MB/s/store", "cold"
+        "{:>10} {:>6} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "keys", "stores", "mode", "bytes", "ms", "open ms", "cpu ms", "MB/s", "MB/s/store", "cold"
     );
     for &keys in &args.recovery_keys {
         for stores in recovery_stores(args, cpus.len()) {
-            rows.push(recovery_row(args, keys, stores)?);
+            for mode in &args.recovery_modes {
+                rows.push(recovery_row(args, keys, stores, mode == "eager")?);
+            }
         }
     }
     Ok(json!(rows))
@@ -270,8 +278,9 @@ fn recovery(args: &StateBench) -> Result<Value> {
 /// the machine's: all the segment bytes over the wall time until the slowest store is done;
 /// MB/s/store is each store's bytes over its own time (median over the stores). `ms`,
 /// `open ms` and `cpu ms` are the slowest store's time, its open, and the CPU time a store's
-/// thread spent (median over the stores).
-fn recovery_row(args: &StateBench, keys: u64, stores: usize) -> Result<Value> {
+/// thread spent (median over the stores). `eager`: the restore loads the table into memory
+/// (else the table reads entries on access).
+fn recovery_row(args: &StateBench, keys: u64, stores: usize, eager: bool) -> Result<Value> {
     let (mut wall, mut open, mut cpu, mut per, mut faults) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut bytes, mut cold) = (0u64, true);
@@ -279,7 +288,7 @@ fn recovery_row(args: &StateBench, keys: u64, stores: usize) -> Result<Value> {
         let tmp = scratch(args, "rec")?;
         state::write_recovery_states(tmp.path(), keys, stores)?;
         let dropped = state::drop_page_cache();
-        let runs = restore_in_child(tmp.path(), keys, stores, dropped)?;
+        let runs = restore_in_child(tmp.path(), keys, stores, dropped, eager)?;
         let rs = &runs.stores;
         bytes = rs.iter().map(|r| r.bytes).sum();
         cold &= rs.iter().all(|r| r.cold);
@@ -298,13 +307,15 @@ fn recovery_row(args: &StateBench, keys: u64, stores: usize) -> Result<Value> {
     let ms = median(&wall);
     let (open_ms, cpu_ms, per_store) = (median(&open), median(&cpu), median(&per));
     let mbps = bytes as f64 / 1e6 / (ms / 1e3);
+    let mode = if eager { "eager" } else { "lazy" };
     eprintln!(
-        "{keys:>10} {stores:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} {cpu_ms:>9.1} {mbps:>9.0} \
-         {per_store:>10.0} {cold:>6}"
+        "{keys:>10} {stores:>6} {mode:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} {cpu_ms:>9.1} \
+         {mbps:>9.0} {per_store:>10.0} {cold:>6}"
     );
     Ok(json!({
         "keys": keys,
         "stores": stores,
+        "mode": mode,
         "bytes": bytes,
         "ms": ms,
         "open_ms": open_ms,
@@ -323,12 +334,14 @@ fn restore_in_child(
     keys: u64,
     stores: usize,
     cold: bool,
+    eager: bool,
 ) -> Result<state::ParallelRecovery> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(["bench", "state", "--recovery-child"])
         .arg(dir)
         .args(["--recovery-keys", &keys.to_string()])
         .args(["--recovery-stores", &stores.to_string()])
+        .args(["--recovery-modes", if eager { "eager" } else { "lazy" }])
         .stderr(std::process::Stdio::inherit());
     if cold {
         cmd.arg("--recovery-child-cold");
@@ -356,6 +369,7 @@ fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
         &cpus,
         usize::MAX / 2,
         args.recovery_child_cold,
+        args.recovery_modes.first().is_none_or(|m| m == "eager"),
     )?;
     println!("{}", r.to_json());
     Ok(())
