@@ -111,6 +111,21 @@ impl Env {
         self
     }
 
+    /// Sets how many bytes of keyed state each stateful stage keeps in memory per worker
+    /// before its store evicts cold entries to disk (default 512 MiB).
+    pub fn set_state_budget_bytes(&self, bytes: usize) -> &Self {
+        self.inner.borrow_mut().config.state_budget_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets what a restore loads into memory (default: [`StateLoading::Eager`]).
+    ///
+    /// [`StateLoading::Eager`]: crate::StateLoading::Eager
+    pub fn set_state_loading(&self, loading: crate::StateLoading) -> &Self {
+        self.inner.borrow_mut().config.state_loading = loading;
+        self
+    }
+
     /// Throttles every source to `records_per_second` in total over its workers.
     pub fn set_source_rate(&self, records_per_second: f64) -> &Self {
         self.inner.borrow_mut().config.source_rate = Some(records_per_second);

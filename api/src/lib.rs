@@ -65,6 +65,7 @@ pub use sluice_core::process::{KeyedProcessFunction, ProcessContext, TimeDomain}
 pub use sluice_core::runtime::{JobReport, RestoreFrom, RuntimeConfig, available_cpus};
 pub use sluice_core::sink::{Sink, SinkContext, SinkWriter};
 pub use sluice_core::source::{ReadPosition, ReadStatus, Source, SourceContext, SourceReader};
+pub use sluice_core::state::StateLoading;
 pub use sluice_core::time::{
     BoundedOutOfOrderness, TimestampAssigner, WatermarkGenerator, WatermarkStrategy,
 };

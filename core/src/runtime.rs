@@ -89,6 +89,9 @@ pub struct RuntimeConfig {
     /// Resident bytes of keyed state per stateful stage and worker before the store evicts to
     /// disk.
     pub state_budget_bytes: usize,
+    /// What a restore loads into memory: every table's entries when it is registered
+    /// (`Eager`, the default), or nothing until an entry is accessed (`Lazy`).
+    pub state_loading: crate::state::StateLoading,
     /// Where keyed state lives without checkpoints (default: a scratch directory under the
     /// system's temporary directory, removed when the job ends).
     pub state_dir: Option<PathBuf>,
@@ -119,6 +122,7 @@ impl Default for RuntimeConfig {
             savepoint_dir: None,
             stop: None,
             state_budget_bytes: crate::state::STATE_BUDGET_BYTES_DEFAULT,
+            state_loading: crate::state::StateLoading::Eager,
             state_dir: None,
         }
     }
@@ -567,6 +571,7 @@ pub(crate) fn state_settings(
         run,
         budget_bytes: config.state_budget_bytes,
         retained,
+        loading: config.state_loading,
     };
     Ok((Arc::new(settings), scratch))
 }

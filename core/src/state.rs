@@ -162,6 +162,20 @@ impl DiskReader for StateReader {
 /// Bytes of resident state a store keeps by default before it evicts to disk.
 pub const STATE_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
 
+/// What a restore loads into memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateLoading {
+    /// Each table's entries are loaded into memory when its operator registers it, as far
+    /// as the budget allows: the job then runs at in-memory speed from its first record
+    /// (Flink's heap backend).
+    #[default]
+    Eager,
+    /// The restore validates and indexes the store's segments only; entries are read from
+    /// disk when first accessed (Flink's RocksDB backend): the job starts sooner, and its
+    /// first access of each key pays a read.
+    Lazy,
+}
+
 /// How a job's stores are placed and sized (the same for every stage instance).
 #[derive(Clone, Debug)]
 pub struct StateSettings {
@@ -173,6 +187,8 @@ pub struct StateSettings {
     pub budget_bytes: usize,
     /// Checkpoints a store keeps.
     pub retained: usize,
+    /// What a restore loads into memory.
+    pub loading: StateLoading,
 }
 
 /// Where one stage's state comes from on a restore.
@@ -218,6 +234,7 @@ impl StageState {
         let cfg = StoreConfig {
             memory_budget_bytes: settings.budget_bytes,
             retained_checkpoints: settings.retained.max(1),
+            restore_eagerly: settings.loading == StateLoading::Eager,
             key_groups: (range.start, range.end.saturating_sub(1)),
             ..StoreConfig::default()
         };

@@ -9,6 +9,10 @@
 //! The inputs have bounded disorder within the watermarks' bound, so no record is ever late
 //! and an uninterrupted run's output does not depend on timing or on the number of workers:
 //! any difference is lost, duplicated or misplaced state (or timers).
+//!
+//! Two of them run with a state budget of 256 KiB per store, so that entries are evicted to
+//! disk while the job runs, and restore lazily (nothing loaded into memory at the restore:
+//! every entry is read back from the segments when first used).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +21,8 @@ use std::time::Duration;
 
 use sluice::{
     BoundedOutOfOrderness, CheckpointConfig, Env, JobReport, JoinType, KeyedProcessFunction,
-    KeyedState, ListState, MapState, ProcessContext, RestoreFrom, Result, TimeDomain, Timestamp,
-    TimestampAssigner, ValueState, WatermarkStrategy,
+    KeyedState, ListState, MapState, ProcessContext, RestoreFrom, Result, StateLoading, TimeDomain,
+    Timestamp, TimestampAssigner, ValueState, WatermarkStrategy,
 };
 use sluice_tests::event_time::{Ev, events};
 use sluice_tests::faults::{assert_same_lines, latest_checkpoint};
@@ -239,6 +243,16 @@ struct Run {
     restore: Option<PathBuf>,
     checkpoints: PathBuf,
     savepoints: PathBuf,
+    state: StateMode,
+}
+
+/// How the interrupted runs keep their state.
+#[derive(Clone, Copy, Debug)]
+enum StateMode {
+    /// The defaults: everything in memory, loaded eagerly on a restore.
+    Default,
+    /// A 256 KiB budget per store (entries evicted while the job runs) and lazy restores.
+    EvictedLazy,
 }
 
 fn run(job: Job, out: &Path, r: Run) -> sluice::Result<JobReport> {
@@ -252,6 +266,10 @@ fn run(job: Job, out: &Path, r: Run) -> sluice::Result<JobReport> {
         env.set_checkpoint_config(config);
         env.set_restart_strategy(3, Duration::from_millis(10));
         env.set_source_rate(job.rate());
+        if let StateMode::EvictedLazy = r.state {
+            env.set_state_budget_bytes(256 << 10);
+            env.set_state_loading(StateLoading::Lazy);
+        }
         if let Interrupt::Stop { stop, .. } = &r.interrupt {
             env.stop_with_savepoint_on(stop.clone(), &r.savepoints);
         }
@@ -272,6 +290,7 @@ fn reference(job: Job) -> Vec<String> {
         restore: None,
         checkpoints: dir.path().join("chk"),
         savepoints: dir.path().join("sp"),
+        state: StateMode::Default,
     };
     let out = dir.path().join("out");
     let report = run(job, &out, run_cfg).unwrap_or_else(|e| panic!("{job:?} reference: {e}"));
@@ -283,7 +302,7 @@ fn reference(job: Job) -> Vec<String> {
 
 /// Fails once mid-stream on `workers` workers: the job restarts from its last checkpoint
 /// (reopening each worker's store) and its output equals the uninterrupted run's.
-fn check_failure(job: Job, workers: usize) {
+fn check_failure(job: Job, workers: usize, state: StateMode) {
     let expected = reference(job);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -298,6 +317,7 @@ fn check_failure(job: Job, workers: usize) {
         restore: None,
         checkpoints: dir.path().join("chk"),
         savepoints: dir.path().join("sp"),
+        state,
     };
     let report = run(job, &out, run_cfg).unwrap_or_else(|e| panic!("{job:?}: {e}"));
     assert_eq!(failed.load(Ordering::Relaxed), 1, "{job:?}: one failure");
@@ -310,14 +330,14 @@ fn check_failure(job: Job, workers: usize) {
     assert_same_lines(
         &expected,
         &got,
-        &format!("{job:?}, failure on {workers} workers"),
+        &format!("{job:?}, failure on {workers} workers, {state:?}"),
     );
     assert!(hidden_dot_entries(&out).is_empty(), "no pending files left");
 }
 
 /// Stops with a savepoint mid-stream on `from` workers and resumes from it on `to`: the
 /// stores are rebuilt by key group, and the two runs' output equals the uninterrupted run's.
-fn check_savepoint_rescale(job: Job, from: usize, to: usize) {
+fn check_savepoint_rescale(job: Job, from: usize, to: usize, state: StateMode) {
     let expected = reference(job);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -332,6 +352,7 @@ fn check_savepoint_rescale(job: Job, from: usize, to: usize) {
         restore: None,
         checkpoints: chk.clone(),
         savepoints: sp.clone(),
+        state,
     };
     let report = run(job, &out, first).unwrap_or_else(|e| panic!("{job:?}, stopped run: {e}"));
     let savepoint = report
@@ -346,40 +367,51 @@ fn check_savepoint_rescale(job: Job, from: usize, to: usize) {
         restore: Some(savepoint),
         checkpoints: chk,
         savepoints: sp,
+        state,
     };
     let report = run(job, &out, second).unwrap_or_else(|e| panic!("{job:?}, resumed run: {e}"));
     assert!(report.restored_from.is_some(), "{job:?}: resumed");
     let got = committed(&out);
-    let what = format!("{job:?}, savepoint on {from} workers, resumed on {to}");
+    let what = format!("{job:?}, savepoint on {from} workers, resumed on {to}, {state:?}");
     assert_same_lines(&expected, &got, &what);
 }
 
 #[test]
 fn process_function_state_and_timers_survive_a_failure_on_2_workers() {
-    check_failure(Job::Process, 2);
+    check_failure(Job::Process, 2, StateMode::Default);
 }
 
 #[test]
 fn process_function_resumes_from_a_savepoint_rescaled_2_to_3() {
-    check_savepoint_rescale(Job::Process, 2, 3);
+    check_savepoint_rescale(Job::Process, 2, 3, StateMode::Default);
 }
 
 #[test]
 fn interval_join_buffers_survive_a_failure_on_3_workers() {
-    check_failure(Job::IntervalJoin, 3);
+    check_failure(Job::IntervalJoin, 3, StateMode::Default);
 }
 
 #[test]
 fn interval_join_resumes_from_a_savepoint_rescaled_3_to_2() {
-    check_savepoint_rescale(Job::IntervalJoin, 3, 2);
+    check_savepoint_rescale(Job::IntervalJoin, 3, 2, StateMode::Default);
 }
 
 #[test]
 fn bounded_outer_join_survives_a_failure_on_2_workers() {
-    check_failure(Job::BoundedJoin, 2);
+    check_failure(Job::BoundedJoin, 2, StateMode::Default);
 }
 
 #[test]
 fn bounded_outer_join_resumes_from_a_savepoint_rescaled_2_to_1() {
-    check_savepoint_rescale(Job::BoundedJoin, 2, 1);
+    check_savepoint_rescale(Job::BoundedJoin, 2, 1, StateMode::Default);
+}
+
+#[test]
+fn process_function_state_and_timers_survive_a_failure_evicted_and_restored_lazily() {
+    check_failure(Job::Process, 2, StateMode::EvictedLazy);
+}
+
+#[test]
+fn interval_join_resumes_from_a_savepoint_rescaled_2_to_3_evicted_and_restored_lazily() {
+    check_savepoint_rescale(Job::IntervalJoin, 2, 3, StateMode::EvictedLazy);
 }

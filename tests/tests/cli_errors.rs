@@ -178,6 +178,71 @@ fn zero_workers_is_one_line_naming_the_flag() {
 }
 
 #[test]
+fn bad_state_options_are_one_line_naming_the_flag() {
+    let dir = tempdir();
+    let input = dir.path().join("in.txt");
+    write(&input, b"x\n");
+    for (flag, value) in [
+        ("--state-restore", "sometimes"),
+        ("--state-budget-mb", "0"),
+        ("--state-budget-mb", "lots"),
+    ] {
+        let output = dir.path().join("out");
+        let out = run_sluice([
+            "run".as_ref(),
+            "wordcount".as_ref(),
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--output".as_ref(),
+            output.as_os_str(),
+            flag.as_ref(),
+            value.as_ref(),
+        ]);
+        assert_one_line_error(&out, &[flag, value]);
+        assert_no_output(&output);
+    }
+}
+
+/// A word count whose state is 20× its 1 MiB budget per worker (entries evicted to disk
+/// and read back) counts exactly, with either restore mode accepted.
+#[test]
+fn a_small_state_budget_evicts_and_still_counts_exactly() {
+    let dir = tempdir();
+    let input = dir.path().join("in.txt");
+    let text = (0..200_000)
+        .map(|i| format!("w{:06} common\n", i % 100_000))
+        .collect::<String>();
+    write(&input, text.as_bytes());
+    let expected = reference_word_count(&text);
+    for mode in ["eager", "lazy"] {
+        let output = dir.path().join(format!("out-{mode}"));
+        let out = run_sluice([
+            "run".as_ref(),
+            "wordcount".as_ref(),
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--output".as_ref(),
+            output.as_os_str(),
+            "--workers".as_ref(),
+            "2".as_ref(),
+            "--quiet".as_ref(),
+            "--state-budget-mb".as_ref(),
+            "1".as_ref(),
+            "--state-restore".as_ref(),
+            mode.as_ref(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            out.status,
+            stderr_text(&out)
+        );
+        let counts = read_output_dir(&output).unwrap_or_else(|e| panic!("{e}"));
+        assert_counts_eq(&expected, &counts, &format!("--state-restore {mode}"));
+    }
+}
+
+#[test]
 fn missing_required_flag_is_one_line_naming_it() {
     let dir = tempdir();
     let input = dir.path().join("in.txt");

@@ -47,6 +47,14 @@ pub struct CommonRunArgs {
     /// and exit 0 (embedded runs; on a cluster see `savepoint`).
     #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub savepoint_dir: Option<PathBuf>,
+    /// Keyed state each stateful stage keeps in memory per worker before it evicts cold
+    /// entries to disk, in MiB (default: 512).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub state_budget_mb: Option<u64>,
+    /// What a restore loads into memory: `eager` (every entry, as far as the budget allows,
+    /// before the job runs) or `lazy` (nothing: entries are read from disk when first used).
+    #[arg(long, value_name = "eager|lazy", value_parser = state_loading_arg)]
+    pub state_restore: Option<crate::StateLoading>,
     /// Throttle the sources to this many records per second in total.
     #[arg(long, value_name = "EVENTS_PER_S", value_parser = positive_rate)]
     pub rate: Option<f64>,
@@ -66,6 +74,14 @@ fn restore_arg(s: &str) -> Result<RestoreFrom, String> {
         "" => Err("empty --restore".into()),
         "latest" => Ok(RestoreFrom::Latest),
         path => Ok(RestoreFrom::Path(PathBuf::from(path))),
+    }
+}
+
+fn state_loading_arg(s: &str) -> Result<crate::StateLoading, String> {
+    match s {
+        "eager" => Ok(crate::StateLoading::Eager),
+        "lazy" => Ok(crate::StateLoading::Lazy),
+        _ => Err(format!("'{s}' is neither eager nor lazy")),
     }
 }
 
@@ -116,6 +132,13 @@ impl CommonRunArgs {
         }
         if let Some(rate) = self.rate {
             env.set_source_rate(rate);
+        }
+        if let Some(mb) = self.state_budget_mb {
+            let bytes = usize::try_from(mb << 20).map_err(|_| "--state-budget-mb too large")?;
+            env.set_state_budget_bytes(bytes);
+        }
+        if let Some(loading) = self.state_restore {
+            env.set_state_loading(loading);
         }
         if let Some(attempts) = self.restart_attempts {
             let delay = sluice_core::runtime::RuntimeConfig::default().restart_delay;
