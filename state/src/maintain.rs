@@ -358,7 +358,9 @@ impl<D: Disk> Store<D> {
         let mut core = self.shared.core.borrow_mut();
         core.compacting = false;
         let seg = result.map_err(|f| self.fail(f))?;
-        if let Source::Disk(r) = &seg.source {
+        if let Source::Disk(r) = &seg.source
+            && self.shared.counters.evicted.get()
+        {
             r.will_need(); // lookups read it from now on
         }
         let inputs: Vec<u64> = cursors.iter().map(|c| c.meta.id).collect();

@@ -50,6 +50,7 @@ struct SimState {
     capture: bool,
     images: Vec<(u64, CrashImage)>,
     durability_points: u64,
+    advised: u64,
 }
 
 /// What a crash left: the files a reopened store sees.
@@ -136,6 +137,10 @@ impl SimDisk {
     /// Syncs, directory syncs and renames so far.
     pub fn durability_points(&self) -> u64 {
         self.0.borrow().durability_points
+    }
+    /// Bytes the store advised it will read ([`DiskReader::will_need_range`]).
+    pub fn advised_bytes(&self) -> u64 {
+        self.0.borrow().advised
     }
     /// What a crash now would leave.
     pub fn crash(&self, mode: CrashMode) -> CrashImage {
@@ -309,6 +314,10 @@ impl DiskReader for SimReader {
         }
         buf.copy_from_slice(&data[pos as usize..end]);
         Ok(())
+    }
+    fn will_need_range(&self, pos: u64, len: u64) {
+        let end = pos.saturating_add(len).min(self.len);
+        self.disk.0.borrow_mut().advised += end.saturating_sub(pos);
     }
 }
 

@@ -414,6 +414,7 @@ impl<D: Disk> Store<D> {
         if any && !self.shared.cfg.restore_eagerly {
             t.set_resident_all(false);
             t.restore_done(false);
+            self.shared.counters.evicted.set(true);
             return Ok(());
         }
         t.set_resident_all(true);
@@ -448,6 +449,9 @@ impl<D: Disk> Store<D> {
         t.restore_flush().map_err(access_to_open)?;
         let all = t.resident_all();
         t.restore_done(all);
+        if !all {
+            self.shared.counters.evicted.set(true);
+        }
         Ok(())
     }
 

@@ -161,6 +161,46 @@ fn remove_after_a_copy_on_write_leaves_a_tombstone() {
     assert_eq!(t.lock().get(&(), &1).unwrap(), None);
 }
 
+/// A checkpoint segment is read ahead into the page cache only when lookups may read it:
+/// while every entry is in memory, writing a checkpoint advises nothing; once entries were
+/// evicted, the next checkpoint's segment is advised whole.
+#[test]
+fn checkpoint_segments_are_read_ahead_only_once_entries_were_evicted() {
+    let disk = SimDisk::default();
+    let store = Store::open(disk.clone(), &dir(), cfg(1 << 20), None).unwrap();
+    let t = store
+        .table::<(), u64, [u64; 8]>("resident", TableConfig::new(kg0))
+        .unwrap();
+    {
+        let mut t = t.lock();
+        for k in 0..1000u64 {
+            t.insert(&(), k, [k; 8]).unwrap();
+        }
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    assert_eq!(disk.advised_bytes(), 0, "all resident: nothing read ahead");
+    {
+        let mut t = t.lock();
+        for k in 1000..30_000u64 {
+            t.insert(&(), k, [k; 8]).unwrap();
+        }
+    }
+    block_on(store.flush()).unwrap();
+    let spilled = disk.advised_bytes();
+    assert!(spilled > 0, "evicted entries' segments are read ahead");
+    {
+        let mut t = t.lock();
+        for k in 0..100u64 {
+            *t.get_mut(&(), &k).unwrap().unwrap() = [k + 1; 8];
+        }
+    }
+    block_on(store.checkpoint(2)).unwrap();
+    assert!(
+        disk.advised_bytes() > spilled,
+        "and so is the next checkpoint's"
+    );
+}
+
 #[test]
 fn state_ten_times_the_budget_is_evicted_and_read_back() {
     let disk = SimDisk::default();

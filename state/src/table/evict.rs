@@ -65,6 +65,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         self.spaces.retain(|_, s| !s.map.is_empty() || !s.complete);
         debug_assert!(self.spaces.consistent());
         self.resident_all = false;
+        c.evicted.set(true);
         self.prune_dirty();
         self.weight_total = self.weight_total.saturating_sub(freed);
         c.release(freed);

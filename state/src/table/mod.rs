@@ -108,6 +108,9 @@ pub(crate) struct Counters {
     pub disk_empty: Cell<bool>,
     /// Entries written over a version that may be on disk (an estimate of dead entries).
     pub superseded: Cell<u64>,
+    /// Some entry is not in memory (evicted, or not loaded by a restore), so lookups may
+    /// read segments: only then is a newly written segment worth reading ahead.
+    pub evicted: Cell<bool>,
 }
 
 impl Counters {
