@@ -36,7 +36,10 @@ use std::time::Duration;
 
 /// How often every registered executor is woken: the longest a stranded executor waits. The
 /// same order as the other polls of a waiting worker (a blocked send checks for cancellation
-/// every 5 ms). Cost on an idle worker is one wake-up per interval.
+/// every 5 ms, a throttled source every 1 ms). An executor asleep with nothing to do pays one
+/// wake-up per interval: about 150 µs of CPU on the 2-core development VM (eventfd write,
+/// `io_uring_enter`, glommio's membarrier before it sleeps again), so 1.5% of a core per idle
+/// worker. A busy executor pays one queued wake and one poll of an idle task.
 pub const NUDGE_INTERVAL: Duration = Duration::from_millis(10);
 
 struct Registry {
