@@ -4,7 +4,8 @@
 //! hashing and key groups ([`key`]), the operator chain ([`chain`]), exchanges between workers
 //! ([`exchange`]), the job graph ([`graph`]), sources and sinks as the runtime sees them
 //! ([`source`], [`sink`]), the seams through which time and I/O enter ([`clock`], [`io`]), and
-//! the thread-per-core worker runtime ([`runtime`]).
+//! the thread-per-core worker runtime ([`runtime`]) and its guard against a glommio executor
+//! that sleeps with work to do ([`nudge`]).
 //!
 //! Invariant: no module but [`clock`] reads the wall clock. `sluice-state` (the store) and
 //! `sluice-net` (the transport) sit below this crate and never depend on it.
@@ -26,6 +27,7 @@ pub mod key;
 pub mod keyed;
 pub mod keyed_state;
 pub mod metrics;
+pub mod nudge;
 pub mod process;
 pub mod remote;
 pub mod runtime;

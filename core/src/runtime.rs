@@ -702,7 +702,11 @@ fn worker_main(
     if !go.recv().unwrap_or(false) {
         return;
     }
-    let result = executor.run(run_stages(ctx, graph));
+    let result = executor.run(async move {
+        // glommio can park the executor with tasks ready to run: another thread wakes it.
+        let _nudged = crate::nudge::nudged().await;
+        run_stages(ctx, graph).await
+    });
     let _ = events.send(WorkerEvent::Finished(w, result));
 }
 

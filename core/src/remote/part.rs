@@ -414,7 +414,12 @@ impl PartWorker {
             }
         };
         let events = self.events.clone();
-        if let Some(result) = executor.run(self.run_part(&go)) {
+        let run = async {
+            // glommio can park the executor with tasks ready to run: another thread wakes it.
+            let _nudged = crate::nudge::nudged().await;
+            self.run_part(&go).await
+        };
+        if let Some(result) = executor.run(run) {
             let _ = events.send(Event::Finished(w, result));
         }
     }
