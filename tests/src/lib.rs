@@ -444,17 +444,20 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Ve
 /// `sluice run wordcount --input INPUT --output OUTPUT --workers N --quiet`.
 pub fn run_cli_wordcount(input: &Path, output: &Path, workers: usize) -> Output {
     let workers = workers.to_string();
-    run_sluice([
+    run_cli_wordcount_with(input, output, &["--workers", &workers, "--quiet"])
+}
+
+/// `sluice run wordcount --input INPUT --output OUTPUT` followed by `extra` arguments.
+pub fn run_cli_wordcount_with(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let head = [
         "run".as_ref(),
         "wordcount".as_ref(),
         "--input".as_ref(),
         input.as_os_str(),
         "--output".as_ref(),
         output.as_os_str(),
-        "--workers".as_ref(),
-        workers.as_ref(),
-        "--quiet".as_ref(),
-    ])
+    ];
+    run_sluice(head.into_iter().chain(extra.iter().map(|a| a.as_ref())))
 }
 
 /// A process's stderr as text, for messages.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sluice_tests::{
     WORKER_COUNTS, assert_counts_eq, hidden_dot_entries, read_output_dir, reference_word_count,
-    run_cli_wordcount, run_command, run_command_within, run_sluice, sluice_bin, stderr_text,
-    text_split_points, visible_entries,
+    run_cli_wordcount, run_cli_wordcount_with, run_command, run_command_within, run_sluice,
+    sluice_bin, stderr_text, text_split_points, visible_entries,
 };
 
 fn tempdir() -> tempfile::TempDir {
@@ -188,16 +188,7 @@ fn bad_state_options_are_one_line_naming_the_flag() {
         ("--state-budget-mb", "lots"),
     ] {
         let output = dir.path().join("out");
-        let out = run_sluice([
-            "run".as_ref(),
-            "wordcount".as_ref(),
-            "--input".as_ref(),
-            input.as_os_str(),
-            "--output".as_ref(),
-            output.as_os_str(),
-            flag.as_ref(),
-            value.as_ref(),
-        ]);
+        let out = run_cli_wordcount_with(&input, &output, &[flag, value]);
         assert_one_line_error(&out, &[flag, value]);
         assert_no_output(&output);
     }
@@ -216,21 +207,16 @@ fn a_small_state_budget_evicts_and_still_counts_exactly() {
     let expected = reference_word_count(&text);
     for mode in ["eager", "lazy"] {
         let output = dir.path().join(format!("out-{mode}"));
-        let out = run_sluice([
-            "run".as_ref(),
-            "wordcount".as_ref(),
-            "--input".as_ref(),
-            input.as_os_str(),
-            "--output".as_ref(),
-            output.as_os_str(),
-            "--workers".as_ref(),
-            "2".as_ref(),
-            "--quiet".as_ref(),
-            "--state-budget-mb".as_ref(),
-            "1".as_ref(),
-            "--state-restore".as_ref(),
-            mode.as_ref(),
-        ]);
+        let args = [
+            "--workers",
+            "2",
+            "--quiet",
+            "--state-budget-mb",
+            "1",
+            "--state-restore",
+            mode,
+        ];
+        let out = run_cli_wordcount_with(&input, &output, &args);
         assert!(
             out.status.success(),
             "{}: {}",
