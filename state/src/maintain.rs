@@ -355,29 +355,47 @@ impl<D: Disk> Store<D> {
         let result = self
             .merge_into(&self.shared.dir, id, order, &mut cursors, &drops, oldest)
             .await;
-        let mut core = self.shared.core.borrow_mut();
-        core.compacting = false;
-        let seg = result.map_err(|f| self.fail(f))?;
-        if let Source::Disk(r) = &seg.source
-            && self.shared.counters.evicted.get()
-        {
-            r.will_need(); // lookups read it from now on
-        }
-        let inputs: Vec<u64> = cursors.iter().map(|c| c.meta.id).collect();
-        core.segments.retain(|s| !inputs.contains(&s.meta.id));
-        let at = core.segments.partition_point(|s| s.meta.order < order);
-        core.segments.insert(at, seg);
-        core.doomed.extend(inputs);
-        if oldest {
-            let left: u64 = core.segments.iter().skip(1).map(|s| s.meta.entries).sum();
-            let c = &self.shared.counters.superseded;
-            c.set(c.get().min(left));
-            // A drop is still needed only by older segments that were not merged.
-            // Drops made while the merge ran were not applied by it: they stay.
-            for list in core.ns_drops.values_mut() {
-                list.retain(|d| d.order > after || d.order >= planned);
+        let unreferenced = {
+            let mut core = self.shared.core.borrow_mut();
+            core.compacting = false;
+            let seg = result.map_err(|f| self.fail(f))?;
+            if let Source::Disk(r) = &seg.source
+                && self.shared.counters.evicted.get()
+            {
+                r.will_need(); // lookups read it from now on
             }
-            core.ns_drops.retain(|_, l| !l.is_empty());
+            let inputs: Vec<u64> = cursors.iter().map(|c| c.meta.id).collect();
+            core.segments.retain(|s| !inputs.contains(&s.meta.id));
+            let at = core.segments.partition_point(|s| s.meta.order < order);
+            core.segments.insert(at, seg);
+            // An input that no retained checkpoint names (a spill, or a merge written since the
+            // last checkpoint) is needed by no recovery: it goes now, or a store without
+            // checkpoints would keep every segment it ever merged. The others go once their
+            // checkpoints are retired, and all of them do while a checkpoint is frozen or being
+            // written (its manifest may name them).
+            let busy = core.frozen.is_some() || core.writing;
+            let (unreferenced, referenced): (Vec<u64>, Vec<u64>) = inputs
+                .into_iter()
+                .partition(|s| !busy && !core.retained.iter().any(|(_, ids)| ids.contains(s)));
+            core.doomed.extend(referenced);
+            if oldest {
+                let left: u64 = core.segments.iter().skip(1).map(|s| s.meta.entries).sum();
+                let c = &self.shared.counters.superseded;
+                c.set(c.get().min(left));
+                // A drop is still needed only by older segments that were not merged.
+                // Drops made while the merge ran were not applied by it: they stay.
+                for list in core.ns_drops.values_mut() {
+                    list.retain(|d| d.order > after || d.order >= planned);
+                }
+                core.ns_drops.retain(|_, l| !l.is_empty());
+            }
+            unreferenced
+        };
+        for s in unreferenced {
+            // Removing it can only fail harmlessly: a file no manifest names is garbage, and
+            // the next open removes it.
+            let path = self.shared.dir.join(segment::segment_name(s));
+            let _ = self.shared.disk.remove(&path).await;
         }
         Ok(true)
     }

@@ -663,6 +663,52 @@ fn retention_deletes_segments_no_retained_checkpoint_needs() {
     }
 }
 
+/// Without checkpoints, a store that evicts and compacts keeps on disk only the segments it
+/// still uses: a merge's inputs that no checkpoint names are removed when the merge is done
+/// (they used to wait for a checkpoint's retirement, so a job without checkpoints kept every
+/// segment it ever wrote).
+#[test]
+fn compaction_without_checkpoints_removes_its_inputs() {
+    let disk = SimDisk::default();
+    let c = StoreConfig {
+        segments_max: 4,
+        ..cfg(64 << 10)
+    };
+    let store = Store::open(disk.clone(), &dir(), c, None).unwrap();
+    let t = store
+        .table::<(), u64, [u64; 4]>("spilled", TableConfig::new(kg0))
+        .unwrap();
+    for round in 0..20u64 {
+        {
+            let mut tl = t.lock();
+            for k in 0..2000u64 {
+                tl.insert(&(), k, [round; 4]).unwrap();
+            }
+        }
+        block_on(store.flush()).unwrap(); // spills, and merges when there are too many
+        let files = disk
+            .snapshot()
+            .files()
+            .keys()
+            .filter(|p| p.to_string_lossy().ends_with(".seg"))
+            .count();
+        assert_eq!(
+            files,
+            store.stats().segments,
+            "round {round}: files left behind"
+        );
+    }
+    let live = store.stats().segments;
+    assert!(
+        live < 20,
+        "20 rounds of spills were merged into {live} segments"
+    );
+    let mut tl = t.lock();
+    for k in (0..2000u64).step_by(97) {
+        assert_eq!(tl.get(&(), &k).unwrap(), Some(&[19; 4]), "key {k}");
+    }
+}
+
 /// A restore reads each segment's extents of a state (one per key group, other states'
 /// extents in between): the entries of every segment arrive, the newest version winning; a
 /// frame that rots after the open checked it is a corruption error of the restore naming the
