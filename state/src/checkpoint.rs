@@ -324,12 +324,7 @@ impl<D: Disk> Store<D> {
                 .disk
                 .open(&path)
                 .map_err(|e| self.fail(Fault::io("open segment", &path, e)))?;
-            if self.shared.counters.evicted.get() {
-                // Lookups may read it. Otherwise every entry in it is also in memory, and
-                // reading it back would only keep the disk busy (a full checkpoint of 1.6 GB
-                // delayed the next checkpoint's sync by 150-250 ms).
-                reader.will_need();
-            }
+            self.read_ahead_if_looked_up(&reader);
             let mut core = self.shared.core.borrow_mut();
             if let Some(seg) = core.segments.iter_mut().find(|s| s.meta.id == id) {
                 seg.source = Source::Disk(Rc::new(reader));
@@ -370,14 +365,27 @@ impl<D: Disk> Store<D> {
                 .remove(&dir.join(manifest::manifest_name(m)))
                 .await;
         }
-        for s in doomed {
-            let _ = self
-                .shared
-                .disk
-                .remove(&dir.join(segment::segment_name(s)))
-                .await;
-        }
+        self.remove_segments(doomed).await;
         Ok(())
+    }
+
+    /// Removes segment files no manifest needs. Removing one can only fail harmlessly: a
+    /// file no manifest names is garbage, and the next open removes it.
+    pub(crate) async fn remove_segments(&self, ids: Vec<u64>) {
+        for s in ids {
+            let path = self.shared.dir.join(segment::segment_name(s));
+            let _ = self.shared.disk.remove(&path).await;
+        }
+    }
+
+    /// Asks the kernel to read a newly written segment in, if lookups may read it: only once
+    /// some entry is not in memory. Otherwise every entry in it is also in memory, and reading
+    /// it back would only keep the disk busy (a full checkpoint of 1.6 GB delayed the next
+    /// checkpoint's sync by 150-250 ms).
+    pub(crate) fn read_ahead_if_looked_up(&self, reader: &D::Reader) {
+        if self.shared.counters.evicted.get() {
+            reader.will_need();
+        }
     }
 }
 

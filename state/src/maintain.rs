@@ -359,10 +359,8 @@ impl<D: Disk> Store<D> {
             let mut core = self.shared.core.borrow_mut();
             core.compacting = false;
             let seg = result.map_err(|f| self.fail(f))?;
-            if let Source::Disk(r) = &seg.source
-                && self.shared.counters.evicted.get()
-            {
-                r.will_need(); // lookups read it from now on
+            if let Source::Disk(r) = &seg.source {
+                self.read_ahead_if_looked_up(r);
             }
             let inputs: Vec<u64> = cursors.iter().map(|c| c.meta.id).collect();
             core.segments.retain(|s| !inputs.contains(&s.meta.id));
@@ -391,12 +389,7 @@ impl<D: Disk> Store<D> {
             }
             unreferenced
         };
-        for s in unreferenced {
-            // Removing it can only fail harmlessly: a file no manifest names is garbage, and
-            // the next open removes it.
-            let path = self.shared.dir.join(segment::segment_name(s));
-            let _ = self.shared.disk.remove(&path).await;
-        }
+        self.remove_segments(unreferenced).await;
         Ok(true)
     }
 
