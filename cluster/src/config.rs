@@ -94,9 +94,90 @@ pub fn parse_addr(s: &str, flag: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{flag} '{s}' resolves to no address"))
 }
 
+/// Parses a CPU list as Linux prints one (`0-3,6`): the CPUs in the order given, each once,
+/// every one of them in `allowed` (the CPUs this process may run on).
+pub fn parse_cpu_list(s: &str, flag: &str, allowed: &[usize]) -> Result<Vec<usize>, String> {
+    let bad = |why: &str| format!("{flag} '{s}': {why}");
+    let mut cpus = Vec::new();
+    for item in s.split(',') {
+        let item = item.trim();
+        let (first, last) = match item.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (item, item),
+        };
+        let num = |t: &str| {
+            t.parse::<usize>().map_err(|_| {
+                bad(&format!(
+                    "'{item}' is not a CPU or a range of CPUs (like 0-3)"
+                ))
+            })
+        };
+        let (first, last) = (num(first)?, num(last)?);
+        if first > last {
+            return Err(bad(&format!("the range '{item}' is empty")));
+        }
+        for cpu in first..=last {
+            if cpus.contains(&cpu) {
+                return Err(bad(&format!("CPU {cpu} is listed twice")));
+            }
+            if !allowed.contains(&cpu) {
+                return Err(bad(&format!(
+                    "CPU {cpu} is not one this process may use ({})",
+                    cpu_list(allowed)
+                )));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(cpus)
+}
+
+/// `cpus` as a CPU list (`0-3,6`).
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_parse_as_linux_prints_them() {
+        let allowed: Vec<usize> = (0..8).collect();
+        assert_eq!(
+            parse_cpu_list("0-3,6", "--cpus", &allowed),
+            Ok(vec![0, 1, 2, 3, 6])
+        );
+        assert_eq!(parse_cpu_list("5, 1", "--cpus", &allowed), Ok(vec![5, 1]));
+        assert_eq!(parse_cpu_list("7", "--cpus", &allowed), Ok(vec![7]));
+        for (list, why) in [
+            ("", "'' is not a CPU"),
+            ("a", "'a' is not a CPU"),
+            ("1-", "'1-' is not a CPU"),
+            ("3-1", "the range '3-1' is empty"),
+            ("1,0-2", "CPU 1 is listed twice"),
+            ("6-9", "CPU 8 is not one this process may use (0-7)"),
+        ] {
+            let err = parse_cpu_list(list, "--cpus", &allowed).unwrap_err();
+            assert!(err.starts_with(&format!("--cpus '{list}': ")), "{err}");
+            assert!(err.contains(why), "{list}: {err}");
+        }
+        assert_eq!(cpu_list(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
 
     #[test]
     fn without_a_secret_file_only_loopback_is_allowed() {

@@ -54,6 +54,9 @@ pub struct WorkerOptions {
     pub cluster: ClusterConfig,
     /// How long to keep trying to reach the coordinator at start-up.
     pub connect_timeout: Duration,
+    /// The CPUs the node's workers are pinned to: worker `i` of a part to the `i`-th (as
+    /// its data port is `listen`'s + `i`); empty: unpinned.
+    pub cpus: Vec<usize>,
 }
 
 /// Runs a worker node on this thread until its coordinator cannot be reached at start-up
@@ -62,6 +65,14 @@ pub fn run(opts: WorkerOptions, catalog: Arc<dyn JobCatalog>) -> Result<(), Stri
     opts.cluster.check_listen(opts.listen, "--listen")?;
     if opts.slots == 0 {
         return Err("--workers must be at least 1".into());
+    }
+    if !opts.cpus.is_empty() && opts.cpus.len() < opts.slots as usize {
+        let n = opts.cpus.len();
+        return Err(format!(
+            "--cpus lists {n} CPU{} for {} workers: each worker needs a CPU of its own",
+            if n == 1 { "" } else { "s" },
+            opts.slots
+        ));
     }
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .name("sluice-node")
@@ -653,6 +664,7 @@ fn prepare(catalog: &dyn JobCatalog, opts: &WorkerOptions, d: &Deploy) -> Result
         data_ip: opts.listen.ip(),
         data_port: opts.listen.port(),
         net: opts.cluster.net(),
+        cpus: opts.cpus.clone(),
     };
     Part::prepare(Arc::new(graph), spec).map_err(|e| failed_with(&e))
 }

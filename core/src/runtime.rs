@@ -49,11 +49,10 @@ pub(crate) const IO_MEMORY_BYTES: usize = 64 * 1024;
 /// 1.71× to 1.78× (tumbling), 1.43× to 1.60× (sliding) and 1.80× to 2.16× (session), and
 /// events per CPU-second rose too; 200 µs was no better than 50. Unpinned workers (more than
 /// the cores) park at once: spinning would take the core from another worker.
-const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
+pub(crate) const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
 /// How long workers have to report that they started.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Worker threads are named this and their index (`sluice bench net --latency` reads their
-/// scheduler counters by it).
+/// Worker threads are named this and their index (in `top -H`, `perf` and the panic hook).
 pub const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
 
 /// How to run a job.

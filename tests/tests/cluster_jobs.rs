@@ -6,16 +6,20 @@
 //! A savepoint taken and the job cancelled through the coordinator resume in one process, on
 //! another worker count, with exact counts. The Nexmark queries whose records cross nodes
 //! (joins, windows; interned strings among them) give on two nodes exactly the rows of a
-//! single-process run.
+//! single-process run. A worker node given `--cpus` pins each worker of its part to its own
+//! CPU, and the job's output is still exact.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::Duration;
 
 use sluice_bench::nexmark::queries::Query;
-use sluice_tests::cluster::{TestCluster, submit};
+use sluice_tests::cluster::running_count::{check_sequences, job_args};
+use sluice_tests::cluster::{TestCluster, WAIT_LIMIT, submit};
 use sluice_tests::windows::{Spec, read_lines, reference_window_agg};
-use sluice_tests::{assert_counts_eq, read_output_dir, reference_word_count, run_sluice};
+use sluice_tests::{
+    assert_counts_eq, example_bin, read_output_dir, reference_word_count, run_sluice,
+};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("create a temporary directory: {e}"))
@@ -93,6 +97,55 @@ fn cluster_wordcount_on_two_nodes_equals_the_reference() {
     );
     let again = read_output_dir(&output).unwrap_or_else(|e| panic!("after the rerun: {e}"));
     assert_counts_eq(&reference_word_count(&text), &again, "after a rerun");
+}
+
+/// The CPUs a process's thread named `name` may run on (`Cpus_allowed_list` of its status),
+/// if it has one.
+fn cpus_of_thread(pid: u32, name: &str) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|l| l.trim().to_owned());
+    }
+    None
+}
+
+#[test]
+fn a_worker_node_given_cpus_pins_its_workers_and_the_output_is_exact() {
+    let dir = tempdir();
+    let cpu = *sluice::available_cpus().last().expect("a CPU to run on");
+    let (events, keys) = (6_000, 20);
+    let (output, checkpoints) = (dir.path().join("out"), dir.path().join("ck"));
+    let mut cluster = TestCluster::coordinator_of(&example_bin("job_binary"), &[]);
+    cluster.worker_args = vec!["--cpus".into(), cpu.to_string()];
+    cluster.add_worker(1);
+    let args = job_args(events, keys, &output, &checkpoints, 4000);
+    let mut client = submit(&cluster, "running-count", &args);
+    client.wait_for_line("submitted ");
+    let node = cluster.workers[0].pid();
+    let pinned = loop {
+        if let Some(cpus) = cpus_of_thread(node, "sluice-worker-0") {
+            break cpus;
+        }
+        assert!(
+            client.exited().is_none(),
+            "the job ended before its worker was seen: {}\n{}",
+            client.log(),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(pinned, cpu.to_string(), "the worker's CPUs");
+    let status = client.wait_exit(WAIT_LIMIT);
+    assert!(status.success(), "{}\n{}", client.log(), cluster.logs());
+    check_sequences(events, keys, &output, &client, &cluster);
 }
 
 /// Events with keys, values and timestamps out of order by up to `jitter` ms.

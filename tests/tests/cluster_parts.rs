@@ -65,6 +65,7 @@ fn run_parts(parts: usize, per_part: usize, build: impl Fn(&Env)) -> Result<(), 
             data_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             data_port: 0,
             net: NetConfig::new(secret.clone(), "parts-test", &format!("part{p}")),
+            cpus: Vec::new(),
         };
         running.push(Part::prepare(Arc::new(graph), spec).map_err(|e| e.to_string())?);
     }

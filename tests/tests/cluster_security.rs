@@ -162,6 +162,21 @@ fn a_non_loopback_address_needs_a_secret_file() {
 }
 
 #[test]
+fn a_wrong_cpu_list_is_a_one_line_error() {
+    let worker = |extra: &[&str]| {
+        let mut args = vec!["node", "worker", "--coordinator", "127.0.0.1:1"];
+        args.extend_from_slice(extra);
+        run_sluice(args)
+    };
+    let out = worker(&["--cpus", "0-100000"]);
+    assert_one_line_error(&out, &["--cpus '0-100000'", "not one this process may use"]);
+    let out = worker(&["--cpus", "zero"]);
+    assert_one_line_error(&out, &["--cpus 'zero'", "not a CPU"]);
+    let out = worker(&["--cpus", "0", "--workers", "2"]);
+    assert_one_line_error(&out, &["--cpus lists 1 CPU for 2 workers"]);
+}
+
+#[test]
 fn user_errors_against_a_cluster_are_one_line() {
     let dir = tempdir();
     let input = dir.path().join("in.txt");

@@ -64,6 +64,10 @@ pub struct NetBench {
     /// With --latency: distinct keys.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
+    /// With --latency: leave the two nodes' workers unpinned (by default each is pinned to a
+    /// CPU of its own, as on two machines, where the process may use two).
+    #[arg(long)]
+    unpinned: bool,
 }
 
 fn records_range() -> clap::builder::RangedU64ValueParser<u64> {
@@ -343,6 +347,7 @@ pub fn net(args: &NetBench) -> Result<()> {
             args.latency_secs,
             args.runs,
             args.keys,
+            !args.unpinned,
         )?;
         if args.json {
             json["schema"] = "sluice-bench/1".into();
@@ -390,6 +395,7 @@ fn one(args: &NetBench, v: Variant, frame: usize, batches: u64) -> Result<RunRes
                 latency_events: 0,
                 latency_secs: 0.0,
                 keys: 1,
+                unpinned: false,
             },
             v,
         ),

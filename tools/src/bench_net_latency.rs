@@ -15,17 +15,24 @@
 //! maximum rate is measured first (the same pipeline unthrottled, median of the runs); each
 //! level then runs for a fixed time; every figure is the median over the runs.
 //!
-//! Each run also reports how long the two worker threads were ready to run but waited for a
-//! CPU (their run-queue wait, from `/proc/self/task/*/schedstat`, sampled while the run lasts),
-//! per second of the run. On a shared machine with two cores that wait, not the engine, is
-//! where the tail comes from: the threads of other sessions' compilers get the kernel's fair
-//! share (autogroups, so `nice` does not help), and a worker that is runnable waits a slice of
-//! theirs — 2 to 6 ms each time in `perf sched timehist`. Every record behind it waits too,
-//! those that stay on worker 0 as well as those that cross the network. A run whose workers
-//! waited, say, 50 ms per second cannot have a p99 under a slice; a p99 of 200 µs needs runs
-//! whose wait is near zero.
+//! The two nodes' workers are pinned to CPUs of their own (as the nodes of two machines
+//! would be, `sluice node worker --cpus`), unless `--unpinned`.
+//!
+//! Before it starts, the bench measures the machine's floor: a thread spinning on each of the
+//! nodes' CPUs for two seconds, reading the clock, counts the time lost to pauses (of 50 µs,
+//! 200 µs, 1 ms and more) — the hypervisor giving the CPU to another machine, interrupts, other
+//! threads. A worker on that CPU stops for them too, so a record's chance of meeting one is
+//! about that share: where 1% of the time goes to pauses over 200 µs, no engine's p99 on this
+//! machine is under 200 µs. Each run also reports how long the two worker threads were ready
+//! to run but waited for a CPU (their run-queue wait, read from `/proc/thread-self/schedstat`
+//! by each worker's sink when it opens and finishes), and how much time the hypervisor stole
+//! from the machine (`steal` in `/proc/stat`), both per second of the run. On a shared machine
+//! with two cores those, not the engine, are where the tail comes from: the threads of other
+//! sessions' compilers get the kernel's fair share (autogroups, so `nice` does not help), and
+//! a worker that is runnable waits a slice of theirs — 2 to 6 ms each time in
+//! `perf sched timehist`. Every record behind it waits too, those that stay on worker 0 as
+//! well as those that cross the network.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -39,7 +46,7 @@ use sluice::{
 use sluice_bench::stats::median;
 use sluice_core::exchange::PartLayout;
 use sluice_core::remote::part::{Part, PartSpec};
-use sluice_core::runtime::{WORKER_THREAD_PREFIX, default_key_groups};
+use sluice_core::runtime::default_key_groups;
 use sluice_net::{ClusterSecret, NetConfig};
 
 use sluice::cli::progress::human;
@@ -156,19 +163,29 @@ impl SourceReader for PacedReader {
     }
 }
 
-type Histograms = Arc<Mutex<Vec<(usize, Histogram<u64>)>>>;
+/// What each latency sink hands back when its worker is done.
+struct SinkEnd {
+    worker: usize,
+    hist: Histogram<u64>,
+    /// Its worker thread's CPU time and run-queue wait from the sink's open to its finish.
+    sched: SchedStat,
+    ended: Instant,
+}
+
+type SinkEnds = Arc<Mutex<Vec<SinkEnd>>>;
 
 /// Records each record's latency in a histogram per worker.
 struct LatencySink {
     pace: Arc<Pace>,
-    out: Histograms,
+    out: SinkEnds,
 }
 
 struct LatencyWriter {
     pace: Arc<Pace>,
-    out: Histograms,
+    out: SinkEnds,
     worker: usize,
     hist: Histogram<u64>,
+    sched_at_open: SchedStat,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -186,6 +203,7 @@ impl Sink<(u64, u64)> for LatencySink {
             out: self.out.clone(),
             worker: ctx.worker,
             hist: histogram(),
+            sched_at_open: this_thread_sched(),
         })
     }
 }
@@ -200,27 +218,37 @@ impl SinkWriter<(u64, u64)> for LatencyWriter {
         Ok(())
     }
     async fn finish(&mut self) -> sluice::Result<()> {
+        let ended = Instant::now();
+        let sched = this_thread_sched().since(self.sched_at_open);
         let hist = std::mem::replace(&mut self.hist, histogram());
         self.out
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((self.worker, hist));
+            .push(SinkEnd {
+                worker: self.worker,
+                hist,
+                sched,
+                ended,
+            });
         Ok(())
     }
 }
 
-/// CPU time and run-queue wait of this process's worker threads, by thread id, as
-/// `/proc/self/task/TID/schedstat` last showed them.
-#[derive(Default)]
-struct Sched {
-    threads: HashMap<u64, SchedStat>,
-}
-
-/// A thread's nanoseconds on a CPU and waiting on a run queue.
+/// A thread's nanoseconds on a CPU and waiting on a run queue (ready to run, but another
+/// thread had the CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct SchedStat {
     cpu_ns: u64,
     wait_ns: u64,
+}
+
+impl SchedStat {
+    fn since(self, before: SchedStat) -> SchedStat {
+        SchedStat {
+            cpu_ns: self.cpu_ns.saturating_sub(before.cpu_ns),
+            wait_ns: self.wait_ns.saturating_sub(before.wait_ns),
+        }
+    }
 }
 
 /// The first two fields of a `schedstat` file: time on a CPU and time runnable but waiting,
@@ -233,44 +261,39 @@ fn parse_schedstat(text: &str) -> Option<SchedStat> {
     })
 }
 
-impl Sched {
-    /// Reads every worker thread's counters; a thread that is gone keeps its last ones.
-    /// Nothing is read where `/proc` is not there (the figures are then 0).
-    fn sample(&mut self) {
-        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
-                continue;
-            };
-            let path = entry.path();
-            let worker = std::fs::read_to_string(path.join("comm"))
-                .is_ok_and(|c| c.starts_with(WORKER_THREAD_PREFIX));
-            if !worker {
-                continue;
-            }
-            let stat = std::fs::read_to_string(path.join("schedstat"));
-            if let Some(stat) = stat.ok().as_deref().and_then(parse_schedstat) {
-                self.threads.insert(tid, stat);
-            }
-        }
-    }
-
-    /// What the threads did since `before`, summed over the threads, in ms: CPU, wait.
-    fn since(&self, before: &Sched) -> (f64, f64) {
-        let (mut cpu, mut wait) = (0u64, 0u64);
-        for (tid, now) in &self.threads {
-            let then = before.threads.get(tid).copied().unwrap_or_default();
-            cpu += now.cpu_ns.saturating_sub(then.cpu_ns);
-            wait += now.wait_ns.saturating_sub(then.wait_ns);
-        }
-        (cpu as f64 / 1e6, wait as f64 / 1e6)
-    }
+/// The calling thread's counters (zero where `/proc` does not have them). Read on the worker
+/// itself, at its sink's open and finish, so that nothing polls while the run lasts.
+fn this_thread_sched() -> SchedStat {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .as_deref()
+        .and_then(parse_schedstat)
+        .unwrap_or_default()
 }
 
-/// How often the run-queue figures are sampled while a run lasts.
-const SCHED_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// Time the hypervisor gave the machine's CPUs to others (`steal` in `/proc/stat`), in ms,
+/// summed over the CPUs; `None` where `/proc/stat` does not say.
+fn steal_ms() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_steal_ms(&text)
+}
+
+/// The `steal` field of `/proc/stat`'s first line, in ms (the file counts in USER_HZ, 100
+/// per second on Linux).
+fn parse_steal_ms(text: &str) -> Option<f64> {
+    let line = text.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let steal: u64 = fields.nth(7)?.parse().ok()?;
+    Some(steal as f64 * 10.0)
+}
+
+/// How often the main thread looks whether the parts are done. Nothing is timed by it (the
+/// run ends when the last sink does), so it can be slow: a thread waking every millisecond
+/// took a worker's CPU ~1000 times a second.
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// What one run measured.
 struct Run {
@@ -278,20 +301,31 @@ struct Run {
     /// The worker threads' CPU time and run-queue wait over the run, summed, in ms.
     worker_cpu_ms: f64,
     worker_wait_ms: f64,
+    /// The machine's stolen time over the run, in ms summed over its CPUs.
+    steal_ms: Option<f64>,
     /// Latencies of records that crossed the network (worker 1), and of the others.
     remote: Histogram<u64>,
     local: Histogram<u64>,
 }
 
+/// The CPUs the two nodes' workers are pinned to: the first two this process may use, or
+/// none (unpinned) when `pin` is off or there are fewer than two.
+fn node_cpus(pin: bool) -> Vec<usize> {
+    match sluice::available_cpus() {
+        cpus if pin && cpus.len() >= 2 => cpus[..2].to_vec(),
+        _ => Vec::new(),
+    }
+}
+
 /// Runs the pipeline as two one-worker parts over loopback.
-fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
+fn run(rate: f64, events: u64, keys: u64, cpus: &[usize]) -> Result<Run> {
     let pace = Arc::new(Pace {
         start: OnceLock::new(),
         rate,
         events,
         keys,
     });
-    let hists: Histograms = Arc::new(Mutex::new(Vec::new()));
+    let ends: SinkEnds = Arc::new(Mutex::new(Vec::new()));
     let secret = ClusterSecret::random().map_err(|e| anyhow!("{e}"))?;
     let mut parts = Vec::new();
     for p in 0..2 {
@@ -301,7 +335,7 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
             .reduce(|_: u64, newest: u64| newest)
             .sink(LatencySink {
                 pace: pace.clone(),
-                out: hists.clone(),
+                out: ends.clone(),
             });
         let (graph, config) = env.take_job("net-latency").map_err(|e| anyhow!("{e}"))?;
         let spec = PartSpec {
@@ -316,6 +350,8 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
             data_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             data_port: 0,
             net: NetConfig::new(secret.clone(), "bench", &format!("node{p}")),
+            // Each node on a CPU of its own, as on two machines.
+            cpus: cpus.get(p).map(|&c| vec![c]).unwrap_or_default(),
         };
         parts.push(Part::prepare(Arc::new(graph), spec).map_err(|e| anyhow!("{e}"))?);
     }
@@ -325,40 +361,42 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
     // An unthrottled source does not wait for `pace.start`: the run's length is taken from
     // here, connections included (taking it from `pace.start` made a run that ended within
     // those 30 ms look almost infinitely fast).
-    let mut before = Sched::default();
-    before.sample();
-    let mut sched = Sched::default();
+    let steal_before = steal_ms();
     let started = Instant::now();
     for p in &mut parts {
         p.start(endpoints.clone());
     }
     let mut done = [false, false];
-    let mut sampled = started;
     while !done.iter().all(|d| *d) {
-        if sampled.elapsed() >= SCHED_SAMPLE_EVERY {
-            sched.sample();
-            sampled = Instant::now();
-        }
         for (i, p) in parts.iter_mut().enumerate() {
             if let Some(result) = p.poll_finished() {
                 result.map_err(|e| anyhow!("part {i}: {e}"))?;
                 done[i] = true;
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(POLL_EVERY);
     }
-    let secs = started.elapsed().as_secs_f64();
-    let (worker_cpu_ms, worker_wait_ms) = sched.since(&before);
+    let ends = std::mem::take(&mut *ends.lock().unwrap_or_else(|e| e.into_inner()));
+    let ended = ends
+        .iter()
+        .map(|e| e.ended)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let secs = ended.duration_since(started).as_secs_f64();
+    let steal_ms = steal_before.zip(steal_ms()).map(|(a, b)| b - a);
     let (mut remote, mut local) = (histogram(), histogram());
-    for (worker, h) in hists.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let target = if *worker == 1 {
+    let (mut cpu_ns, mut wait_ns) = (0, 0);
+    for end in &ends {
+        let target = if end.worker == 1 {
             &mut remote
         } else {
             &mut local
         };
         target
-            .add(h)
+            .add(&end.hist)
             .map_err(|e| anyhow!("merge histograms: {e}"))?;
+        cpu_ns += end.sched.cpu_ns;
+        wait_ns += end.sched.wait_ns;
     }
     if remote.len() + local.len() != events {
         return Err(anyhow!(
@@ -368,11 +406,79 @@ fn run(rate: f64, events: u64, keys: u64) -> Result<Run> {
     }
     Ok(Run {
         secs,
-        worker_cpu_ms,
-        worker_wait_ms,
+        worker_cpu_ms: cpu_ns as f64 / 1e6,
+        worker_wait_ms: wait_ns as f64 / 1e6,
+        steal_ms,
         remote,
         local,
     })
+}
+
+/// How long the machine's floor is measured.
+const PAUSES_FOR: Duration = Duration::from_secs(2);
+/// Pause thresholds of the machine's floor, in µs.
+const PAUSE_US: [u64; 3] = [50, 200, 1000];
+
+/// How much of `dur` a thread spinning on `cpu` lost to pauses: for each of [`PAUSE_US`],
+/// the share of the time in gaps at least that long between two reads of the clock, and the
+/// longest gap, in µs. Whatever stops a spinning thread (the hypervisor taking the CPU,
+/// interrupts, other threads) stops a worker on that CPU as well.
+fn pauses_on(cpu: Option<usize>, dur: Duration) -> ([f64; 3], u64) {
+    if let Some(cpu) = cpu {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+    let start = Instant::now();
+    let mut prev = start;
+    let mut lost = [Duration::ZERO; 3];
+    let mut longest = Duration::ZERO;
+    loop {
+        let now = Instant::now();
+        let gap = now - prev;
+        prev = now;
+        for (l, t) in lost.iter_mut().zip(PAUSE_US) {
+            if gap >= Duration::from_micros(t) {
+                *l += gap;
+            }
+        }
+        longest = longest.max(gap);
+        if now - start >= dur {
+            break;
+        }
+    }
+    let total = (prev - start).as_secs_f64();
+    (
+        lost.map(|l| l.as_secs_f64() / total),
+        longest.as_micros() as u64,
+    )
+}
+
+/// The machine's floor: [`pauses_on`] for each CPU of `cpus` at once (one thread unpinned
+/// when there are none), as JSON.
+fn machine_pauses(cpus: &[usize], dur: Duration) -> Vec<serde_json::Value> {
+    let placements: Vec<Option<usize>> = match cpus {
+        [] => vec![None],
+        c => c.iter().copied().map(Some).collect(),
+    };
+    let threads: Vec<_> = placements
+        .iter()
+        .map(|&cpu| (cpu, std::thread::spawn(move || pauses_on(cpu, dur))))
+        .collect();
+    threads
+        .into_iter()
+        .filter_map(|(cpu, t)| {
+            let (shares, longest) = t.join().ok()?;
+            Some(serde_json::json!({
+                "cpu": cpu,
+                "time_in_pauses_over_50us": shares[0],
+                "time_in_pauses_over_200us": shares[1],
+                "time_in_pauses_over_1ms": shares[2],
+                "longest_pause_us": longest,
+            }))
+        })
+        .collect()
 }
 
 /// p50, p99, p99.9 and max of `h`, in µs.
@@ -406,55 +512,88 @@ pub fn latency(
     secs: f64,
     runs: u32,
     keys: u64,
+    pin: bool,
 ) -> Result<serde_json::Value> {
+    let cpus = node_cpus(pin);
+    // The machine's floor first, on the nodes' CPUs, with nothing else of ours running.
+    let pauses = machine_pauses(&cpus, PAUSES_FOR);
+    eprintln!(
+        "\nthe machine: a thread spinning on each of the nodes' CPUs for {} s lost",
+        PAUSES_FOR.as_secs()
+    );
+    for p in &pauses {
+        let share = |k: &str| p[k].as_f64().unwrap_or(0.0) * 100.0;
+        eprintln!(
+            "  CPU {}: {:.2}% of the time to pauses ≥ 50 µs, {:.2}% ≥ 200 µs, {:.2}% ≥ 1 ms \
+             (longest {} µs)",
+            p["cpu"]
+                .as_u64()
+                .map_or("any".to_string(), |c| c.to_string()),
+            share("time_in_pauses_over_50us"),
+            share("time_in_pauses_over_200us"),
+            share("time_in_pauses_over_1ms"),
+            p["longest_pause_us"],
+        );
+    }
     // Warm-up, not counted.
-    run(0.0, throughput_events.min(100_000), keys)?;
+    run(0.0, throughput_events.min(100_000), keys, &cpus)?;
     let mut maxima = Vec::new();
     for _ in 0..runs {
-        let r = run(0.0, throughput_events, keys)?;
+        let r = run(0.0, throughput_events, keys, &cpus)?;
         maxima.push(throughput_events as f64 / r.secs.max(1e-9));
     }
     let max_rate = median(&maxima);
     eprintln!(
-        "\nkeyed pipeline across two nodes (loopback), maximum rate {}/s (median of {runs}):",
+        "keyed pipeline across two nodes (loopback, {}), maximum rate {}/s (median of {runs}):",
+        match cpus.as_slice() {
+            [a, b] => format!("pinned to CPUs {a} and {b}"),
+            _ => "unpinned".to_string(),
+        },
         human(max_rate)
     );
     eprintln!(
-        "{:>6} {:>10}  {:>9} {:>9} {:>9} {:>9} {:>9}   (µs, median of {runs} runs; remote \
-         records; rq wait: the workers' run-queue wait, ms per s)",
-        "level", "records/s", "p50", "p99", "p99.9", "max", "rq wait"
+        "{:>6} {:>10}  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (µs, median of {runs} runs; \
+         remote records; rq wait: the workers' run-queue wait, steal: the machine's stolen \
+         time, ms per s)",
+        "level", "records/s", "p50", "p99", "p99.9", "max", "rq wait", "steal"
     );
     let mut levels = Vec::new();
     for fraction in LEVELS {
         let rate = max_rate * fraction;
         let events = ((rate * secs) as u64).max(1000);
         let (mut remote, mut local, mut sched) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut waits, mut steals) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let r = run(rate, events, keys)?;
+            let r = run(rate, events, keys, &cpus)?;
             remote.push(percentiles(&r.remote));
             local.push(percentiles(&r.local));
             let per_sec = |ms: f64| ms / r.secs.max(1e-9);
+            waits.push(per_sec(r.worker_wait_ms));
+            if let Some(steal) = r.steal_ms {
+                steals.push(per_sec(steal));
+            }
             sched.push(serde_json::json!({
                 "secs": r.secs,
                 "worker_cpu_ms_per_s": per_sec(r.worker_cpu_ms),
                 "worker_runqueue_wait_ms_per_s": per_sec(r.worker_wait_ms),
+                "steal_ms_per_s": r.steal_ms.map(per_sec),
             }));
         }
         let (rm, lm) = (medians(&remote), medians(&local));
-        let waits: Vec<f64> = sched
-            .iter()
-            .filter_map(|s| s["worker_runqueue_wait_ms_per_s"].as_f64())
-            .collect();
-        let wait = median(&waits);
+        let (wait, steal) = (
+            median(&waits),
+            (!steals.is_empty()).then(|| median(&steals)),
+        );
         eprintln!(
-            "{:>5.0}% {:>10}  {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1}",
+            "{:>5.0}% {:>10}  {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1} {:>9}",
             fraction * 100.0,
             human(rate),
             rm[0],
             rm[1],
             rm[2],
             rm[3],
-            wait
+            wait,
+            steal.map_or("-".to_string(), |s| format!("{s:.1}")),
         );
         levels.push(serde_json::json!({
             "fraction": fraction,
@@ -464,6 +603,7 @@ pub fn latency(
             "local_latency_us": json_of(&lm),
             "remote_runs_us": remote.iter().map(json_of).collect::<Vec<_>>(),
             "worker_runqueue_wait_ms_per_s": wait,
+            "steal_ms_per_s": steal,
             "sched_runs": sched,
         }));
     }
@@ -471,6 +611,8 @@ pub fn latency(
         "pipeline": "paced source (worker 0) -> keyed exchange across two nodes -> \
                      running keyed reduce -> latency sink",
         "latency": "now - intended emission instant (coordinated omission corrected)",
+        "node_cpus": cpus,
+        "machine_pauses": pauses,
         "max_rate_rps": max_rate,
         "max_rate_runs_rps": maxima,
         "keys": keys,
@@ -499,12 +641,31 @@ mod tests {
     #[test]
     fn sched_counts_what_happened_since() {
         let stat = |cpu_ns, wait_ns| SchedStat { cpu_ns, wait_ns };
-        let mut before = Sched::default();
-        before.threads.insert(1, stat(1_000_000, 500_000));
-        let mut after = Sched::default();
-        // Thread 1 ran on; thread 2 started after `before`.
-        after.threads.insert(1, stat(4_000_000, 2_500_000));
-        after.threads.insert(2, stat(3_000_000, 1_000_000));
-        assert_eq!(after.since(&before), (6.0, 3.0));
+        assert_eq!(
+            stat(4_000_000, 2_500_000).since(stat(1_000_000, 500_000)),
+            stat(3_000_000, 2_000_000)
+        );
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let stat =
+            "cpu  8133 0 2633 14423 1257 0 17 82 0 0\ncpu0 3952 0 1103 8027 149 0 3 38 0 0\n";
+        assert_eq!(parse_steal_ms(stat), Some(820.0));
+        assert_eq!(parse_steal_ms("cpu  1 2 3\n"), None);
+        assert_eq!(parse_steal_ms("intr 1 2 3 4 5 6 7 8 9\n"), None);
+    }
+
+    #[test]
+    fn a_spinning_thread_measures_its_pauses() {
+        let (shares, longest) = pauses_on(None, Duration::from_millis(20));
+        assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{shares:?}");
+        // A share of time in pauses of at least 1 ms is within the share of those of at
+        // least 200 µs, and so on.
+        assert!(
+            shares[0] >= shares[1] && shares[1] >= shares[2],
+            "{shares:?}"
+        );
+        assert!(longest < 20_000_000, "{longest}");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgMatches, Args, FromArgMatches, Subcommand, ValueHint};
-use sluice_cluster::config::{ClusterConfig, parse_addr};
+use sluice_cluster::config::{ClusterConfig, parse_addr, parse_cpu_list};
 use sluice_cluster::{JobCatalog, client, coordinator, worker};
 
 use super::BoxError;
@@ -77,9 +77,16 @@ struct WorkerArgs {
     /// port (worker i listens on port + i; port 0: ports the system picks).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: String,
-    /// Worker slots this node offers (default: the cores available).
+    /// Worker slots this node offers (default: as many as --cpus lists, or the cores
+    /// available).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
+    /// Pin the workers to these CPUs, one each, as a Linux CPU list (0-3,6): worker i of a
+    /// job runs on the i-th and spins briefly before it sleeps, as an embedded run's workers
+    /// do. For a node that has its CPUs to itself; by default the workers are not pinned,
+    /// since nodes may share a machine.
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
     /// This node's name in logs (default: worker-PID).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -240,15 +247,23 @@ fn run_worker(args: WorkerArgs, catalog: Arc<dyn JobCatalog>) -> Result<(), BoxE
     let name = args
         .name
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    let slots = args
-        .workers
-        .unwrap_or_else(|| crate::available_cpus().len().max(1) as u32);
+    let allowed = crate::available_cpus();
+    let cpus = match &args.cpus {
+        Some(list) => parse_cpu_list(list, "--cpus", &allowed)?,
+        None => Vec::new(),
+    };
+    let slots = match (args.workers, cpus.len()) {
+        (Some(n), _) => n,
+        (None, 0) => allowed.len().max(1) as u32,
+        (None, listed) => listed as u32,
+    };
     let opts = worker::WorkerOptions {
         coordinator: parse_addr(&args.coordinator, "--coordinator")?,
         listen: parse_addr(&args.listen, "--listen")?,
         slots,
         cluster: args.membership.config(&name)?,
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        cpus,
     };
     worker::run(opts, catalog)?;
     Ok(())

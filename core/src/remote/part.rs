@@ -57,6 +57,10 @@ pub struct PartSpec {
     pub data_port: u16,
     /// Authentication and limits of the data connections.
     pub net: NetConfig,
+    /// The CPU each local worker is pinned to, in order (and spins on for a moment before it
+    /// parks, as an embedded run's pinned workers do); empty: the workers are not pinned.
+    /// A node shares its machine with nothing else only when told so, so this is opt-in.
+    pub cpus: Vec<usize>,
 }
 
 /// What a finished part reports.
@@ -185,6 +189,10 @@ impl Part {
                 })?,
             };
             let worker = PartWorker {
+                placement: spec
+                    .cpus
+                    .get(slot)
+                    .map_or(Placement::Unbound, |&c| Placement::Fixed(c)),
                 ctx,
                 graph: graph.clone(),
                 run: spec.run,
@@ -384,6 +392,7 @@ impl Drop for Part {
 
 /// One local worker of a part, on its own thread.
 struct PartWorker {
+    placement: Placement,
     ctx: WorkerContext,
     graph: Arc<JobGraph>,
     run: u64,
@@ -402,9 +411,13 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 impl PartWorker {
     fn main(self, go: mpsc::Receiver<Go>) {
         let w = self.ctx.worker;
-        let builder = LocalExecutorBuilder::new(Placement::Unbound)
+        let pinned = matches!(self.placement, Placement::Fixed(_));
+        let mut builder = LocalExecutorBuilder::new(self.placement.clone())
             .name(&format!("{}{w}", runtime::WORKER_THREAD_PREFIX))
             .io_memory(runtime::IO_MEMORY_BYTES);
+        if pinned {
+            builder = builder.spin_before_park(runtime::SPIN_BEFORE_PARK);
+        }
         let executor = match builder.make() {
             Ok(ex) => ex,
             Err(e) => {
