@@ -49,7 +49,7 @@ pub(crate) const IO_MEMORY_BYTES: usize = 64 * 1024;
 /// 1.71× to 1.78× (tumbling), 1.43× to 1.60× (sliding) and 1.80× to 2.16× (session), and
 /// events per CPU-second rose too; 200 µs was no better than 50. Unpinned workers (more than
 /// the cores) park at once: spinning would take the core from another worker.
-pub(crate) const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(50);
 /// How long workers have to report that they started.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Worker threads are named this and their index (in `top -H`, `perf` and the panic hook).
@@ -672,6 +672,20 @@ fn abort_start(go_senders: Vec<mpsc::Sender<bool>>, threads: Vec<std::thread::Jo
     }
 }
 
+/// The executor of worker `w`: named, with its I/O memory, and, when pinned, spinning
+/// [`SPIN_BEFORE_PARK`] before it parks (an embedded run's workers and a cluster part's).
+pub(crate) fn worker_executor(placement: Placement, w: usize) -> LocalExecutorBuilder {
+    let pinned = matches!(placement, Placement::Fixed(_));
+    let builder = LocalExecutorBuilder::new(placement)
+        .name(&format!("{WORKER_THREAD_PREFIX}{w}"))
+        .io_memory(IO_MEMORY_BYTES);
+    if pinned {
+        builder.spin_before_park(SPIN_BEFORE_PARK)
+    } else {
+        builder
+    }
+}
+
 fn worker_main(
     placement: Placement,
     ctx: WorkerContext,
@@ -680,14 +694,7 @@ fn worker_main(
     events: mpsc::Sender<WorkerEvent>,
 ) {
     let w = ctx.worker;
-    let pinned = matches!(placement, Placement::Fixed(_));
-    let mut builder = LocalExecutorBuilder::new(placement)
-        .name(&format!("{WORKER_THREAD_PREFIX}{w}"))
-        .io_memory(IO_MEMORY_BYTES);
-    if pinned {
-        builder = builder.spin_before_park(SPIN_BEFORE_PARK);
-    }
-    let executor = match builder.make() {
+    let executor = match worker_executor(placement, w).make() {
         Ok(ex) => ex,
         Err(e) => {
             let _ = events.send(WorkerEvent::StartFailed(

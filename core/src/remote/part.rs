@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 use sluice_net::{Listener, NetConfig};
 
 use crate::checkpoint::metadata;
@@ -411,14 +411,7 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 impl PartWorker {
     fn main(self, go: mpsc::Receiver<Go>) {
         let w = self.ctx.worker;
-        let pinned = matches!(self.placement, Placement::Fixed(_));
-        let mut builder = LocalExecutorBuilder::new(self.placement.clone())
-            .name(&format!("{}{w}", runtime::WORKER_THREAD_PREFIX))
-            .io_memory(runtime::IO_MEMORY_BYTES);
-        if pinned {
-            builder = builder.spin_before_park(runtime::SPIN_BEFORE_PARK);
-        }
-        let executor = match builder.make() {
+        let executor = match runtime::worker_executor(self.placement.clone(), w).make() {
             Ok(ex) => ex,
             Err(e) => {
                 let reason = runtime::explain_start_error(&e.to_string());
