@@ -9,6 +9,7 @@
 
 use std::hint::black_box;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -55,6 +56,43 @@ pub struct PointResult {
     pub read_per_s: f64,
     /// Bytes the engine accounts in memory at the end (the store's budget accounting).
     pub memory_bytes: u64,
+    /// CPU seconds the process used per second of the update phase, all threads (RocksDB
+    /// compacts on background threads; Sluice's store works on its worker's thread).
+    pub update_cpu_per_s: f64,
+    /// Bytes of segments Sluice's store merged during the update phase (0 for the others).
+    pub update_compacted_bytes: u64,
+}
+
+/// Where a phase started: the clock and the process's CPU time.
+struct Phase {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Phase {
+    fn start() -> Phase {
+        Phase {
+            wall: Instant::now(),
+            cpu: process_cpu_s(),
+        }
+    }
+    /// Operations per second since the start.
+    fn rate(&self, n: u64) -> f64 {
+        n as f64 / self.wall.elapsed().as_secs_f64()
+    }
+    /// CPU seconds per second since the start.
+    fn cpu_per_s(&self) -> f64 {
+        (process_cpu_s() - self.cpu) / self.wall.elapsed().as_secs_f64()
+    }
+}
+
+/// User and system CPU seconds of the whole process so far.
+fn process_cpu_s() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
 }
 
 /// Runs `f` on a fresh glommio executor (the store's futures are not `Send`).
@@ -80,7 +118,12 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             key_groups: (0, 127),
             ..StoreConfig::default()
         };
-        let store = Store::open(GlommioDisk, &dir, cfg, None)?;
+        let store = Rc::new(Store::open(GlommioDisk, &dir, cfg, None)?);
+        // Merges run in a task beside the workload, as in a worker (see `StageState`).
+        let compactor = {
+            let store = store.clone();
+            glommio::spawn_local(async move { store.compactor().await }).detach()
+        };
         let t = store.table::<(), [u8; 16], [u8; 64]>("point", TableConfig::new(kg))?;
         let mut r = PointResult::default();
         let start = Instant::now();
@@ -94,9 +137,12 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             }
             i += BATCH;
             store.flush().await?;
+            // A worker returns to its executor between batches.
+            futures_lite::future::yield_now().await;
         }
         r.load_per_s = rate(keys, start);
-        let start = Instant::now();
+        let merged_before = store.stats().compacted_in_bytes;
+        let phase = Phase::start();
         let mut i = 0;
         while i < ops {
             {
@@ -108,8 +154,12 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             }
             i += BATCH;
             store.flush().await?;
+            // A worker returns to its executor between batches.
+            futures_lite::future::yield_now().await;
         }
-        r.update_per_s = rate(ops, start);
+        r.update_per_s = phase.rate(ops);
+        r.update_cpu_per_s = phase.cpu_per_s();
+        r.update_compacted_bytes = store.stats().compacted_in_bytes - merged_before;
         let start = Instant::now();
         let mut i = 0;
         while i < ops {
@@ -121,9 +171,15 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             }
             i += BATCH;
             store.flush().await?;
+            // A worker returns to its executor between batches.
+            futures_lite::future::yield_now().await;
         }
         r.read_per_s = rate(ops, start);
         r.memory_bytes = store.memory_used() as u64;
+        store.stop_compactor();
+        if let Some(merged) = compactor.await {
+            merged?;
+        }
         Ok(r)
     })?
 }
@@ -137,12 +193,13 @@ pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
         m.insert(key(j), [j as u8; 64]);
     }
     r.load_per_s = rate(keys, start);
-    let start = Instant::now();
+    let phase = Phase::start();
     for j in 0..ops {
         let v = m.entry(key(mix(j) % keys)).or_insert([0; 64]);
         v[1] = v[1].wrapping_add(1);
     }
-    r.update_per_s = rate(ops, start);
+    r.update_per_s = phase.rate(ops);
+    r.update_cpu_per_s = phase.cpu_per_s();
     let start = Instant::now();
     for j in 0..ops {
         black_box(m.get(&key(mix(j ^ 0x55) % keys)));
@@ -189,7 +246,7 @@ pub fn rocksdb_point(
         i += BATCH;
     }
     r.load_per_s = rate(keys, start);
-    let start = Instant::now();
+    let phase = Phase::start();
     for j in 0..ops {
         let k = key(mix(j) % keys);
         let mut v = match db.get_pinned(k)? {
@@ -199,7 +256,8 @@ pub fn rocksdb_point(
         v[1] = v[1].wrapping_add(1);
         db.put_opt(k, v, &wo)?;
     }
-    r.update_per_s = rate(ops, start);
+    r.update_per_s = phase.rate(ops);
+    r.update_cpu_per_s = phase.cpu_per_s();
     let start = Instant::now();
     for j in 0..ops {
         black_box(db.get_pinned(key(mix(j ^ 0x55) % keys))?.map(|p| p.len()));

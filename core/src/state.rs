@@ -217,8 +217,10 @@ pub struct StageState {
     dir: PathBuf,
     key_groups: KeyGroups,
     next_operator: Cell<u32>,
-    /// A background write failed: the next call reports it.
-    failed: RefCell<Option<Error>>,
+    /// A background write or merge failed: the next call reports it.
+    failed: Rc<RefCell<Option<Error>>>,
+    /// The store's compactor task ([`StateStore::compactor`]), on a worker's executor.
+    compactor: RefCell<Option<glommio::task::JoinHandle<()>>>,
 }
 
 impl StageState {
@@ -282,12 +284,27 @@ impl StageState {
                 (store, fresh)
             }
         };
+        let store = Rc::new(store);
+        let failed = Rc::new(RefCell::new(None));
+        // Merges run beside the operators, in the worker's own executor.
+        let compactor = {
+            let (store, failed) = (store.clone(), failed.clone());
+            glommio::spawn_local(async move {
+                if let Err(e) = store.compactor().await {
+                    failed
+                        .borrow_mut()
+                        .get_or_insert(state_error("merge state segments", e));
+                }
+            })
+            .detach()
+        };
         Ok(StageState {
-            store: Rc::new(store),
+            store,
             dir,
             key_groups,
             next_operator: Cell::new(0),
-            failed: RefCell::new(None),
+            failed,
+            compactor: RefCell::new(Some(compactor)),
         })
     }
 
@@ -317,7 +334,8 @@ impl StageState {
             dir,
             key_groups,
             next_operator: Cell::new(0),
-            failed: RefCell::new(None),
+            failed: Rc::new(RefCell::new(None)),
+            compactor: RefCell::new(None),
         })
     }
 
@@ -359,6 +377,17 @@ impl StageState {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Stops the compactor task once its running merge is done, and waits for it; then
+    /// reports any failure of it or of a background write.
+    pub async fn stop_compactor(&self) -> Result<()> {
+        let task = self.compactor.borrow_mut().take();
+        if let Some(task) = task {
+            self.store.stop_compactor();
+            task.await;
+        }
+        self.check()
     }
 
     /// After a batch: writes out evicted entries if any wait in memory.

@@ -114,6 +114,8 @@ impl<D: Disk> Store<D> {
         core.writing = false;
         core.frozen = None;
         drop(core);
+        // No merge starts while a checkpoint is frozen or written; one may be due now.
+        self.merges_may_be_due();
         match result {
             Ok(info) => Ok(info),
             Err(f) => Err(self.fail(f).into()),
@@ -151,7 +153,6 @@ impl<D: Disk> Store<D> {
         }
         let batch = self.serialize_tables().await?;
         info.entries = batch.len() as u64;
-        let mut segments = snapshot;
         let mut new_segment = None;
         if !batch.is_empty() {
             let mut b = SegmentBuilder::new(segment_id, order, batch.len() as u64);
@@ -166,13 +167,16 @@ impl<D: Disk> Store<D> {
             let n = mem_bytes_of(self, segment_id);
             self.shared.counters.spill_add(n);
             new_segment = Some(segment_id);
-            segments.push(segment_id);
         }
         let m = {
             let core = self.shared.core.borrow();
             let Some(f) = &core.frozen else {
                 unreachable!("write() checked the frozen checkpoint")
             };
+            // The frozen segments as they are now: a merge that finished meanwhile replaced
+            // its inputs with its output (see `Store::compact`).
+            let mut segments = f.segments.clone();
+            segments.extend(new_segment);
             manifest_of(
                 &core.segments,
                 f,

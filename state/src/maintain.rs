@@ -261,6 +261,9 @@ async fn merge<D: Disk>(
         live[b] = cursors[b].fill()?;
         if out.builder.buffered() >= WRITE_CHUNK_BYTES {
             out.drain(false).await?;
+            // A turn for the worker's other tasks between chunks, on any executor (a write
+            // to a page cache or the simulated disk may complete without yielding).
+            futures_lite::future::yield_now().await;
         }
     }
     Ok(())
@@ -275,9 +278,14 @@ impl<D: Disk> Store<D> {
             .any(|s| matches!(s.source, Source::Mem(_)))
     }
 
-    /// Writes evicted entries (the spill segments eviction built in memory) to disk and
-    /// syncs them, releasing their memory. The runtime calls this after every batch; it
-    /// returns at once when there is nothing to write.
+    /// Writes evicted entries (the spill segments eviction built in memory) to disk,
+    /// releasing their memory (they are synced by the next checkpoint). The runtime calls
+    /// this after every batch; it returns at once when there is nothing to write.
+    ///
+    /// Merges are then due. Where [`Store::compactor`] runs, this leaves them to it, unless
+    /// the segments have piled up past twice `segments_max` (the compactor fell behind a
+    /// worker that never waits): then this flush merges, after the compactor's running merge.
+    /// Without a compactor, this flush runs the merges that are due itself.
     pub async fn flush(&self) -> Result<(), MaintainError> {
         self.check()?;
         let ids: Vec<u64> = {
@@ -295,6 +303,17 @@ impl<D: Disk> Store<D> {
         for id in ids {
             self.persist_segment(id, false).await?;
         }
+        if self.shared.compactor_running.get() {
+            self.shared.compactor.raise();
+            while self.behind() {
+                if self.shared.core.borrow().compacting {
+                    self.shared.merged.wait().await;
+                } else if !self.compact(false).await? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         // A few tiers may be due after a burst of evictions.
         for _ in 0..4 {
             if !self.compact(false).await? {
@@ -302,6 +321,51 @@ impl<D: Disk> Store<D> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the segments on disk exceed twice `segments_max`.
+    fn behind(&self) -> bool {
+        let core = self.shared.core.borrow();
+        let on_disk = core
+            .segments
+            .iter()
+            .take_while(|s| matches!(s.source, Source::Disk(_)))
+            .count();
+        on_disk > 2 * self.shared.cfg.segments_max
+    }
+
+    /// Runs the merges that are due, as they become due, until [`Store::stop_compactor`]
+    /// (or the first error, which fails the store). The runtime runs it as a task of each
+    /// worker beside its operators: a merge yields between its chunks, so records keep
+    /// flowing while it runs (the thread-per-core counterpart of RocksDB's background
+    /// compaction threads). Flushes and checkpoints wake it.
+    pub async fn compactor(&self) -> Result<(), MaintainError> {
+        let shared = &self.shared;
+        shared.compactor_stop.set(false);
+        let _running = Running::set(&shared.compactor_running, &shared.merged);
+        loop {
+            while !shared.compactor_stop.get() && self.compact(false).await? {
+                shared.merged.raise();
+            }
+            shared.merged.raise();
+            if shared.compactor_stop.get() {
+                return Ok(());
+            }
+            shared.compactor.wait().await;
+        }
+    }
+
+    /// Makes [`Store::compactor`] return once its running merge (if any) is done.
+    pub fn stop_compactor(&self) {
+        self.shared.compactor_stop.set(true);
+        self.shared.compactor.raise();
+    }
+
+    /// Wakes [`Store::compactor`]: a merge may be due.
+    pub(crate) fn merges_may_be_due(&self) {
+        if self.shared.compactor_running.get() {
+            self.shared.compactor.raise();
+        }
     }
 
     /// Merges segments when there are too many: size-tiered (see [`plan_compaction`]), or
@@ -351,18 +415,34 @@ impl<D: Disk> Store<D> {
             )
         };
         let (id, mut cursors, drops, after, oldest, planned) = plan;
+        // Should this future be dropped mid-merge, later merges may still run (its partial
+        // output is no segment of the store: garbage for the next open).
+        let merging = Merging(&self.shared.core);
         let order = cursors.last().map_or(0, |c| c.meta.order);
         let result = self
             .merge_into(&self.shared.dir, id, order, &mut cursors, &drops, oldest)
             .await;
+        drop(merging);
         let unreferenced = {
             let mut core = self.shared.core.borrow_mut();
-            core.compacting = false;
             let seg = result.map_err(|f| self.fail(f))?;
             if let Source::Disk(r) = &seg.source {
                 self.read_ahead_if_looked_up(r);
             }
+            core.compactions += 1;
+            core.compacted_in += cursors.iter().map(|c| c.meta.data_len).sum::<u64>();
+            core.compacted_out += seg.meta.data_len;
             let inputs: Vec<u64> = cursors.iter().map(|c| c.meta.id).collect();
+            // A checkpoint frozen while the merge ran names its inputs (they were all live
+            // then, since no merge starts while one is frozen): it names the output instead,
+            // which holds the same entries and is synced, as its manifest must find what it
+            // names among the live segments.
+            if let Some(f) = core.frozen.as_mut() {
+                if f.segments.iter().any(|s| inputs.contains(s)) {
+                    f.segments.retain(|s| !inputs.contains(s));
+                    f.segments.push(seg.meta.id);
+                }
+            }
             core.segments.retain(|s| !inputs.contains(&s.meta.id));
             let at = core.segments.partition_point(|s| s.meta.order < order);
             core.segments.insert(at, seg);
@@ -520,6 +600,36 @@ impl<D: Disk> Store<D> {
         let m = copy_key_groups(&disk, target_dir, sources, kgs).await?;
         write_manifest_in(&disk, target_dir, &m).await?;
         Store::open(disk, target_dir, cfg, Some(m.checkpoint_id))
+    }
+}
+
+/// Marks a merge as running; clears the mark when dropped.
+struct Merging<'a, R>(&'a std::cell::RefCell<crate::store::Core<R>>);
+
+impl<R> Drop for Merging<'_, R> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().compacting = false;
+    }
+}
+
+/// Marks the compactor as running; when dropped, clears the mark and wakes a flush that
+/// waits for it (which then merges itself).
+struct Running<'a> {
+    flag: &'a std::cell::Cell<bool>,
+    merged: &'a crate::store::Signal,
+}
+
+impl<'a> Running<'a> {
+    fn set(flag: &'a std::cell::Cell<bool>, merged: &'a crate::store::Signal) -> Self {
+        flag.set(true);
+        Running { flag, merged }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.flag.set(false);
+        self.merged.raise();
     }
 }
 

@@ -3,7 +3,7 @@
 //! answers the tables' slow paths (lookups of evicted entries, spills). Checkpoints are in
 //! `checkpoint.rs`, compaction, savepoints and key-group restores in `maintain.rs`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
@@ -33,7 +33,8 @@ pub struct StoreConfig {
     pub retained_checkpoints: usize,
     /// The key groups this store holds, inclusive (namespace drops apply to them).
     pub key_groups: (u32, u32),
-    /// Compaction merges the segments once there are more than this many.
+    /// Compaction merges the segments once there are more than this many. A flush merges
+    /// them itself once there are more than twice this many (the compactor fell behind).
     pub segments_max: usize,
     /// Whether registering a table loads its restored entries into memory (up to the
     /// budget) at once; otherwise they are read on first access (a faster restart).
@@ -75,6 +76,10 @@ pub(crate) struct Core<R> {
     pub frozen: Option<FrozenMeta>,
     pub writing: bool,
     pub compacting: bool,
+    /// Merges finished, and the bytes they read and wrote (see [`StoreStats`]).
+    pub compactions: u64,
+    pub compacted_in: u64,
+    pub compacted_out: u64,
     pub retained: VecDeque<(u64, Vec<u64>)>,
     pub doomed: Vec<u64>,
     pub garbage: Vec<PathBuf>,
@@ -113,6 +118,42 @@ pub(crate) struct Shared<D: Disk> {
     pub core: RefCell<Core<D::Reader>>,
     /// The read buffer of lookups (reused: a miss allocates nothing but its value).
     pub lookup_buf: RefCell<Scratch>,
+    /// Wakes [`Store::compactor`] when a merge may be due, or to stop it.
+    pub compactor: Signal,
+    /// Wakes a flush that waits for the compactor's merge ([`Store::flush`]).
+    pub merged: Signal,
+    /// [`Store::compactor`] runs: flushes leave merges to it unless it falls behind.
+    pub compactor_running: Cell<bool>,
+    pub compactor_stop: Cell<bool>,
+}
+
+/// A flag and the task waiting for it (one per store: a single task waits at a time).
+#[derive(Default)]
+pub(crate) struct Signal {
+    raised: Cell<bool>,
+    waiter: Cell<Option<std::task::Waker>>,
+}
+
+impl Signal {
+    /// Raises the flag and wakes the waiting task, if any.
+    pub fn raise(&self) {
+        self.raised.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+    /// Waits until the flag is raised, and lowers it.
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.raised.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
 }
 
 /// A per-worker state store over a [`Disk`]. Clones share the store.
@@ -265,6 +306,10 @@ impl<D: Disk> Store<D> {
             counters,
             core: RefCell::new(core),
             lookup_buf: RefCell::new(Scratch::new()),
+            compactor: Signal::default(),
+            merged: Signal::default(),
+            compactor_running: Cell::new(false),
+            compactor_stop: Cell::new(false),
         });
         Ok(Store { shared })
     }
@@ -282,6 +327,9 @@ impl<D: Disk> Store<D> {
             frozen: None,
             writing: false,
             compacting: false,
+            compactions: 0,
+            compacted_in: 0,
+            compacted_out: 0,
             retained: VecDeque::new(),
             doomed: Vec::new(),
             garbage: Vec::new(),
@@ -488,6 +536,9 @@ impl<D: Disk> Store<D> {
                 .iter()
                 .map(|s| s.bloom.bytes() + s.fences.len() * 32)
                 .sum(),
+            compactions: core.compactions,
+            compacted_in_bytes: core.compacted_in,
+            compacted_out_bytes: core.compacted_out,
         }
     }
 
@@ -525,6 +576,11 @@ pub struct StoreStats {
     pub memory_used: usize,
     /// Bytes of sparse indexes and bloom filters.
     pub index_bytes: usize,
+    /// Compactions finished since the store was opened.
+    pub compactions: u64,
+    /// Bytes of frames those compactions read, and wrote.
+    pub compacted_in_bytes: u64,
+    pub compacted_out_bytes: u64,
 }
 
 fn access_to_open(e: AccessError) -> OpenError {

@@ -1,5 +1,7 @@
 //! RELIABILITY R7a on the real kernel path: a child process writes, evicts, compacts and
-//! checkpoints through glommio DMA files on the real disk and is killed with SIGKILL at a
+//! checkpoints through glommio DMA files on the real disk (merging in a compactor task and
+//! writing each checkpoint in a task, beside its next round, as a worker does) and is
+//! killed with SIGKILL at a
 //! seeded random moment, over and over; after every kill the store reopens at exactly the
 //! newest complete checkpoint — at least the last one the child acknowledged — with the
 //! state of that checkpoint, entry for entry.
@@ -91,6 +93,11 @@ fn kill_child_writer() {
         let t = store
             .table::<(), u64, u64>("kv", TableConfig::new(kg))
             .unwrap();
+        // As in a worker: merges run in a task of their own, and each checkpoint is frozen
+        // between rounds and written by a task while the next round runs.
+        let compactor = store.clone();
+        glommio::spawn_local(async move { compactor.compactor().await.unwrap() }).detach();
+        let mut writing = None;
         let mut c = store.last_checkpoint();
         loop {
             c += 1;
@@ -105,11 +112,21 @@ fn kill_child_writer() {
                 }
             }
             store.flush().await.unwrap();
-            store.checkpoint(c).await.unwrap();
-            println!("ACK {c}");
+            if let Some(w) = writing.take() {
+                w.await;
+            }
             if c % 3 == 0 {
                 store.compact(c % 6 == 0).await.unwrap();
             }
+            let frozen = store.freeze(c).unwrap();
+            let writer = store.clone();
+            writing = Some(
+                glommio::spawn_local(async move {
+                    writer.write(frozen).await.unwrap();
+                    println!("ACK {c}");
+                })
+                .detach(),
+            );
         }
     });
 }

@@ -709,6 +709,105 @@ fn compaction_without_checkpoints_removes_its_inputs() {
     }
 }
 
+/// Merges in a compactor task beside the workload: flushes leave them to it while it keeps
+/// up, and merge themselves once the segments pile up past twice `segments_max` (a worker
+/// that never yields starves the compactor); stopping it ends the task.
+#[test]
+fn the_compactor_merges_beside_the_workload_and_a_starved_one_is_bounded() {
+    for starve in [false, true] {
+        let disk = SimDisk::default();
+        let c = StoreConfig {
+            segments_max: 4,
+            ..cfg(64 << 10)
+        };
+        let store = Store::open(disk.clone(), &dir(), c, None).unwrap();
+        let t = store
+            .table::<(), u64, [u64; 4]>("spilled", TableConfig::new(kg0))
+            .unwrap();
+        let mut most = 0;
+        let work = async {
+            for round in 0..40u64 {
+                {
+                    let mut tl = t.lock();
+                    for k in 0..2000u64 {
+                        tl.insert(&(), k, [round; 4]).unwrap();
+                    }
+                }
+                store.flush().await.unwrap();
+                most = most.max(store.stats().segments);
+                if !starve {
+                    futures_lite::future::yield_now().await;
+                }
+            }
+            store.stop_compactor();
+        };
+        let (merged, ()) = block_on(futures_lite::future::zip(store.compactor(), work));
+        merged.unwrap();
+        let stats = store.stats();
+        assert!(stats.compactions > 0, "starve {starve}: {stats:?}");
+        // Spills in memory (not yet merged) add one segment at most.
+        let bound = if starve { 2 * 4 + 1 } else { 4 + 1 };
+        assert!(
+            most <= bound,
+            "starve {starve}: {most} segments, bound {bound}"
+        );
+        let mut tl = t.lock();
+        for k in (0..2000u64).step_by(97) {
+            assert_eq!(tl.get(&(), &k).unwrap(), Some(&[39; 4]), "key {k}");
+        }
+    }
+}
+
+/// A merge that runs while a checkpoint is frozen (a worker's compaction task beside its
+/// barrier): the checkpoint names the merge's output in place of its inputs, and reopening it
+/// finds every entry as it was at the freeze.
+#[test]
+fn a_checkpoint_frozen_while_a_merge_runs_keeps_every_entry() {
+    let disk = SimDisk::default();
+    let store = Store::open(disk.clone(), &dir(), cfg(256 << 10), None).unwrap();
+    let t = store
+        .table::<(), u64, u64>("counts", TableConfig::new(kg0))
+        .unwrap();
+    // Several segments holding megabytes (a merge yields between its chunks).
+    for round in 0..4u64 {
+        {
+            let mut tl = t.lock();
+            for k in 0..20_000u64 {
+                tl.insert(&(), k, k * 10 + round).unwrap();
+            }
+        }
+        block_on(store.flush()).unwrap();
+        block_on(store.checkpoint(round + 1)).unwrap();
+    }
+    assert!(store.stats().segments >= 2, "{:?}", store.stats());
+    let merged_before = store.stats().compactions;
+    let mut merge = Box::pin(store.compact(true));
+    assert!(
+        block_on(futures_lite::future::poll_once(&mut merge)).is_none(),
+        "the merge yields between chunks"
+    );
+    let frozen = store.freeze(10).unwrap();
+    {
+        let mut tl = t.lock();
+        for k in 0..100u64 {
+            tl.insert(&(), k, 7).unwrap(); // after the freeze: not in checkpoint 10
+        }
+    }
+    assert!(block_on(merge).unwrap(), "the merge finished");
+    assert_eq!(store.stats().compactions, merged_before + 1);
+    block_on(store.write(frozen)).unwrap();
+    drop(t);
+    drop(store);
+    let store = Store::open(disk.clone(), &dir(), cfg(256 << 10), Some(10)).unwrap();
+    let t = store
+        .table::<(), u64, u64>("counts", TableConfig::new(kg0))
+        .unwrap();
+    let mut tl = t.lock();
+    for k in 0..20_000u64 {
+        assert_eq!(tl.get(&(), &k).unwrap(), Some(&(k * 10 + 3)), "key {k}");
+    }
+}
+
 /// A restore reads each segment's extents of a state (one per key group, other states'
 /// extents in between): the entries of every segment arrive, the newest version winning; a
 /// frame that rots after the open checked it is a corruption error of the restore naming the

@@ -99,6 +99,8 @@ impl Series {
             "update_per_s": self.med(|r| r.update_per_s),
             "read_per_s": self.med(|r| r.read_per_s),
             "memory_bytes": self.med(|r| r.memory_bytes as f64),
+            "update_cpu_per_s": self.med(|r| r.update_cpu_per_s),
+            "update_compacted_bytes": self.med(|r| r.update_compacted_bytes as f64),
             "update_per_s_runs": self.runs.iter().map(|r| r.update_per_s).collect::<Vec<_>>(),
             "read_per_s_runs": self.runs.iter().map(|r| r.read_per_s).collect::<Vec<_>>(),
         })
@@ -160,16 +162,18 @@ fn point(args: &StateBench) -> Result<Vec<Value>> {
         let series = point_runs(args, keys)?;
         eprintln!("\npoint workload, {keys} keys (16 B keys, 64 B values), medians:");
         eprintln!(
-            "{:<22} {:>14} {:>14} {:>14}",
-            "variant", "updates/s", "reads/s", "loads/s"
+            "{:<22} {:>14} {:>14} {:>14} {:>11} {:>13}",
+            "variant", "updates/s", "reads/s", "loads/s", "upd cpu/s", "upd merged MB"
         );
         for s in &series {
             eprintln!(
-                "{:<22} {:>14.0} {:>14.0} {:>14.0}",
+                "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>11.2} {:>13.1}",
                 s.name,
                 s.med(|r| r.update_per_s),
                 s.med(|r| r.read_per_s),
-                s.med(|r| r.load_per_s)
+                s.med(|r| r.load_per_s),
+                s.med(|r| r.update_cpu_per_s),
+                s.med(|r| r.update_compacted_bytes as f64) / 1e6
             );
         }
         let med = |i: usize, f: fn(&PointResult) -> f64| series.get(i).map_or(0.0, |s| s.med(f));

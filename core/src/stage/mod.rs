@@ -257,13 +257,14 @@ impl<In, T, C: Collector<In>, D: OutputDrain<T>> Running<In, T, C, D> {
 
     /// Waits until the last checkpoint's state is written (and acknowledged). A finishing
     /// instance does this before it reports that it finished: the coordinator would otherwise
-    /// count the finish as its acknowledgement of that checkpoint, without its state.
+    /// count the finish as its acknowledgement of that checkpoint, without its state. The
+    /// store's compactor stops too, after its running merge.
     async fn settle_writes(&mut self) -> Result<()> {
         if let Some(writing) = self.writing.take() {
             writing.await;
         }
         match &self.state {
-            Some(state) => state.check(),
+            Some(state) => state.stop_compactor().await,
             None => Ok(()),
         }
     }
