@@ -105,6 +105,18 @@ pub fn on_glommio<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static
         .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))
 }
 
+/// A progress line on stderr: a 50M-key run's phases take minutes each.
+fn phase_done(engine: &str, budget: usize, what: &str, n: u64, start: Instant) {
+    let memory = match budget {
+        b if b >= usize::MAX / 2 => "in memory".to_string(),
+        b => format!("budget {} MB", b >> 20),
+    };
+    eprintln!(
+        "point: {engine} {memory}: {what} {n} keys in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 fn rate(n: u64, start: Instant) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
@@ -141,6 +153,7 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             futures_lite::future::yield_now().await;
         }
         r.load_per_s = rate(keys, start);
+        phase_done("sluice", budget, "loaded", keys, start);
         let merged_before = store.stats().compacted_in_bytes;
         let phase = Phase::start();
         let mut i = 0;
@@ -160,6 +173,7 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
         r.update_per_s = phase.rate(ops);
         r.update_cpu_per_s = phase.cpu_per_s();
         r.update_compacted_bytes = store.stats().compacted_in_bytes - merged_before;
+        phase_done("sluice", budget, "updated", ops, phase.wall);
         let start = Instant::now();
         let mut i = 0;
         while i < ops {
@@ -175,6 +189,7 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             futures_lite::future::yield_now().await;
         }
         r.read_per_s = rate(ops, start);
+        phase_done("sluice", budget, "read", ops, start);
         r.memory_bytes = store.memory_used() as u64;
         store.stop_compactor();
         if let Some(merged) = compactor.await {
@@ -246,6 +261,13 @@ pub fn rocksdb_point(
         i += BATCH;
     }
     r.load_per_s = rate(keys, start);
+    phase_done(
+        "rocksdb",
+        budget.unwrap_or(usize::MAX),
+        "loaded",
+        keys,
+        start,
+    );
     let phase = Phase::start();
     for j in 0..ops {
         let k = key(mix(j) % keys);
@@ -258,11 +280,19 @@ pub fn rocksdb_point(
     }
     r.update_per_s = phase.rate(ops);
     r.update_cpu_per_s = phase.cpu_per_s();
+    phase_done(
+        "rocksdb",
+        budget.unwrap_or(usize::MAX),
+        "updated",
+        ops,
+        phase.wall,
+    );
     let start = Instant::now();
     for j in 0..ops {
         black_box(db.get_pinned(key(mix(j ^ 0x55) % keys))?.map(|p| p.len()));
     }
     r.read_per_s = rate(ops, start);
+    phase_done("rocksdb", budget.unwrap_or(usize::MAX), "read", ops, start);
     r.memory_bytes = db
         .property_int_value("rocksdb.cur-size-all-mem-tables")?
         .unwrap_or(0);
