@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use futures_lite::future::block_on;
 use sluice_state::sim::{CrashImage, SimDisk};
-use sluice_state::{Store, StoreConfig, TableConfig};
+use sluice_state::{Store, StoreConfig, Table, TableConfig};
 
 fn kg(_: &u64, k: &u64) -> u32 {
     (*k % 16) as u32
@@ -663,13 +663,9 @@ fn retention_deletes_segments_no_retained_checkpoint_needs() {
     }
 }
 
-/// Without checkpoints, a store that evicts and compacts keeps on disk only the segments it
-/// still uses: a merge's inputs that no checkpoint names are removed when the merge is done
-/// (they used to wait for a checkpoint's retirement, so a job without checkpoints kept every
-/// segment it ever wrote).
-#[test]
-fn compaction_without_checkpoints_removes_its_inputs() {
-    let disk = SimDisk::default();
+/// A store that spills at every round of [`spill_round`]: a small budget, and merges once
+/// there are more than 4 segments.
+fn spilling_store(disk: &SimDisk) -> (Store<SimDisk>, Table<(), u64, [u64; 4]>) {
     let c = StoreConfig {
         segments_max: 4,
         ..cfg(64 << 10)
@@ -678,13 +674,35 @@ fn compaction_without_checkpoints_removes_its_inputs() {
     let t = store
         .table::<(), u64, [u64; 4]>("spilled", TableConfig::new(kg0))
         .unwrap();
+    (store, t)
+}
+
+/// Writes `[round; 4]` to keys 0..2000 (more than the budget holds).
+fn spill_round(t: &Table<(), u64, [u64; 4]>, round: u64) {
+    let mut tl = t.lock();
+    for k in 0..2000u64 {
+        tl.insert(&(), k, [round; 4]).unwrap();
+    }
+}
+
+/// Checks a sample of the keys holds the last round's value.
+fn assert_spilled_rounds(t: &Table<(), u64, [u64; 4]>, last: u64) {
+    let mut tl = t.lock();
+    for k in (0..2000u64).step_by(97) {
+        assert_eq!(tl.get(&(), &k).unwrap(), Some(&[last; 4]), "key {k}");
+    }
+}
+
+/// Without checkpoints, a store that evicts and compacts keeps on disk only the segments it
+/// still uses: a merge's inputs that no checkpoint names are removed when the merge is done
+/// (they used to wait for a checkpoint's retirement, so a job without checkpoints kept every
+/// segment it ever wrote).
+#[test]
+fn compaction_without_checkpoints_removes_its_inputs() {
+    let disk = SimDisk::default();
+    let (store, t) = spilling_store(&disk);
     for round in 0..20u64 {
-        {
-            let mut tl = t.lock();
-            for k in 0..2000u64 {
-                tl.insert(&(), k, [round; 4]).unwrap();
-            }
-        }
+        spill_round(&t, round);
         block_on(store.flush()).unwrap(); // spills, and merges when there are too many
         let files = disk
             .snapshot()
@@ -703,10 +721,7 @@ fn compaction_without_checkpoints_removes_its_inputs() {
         live < 20,
         "20 rounds of spills were merged into {live} segments"
     );
-    let mut tl = t.lock();
-    for k in (0..2000u64).step_by(97) {
-        assert_eq!(tl.get(&(), &k).unwrap(), Some(&[19; 4]), "key {k}");
-    }
+    assert_spilled_rounds(&t, 19);
 }
 
 /// Merges in a compactor task beside the workload: flushes leave them to it while it keeps
@@ -715,24 +730,11 @@ fn compaction_without_checkpoints_removes_its_inputs() {
 #[test]
 fn the_compactor_merges_beside_the_workload_and_a_starved_one_is_bounded() {
     for starve in [false, true] {
-        let disk = SimDisk::default();
-        let c = StoreConfig {
-            segments_max: 4,
-            ..cfg(64 << 10)
-        };
-        let store = Store::open(disk.clone(), &dir(), c, None).unwrap();
-        let t = store
-            .table::<(), u64, [u64; 4]>("spilled", TableConfig::new(kg0))
-            .unwrap();
+        let (store, t) = spilling_store(&SimDisk::default());
         let mut most = 0;
         let work = async {
             for round in 0..40u64 {
-                {
-                    let mut tl = t.lock();
-                    for k in 0..2000u64 {
-                        tl.insert(&(), k, [round; 4]).unwrap();
-                    }
-                }
+                spill_round(&t, round);
                 store.flush().await.unwrap();
                 most = most.max(store.stats().segments);
                 if !starve {
@@ -751,10 +753,7 @@ fn the_compactor_merges_beside_the_workload_and_a_starved_one_is_bounded() {
             most <= bound,
             "starve {starve}: {most} segments, bound {bound}"
         );
-        let mut tl = t.lock();
-        for k in (0..2000u64).step_by(97) {
-            assert_eq!(tl.get(&(), &k).unwrap(), Some(&[39; 4]), "key {k}");
-        }
+        assert_spilled_rounds(&t, 39);
     }
 }
 
