@@ -89,6 +89,15 @@ impl Phase {
     fn rate(&self, n: u64) -> f64 {
         n as f64 / self.wall.elapsed().as_secs_f64()
     }
+    /// The rate of `n` operations, and a progress line on stderr naming the run (`label`)
+    /// and the phase: a 50M-key run's phases take minutes each.
+    fn done(&self, label: &str, what: &str, n: u64) -> f64 {
+        eprintln!(
+            "point: {label}: {what} {n} keys in {:.1} s",
+            self.wall.elapsed().as_secs_f64()
+        );
+        self.rate(n)
+    }
     /// CPU seconds per second since the start.
     fn cpu_per_s(&self) -> f64 {
         (process_cpu_s() - self.cpu) / self.wall.elapsed().as_secs_f64()
@@ -114,20 +123,20 @@ pub fn on_glommio<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static
         .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))
 }
 
-/// A progress line on stderr: a 50M-key run's phases take minutes each.
-fn phase_done(engine: &str, budget: usize, what: &str, n: u64, start: Instant) {
-    let memory = match budget {
-        b if b >= usize::MAX / 2 => "in memory".to_string(),
-        b => format!("budget {} MB", b >> 20),
-    };
-    eprintln!(
-        "point: {engine} {memory}: {what} {n} keys in {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
+/// A run's name in progress lines: the engine and its memory budget.
+fn run_label(engine: &str, budget: usize) -> String {
+    match budget {
+        b if b >= usize::MAX / 2 => format!("{engine} in memory"),
+        b => format!("{engine} budget {} MB", b >> 20),
+    }
 }
 
-fn rate(n: u64, start: Instant) -> f64 {
-    n as f64 / start.elapsed().as_secs_f64()
+/// The end of a batch, as in a worker: evicted entries are written, and the worker returns
+/// to its executor (where the compactor task gets its turn).
+async fn end_batch(store: &Store<GlommioDisk>) -> Result<()> {
+    store.flush().await?;
+    futures_lite::future::yield_now().await;
+    Ok(())
 }
 
 /// Point updates and reads on Sluice's store in `dir` with a memory budget.
@@ -146,8 +155,9 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             glommio::spawn_local(async move { store.compactor().await }).detach()
         };
         let t = store.table::<(), [u8; 16], [u8; 64]>("point", TableConfig::new(kg))?;
+        let label = run_label("sluice", budget);
         let mut r = PointResult::default();
-        let start = Instant::now();
+        let phase = Phase::start();
         let mut i = 0;
         while i < keys {
             {
@@ -157,12 +167,9 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
                 }
             }
             i += BATCH;
-            store.flush().await?;
-            // A worker returns to its executor between batches.
-            futures_lite::future::yield_now().await;
+            end_batch(&store).await?;
         }
-        r.load_per_s = rate(keys, start);
-        phase_done("sluice", budget, "loaded", keys, start);
+        r.load_per_s = phase.done(&label, "loaded", keys);
         let merged_before = store.stats().compacted_in_bytes;
         let phase = Phase::start();
         let mut i = 0;
@@ -175,15 +182,12 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
                 }
             }
             i += BATCH;
-            store.flush().await?;
-            // A worker returns to its executor between batches.
-            futures_lite::future::yield_now().await;
+            end_batch(&store).await?;
         }
-        r.update_per_s = phase.rate(ops);
+        r.update_per_s = phase.done(&label, "updated", ops);
         r.update_cpu_per_s = phase.cpu_per_s();
         r.update_compacted_bytes = store.stats().compacted_in_bytes - merged_before;
-        phase_done("sluice", budget, "updated", ops, phase.wall);
-        let start = Instant::now();
+        let phase = Phase::start();
         let mut i = 0;
         while i < ops {
             {
@@ -193,12 +197,9 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
                 }
             }
             i += BATCH;
-            store.flush().await?;
-            // A worker returns to its executor between batches.
-            futures_lite::future::yield_now().await;
+            end_batch(&store).await?;
         }
-        r.read_per_s = rate(ops, start);
-        phase_done("sluice", budget, "read", ops, start);
+        r.read_per_s = phase.done(&label, "read", ops);
         r.memory_bytes = store.memory_used() as u64;
         store.stop_compactor();
         if let Some(merged) = compactor.await {
@@ -212,11 +213,11 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
 pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
     let mut m: FxHashMap<[u8; 16], [u8; 64]> = FxHashMap::default();
     let mut r = PointResult::default();
-    let start = Instant::now();
+    let phase = Phase::start();
     for j in 0..keys {
         m.insert(key(j), [j as u8; 64]);
     }
-    r.load_per_s = rate(keys, start);
+    r.load_per_s = phase.rate(keys);
     let phase = Phase::start();
     for j in 0..ops {
         let v = m.entry(key(mix(j) % keys)).or_insert([0; 64]);
@@ -224,11 +225,11 @@ pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
     }
     r.update_per_s = phase.rate(ops);
     r.update_cpu_per_s = phase.cpu_per_s();
-    let start = Instant::now();
+    let phase = Phase::start();
     for j in 0..ops {
         black_box(m.get(&read_key(j, keys)));
     }
-    r.read_per_s = rate(ops, start);
+    r.read_per_s = phase.rate(ops);
     r.memory_bytes = (m.capacity() * (16 + 64 + 1)) as u64;
     r
 }
@@ -258,8 +259,9 @@ pub fn rocksdb_point(
     let db = anyhow::Context::context(DB::open(&opts, dir), "open RocksDB")?;
     let mut wo = WriteOptions::default();
     wo.disable_wal(true);
+    let label = run_label("rocksdb", budget.unwrap_or(usize::MAX));
     let mut r = PointResult::default();
-    let start = Instant::now();
+    let phase = Phase::start();
     let mut i = 0;
     while i < keys {
         let mut wb = WriteBatch::default();
@@ -269,14 +271,7 @@ pub fn rocksdb_point(
         db.write_opt(wb, &wo)?;
         i += BATCH;
     }
-    r.load_per_s = rate(keys, start);
-    phase_done(
-        "rocksdb",
-        budget.unwrap_or(usize::MAX),
-        "loaded",
-        keys,
-        start,
-    );
+    r.load_per_s = phase.done(&label, "loaded", keys);
     let phase = Phase::start();
     for j in 0..ops {
         let k = key(mix(j) % keys);
@@ -287,21 +282,13 @@ pub fn rocksdb_point(
         v[1] = v[1].wrapping_add(1);
         db.put_opt(k, v, &wo)?;
     }
-    r.update_per_s = phase.rate(ops);
+    r.update_per_s = phase.done(&label, "updated", ops);
     r.update_cpu_per_s = phase.cpu_per_s();
-    phase_done(
-        "rocksdb",
-        budget.unwrap_or(usize::MAX),
-        "updated",
-        ops,
-        phase.wall,
-    );
-    let start = Instant::now();
+    let phase = Phase::start();
     for j in 0..ops {
         black_box(db.get_pinned(read_key(j, keys))?.map(|p| p.len()));
     }
-    r.read_per_s = rate(ops, start);
-    phase_done("rocksdb", budget.unwrap_or(usize::MAX), "read", ops, start);
+    r.read_per_s = phase.done(&label, "read", ops);
     r.memory_bytes = db
         .property_int_value("rocksdb.cur-size-all-mem-tables")?
         .unwrap_or(0);

@@ -325,13 +325,7 @@ impl<D: Disk> Store<D> {
 
     /// Whether the segments on disk exceed twice `segments_max`.
     fn behind(&self) -> bool {
-        let core = self.shared.core.borrow();
-        let on_disk = core
-            .segments
-            .iter()
-            .take_while(|s| matches!(s.source, Source::Disk(_)))
-            .count();
-        on_disk > 2 * self.shared.cfg.segments_max
+        self.shared.core.borrow().on_disk_prefix() > 2 * self.shared.cfg.segments_max
     }
 
     /// Runs the merges that are due, as they become due, until [`Store::stop_compactor`]
@@ -378,11 +372,7 @@ impl<D: Disk> Store<D> {
             if core.frozen.is_some() || core.writing || core.compacting {
                 return Ok(false);
             }
-            let n = core
-                .segments
-                .iter()
-                .take_while(|s| matches!(s.source, Source::Disk(_)))
-                .count();
+            let n = core.on_disk_prefix();
             let sizes: Vec<u64> = core.segments[..n].iter().map(|s| s.meta.data_len).collect();
             let entries: u64 = core.segments[..n].iter().map(|s| s.meta.entries).sum();
             let dead = self.shared.counters.superseded.get();

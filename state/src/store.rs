@@ -89,6 +89,14 @@ pub(crate) struct Core<R> {
 }
 
 impl<R> Core<R> {
+    /// The leading segments that are on disk: what a merge may take (a spill still in
+    /// memory, and everything after it, waits for `Store::flush`).
+    pub fn on_disk_prefix(&self) -> usize {
+        self.segments
+            .iter()
+            .take_while(|s| matches!(s.source, Source::Disk(_)))
+            .count()
+    }
     pub fn drops_vec(&self) -> Vec<NsDropRec> {
         let mut v: Vec<NsDropRec> = self.ns_drops.values().flatten().cloned().collect();
         v.sort_by_key(|d| d.order);
