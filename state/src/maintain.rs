@@ -407,7 +407,7 @@ impl<D: Disk> Store<D> {
         let (id, mut cursors, drops, after, oldest, planned) = plan;
         // Should this future be dropped mid-merge, later merges may still run (its partial
         // output is no segment of the store: garbage for the next open).
-        let merging = Merging(&self.shared.core);
+        let merging = Merging(&self.shared);
         let order = cursors.last().map_or(0, |c| c.meta.order);
         let result = self
             .merge_into(&self.shared.dir, id, order, &mut cursors, &drops, oldest)
@@ -514,6 +514,15 @@ impl<D: Disk> Store<D> {
         checkpoint_id: u64,
         target_dir: &Path,
     ) -> Result<CheckpointInfo, CheckpointError> {
+        // No merge may replace the segments the checkpoint names until they are copied:
+        // wait for a running one, then hold the mark merges check.
+        let _merging = loop {
+            if !self.shared.core.borrow().compacting {
+                self.shared.core.borrow_mut().compacting = true;
+                break Merging(&self.shared);
+            }
+            self.shared.merged.wait().await;
+        };
         let mut info = self.checkpoint(checkpoint_id).await?;
         let (mut cursors, drops, states, ids) = {
             let core = self.shared.core.borrow();
@@ -593,12 +602,14 @@ impl<D: Disk> Store<D> {
     }
 }
 
-/// Marks a merge as running; clears the mark when dropped.
-struct Merging<'a, R>(&'a std::cell::RefCell<crate::store::Core<R>>);
+/// Marks a merge (or a savepoint's copy) as running; when dropped, clears the mark and
+/// wakes a task waiting for it.
+struct Merging<'a, D: Disk>(&'a crate::store::Shared<D>);
 
-impl<R> Drop for Merging<'_, R> {
+impl<D: Disk> Drop for Merging<'_, D> {
     fn drop(&mut self) {
-        self.0.borrow_mut().compacting = false;
+        self.0.core.borrow_mut().compacting = false;
+        self.0.merged.raise();
     }
 }
 
