@@ -338,10 +338,8 @@ impl<D: Disk> Store<D> {
         shared.compactor_stop.set(false);
         let _running = Running::set(&shared.compactor_running, &shared.merged);
         loop {
-            while !shared.compactor_stop.get() && self.compact(false).await? {
-                shared.merged.raise();
-            }
-            shared.merged.raise();
+            // Each merge wakes a flush waiting for it as it ends (`Merging`).
+            while !shared.compactor_stop.get() && self.compact(false).await? {}
             if shared.compactor_stop.get() {
                 return Ok(());
             }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use futures_lite::future::block_on;
+use futures_lite::future::{block_on, poll_once};
 use sluice_state::sim::{CrashImage, SimDisk};
 use sluice_state::{Store, StoreConfig, Table, TableConfig};
 
@@ -757,17 +757,14 @@ fn the_compactor_merges_beside_the_workload_and_a_starved_one_is_bounded() {
     }
 }
 
-/// A merge that runs while a checkpoint is frozen (a worker's compaction task beside its
-/// barrier): the checkpoint names the merge's output in place of its inputs, and reopening it
-/// finds every entry as it was at the freeze.
-#[test]
-fn a_checkpoint_frozen_while_a_merge_runs_keeps_every_entry() {
-    let disk = SimDisk::default();
+/// A store whose checkpoints 1 to 4 each rewrote keys 0..20000 (key `k` holds `k * 10 + 3`
+/// at the end) in several segments of megabytes, so that a merge of them yields between its
+/// chunks.
+fn four_checkpoints_of_20k_keys(disk: &SimDisk) -> (Store<SimDisk>, Table<(), u64, u64>) {
     let store = Store::open(disk.clone(), &dir(), cfg(256 << 10), None).unwrap();
     let t = store
         .table::<(), u64, u64>("counts", TableConfig::new(kg0))
         .unwrap();
-    // Several segments holding megabytes (a merge yields between its chunks).
     for round in 0..4u64 {
         {
             let mut tl = t.lock();
@@ -779,10 +776,86 @@ fn a_checkpoint_frozen_while_a_merge_runs_keeps_every_entry() {
         block_on(store.checkpoint(round + 1)).unwrap();
     }
     assert!(store.stats().segments >= 2, "{:?}", store.stats());
+    (store, t)
+}
+
+/// A savepoint asked for while a merge runs (a worker's compaction task beside its barrier)
+/// waits for the merge, then holds merges off until its copy is written: the merge cannot
+/// replace segments that the savepoint's checkpoint names before they are copied, and the
+/// savepoint restores every entry.
+#[test]
+fn a_savepoint_taken_while_a_merge_runs_copies_every_entry() {
+    let disk = SimDisk::default();
+    let (store, t) = four_checkpoints_of_20k_keys(&disk);
+    let mut merge = Box::pin(store.compact(true));
+    assert!(
+        block_on(poll_once(&mut merge)).is_none(),
+        "the merge yields between chunks"
+    );
+    {
+        let mut tl = t.lock();
+        for k in 0..1000u64 {
+            tl.insert(&(), k, k * 10 + 4).unwrap(); // in the savepoint
+        }
+    }
+    let sp = PathBuf::from("/sim/savepoint");
+    let mut savepoint = Box::pin(store.savepoint(5, &sp));
+    // A poll of each in turn, as an executor runs two tasks that yield.
+    let (mut merged, mut saved) = (None, None);
+    while saved.is_none() {
+        if merged.is_none() {
+            merged = block_on(poll_once(&mut merge));
+        }
+        saved = block_on(poll_once(&mut savepoint));
+        if saved.is_none() && merged.is_some() {
+            assert!(
+                !block_on(store.compact(true)).unwrap(),
+                "no merge runs while the savepoint copies"
+            );
+        }
+    }
+    assert!(merged.unwrap().unwrap(), "the merge finished first");
+    assert_eq!(saved.unwrap().unwrap().checkpoint_id, 5);
+    {
+        let mut tl = t.lock();
+        for k in 0..100u64 {
+            tl.insert(&(), k, 7).unwrap(); // after the savepoint: not in it
+        }
+    }
+    block_on(store.checkpoint(6)).unwrap();
+    assert!(block_on(store.compact(true)).unwrap(), "merges run again");
+    drop((merge, savepoint));
+    drop((t, store));
+    let target = PathBuf::from("/sim/restored");
+    let s2 = block_on(Store::restore_key_groups(
+        disk.clone(),
+        &target,
+        cfg(256 << 10),
+        &[(sp, 5)],
+        (0, 15),
+    ))
+    .unwrap();
+    let t2 = s2
+        .table::<(), u64, u64>("counts", TableConfig::new(kg0))
+        .unwrap();
+    let mut tl = t2.lock();
+    for k in 0..20_000u64 {
+        let v = k * 10 + if k < 1000 { 4 } else { 3 };
+        assert_eq!(tl.get(&(), &k).unwrap(), Some(&v), "key {k}");
+    }
+}
+
+/// A merge that runs while a checkpoint is frozen (a worker's compaction task beside its
+/// barrier): the checkpoint names the merge's output in place of its inputs, and reopening it
+/// finds every entry as it was at the freeze.
+#[test]
+fn a_checkpoint_frozen_while_a_merge_runs_keeps_every_entry() {
+    let disk = SimDisk::default();
+    let (store, t) = four_checkpoints_of_20k_keys(&disk);
     let merged_before = store.stats().compactions;
     let mut merge = Box::pin(store.compact(true));
     assert!(
-        block_on(futures_lite::future::poll_once(&mut merge)).is_none(),
+        block_on(poll_once(&mut merge)).is_none(),
         "the merge yields between chunks"
     );
     let frozen = store.freeze(10).unwrap();
