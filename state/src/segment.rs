@@ -148,6 +148,228 @@ pub fn ns_hash(state: u32, ns_hash: u64) -> u64 {
     xxh3_64(&[ns_hash.to_le_bytes(), u64::from(state).to_le_bytes()].concat())
 }
 
+/// Bytes between two restart points of a block ([`SparseIndex`]).
+pub const RESTART_BYTES: u64 = 512;
+/// Restart points per block: one after every [`RESTART_BYTES`] of its first 4 KiB.
+const RESTARTS: usize = (FENCE_BYTES / RESTART_BYTES) as usize - 1;
+
+/// A restart point of a block: the first frame at or after a multiple of [`RESTART_BYTES`]
+/// past the block's start, with its place between the block's bounding keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Restart {
+    /// Offset from the block's start.
+    at: u16,
+    /// [`place`] of its key hash between the block's bounding fence keys (0 where the block
+    /// spans more than one state, key group or namespace: then no lookup uses it).
+    place: u16,
+}
+
+/// Where `h` lies between `lo` and `hi` (`lo <= h <= hi`), in 1/65536ths: monotone in `h`,
+/// so a restart placed below a key's place holds a smaller key hash, and one placed above
+/// it a larger one.
+fn place(lo: u64, hi: u64, h: u64) -> u16 {
+    let h = h.clamp(lo, hi.max(lo));
+    let span = u128::from(hi.max(lo) - lo) + 1;
+    ((u128::from(h - lo) << 16) / span) as u16
+}
+
+/// The state, key group and namespace of a sort key: keys between two fences of one group
+/// are ordered by their key hash alone.
+fn group(k: &SortKey) -> (u32, u32, u64) {
+    (k.state, k.kg, k.ns_hash)
+}
+
+/// A segment's sparse index, in memory only (rebuilt by a scan at open).
+///
+/// A *fence* is the sort key and offset of the first frame at or after each 4 KiB; a *block*
+/// is the bytes from one fence to the next. A block holds [`RESTARTS`] restart points: the
+/// first frame at or after every 512 bytes past the block's start, each with the place of
+/// its key hash between the block's bounding fence keys. A point lookup in a block of one
+/// state, key group and namespace (keys ordered by a uniform hash) reads just the frames
+/// between the restarts on either side of its key's place, about 600 bytes, instead of the
+/// block up to its key (2.9 KB on average): 60 bytes of index per 4 KiB in all.
+#[derive(Debug, Default)]
+pub struct SparseIndex {
+    /// Sort key and offset of the first frame at or after each 4 KiB.
+    pub fences: Vec<(SortKey, u64)>,
+    /// [`RESTARTS`] per fence, for the block it starts.
+    restarts: Vec<Restart>,
+    /// The last frame's sort key: the upper bound of the last block.
+    last: SortKey,
+    /// Every [`FENCE_TOP_STRIDE`]th fence key, built on the first lookup: a point lookup
+    /// searches this small array (cache-resident) and then one stride of `fences`, instead
+    /// of a binary search whose every step in a large segment's fences missed the cache.
+    top: OnceCell<Vec<SortKey>>,
+}
+
+impl SparseIndex {
+    /// Bytes held in memory.
+    pub fn bytes(&self) -> usize {
+        self.fences.len() * std::mem::size_of::<(SortKey, u64)>()
+            + self.restarts.len() * std::mem::size_of::<Restart>()
+    }
+    /// The first fence whose key is at least `lo`.
+    fn first_fence_from(&self, lo: &SortKey) -> usize {
+        let top = self.top.get_or_init(|| {
+            self.fences
+                .iter()
+                .step_by(FENCE_TOP_STRIDE)
+                .map(|f| f.0)
+                .collect()
+        });
+        // top[..t] < lo <= top[t]: the answer is after fence (t - 1) * STRIDE and at most
+        // fence t * STRIDE.
+        let t = top.partition_point(|k| k < lo);
+        let from = if t == 0 {
+            0
+        } else {
+            (t - 1) * FENCE_TOP_STRIDE + 1
+        };
+        let to = (t * FENCE_TOP_STRIDE).min(self.fences.len());
+        // A forward scan, not a binary search: its loads are sequential, so the hardware
+        // prefetches the stride's cache lines instead of each step waiting for a miss.
+        let stride = &self.fences[from..to];
+        from + stride
+            .iter()
+            .position(|(k, _)| k >= lo)
+            .unwrap_or(stride.len())
+    }
+    /// The fences around `[lo, hi]`: `i`, the first fence at or after `lo`, and `j`, the
+    /// first one past `hi` (either may be `fences.len()`).
+    fn fence_range(&self, lo: &SortKey, hi: &SortKey) -> (usize, usize) {
+        let i = self.first_fence_from(lo);
+        // The end fence is the first one past `hi`: for a point lookup (`lo == hi`) that is
+        // fence `i` or just after it, found without a second binary search.
+        let mut j = i;
+        while j < self.fences.len() && self.fences[j].0 <= *hi && j - i < 8 {
+            j += 1;
+        }
+        if j - i == 8 {
+            j = i + 8 + self.fences[i + 8..].partition_point(|(k, _)| k <= hi);
+        }
+        (i, j)
+    }
+    /// The bytes from the fence before fence `i` to fence `j` (`data_len`: the segment's).
+    fn offsets(&self, i: usize, j: usize, data_len: u64) -> (u64, u64) {
+        let start = if i == 0 { 0 } else { self.fences[i - 1].1 };
+        let end = self.fences.get(j).map_or(data_len, |f| f.1);
+        (start, end.max(start))
+    }
+    /// The restart points of the block that fence `b` starts.
+    fn restarts(&self, b: usize) -> &[Restart] {
+        self.restarts
+            .get(b * RESTARTS..(b + 1) * RESTARTS)
+            .unwrap_or(&[])
+    }
+    /// The part `[from, to)` of the `len` bytes between fences `i - 1` and `j` (from
+    /// [`fence_range`](Self::fence_range) for the point `sort`) that holds the entry of
+    /// `sort` if the segment has it. Anything it misses, the whole range does: a lookup
+    /// that does not find its entry in the part looks again in the whole.
+    fn window(&self, i: usize, j: usize, sort: &SortKey, len: usize) -> (usize, usize) {
+        if i == 0 {
+            return (0, len);
+        }
+        if j == i + 1 && self.fences[i].0 == *sort {
+            // The entry is the first frame of the next block, which starts with it: up to
+            // that block's first restart.
+            let from = (self.fences[i].1 - self.fences[i - 1].1) as usize;
+            let to = self
+                .restarts(i)
+                .iter()
+                .find(|r| r.at > 0)
+                .map_or(len, |r| from + usize::from(r.at));
+            return (from.min(len), to.min(len));
+        }
+        if j != i {
+            return (0, len);
+        }
+        let lo = &self.fences[i - 1].0;
+        let hi = self.fences.get(i).map_or(&self.last, |f| &f.0);
+        if group(lo) != group(sort) || group(hi) != group(sort) {
+            return (0, len);
+        }
+        let p = place(lo.key_hash, hi.key_hash, sort.key_hash);
+        let rs = self.restarts(i - 1);
+        // Restarts are in file order, so their places do not decrease: the last one placed
+        // below the key is at or before its frame, the first placed above it is past it.
+        let from = rs
+            .iter()
+            .rev()
+            .find(|r| r.place < p)
+            .map_or(0, |r| usize::from(r.at));
+        let to = rs
+            .iter()
+            .find(|r| r.place > p)
+            .map_or(len, |r| usize::from(r.at));
+        (from.min(len), to.clamp(from.min(len), len))
+    }
+}
+
+/// Builds a [`SparseIndex`] from a segment's frames in file order (a segment being written,
+/// or one scanned at open).
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    index: SparseIndex,
+    /// Where the next fence goes: the next multiple of [`FENCE_BYTES`].
+    next_fence: u64,
+    /// The open block's restart points so far: offset from its start and key hash.
+    open: Vec<(u16, u64)>,
+}
+
+impl IndexBuilder {
+    /// Notes the frame at `offset` with sort key `sort` (frames in file order).
+    pub fn note(&mut self, sort: SortKey, offset: u64) {
+        if offset >= self.next_fence {
+            self.close(sort);
+            self.index.fences.push((sort, offset));
+            self.next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
+        } else if let Some(&(_, start)) = self.index.fences.last() {
+            let rel = offset - start;
+            while self.open.len() < RESTARTS && rel >= (self.open.len() as u64 + 1) * RESTART_BYTES
+            {
+                // A frame past what a restart's offset can say leaves the block's later
+                // restarts where the earlier ones are (still frame starts).
+                let r = match u16::try_from(rel) {
+                    Ok(at) => (at, sort.key_hash),
+                    Err(_) => self.open.last().copied().unwrap_or((0, 0)),
+                };
+                self.open.push(r);
+            }
+        }
+        self.index.last = sort;
+    }
+    /// Ends the open block, whose next fence key (or, for the last block, whose last key)
+    /// is `hi`: restarts it did not reach repeat the one before, and each gets its place.
+    fn close(&mut self, hi: SortKey) {
+        let Some(&(lo, _)) = self.index.fences.last() else {
+            return;
+        };
+        let same = group(&lo) == group(&hi);
+        let first = (0, lo.key_hash);
+        for k in 0..RESTARTS {
+            let (at, h) = self
+                .open
+                .get(k)
+                .or(self.open.last())
+                .copied()
+                .unwrap_or(first);
+            let place = if same {
+                place(lo.key_hash, hi.key_hash, h)
+            } else {
+                0
+            };
+            self.index.restarts.push(Restart { at, place });
+        }
+        self.open.clear();
+    }
+    /// The finished index.
+    pub fn finish(mut self) -> SparseIndex {
+        let last = self.index.last;
+        self.close(last);
+        self.index
+    }
+}
+
 /// Where a segment's bytes are.
 pub enum Source<R> {
     /// Only in memory: an evicted batch not yet written.
@@ -164,12 +386,8 @@ pub struct SegIndex<R> {
     pub meta: SegmentMeta,
     /// The file.
     pub path: PathBuf,
-    /// Sparse index: sort key and offset of the first frame at or after each 4 KiB.
-    pub fences: Vec<(SortKey, u64)>,
-    /// Every [`FENCE_TOP_STRIDE`]th fence key, built on the first lookup: a point lookup
-    /// searches this small array (cache-resident) and then one stride of `fences`, instead
-    /// of a binary search whose every step in a large segment's fences missed the cache.
-    pub fence_top: OnceCell<Vec<SortKey>>,
+    /// Fences and restart points.
+    pub index: SparseIndex,
     /// Entries and namespaces.
     pub bloom: Bloom,
     /// Where the bytes are.
@@ -203,64 +421,18 @@ impl<R: DiskReader> SegIndex<R> {
             }
         }
     }
-    /// The first fence whose key is at least `lo`.
-    fn first_fence_from(&self, lo: &SortKey) -> usize {
-        let top = self.fence_top.get_or_init(|| {
-            self.fences
-                .iter()
-                .step_by(FENCE_TOP_STRIDE)
-                .map(|f| f.0)
-                .collect()
-        });
-        // top[..t] < lo <= top[t]: the answer is after fence (t - 1) * STRIDE and at most
-        // fence t * STRIDE.
-        let t = top.partition_point(|k| k < lo);
-        let from = if t == 0 {
-            0
-        } else {
-            (t - 1) * FENCE_TOP_STRIDE + 1
-        };
-        let to = (t * FENCE_TOP_STRIDE).min(self.fences.len());
-        // A forward scan, not a binary search: its loads are sequential, so the hardware
-        // prefetches the stride's cache lines instead of each step waiting for a miss.
-        let stride = &self.fences[from..to];
-        from + stride
-            .iter()
-            .position(|(k, _)| k >= lo)
-            .unwrap_or(stride.len())
-    }
     /// The byte range that holds every frame with sort keys in `[lo, hi]`.
     pub fn range_of(&self, lo: &SortKey, hi: &SortKey) -> (u64, u64) {
-        let (i, j) = self.fence_range(lo, hi);
-        self.offsets(i, j)
-    }
-    /// The fences around `[lo, hi]`: `i`, the first fence at or after `lo`, and `j`, the
-    /// first one past `hi` (either may be `fences.len()`).
-    fn fence_range(&self, lo: &SortKey, hi: &SortKey) -> (usize, usize) {
-        let i = self.first_fence_from(lo);
-        // The end fence is the first one past `hi`: for a point lookup (`lo == hi`) that is
-        // fence `i` or just after it, found without a second binary search.
-        let mut j = i;
-        while j < self.fences.len() && self.fences[j].0 <= *hi && j - i < 8 {
-            j += 1;
-        }
-        if j - i == 8 {
-            j = i + 8 + self.fences[i + 8..].partition_point(|(k, _)| k <= hi);
-        }
-        (i, j)
-    }
-    /// The bytes from the fence before fence `i` to fence `j`.
-    fn offsets(&self, i: usize, j: usize) -> (u64, u64) {
-        let start = if i == 0 { 0 } else { self.fences[i - 1].1 };
-        let end = self.fences.get(j).map_or(self.meta.data_len, |f| f.1);
-        (start, end.max(start))
+        let (i, j) = self.index.fence_range(lo, hi);
+        self.index.offsets(i, j, self.meta.data_len)
     }
     /// The entry (`sort`, `ns`, `key`) if this segment has it, read as [`find_frame`] reads a
-    /// block. A segment on disk is read with `pread` into `buf` (which only grows), and not
-    /// always all of the block: the sort keys of the fences on either side of a block of
-    /// one state, key group and namespace place the key by its hash (uniform between them),
-    /// so the first read stops [`read_ahead`](Self::read_ahead) bytes past that place, and
-    /// the rest of the block is read only when the entry is not found within it.
+    /// block, but in two steps. First the part of its block between the restart points
+    /// around its key's place ([`SparseIndex`]), about 600 bytes: its frames are stepped
+    /// over by length and sort key, and the entry's frame, if there, is checked in full and
+    /// returned. Otherwise (the entry absent, or anything in the part that is not a good
+    /// frame) the whole block is read and walked with every frame checked. A segment on
+    /// disk is read with `pread` into `buf` (which only grows).
     pub fn find(
         &self,
         sort: &SortKey,
@@ -268,75 +440,25 @@ impl<R: DiskReader> SegIndex<R> {
         key: &[u8],
         buf: &mut AlignedVec<ARCHIVE_ALIGN>,
     ) -> FaultResult<Option<Entry>> {
-        let (i, j) = self.fence_range(sort, sort);
-        let (start, end) = self.offsets(i, j);
+        let (i, j) = self.index.fence_range(sort, sort);
+        let (start, end) = self.index.offsets(i, j, self.meta.data_len);
         if start >= end {
             return Ok(None);
         }
         let len = (end - start) as usize;
         let (path, id) = (&self.path, self.meta.id);
-        let Source::Disk(r) = &self.source else {
-            let block = self.read_block(start, len, buf)?;
-            return Ok(find_frame(path, id, start, block, sort, ns, key)?.map(Entry::of));
-        };
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let read = |from: usize, to: usize, buf: &mut AlignedVec<ARCHIVE_ALIGN>| {
-            r.read_exact_at(start + from as u64, &mut buf.as_mut_slice()[from..to])
-                .map_err(|e| Fault::io("read segment", path, e))
-        };
-        let mut have = self.first_read(i, j, sort, len);
-        read(0, have, buf)?;
-        loop {
-            match quick_find(&buf[..have], sort, ns, key) {
-                Quick::Hit(at) => {
-                    if let Ok(fr) = frame_at(path, id, &buf[at..have], start + at as u64) {
-                        return Ok(Some(Entry::of(fr)));
-                    }
-                    break;
+        let (from, to) = self.index.window(i, j, sort, len);
+        if (from, to) != (0, len) && from < to {
+            let at = start + from as u64;
+            let part = self.read_block(at, to - from, buf)?;
+            if let Quick::Hit(k) = quick_find(part, sort, ns, key) {
+                if let Ok(fr) = frame_at(path, id, &part[k..], at + k as u64) {
+                    return Ok(Some(Entry::of(fr)));
                 }
-                Quick::Short if have < len => {
-                    read(have, len, buf)?;
-                    have = len;
-                }
-                Quick::Short | Quick::Past => break,
             }
         }
-        if have < len {
-            read(have, len, buf)?;
-        }
-        Ok(check_find(path, id, start, &buf[..len], sort, ns, key)?.map(Entry::of))
-    }
-    /// Bytes read past the estimated place of an entry: three frames of the segment's mean
-    /// size (the estimate is off by about half the square root of a block's frames, 2.5 of
-    /// 25 small ones) and a little.
-    fn read_ahead(&self) -> usize {
-        let mean = self.meta.data_len / self.meta.entries.max(1);
-        (3 * mean + 128).min(FENCE_BYTES) as usize
-    }
-    /// How many bytes of the block between fences `i - 1` and `i` (`len` of them) the first
-    /// read of a point lookup of `sort` takes: up to [`read_ahead`](Self::read_ahead) past
-    /// the place that the fence keys' hashes put it at, or all of them where the fences are
-    /// not of the entry's state, key group and namespace.
-    fn first_read(&self, i: usize, j: usize, sort: &SortKey, len: usize) -> usize {
-        if j != i || i == 0 || i >= self.fences.len() {
-            return len;
-        }
-        let (lo, hi) = (&self.fences[i - 1].0, &self.fences[i].0);
-        let group = |k: &SortKey| (k.state, k.kg, k.ns_hash);
-        if group(lo) != group(sort) || group(hi) != group(sort) {
-            return len;
-        }
-        let below = sort.key_hash.saturating_sub(lo.key_hash) as f64;
-        let span = hi.key_hash.saturating_sub(lo.key_hash).max(1) as f64;
-        let want = (below / span * len as f64) as usize + self.read_ahead();
-        let want = frame::pad(want);
-        if want + self.read_ahead() / 2 >= len {
-            len
-        } else {
-            want
-        }
+        let block = self.read_block(start, len, buf)?;
+        Ok(find_frame(path, id, start, block, sort, ns, key)?.map(Entry::of))
     }
     /// Whether an entry may be here.
     pub fn may_contain(&self, sort: &SortKey) -> bool {
@@ -630,8 +752,7 @@ pub struct SegmentBuilder {
     order: u64,
     buf: AlignedVec<ARCHIVE_ALIGN>,
     scratch: Vec<u8>,
-    fences: Vec<(SortKey, u64)>,
-    next_fence: u64,
+    index: IndexBuilder,
     bloom: Bloom,
     extents: Vec<Extent>,
     entries: u64,
@@ -648,8 +769,7 @@ impl SegmentBuilder {
             order,
             buf: AlignedVec::new(),
             scratch: Vec::new(),
-            fences: Vec::new(),
-            next_fence: 0,
+            index: IndexBuilder::default(),
             bloom: Bloom::with_keys(entries.max(16)),
             extents: Vec::new(),
             entries: 0,
@@ -695,10 +815,7 @@ impl SegmentBuilder {
     fn note(&mut self, sort: SortKey, offset: u64, len: u64) {
         debug_assert!(self.last.is_none_or(|l| l <= sort), "frames out of order");
         self.last = Some(sort);
-        if offset >= self.next_fence {
-            self.fences.push((sort, offset));
-            self.next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
-        }
+        self.index.note(sort, offset);
         let new_ns = self
             .last_ns
             .is_none_or(|(st, h)| st != sort.state || h != sort.ns_hash);
@@ -785,8 +902,7 @@ impl SegmentBuilder {
         SegIndex {
             path: dir.join(segment_name(self.id)),
             meta,
-            fences: self.fences,
-            fence_top: OnceCell::new(),
+            index: self.index.finish(),
             bloom: self.bloom,
             source: Source::Mem(Rc::new(self.buf)),
             synced: false,
@@ -801,11 +917,10 @@ pub fn scan_segment<R: DiskReader>(
     path: &Path,
     reader: &R,
     checkpoint_max: u64,
-) -> FaultResult<(Vec<(SortKey, u64)>, Bloom)> {
-    let mut fences = Vec::new();
+) -> FaultResult<(SparseIndex, Bloom)> {
+    let mut index = IndexBuilder::default();
     let mut bloom = Bloom::with_keys(meta.entries.max(16));
     let mut last_ns: Option<(u32, u64)> = None;
-    let mut next_fence = 0;
     let mut last: Option<(SortKey, u64)> = None;
     let mut entries = 0u64;
     let mut ext = meta.extents.iter().peekable();
@@ -850,10 +965,7 @@ pub fn scan_segment<R: DiskReader>(
             }
         }
         last = Some((sort, offset));
-        if offset >= next_fence {
-            fences.push((sort, offset));
-            next_fence = (offset / FENCE_BYTES + 1) * FENCE_BYTES;
-        }
+        index.note(sort, offset);
         hashes.push(entry_hash(&sort));
         if hashes.len() == BLOOM_BATCH {
             bloom.insert_batch(&hashes);
@@ -874,7 +986,7 @@ pub fn scan_segment<R: DiskReader>(
             format!("{entries} frames, the manifest says {}", meta.entries),
         ));
     }
-    Ok((fences, bloom))
+    Ok((index.finish(), bloom))
 }
 
 /// Reads `[start, end)` of a segment file sequentially through `buf` (kept between calls,
@@ -988,12 +1100,14 @@ mod tests {
                 extents: vec![],
             },
             path: PathBuf::from("/x"),
-            fences: hashes
-                .iter()
-                .enumerate()
-                .map(|(i, &h)| (key(h), i as u64 * 4096))
-                .collect(),
-            fence_top: OnceCell::new(),
+            index: SparseIndex {
+                fences: hashes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &h)| (key(h), i as u64 * 4096))
+                    .collect(),
+                ..SparseIndex::default()
+            },
             bloom: Bloom::with_keys(1),
             source: Source::Mem(Rc::new(AlignedVec::new())),
             synced: true,
@@ -1001,10 +1115,11 @@ mod tests {
         for lo in 0..402 {
             for hi in (lo..402).step_by(1 + (lo as usize % 7)) {
                 let (lo, hi) = (key(lo), key(hi));
-                let i = seg.fences.partition_point(|(k, _)| *k < lo);
-                let j = seg.fences.partition_point(|(k, _)| *k <= hi);
-                let start = if i == 0 { 0 } else { seg.fences[i - 1].1 };
-                let end = seg.fences.get(j).map_or(data_len, |f| f.1);
+                let fences = &seg.index.fences;
+                let i = fences.partition_point(|(k, _)| *k < lo);
+                let j = fences.partition_point(|(k, _)| *k <= hi);
+                let start = if i == 0 { 0 } else { fences[i - 1].1 };
+                let end = fences.get(j).map_or(data_len, |f| f.1);
                 assert_eq!(seg.range_of(&lo, &hi), (start, end.max(start)));
             }
         }
@@ -1339,9 +1454,10 @@ mod tests {
     }
 
     /// `SegIndex::find` on disk: every entry is found with its value and absent keys are
-    /// absent, with small frames (a first read of part of a block, placed by the fence
-    /// keys' hashes: less than three quarters of the blocks' bytes in all) and with large
-    /// ones (whole blocks); rot in one value fails that entry alone.
+    /// absent, with small frames (a read of the part of a block between two restart points,
+    /// placed by the fence keys' hashes: less than a fifth of the blocks' bytes in all) and
+    /// with large ones (a frame per block: the block of the entry's fence only); rot in one
+    /// value fails that entry alone.
     #[test]
     fn find_on_disk_reads_part_of_a_block_and_finds_every_entry() {
         for (n, value_len) in [(6000u64, 60usize), (300, 5000)] {
@@ -1364,9 +1480,11 @@ mod tests {
             }
             let read = bytes_read(&seg);
             if value_len < 100 {
-                assert!(read < blocks * 3 / 4, "{read} bytes of {blocks}");
+                assert!(read < blocks / 5, "{read} bytes of {blocks}");
             } else {
-                assert_eq!(read, blocks);
+                // Each frame is a block of its own and its fence's key is the entry's: the
+                // range is two blocks, of which the lookup reads the second: each frame once.
+                assert_eq!(read, seg.meta.data_len, "{blocks} bytes in the ranges");
             }
             for (sort, k) in &entries {
                 let (ns, other) = ([(k % 2) as u8], (k + n).to_le_bytes());
@@ -1408,6 +1526,69 @@ mod tests {
             let e = seg.find(sort, &ns, &k.to_le_bytes(), &mut buf).unwrap();
             assert_eq!(e.unwrap().value[0], *k as u8, "entry {i}");
         }
+    }
+
+    /// The lookup window of every entry holds the entry's frame, in blocks of one namespace
+    /// and blocks that span several (states, key groups, namespaces), among frames of mixed
+    /// sizes (some larger than a block); the windows of small frames are a small part of
+    /// their blocks; and the scan at open rebuilds exactly the index the builder made.
+    #[test]
+    fn every_entry_lies_in_its_lookup_window_and_a_scan_rebuilds_the_index() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut batch = EntryBatch::default();
+        for i in 0..30_000u64 {
+            let r = rand();
+            let (state, kg, ns) = ((r % 2) as u32, ((r >> 8) % 3) as u32, [(r >> 16) as u8 % 2]);
+            let value_len = match r >> 40 {
+                v if v % 700 == 0 => 9000,
+                v => (v % 160) as usize,
+            };
+            let key = i.to_le_bytes();
+            let sort = SortKey::of(state, kg, &ns, &key);
+            batch.push(sort, Kind::Put, 0, 1, &ns, &key, &vec![7; value_len]);
+        }
+        let mut b = SegmentBuilder::new(5, 1, 30_000);
+        b.push_batch(batch);
+        let seg: SegIndex<VecReader> = b.finish(Path::new("/d"));
+        let Source::Mem(bytes) = &seg.source else {
+            unreachable!("a built segment is in memory")
+        };
+        let (mut parts, mut blocks, mut whole) = (0usize, 0usize, 0usize);
+        for_each_frame(&seg.path, 5, 0, bytes, |fr| {
+            let sort = fr.head.sort;
+            let (i, j) = seg.index.fence_range(&sort, &sort);
+            let (start, end) = seg.index.offsets(i, j, seg.meta.data_len);
+            let len = (end - start) as usize;
+            let (from, to) = seg.index.window(i, j, &sort, len);
+            let at = (fr.head.offset - start) as usize;
+            assert!(
+                from <= at && at < to,
+                "frame at {at} of [0, {len}): window [{from}, {to})"
+            );
+            if fr.len < 400 {
+                (parts, blocks) = (parts + to - from, blocks + len);
+                whole += usize::from((from, to) == (0, len));
+            }
+            Ok(true)
+        })
+        .unwrap();
+        assert!(
+            parts * 4 < blocks,
+            "windows of {parts} bytes in blocks of {blocks}"
+        );
+        assert!(whole < 30_000 / 20, "{whole} lookups read the whole block");
+
+        let reader = VecReader(bytes.to_vec());
+        let (index, _) = scan_segment(&seg.meta, &seg.path, &reader, 1).unwrap();
+        assert_eq!(index.fences, seg.index.fences);
+        assert_eq!(index.restarts, seg.index.restarts);
+        assert_eq!(index.last, seg.index.last);
     }
 
     #[test]

@@ -237,12 +237,11 @@ pub(crate) fn open_segment<D: Disk>(
             ),
         ));
     }
-    let (fences, bloom) = segment::scan_segment(&meta, &path, &reader, checkpoint_id)?;
+    let (index, bloom) = segment::scan_segment(&meta, &path, &reader, checkpoint_id)?;
     Ok(SegIndex {
         meta,
         path,
-        fences,
-        fence_top: std::cell::OnceCell::new(),
+        index,
         bloom,
         source: Source::Disk(Rc::new(reader)),
         synced: true,
@@ -542,7 +541,7 @@ impl<D: Disk> Store<D> {
             index_bytes: core
                 .segments
                 .iter()
-                .map(|s| s.bloom.bytes() + s.fences.len() * 32)
+                .map(|s| s.bloom.bytes() + s.index.bytes())
                 .sum(),
             compactions: core.compactions,
             compacted_in_bytes: core.compacted_in,
