@@ -15,7 +15,6 @@ use std::time::Instant;
 use anyhow::Result;
 use glommio::{LocalExecutorBuilder, Placement};
 use rustc_hash::FxHashMap;
-use sluice_core::element::PREFETCH_RUN;
 use sluice_state::{GlommioDisk, Store, StoreConfig, TableConfig};
 
 /// Keys per batch between two `Store::flush` calls (the runtime's batch size).
@@ -140,15 +139,6 @@ async fn end_batch(store: &Store<GlommioDisk>) -> Result<()> {
     Ok(())
 }
 
-/// `[from, to)` in runs of [`PREFETCH_RUN`]: a keyed operator touches the entries of a run
-/// of records' keys before it processes them (`Collector::prefetch`), so that the cache
-/// misses of a large table overlap; the point workload drives the store as they do.
-fn runs(from: u64, to: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
-    (from..to)
-        .step_by(PREFETCH_RUN)
-        .map(move |r| r..(r + PREFETCH_RUN as u64).min(to))
-}
-
 /// Point updates and reads on Sluice's store in `dir` with a memory budget.
 pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<PointResult> {
     let dir = dir.to_path_buf();
@@ -186,14 +176,9 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
         while i < ops {
             {
                 let mut tl = t.lock();
-                for run in runs(i, (i + BATCH).min(ops)) {
-                    for j in run.clone() {
-                        tl.prefetch(&(), &key(mix(j) % keys));
-                    }
-                    for j in run {
-                        let v = tl.get_or_insert_with(&(), key(mix(j) % keys), || [0; 64])?;
-                        v[1] = v[1].wrapping_add(1);
-                    }
+                for j in i..(i + BATCH).min(ops) {
+                    let v = tl.get_or_insert_with(&(), key(mix(j) % keys), || [0; 64])?;
+                    v[1] = v[1].wrapping_add(1);
                 }
             }
             i += BATCH;
@@ -207,13 +192,8 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
         while i < ops {
             {
                 let mut tl = t.lock();
-                for run in runs(i, (i + BATCH).min(ops)) {
-                    for j in run.clone() {
-                        tl.prefetch(&(), &read_key(j, keys));
-                    }
-                    for j in run {
-                        black_box(tl.get(&(), &read_key(j, keys))?);
-                    }
+                for j in i..(i + BATCH).min(ops) {
+                    black_box(tl.get(&(), &read_key(j, keys))?);
                 }
             }
             i += BATCH;
