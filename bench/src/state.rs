@@ -70,6 +70,11 @@ pub struct PointResult {
     pub update_cpu_per_s: f64,
     /// Bytes of segments Sluice's store merged during the update phase (0 for the others).
     pub update_compacted_bytes: u64,
+    /// CPU seconds per second of the read phase, all threads.
+    pub read_cpu_per_s: f64,
+    /// Sluice's on-disk segments at the start of the read phase, each of which a lookup of
+    /// an evicted key may probe (0 for the others).
+    pub read_segments: u64,
 }
 
 /// Where a phase started: the clock and the process's CPU time.
@@ -187,6 +192,7 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
         r.update_per_s = phase.done(&label, "updated", ops);
         r.update_cpu_per_s = phase.cpu_per_s();
         r.update_compacted_bytes = store.stats().compacted_in_bytes - merged_before;
+        r.read_segments = store.stats().segments as u64;
         let phase = Phase::start();
         let mut i = 0;
         while i < ops {
@@ -200,6 +206,7 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
             end_batch(&store).await?;
         }
         r.read_per_s = phase.done(&label, "read", ops);
+        r.read_cpu_per_s = phase.cpu_per_s();
         r.memory_bytes = store.memory_used() as u64;
         store.stop_compactor();
         if let Some(merged) = compactor.await {
@@ -230,6 +237,7 @@ pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
         black_box(m.get(&read_key(j, keys)));
     }
     r.read_per_s = phase.rate(ops);
+    r.read_cpu_per_s = phase.cpu_per_s();
     r.memory_bytes = (m.capacity() * (16 + 64 + 1)) as u64;
     r
 }
@@ -289,6 +297,7 @@ pub fn rocksdb_point(
         black_box(db.get_pinned(read_key(j, keys))?.map(|p| p.len()));
     }
     r.read_per_s = phase.done(&label, "read", ops);
+    r.read_cpu_per_s = phase.cpu_per_s();
     r.memory_bytes = db
         .property_int_value("rocksdb.cur-size-all-mem-tables")?
         .unwrap_or(0);

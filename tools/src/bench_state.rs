@@ -101,6 +101,8 @@ impl Series {
             "memory_bytes": self.med(|r| r.memory_bytes as f64),
             "update_cpu_per_s": self.med(|r| r.update_cpu_per_s),
             "update_compacted_bytes": self.med(|r| r.update_compacted_bytes as f64),
+            "read_cpu_per_s": self.med(|r| r.read_cpu_per_s),
+            "read_segments": self.med(|r| r.read_segments as f64),
             "update_per_s_runs": self.runs.iter().map(|r| r.update_per_s).collect::<Vec<_>>(),
             "read_per_s_runs": self.runs.iter().map(|r| r.read_per_s).collect::<Vec<_>>(),
         })
