@@ -60,6 +60,13 @@ pub trait DiskWriter {
     async fn write_at(&mut self, pos: u64, buf: &[u8]) -> io::Result<()>;
     /// `fdatasync`: the written data is on the medium when this returns Ok.
     async fn sync(&mut self) -> io::Result<()>;
+    /// A hint that `[pos, pos + len)`, written, will be read soon at random places: start
+    /// reading it into the page cache in the background (an `O_DIRECT` write leaves nothing
+    /// there). A merge advises each chunk as it writes it, so that its output is cached by
+    /// the time it replaces its inputs, whose cached pages then go. Only a hint.
+    fn will_need_written(&self, pos: u64, len: u64) {
+        let _ = (pos, len);
+    }
     /// Closes the file.
     async fn close(self) -> io::Result<()>;
 }
@@ -145,6 +152,10 @@ impl DiskWriter for GlommioWriter {
     async fn sync(&mut self) -> io::Result<()> {
         self.file.fdatasync().await.map_err(io::Error::from)
     }
+    fn will_need_written(&self, pos: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        will_need(self.file.as_raw_fd(), pos, pos.saturating_add(len));
+    }
     async fn close(self) -> io::Result<()> {
         self.file.close().await.map_err(io::Error::from)
     }
@@ -159,21 +170,30 @@ impl DiskReader for StdReader {
     }
     fn will_need_range(&self, pos: u64, len: u64) {
         use std::os::fd::AsRawFd;
-        // Linux reads at most the device's readahead window (`read_ahead_kb`, 128 KiB by
-        // default) per call, so the range is advised a window at a time.
-        const WINDOW: u64 = 128 << 10;
-        let fd = self.file.as_raw_fd();
-        let (mut at, end) = (pos, pos.saturating_add(len).min(self.len));
-        while at < end {
-            let n = WINDOW.min(end - at);
-            let (Ok(off), Ok(n)) = (libc::off_t::try_from(at), libc::off_t::try_from(n)) else {
-                return;
-            };
-            // SAFETY: `posix_fadvise` only reads its integer arguments, and the descriptor
-            // is open while `self.file` lives. The result is ignored: it is only advice.
-            let _ = unsafe { libc::posix_fadvise(fd, off, n, libc::POSIX_FADV_WILLNEED) };
-            at += WINDOW;
-        }
+        will_need(
+            self.file.as_raw_fd(),
+            pos,
+            pos.saturating_add(len).min(self.len),
+        );
+    }
+}
+
+/// Advises `[at, end)` of the file `fd` `POSIX_FADV_WILLNEED` (it works on an `O_DIRECT`
+/// descriptor too: the kernel reads into the file's page cache either way). Linux reads at
+/// most the device's readahead window (`read_ahead_kb`, 128 KiB by default) per call, so the
+/// range is advised a window at a time. Only advice: errors are ignored.
+/// `fd` is the descriptor of a file the caller holds open.
+fn will_need(fd: std::os::fd::RawFd, mut at: u64, end: u64) {
+    const WINDOW: u64 = 128 << 10;
+    while at < end {
+        let n = WINDOW.min(end - at);
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(at), libc::off_t::try_from(n)) else {
+            return;
+        };
+        // SAFETY: `posix_fadvise` only reads its integer arguments, and the caller holds
+        // the descriptor's file open for the duration of the call.
+        let _ = unsafe { libc::posix_fadvise(fd, off, n, libc::POSIX_FADV_WILLNEED) };
+        at += WINDOW;
     }
 }
 

@@ -155,6 +155,9 @@ struct Output<'a, D: Disk> {
     writer: D::Writer,
     path: &'a Path,
     written: u64,
+    /// Whether each chunk is advised into the page cache as it is written (a merge once
+    /// lookups may read the output: [`DiskWriter::will_need_written`]).
+    read_ahead: bool,
 }
 
 impl<D: Disk> Output<'_, D> {
@@ -170,6 +173,10 @@ impl<D: Disk> Output<'_, D> {
                 .write_at(self.written, &bytes)
                 .await
                 .map_err(|e| Fault::io("write segment", self.path, e))?;
+            if self.read_ahead {
+                self.writer
+                    .will_need_written(self.written, bytes.len() as u64);
+            }
             self.written += bytes.len() as u64;
         }
         Ok(())
@@ -414,9 +421,6 @@ impl<D: Disk> Store<D> {
         let unreferenced = {
             let mut core = self.shared.core.borrow_mut();
             let seg = result.map_err(|f| self.fail(f))?;
-            if let Source::Disk(r) = &seg.source {
-                self.read_ahead_if_looked_up(r);
-            }
             core.compactions += 1;
             core.compacted_in += cursors.iter().map(|c| c.meta.data_len).sum::<u64>();
             core.compacted_out += seg.meta.data_len;
@@ -479,11 +483,16 @@ impl<D: Disk> Store<D> {
             .create(&path)
             .await
             .map_err(|e| Fault::io("create segment", &path, e))?;
+        // Once lookups may read the output, it is read in as it is written: advised whole at
+        // the end, a merge of gigabytes left lookups waiting for the disk for seconds after it
+        // replaced its inputs (whose cached pages go with their files).
+        let read_ahead = self.shared.counters.evicted.get();
         let mut out: Output<'_, D> = Output {
             builder: SegmentBuilder::new(id, order, entries),
             writer,
             path: &path,
             written: 0,
+            read_ahead,
         };
         let purge = Purge {
             drops,
@@ -497,6 +506,10 @@ impl<D: Disk> Store<D> {
             .disk
             .open(&path)
             .map_err(|e| Fault::io("open segment", &path, e))?;
+        if !read_ahead {
+            // Entries were evicted while it ran.
+            self.read_ahead_if_looked_up(&reader);
+        }
         let mut seg = builder.finish::<D::Reader>(dir);
         seg.source = Source::Disk(Rc::new(reader));
         seg.synced = true;
@@ -693,6 +706,7 @@ async fn copy_key_groups<D: Disk>(
                 writer,
                 path: &out_path,
                 written: 0,
+                read_ahead: false,
             };
             let mut buf: AlignedVec<ARCHIVE_ALIGN> = AlignedVec::new();
             for e in wanted {

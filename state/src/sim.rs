@@ -138,7 +138,8 @@ impl SimDisk {
     pub fn durability_points(&self) -> u64 {
         self.0.borrow().durability_points
     }
-    /// Bytes the store advised it will read ([`DiskReader::will_need_range`]).
+    /// Bytes the store advised it will read ([`DiskReader::will_need_range`],
+    /// [`DiskWriter::will_need_written`]).
     pub fn advised_bytes(&self) -> u64 {
         self.0.borrow().advised
     }
@@ -291,6 +292,11 @@ impl DiskWriter for SimWriter {
     }
     async fn close(self) -> io::Result<()> {
         Ok(())
+    }
+    fn will_need_written(&self, pos: u64, len: u64) {
+        let mut s = self.disk.0.borrow_mut();
+        let written = s.files.get(&self.ino).map_or(0, |f| f.live.len() as u64);
+        s.advised += pos.saturating_add(len).min(written).saturating_sub(pos);
     }
 }
 

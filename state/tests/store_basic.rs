@@ -779,6 +779,34 @@ fn four_checkpoints_of_20k_keys(disk: &SimDisk) -> (Store<SimDisk>, Table<(), u6
     (store, t)
 }
 
+/// Once entries were evicted, a merge's output is read into the page cache as it is
+/// written, a chunk at a time, not all at once after it replaced its inputs (whose cached
+/// pages go with their files): the first chunk is advised before the merge ends, and the
+/// whole output is advised once.
+#[test]
+fn a_merge_output_is_read_ahead_as_it_is_written() {
+    let disk = SimDisk::default();
+    let (store, _t) = four_checkpoints_of_20k_keys(&disk);
+    let before = disk.advised_bytes();
+    let mut merge = Box::pin(store.compact(true));
+    assert!(
+        block_on(poll_once(&mut merge)).is_none(),
+        "the merge yields between chunks"
+    );
+    let first = disk.advised_bytes() - before;
+    assert!(first > 0, "the first chunk is advised while the merge runs");
+    assert!(block_on(merge).unwrap(), "merged");
+    let st = store.stats();
+    assert_eq!(st.segments, 1, "{st:?}");
+    let advised = disk.advised_bytes() - before;
+    assert!(first < advised, "{first} of {advised}");
+    assert!(
+        advised >= st.segment_bytes && advised < st.segment_bytes + 2 * 4096,
+        "the output ({} bytes) is advised once: {advised}",
+        st.segment_bytes
+    );
+}
+
 /// A savepoint asked for while a merge runs (a worker's compaction task beside its barrier)
 /// waits for the merge, then holds merges off until its copy is written: the merge cannot
 /// replace segments that the savepoint's checkpoint names before they are copied, and the
