@@ -191,8 +191,9 @@ pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<Po
         }
         r.update_per_s = phase.done(&label, "updated", ops);
         r.update_cpu_per_s = phase.cpu_per_s();
-        r.update_compacted_bytes = store.stats().compacted_in_bytes - merged_before;
-        r.read_segments = store.stats().segments as u64;
+        let stats = store.stats();
+        r.update_compacted_bytes = stats.compacted_in_bytes - merged_before;
+        r.read_segments = stats.segments as u64;
         let phase = Phase::start();
         let mut i = 0;
         while i < ops {

@@ -507,7 +507,7 @@ impl<D: Disk> Store<D> {
             .open(&path)
             .map_err(|e| Fault::io("open segment", &path, e))?;
         if !read_ahead {
-            // Entries were evicted while it ran.
+            // Not advised while written: advised whole now if entries were evicted meanwhile.
             self.read_ahead_if_looked_up(&reader);
         }
         let mut seg = builder.finish::<D::Reader>(dir);
