@@ -10,7 +10,9 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -54,7 +56,9 @@ fn kg(_: &(), k: &[u8; 16]) -> u32 {
     u32::from(k[0] & 127)
 }
 
-/// Throughputs of one point workload run.
+/// Throughputs of one point workload run. With several workers the rates are the
+/// machine's: all workers' operations over the time from the first worker's start of the
+/// phase to the last one's end.
 #[derive(Clone, Debug, Default)]
 pub struct PointResult {
     /// Inserts per second while loading.
@@ -63,18 +67,148 @@ pub struct PointResult {
     pub update_per_s: f64,
     /// Point reads per second.
     pub read_per_s: f64,
-    /// Bytes the engine accounts in memory at the end (the store's budget accounting).
+    /// Bytes the engine accounts in memory at the end (the store's budget accounting),
+    /// summed over the workers.
     pub memory_bytes: u64,
     /// CPU seconds the process used per second of the update phase, all threads (RocksDB
     /// compacts on background threads; Sluice's store works on its worker's thread).
     pub update_cpu_per_s: f64,
-    /// Bytes of segments Sluice's store merged during the update phase (0 for the others).
+    /// Bytes of segments Sluice's stores merged during the update phase (0 for the others).
     pub update_compacted_bytes: u64,
     /// CPU seconds per second of the read phase, all threads.
     pub read_cpu_per_s: f64,
     /// Sluice's on-disk segments at the start of the read phase, each of which a lookup of
-    /// an evicted key may probe (0 for the others).
+    /// an evicted key may probe (0 for the others); with several stores, the most any has.
     pub read_segments: u64,
+}
+
+/// One worker's part of a point run: the keys `first..first + keys` and `ops` updates and
+/// reads among them. One worker has all of the keys; `n` workers a disjoint `n`th each.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    first: u64,
+    keys: u64,
+    ops: u64,
+}
+
+impl Share {
+    fn split(keys: u64, ops: u64, workers: usize) -> Vec<Share> {
+        let n = workers as u64;
+        (0..n)
+            .map(|w| Share {
+                first: w * keys / n,
+                keys: (w + 1) * keys / n - w * keys / n,
+                ops: (w + 1) * ops / n - w * ops / n,
+            })
+            .collect()
+    }
+    /// The key the load phase inserts `j`-th.
+    fn load_key(&self, j: u64) -> [u8; 16] {
+        key(self.first + j)
+    }
+    /// The key the update phase changes `j`-th.
+    fn update_key(&self, j: u64) -> [u8; 16] {
+        key(self.first + mix(j) % self.keys)
+    }
+    /// The key the read phase reads `j`-th (see [`read_key`]).
+    fn read_key(&self, j: u64) -> [u8; 16] {
+        key(self.first + mix(j | 1 << 62) % self.keys)
+    }
+}
+
+/// A point in time and the process's CPU time then.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            wall: Instant::now(),
+            cpu: process_cpu_s(),
+        }
+    }
+}
+
+/// One worker's phase: where it started and ended.
+type Span = (Mark, Mark);
+
+/// The three phases of one worker, and what its engine reports.
+#[derive(Debug)]
+struct WorkerRun {
+    load: Span,
+    update: Span,
+    read: Span,
+    memory_bytes: u64,
+    update_compacted_bytes: u64,
+    read_segments: u64,
+}
+
+/// The machine's rates from its workers' phases: each phase from the first start to the
+/// last end.
+fn combine(runs: &[WorkerRun], shares: &[Share]) -> PointResult {
+    let keys: u64 = shares.iter().map(|s| s.keys).sum();
+    let ops: u64 = shares.iter().map(|s| s.ops).sum();
+    let span = |f: fn(&WorkerRun) -> Span| -> (f64, f64) {
+        let start = runs.iter().map(|r| f(r).0).min_by_key(|m| m.wall);
+        let end = runs.iter().map(|r| f(r).1).max_by_key(|m| m.wall);
+        match (start, end) {
+            (Some(a), Some(b)) => {
+                let s = (b.wall - a.wall).as_secs_f64().max(1e-9);
+                (s, (b.cpu - a.cpu) / s)
+            }
+            _ => (f64::INFINITY, 0.0),
+        }
+    };
+    let (load_s, _) = span(|r| r.load);
+    let (update_s, update_cpu) = span(|r| r.update);
+    let (read_s, read_cpu) = span(|r| r.read);
+    PointResult {
+        load_per_s: keys as f64 / load_s,
+        update_per_s: ops as f64 / update_s,
+        read_per_s: ops as f64 / read_s,
+        memory_bytes: runs.iter().map(|r| r.memory_bytes).sum(),
+        update_cpu_per_s: update_cpu,
+        update_compacted_bytes: runs.iter().map(|r| r.update_compacted_bytes).sum(),
+        read_cpu_per_s: read_cpu,
+        read_segments: runs.iter().map(|r| r.read_segments).max().unwrap_or(0),
+    }
+}
+
+/// Starts each phase of several workers together: a worker passes gate `round` once every
+/// worker has arrived at it, so that no worker's phase overlaps another's previous one.
+struct Gate {
+    workers: usize,
+    arrived: AtomicUsize,
+}
+
+impl Gate {
+    fn new(workers: usize) -> Gate {
+        Gate {
+            workers,
+            arrived: AtomicUsize::new(0),
+        }
+    }
+    fn open(&self, round: usize) -> bool {
+        self.arrived.load(Ordering::Acquire) >= self.workers * round
+    }
+    /// Waits on a glommio executor, whose other tasks (the store's compactor) run meanwhile.
+    async fn pass(&self, round: usize) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while !self.open(round) {
+            glommio::timer::sleep(Duration::from_micros(100)).await;
+        }
+    }
+    /// Waits on a plain thread.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    fn pass_blocking(&self, round: usize) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while !self.open(round) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
 }
 
 /// Where a phase started: the clock and the process's CPU time.
@@ -94,19 +228,21 @@ impl Phase {
     fn rate(&self, n: u64) -> f64 {
         n as f64 / self.wall.elapsed().as_secs_f64()
     }
-    /// The rate of `n` operations, and a progress line on stderr naming the run (`label`)
-    /// and the phase: a 50M-key run's phases take minutes each.
-    fn done(&self, label: &str, what: &str, n: u64) -> f64 {
-        eprintln!(
-            "point: {label}: {what} {n} keys in {:.1} s",
-            self.wall.elapsed().as_secs_f64()
-        );
-        self.rate(n)
-    }
     /// CPU seconds per second since the start.
     fn cpu_per_s(&self) -> f64 {
         (process_cpu_s() - self.cpu) / self.wall.elapsed().as_secs_f64()
     }
+}
+
+/// A phase's end: a progress line on stderr naming the run (`label`) and the phase (a
+/// 50M-key run's phases take minutes each), and the phase's span.
+fn phase_done(label: &str, what: &str, n: u64, start: Mark) -> Span {
+    let end = Mark::now();
+    eprintln!(
+        "point: {label}: {what} {n} keys in {:.1} s",
+        (end.wall - start.wall).as_secs_f64()
+    );
+    (start, end)
 }
 
 /// User and system CPU seconds of the whole process so far.
@@ -128,12 +264,17 @@ pub fn on_glommio<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static
         .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))
 }
 
-/// A run's name in progress lines: the engine and its memory budget.
-fn run_label(engine: &str, budget: usize) -> String {
-    match budget {
+/// A run's name in progress lines: the engine, its memory budget and, of several, the
+/// worker.
+fn run_label(engine: &str, budget: usize, worker: usize, workers: usize) -> String {
+    let mut l = match budget {
         b if b >= usize::MAX / 2 => format!("{engine} in memory"),
         b => format!("{engine} budget {} MB", b >> 20),
+    };
+    if workers > 1 {
+        l += &format!(" (worker {}/{workers})", worker + 1);
     }
+    l
 }
 
 /// The end of a batch, as in a worker: evicted entries are written, and the worker returns
@@ -144,77 +285,134 @@ async fn end_batch(store: &Store<GlommioDisk>) -> Result<()> {
     Ok(())
 }
 
-/// Point updates and reads on Sluice's store in `dir` with a memory budget.
-pub fn sluice_point(dir: &Path, keys: u64, ops: u64, budget: usize) -> Result<PointResult> {
-    let dir = dir.to_path_buf();
-    on_glommio(async move || -> Result<PointResult> {
-        let cfg = StoreConfig {
-            memory_budget_bytes: budget,
-            key_groups: (0, 127),
-            ..StoreConfig::default()
+/// Point updates and reads on Sluice's store in `dir` with a memory budget. With
+/// `workers` > 1, as a job on that many cores runs: one store per worker, each on its own
+/// executor pinned to its own CPU (of `cpus`, in turn) with a `workers`th of the keys, the
+/// operations and the budget; the phases start together.
+pub fn sluice_point(
+    dir: &Path,
+    keys: u64,
+    ops: u64,
+    budget: usize,
+    workers: usize,
+    cpus: &[usize],
+) -> Result<PointResult> {
+    anyhow::ensure!(workers > 0, "at least one worker");
+    let shares = Share::split(keys, ops, workers);
+    let gate = Arc::new(Gate::new(workers));
+    let mut handles = Vec::new();
+    for (w, &share) in shares.iter().enumerate() {
+        let placement = match cpus {
+            _ if workers == 1 => Placement::Unbound,
+            [] => Placement::Unbound,
+            _ => Placement::Fixed(cpus[w % cpus.len()]),
         };
-        let store = Rc::new(Store::open(GlommioDisk, &dir, cfg, None)?);
-        // Merges run in a task beside the workload, as in a worker (see `StageState`).
-        let compactor = {
-            let store = store.clone();
-            glommio::spawn_local(async move { store.compactor().await }).detach()
+        let d = if workers == 1 {
+            dir.to_path_buf()
+        } else {
+            dir.join(format!("w{w}"))
         };
-        let t = store.table::<(), [u8; 16], [u8; 64]>("point", TableConfig::new(kg))?;
-        let label = run_label("sluice", budget);
-        let mut r = PointResult::default();
-        let phase = Phase::start();
-        let mut i = 0;
-        while i < keys {
-            {
-                let mut tl = t.lock();
-                for j in i..(i + BATCH).min(keys) {
-                    tl.insert(&(), key(j), [j as u8; 64])?;
-                }
+        let gate = gate.clone();
+        let budget = if budget >= usize::MAX / 2 {
+            budget
+        } else {
+            budget / workers
+        };
+        let label = run_label("sluice", budget, w, workers);
+        let h = LocalExecutorBuilder::new(placement)
+            .io_memory(64 << 10)
+            .spawn(move || async move { sluice_worker(&d, share, budget, &gate, &label).await })
+            .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?;
+        handles.push(h);
+    }
+    let mut runs = Vec::new();
+    for h in handles {
+        runs.push(
+            h.join()
+                .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))??,
+        );
+    }
+    Ok(combine(&runs, &shares))
+}
+
+/// One worker of [`sluice_point`], on its executor.
+async fn sluice_worker(
+    dir: &Path,
+    share: Share,
+    budget: usize,
+    gate: &Gate,
+    label: &str,
+) -> Result<WorkerRun> {
+    let cfg = StoreConfig {
+        memory_budget_bytes: budget,
+        key_groups: (0, 127),
+        ..StoreConfig::default()
+    };
+    let store = Rc::new(Store::open(GlommioDisk, dir, cfg, None)?);
+    // Merges run in a task beside the workload, as in a worker (see `StageState`).
+    let compactor = {
+        let store = store.clone();
+        glommio::spawn_local(async move { store.compactor().await }).detach()
+    };
+    let t = store.table::<(), [u8; 16], [u8; 64]>("point", TableConfig::new(kg))?;
+    gate.pass(1).await;
+    let start = Mark::now();
+    let mut i = 0;
+    while i < share.keys {
+        {
+            let mut tl = t.lock();
+            for j in i..(i + BATCH).min(share.keys) {
+                tl.insert(&(), share.load_key(j), [j as u8; 64])?;
             }
-            i += BATCH;
-            end_batch(&store).await?;
         }
-        r.load_per_s = phase.done(&label, "loaded", keys);
-        let merged_before = store.stats().compacted_in_bytes;
-        let phase = Phase::start();
-        let mut i = 0;
-        while i < ops {
-            {
-                let mut tl = t.lock();
-                for j in i..(i + BATCH).min(ops) {
-                    let v = tl.get_or_insert_with(&(), key(mix(j) % keys), || [0; 64])?;
-                    v[1] = v[1].wrapping_add(1);
-                }
+        i += BATCH;
+        end_batch(&store).await?;
+    }
+    let load = phase_done(label, "loaded", share.keys, start);
+    gate.pass(2).await;
+    let merged_before = store.stats().compacted_in_bytes;
+    let start = Mark::now();
+    let mut i = 0;
+    while i < share.ops {
+        {
+            let mut tl = t.lock();
+            for j in i..(i + BATCH).min(share.ops) {
+                let v = tl.get_or_insert_with(&(), share.update_key(j), || [0; 64])?;
+                v[1] = v[1].wrapping_add(1);
             }
-            i += BATCH;
-            end_batch(&store).await?;
         }
-        r.update_per_s = phase.done(&label, "updated", ops);
-        r.update_cpu_per_s = phase.cpu_per_s();
-        let stats = store.stats();
-        r.update_compacted_bytes = stats.compacted_in_bytes - merged_before;
-        r.read_segments = stats.segments as u64;
-        let phase = Phase::start();
-        let mut i = 0;
-        while i < ops {
-            {
-                let mut tl = t.lock();
-                for j in i..(i + BATCH).min(ops) {
-                    black_box(tl.get(&(), &read_key(j, keys))?);
-                }
+        i += BATCH;
+        end_batch(&store).await?;
+    }
+    let update = phase_done(label, "updated", share.ops, start);
+    let stats = store.stats();
+    gate.pass(3).await;
+    let start = Mark::now();
+    let mut i = 0;
+    while i < share.ops {
+        {
+            let mut tl = t.lock();
+            for j in i..(i + BATCH).min(share.ops) {
+                black_box(tl.get(&(), &share.read_key(j))?);
             }
-            i += BATCH;
-            end_batch(&store).await?;
         }
-        r.read_per_s = phase.done(&label, "read", ops);
-        r.read_cpu_per_s = phase.cpu_per_s();
-        r.memory_bytes = store.memory_used() as u64;
-        store.stop_compactor();
-        if let Some(merged) = compactor.await {
-            merged?;
-        }
-        Ok(r)
-    })?
+        i += BATCH;
+        end_batch(&store).await?;
+    }
+    let read = phase_done(label, "read", share.ops, start);
+    let memory_bytes = store.memory_used() as u64;
+    store.stop_compactor();
+    if let Some(merged) = compactor.await {
+        merged?;
+    }
+    Ok(WorkerRun {
+        load,
+        update,
+        read,
+        memory_bytes,
+        update_compacted_bytes: stats.compacted_in_bytes - merged_before,
+        read_segments: stats.segments as u64,
+    })
 }
 
 /// The same workload on a plain `FxHashMap` (no store): the in-memory limit.
@@ -244,14 +442,57 @@ pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
 }
 
 /// RocksDB as Flink's state backend runs it: no write-ahead log; the block cache and the
-/// memtables together get `budget` bytes (or plenty, for the in-memory case).
+/// memtables together get `budget` bytes (or plenty, for the in-memory case). With
+/// `workers` > 1, as Flink runs one instance per slot: that many instances, each on its own
+/// thread with a `workers`th of the keys, the operations and the budget (the compaction
+/// threads are RocksDB's own); the phases start together.
 #[cfg(feature = "rocksdb")]
 pub fn rocksdb_point(
     dir: &Path,
     keys: u64,
     ops: u64,
     budget: Option<usize>,
+    workers: usize,
 ) -> Result<PointResult> {
+    anyhow::ensure!(workers > 0, "at least one worker");
+    let shares = Share::split(keys, ops, workers);
+    let gate = Gate::new(workers);
+    let runs = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(w, &share)| {
+                let d = if workers == 1 {
+                    dir.to_path_buf()
+                } else {
+                    dir.join(format!("w{w}"))
+                };
+                let budget = budget.map(|b| b / workers);
+                let label = run_label("rocksdb", budget.unwrap_or(usize::MAX), w, workers);
+                let gate = &gate;
+                scope.spawn(move || rocksdb_worker(&d, share, budget, gate, &label))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a RocksDB worker panicked")))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok(combine(&runs, &shares))
+}
+
+/// One worker of [`rocksdb_point`], on its thread.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_worker(
+    dir: &Path,
+    share: Share,
+    budget: Option<usize>,
+    gate: &Gate,
+    label: &str,
+) -> Result<WorkerRun> {
     use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBatch, WriteOptions};
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -268,22 +509,22 @@ pub fn rocksdb_point(
     let db = anyhow::Context::context(DB::open(&opts, dir), "open RocksDB")?;
     let mut wo = WriteOptions::default();
     wo.disable_wal(true);
-    let label = run_label("rocksdb", budget.unwrap_or(usize::MAX));
-    let mut r = PointResult::default();
-    let phase = Phase::start();
+    gate.pass_blocking(1);
+    let start = Mark::now();
     let mut i = 0;
-    while i < keys {
+    while i < share.keys {
         let mut wb = WriteBatch::default();
-        for j in i..(i + BATCH).min(keys) {
-            wb.put(key(j), [j as u8; 64]);
+        for j in i..(i + BATCH).min(share.keys) {
+            wb.put(share.load_key(j), [j as u8; 64]);
         }
         db.write_opt(wb, &wo)?;
         i += BATCH;
     }
-    r.load_per_s = phase.done(&label, "loaded", keys);
-    let phase = Phase::start();
-    for j in 0..ops {
-        let k = key(mix(j) % keys);
+    let load = phase_done(label, "loaded", share.keys, start);
+    gate.pass_blocking(2);
+    let start = Mark::now();
+    for j in 0..share.ops {
+        let k = share.update_key(j);
         let mut v = match db.get_pinned(k)? {
             Some(p) => <[u8; 64]>::try_from(&p[..]).unwrap_or([0; 64]),
             None => [0; 64],
@@ -291,18 +532,24 @@ pub fn rocksdb_point(
         v[1] = v[1].wrapping_add(1);
         db.put_opt(k, v, &wo)?;
     }
-    r.update_per_s = phase.done(&label, "updated", ops);
-    r.update_cpu_per_s = phase.cpu_per_s();
-    let phase = Phase::start();
-    for j in 0..ops {
-        black_box(db.get_pinned(read_key(j, keys))?.map(|p| p.len()));
+    let update = phase_done(label, "updated", share.ops, start);
+    gate.pass_blocking(3);
+    let start = Mark::now();
+    for j in 0..share.ops {
+        black_box(db.get_pinned(share.read_key(j))?.map(|p| p.len()));
     }
-    r.read_per_s = phase.done(&label, "read", ops);
-    r.read_cpu_per_s = phase.cpu_per_s();
-    r.memory_bytes = db
+    let read = phase_done(label, "read", share.ops, start);
+    let memory_bytes = db
         .property_int_value("rocksdb.cur-size-all-mem-tables")?
         .unwrap_or(0);
-    Ok(r)
+    Ok(WorkerRun {
+        load,
+        update,
+        read,
+        memory_bytes,
+        update_compacted_bytes: 0,
+        read_segments: 0,
+    })
 }
 
 /// One checkpoint's figures.

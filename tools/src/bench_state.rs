@@ -21,6 +21,13 @@ pub struct StateBench {
     /// Updates and reads per point run (default: the number of keys, at most 10M).
     #[arg(long)]
     ops: Option<u64>,
+    /// Workers of the point runs, comma-separated: with N > 1, Sluice runs N stores, one per
+    /// executor pinned to its own CPU, and RocksDB N instances on N threads (as Flink runs
+    /// one per slot), each with an Nth of the keys, operations and budget; the rates are
+    /// then the machine's.
+    #[arg(long, value_delimiter = ',', default_value = "1",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    point_workers: Vec<u32>,
     /// Memory budget of the constrained runs, as a fraction of the in-memory state.
     #[arg(long, default_value_t = 0.1)]
     budget_fraction: f64,
@@ -109,9 +116,10 @@ impl Series {
     }
 }
 
-fn point_runs(args: &StateBench, keys: u64) -> Result<Vec<Series>> {
+fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series>> {
     let ops = args.ops.unwrap_or(keys.min(10_000_000));
     let budget = ((keys as f64) * ENTRY_BYTES as f64 * args.budget_fraction) as usize;
+    let cpus = sluice::available_cpus();
     let mut names = vec!["hashmap".to_string(), "sluice in memory".into()];
     names.push(format!(
         "sluice budget {:.0}%",
@@ -129,7 +137,10 @@ fn point_runs(args: &StateBench, keys: u64) -> Result<Vec<Series>> {
         .map(|name| Series { name, runs: vec![] })
         .collect();
     for run in 0..args.runs {
-        series[0].runs.push(state::hashmap_point(keys, ops));
+        // The hand-written map is one thread's limit; with several workers it is not run.
+        if workers == 1 {
+            series[0].runs.push(state::hashmap_point(keys, ops));
+        }
         let tmp = scratch(args, "point")?;
         let d = tmp.path();
         series[1].runs.push(state::sluice_point(
@@ -137,23 +148,39 @@ fn point_runs(args: &StateBench, keys: u64) -> Result<Vec<Series>> {
             keys,
             ops,
             usize::MAX / 2,
+            workers,
+            &cpus,
         )?);
-        series[2]
-            .runs
-            .push(state::sluice_point(&d.join("budget"), keys, ops, budget)?);
+        series[2].runs.push(state::sluice_point(
+            &d.join("budget"),
+            keys,
+            ops,
+            budget,
+            workers,
+            &cpus,
+        )?);
         #[cfg(feature = "rocksdb")]
         {
-            series[3]
-                .runs
-                .push(state::rocksdb_point(&d.join("rmem"), keys, ops, None)?);
+            series[3].runs.push(state::rocksdb_point(
+                &d.join("rmem"),
+                keys,
+                ops,
+                None,
+                workers,
+            )?);
             series[4].runs.push(state::rocksdb_point(
                 &d.join("rbudget"),
                 keys,
                 ops,
                 Some(budget),
+                workers,
             )?);
         }
-        eprintln!("point {keys} keys: run {}/{} done", run + 1, args.runs);
+        eprintln!(
+            "point {keys} keys, {workers} worker(s): run {}/{} done",
+            run + 1,
+            args.runs
+        );
     }
     Ok(series)
 }
@@ -161,59 +188,79 @@ fn point_runs(args: &StateBench, keys: u64) -> Result<Vec<Series>> {
 fn point(args: &StateBench) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     for &keys in &args.keys {
-        let series = point_runs(args, keys)?;
-        eprintln!("\npoint workload, {keys} keys (16 B keys, 64 B values), medians:");
-        eprintln!(
-            "{:<22} {:>14} {:>14} {:>14} {:>11} {:>13}",
-            "variant", "updates/s", "reads/s", "loads/s", "upd cpu/s", "upd merged MB"
-        );
-        for s in &series {
-            eprintln!(
-                "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>11.2} {:>13.1}",
-                s.name,
-                s.med(|r| r.update_per_s),
-                s.med(|r| r.read_per_s),
-                s.med(|r| r.load_per_s),
-                s.med(|r| r.update_cpu_per_s),
-                s.med(|r| r.update_compacted_bytes as f64) / 1e6
-            );
+        for &workers in &args.point_workers {
+            out.push(point_block(args, keys, workers as usize)?);
         }
-        let med = |i: usize, f: fn(&PointResult) -> f64| series.get(i).map_or(0.0, |s| s.med(f));
-        let upd = |i: usize| med(i, |r| r.update_per_s);
-        let rd = |i: usize| med(i, |r| r.read_per_s);
-        let mut ratios = json!({
-            "sluice_in_memory_vs_hashmap_updates": upd(1) / upd(0),
-            "sluice_in_memory_vs_hashmap_reads": rd(1) / rd(0),
-        });
-        eprintln!(
-            "sluice in memory / hashmap: updates {:.2}, reads {:.2}",
-            upd(1) / upd(0),
-            rd(1) / rd(0)
-        );
-        if series.len() > 3 {
-            eprintln!(
-                "sluice / rocksdb in memory: updates {:.2}, reads {:.2}",
-                upd(1) / upd(3),
-                rd(1) / rd(3)
-            );
-            eprintln!(
-                "sluice / rocksdb with budget: updates {:.2}, reads {:.2}",
-                upd(2) / upd(4),
-                rd(2) / rd(4)
-            );
-            ratios["sluice_vs_rocksdb_in_memory_updates"] = json!(upd(1) / upd(3));
-            ratios["sluice_vs_rocksdb_in_memory_reads"] = json!(rd(1) / rd(3));
-            ratios["sluice_vs_rocksdb_budget_updates"] = json!(upd(2) / upd(4));
-            ratios["sluice_vs_rocksdb_budget_reads"] = json!(rd(2) / rd(4));
-        }
-        out.push(json!({
-            "keys": keys,
-            "budget_fraction": args.budget_fraction,
-            "variants": series.iter().map(Series::json).collect::<Vec<_>>(),
-            "ratios": ratios,
-        }));
     }
     Ok(out)
+}
+
+/// Which rate of a run.
+type Rate = fn(&PointResult) -> f64;
+
+/// The point workload at `keys` keys on `workers` workers: the table on stderr and the
+/// JSON block.
+fn point_block(args: &StateBench, keys: u64, workers: usize) -> Result<Value> {
+    let series = point_runs(args, keys, workers)?;
+    let series: Vec<Series> = series.into_iter().filter(|s| !s.runs.is_empty()).collect();
+    eprintln!(
+        "\npoint workload, {keys} keys (16 B keys, 64 B values), {workers} worker(s), medians:"
+    );
+    eprintln!(
+        "{:<22} {:>14} {:>14} {:>14} {:>11} {:>13}",
+        "variant", "updates/s", "reads/s", "loads/s", "upd cpu/s", "upd merged MB"
+    );
+    for s in &series {
+        eprintln!(
+            "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>11.2} {:>13.1}",
+            s.name,
+            s.med(|r| r.update_per_s),
+            s.med(|r| r.read_per_s),
+            s.med(|r| r.load_per_s),
+            s.med(|r| r.update_cpu_per_s),
+            s.med(|r| r.update_compacted_bytes as f64) / 1e6
+        );
+    }
+    let find = |name: &str| series.iter().find(|s| s.name.starts_with(name));
+    let med = |name: &str, f: fn(&PointResult) -> f64| find(name).map(|s| s.med(f));
+    let mut ratios = json!({});
+    let mut ratio = |key: &str, what: &str, a: Option<f64>, b: Option<f64>| {
+        if let (Some(a), Some(b)) = (a, b) {
+            eprintln!("{what}: {:.2}", a / b);
+            ratios[key] = json!(a / b);
+        }
+    };
+    let updates: Rate = |r| r.update_per_s;
+    let reads: Rate = |r| r.read_per_s;
+    let kinds = [(updates, "updates"), (reads, "reads")];
+    for (f, kind) in kinds {
+        let f = |name: &str| med(name, f);
+        ratio(
+            &format!("sluice_in_memory_vs_hashmap_{kind}"),
+            &format!("sluice in memory / hashmap, {kind}"),
+            f("sluice in memory"),
+            f("hashmap"),
+        );
+        ratio(
+            &format!("sluice_vs_rocksdb_in_memory_{kind}"),
+            &format!("sluice / rocksdb in memory, {kind}"),
+            f("sluice in memory"),
+            f("rocksdb in memory"),
+        );
+        ratio(
+            &format!("sluice_vs_rocksdb_budget_{kind}"),
+            &format!("sluice / rocksdb with budget, {kind}"),
+            f("sluice budget"),
+            f("rocksdb budget"),
+        );
+    }
+    Ok(json!({
+        "keys": keys,
+        "workers": workers,
+        "budget_fraction": args.budget_fraction,
+        "variants": series.iter().map(Series::json).collect::<Vec<_>>(),
+        "ratios": ratios,
+    }))
 }
 
 fn checkpoint(args: &StateBench) -> Result<Value> {
