@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -178,10 +178,13 @@ fn combine(runs: &[WorkerRun], shares: &[Share]) -> PointResult {
 }
 
 /// Starts each phase of several workers together: a worker passes gate `round` once every
-/// worker has arrived at it, so that no worker's phase overlaps another's previous one.
+/// worker has arrived at it, so that no worker's phase overlaps another's previous one. A
+/// worker that fails says so, and the others stop at their next gate instead of waiting
+/// for it forever.
 struct Gate {
     workers: usize,
     arrived: AtomicUsize,
+    failed: AtomicBool,
 }
 
 impl Gate {
@@ -189,27 +192,57 @@ impl Gate {
         Gate {
             workers,
             arrived: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
         }
     }
-    fn open(&self, round: usize) -> bool {
-        self.arrived.load(Ordering::Acquire) >= self.workers * round
+    /// Whether every worker reached gate `round`; an error once one failed.
+    fn open(&self, round: usize) -> Result<bool> {
+        anyhow::ensure!(!self.failed.load(Ordering::Acquire), STOPPED);
+        Ok(self.arrived.load(Ordering::Acquire) >= self.workers * round)
     }
     /// Waits on a glommio executor, whose other tasks (the store's compactor) run meanwhile.
-    async fn pass(&self, round: usize) {
+    async fn pass(&self, round: usize) -> Result<()> {
         self.arrived.fetch_add(1, Ordering::AcqRel);
-        while !self.open(round) {
+        while !self.open(round)? {
             glommio::timer::sleep(Duration::from_micros(100)).await;
         }
+        Ok(())
     }
     /// Waits on a plain thread.
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
-    fn pass_blocking(&self, round: usize) {
+    fn pass_blocking(&self, round: usize) -> Result<()> {
         self.arrived.fetch_add(1, Ordering::AcqRel);
-        while !self.open(round) {
+        while !self.open(round)? {
             std::thread::sleep(Duration::from_micros(100));
         }
+        Ok(())
+    }
+    /// Records a worker's failure, and passes it on.
+    fn fail<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        r
     }
 }
+
+/// The workers' runs, or the error of the one that failed first: not the others' report
+/// that they stopped because of it.
+fn first_failure(results: Vec<Result<WorkerRun>>) -> Result<Vec<WorkerRun>> {
+    let (runs, errs): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let mut errs: Vec<anyhow::Error> = errs.into_iter().filter_map(Result::err).collect();
+    if errs.is_empty() {
+        return Ok(runs.into_iter().filter_map(Result::ok).collect());
+    }
+    let cause = errs
+        .iter()
+        .position(|e| !e.to_string().starts_with(STOPPED))
+        .unwrap_or(0);
+    Err(errs.swap_remove(cause))
+}
+
+/// What a worker that stopped at a gate because another one failed reports.
+const STOPPED: &str = "stopped: another worker failed";
 
 /// Where a phase started: the clock and the process's CPU time.
 struct Phase {
@@ -321,18 +354,20 @@ pub fn sluice_point(
         let label = run_label("sluice", budget, w, workers);
         let h = LocalExecutorBuilder::new(placement)
             .io_memory(64 << 10)
-            .spawn(move || async move { sluice_worker(&d, share, budget, &gate, &label).await })
+            .spawn(move || async move {
+                gate.fail(sluice_worker(&d, share, budget, &gate, &label).await)
+            })
             .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?;
         handles.push(h);
     }
-    let mut runs = Vec::new();
-    for h in handles {
-        runs.push(
+    let results = handles
+        .into_iter()
+        .map(|h| {
             h.join()
-                .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))??,
-        );
-    }
-    Ok(combine(&runs, &shares))
+                .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))?
+        })
+        .collect();
+    Ok(combine(&first_failure(results)?, &shares))
 }
 
 /// One worker of [`sluice_point`], on its executor.
@@ -355,7 +390,7 @@ async fn sluice_worker(
         glommio::spawn_local(async move { store.compactor().await }).detach()
     };
     let t = store.table::<(), [u8; 16], [u8; 64]>("point", TableConfig::new(kg))?;
-    gate.pass(1).await;
+    gate.pass(1).await?;
     let start = Mark::now();
     let mut i = 0;
     while i < share.keys {
@@ -369,7 +404,7 @@ async fn sluice_worker(
         end_batch(&store).await?;
     }
     let load = phase_done(label, "loaded", share.keys, start);
-    gate.pass(2).await;
+    gate.pass(2).await?;
     let merged_before = store.stats().compacted_in_bytes;
     let start = Mark::now();
     let mut i = 0;
@@ -386,7 +421,7 @@ async fn sluice_worker(
     }
     let update = phase_done(label, "updated", share.ops, start);
     let stats = store.stats();
-    gate.pass(3).await;
+    gate.pass(3).await?;
     let start = Mark::now();
     let mut i = 0;
     while i < share.ops {
@@ -470,7 +505,7 @@ pub fn rocksdb_point(
                 let budget = budget.map(|b| b / workers);
                 let label = run_label("rocksdb", budget.unwrap_or(usize::MAX), w, workers);
                 let gate = &gate;
-                scope.spawn(move || rocksdb_worker(&d, share, budget, gate, &label))
+                scope.spawn(move || gate.fail(rocksdb_worker(&d, share, budget, gate, &label)))
             })
             .collect();
         handles
@@ -479,8 +514,9 @@ pub fn rocksdb_point(
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("a RocksDB worker panicked")))
             })
-            .collect::<Result<Vec<_>>>()
-    })?;
+            .collect()
+    });
+    let runs = first_failure(runs)?;
     Ok(combine(&runs, &shares))
 }
 
@@ -509,7 +545,7 @@ fn rocksdb_worker(
     let db = anyhow::Context::context(DB::open(&opts, dir), "open RocksDB")?;
     let mut wo = WriteOptions::default();
     wo.disable_wal(true);
-    gate.pass_blocking(1);
+    gate.pass_blocking(1)?;
     let start = Mark::now();
     let mut i = 0;
     while i < share.keys {
@@ -521,7 +557,7 @@ fn rocksdb_worker(
         i += BATCH;
     }
     let load = phase_done(label, "loaded", share.keys, start);
-    gate.pass_blocking(2);
+    gate.pass_blocking(2)?;
     let start = Mark::now();
     for j in 0..share.ops {
         let k = share.update_key(j);
@@ -533,7 +569,7 @@ fn rocksdb_worker(
         db.put_opt(k, v, &wo)?;
     }
     let update = phase_done(label, "updated", share.ops, start);
-    gate.pass_blocking(3);
+    gate.pass_blocking(3)?;
     let start = Mark::now();
     for j in 0..share.ops {
         black_box(db.get_pinned(share.read_key(j))?.map(|p| p.len()));
@@ -831,4 +867,98 @@ pub fn restore_stores(
         out.wall_ms = (b - a).as_secs_f64() * 1e3;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_split_the_keys_and_operations_without_overlap() {
+        for (keys, ops, workers) in [(10, 3, 1), (10, 3, 3), (1_000_003, 999, 7), (5, 5, 5)] {
+            let shares = Share::split(keys, ops, workers);
+            assert_eq!(shares.len(), workers);
+            assert_eq!(shares.iter().map(|s| s.keys).sum::<u64>(), keys);
+            assert_eq!(shares.iter().map(|s| s.ops).sum::<u64>(), ops);
+            let mut next = 0;
+            for s in &shares {
+                assert_eq!(s.first, next, "shares are contiguous");
+                next += s.keys;
+                // Every key a share touches is one of its own.
+                let own = s.first..s.first + s.keys;
+                let index = |k: [u8; 16]| u64::from_le_bytes(k[8..].try_into().unwrap());
+                for j in 0..s.ops.max(s.keys).min(1000) {
+                    assert!(own.contains(&index(s.load_key(j % s.keys))));
+                    assert!(own.contains(&index(s.update_key(j))));
+                    assert!(own.contains(&index(s.read_key(j))));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_machine_rate_runs_from_the_first_start_to_the_last_end() {
+        let t0 = Instant::now();
+        let at = |ms: u64, cpu: f64| Mark {
+            wall: t0 + Duration::from_millis(ms),
+            cpu,
+        };
+        let run = |load: Span, update: Span, read: Span| WorkerRun {
+            load,
+            update,
+            read,
+            memory_bytes: 10,
+            update_compacted_bytes: 1,
+            read_segments: 3,
+        };
+        let runs = [
+            run(
+                (at(0, 0.0), at(1000, 1.0)),
+                (at(2000, 2.0), at(2500, 3.0)),
+                (at(3000, 4.0), at(3100, 4.2)),
+            ),
+            run(
+                (at(10, 0.0), at(2000, 2.0)),
+                (at(2001, 2.0), at(3000, 4.0)),
+                (at(3000, 4.0), at(3200, 4.4)),
+            ),
+        ];
+        let shares = Share::split(400, 100, 2);
+        let r = combine(&runs, &shares);
+        assert!((r.load_per_s - 400.0 / 2.0).abs() < 1e-6, "{r:?}");
+        assert!((r.update_per_s - 100.0 / 1.0).abs() < 1e-6, "{r:?}");
+        assert!((r.read_per_s - 100.0 / 0.2).abs() < 1e-6, "{r:?}");
+        assert!((r.update_cpu_per_s - 2.0).abs() < 1e-9, "{r:?}");
+        assert!((r.read_cpu_per_s - 2.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(
+            (r.memory_bytes, r.update_compacted_bytes, r.read_segments),
+            (20, 2, 3)
+        );
+    }
+
+    #[test]
+    fn several_stores_run_the_workload_each_in_its_own_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = sluice_point(dir.path(), 20_000, 4_000, 20_000 * ENTRY_BYTES / 10, 2, &[]).unwrap();
+        assert!(r.load_per_s > 0.0 && r.update_per_s > 0.0 && r.read_per_s > 0.0);
+        // Each store kept to its half of the budget (and a batch's worth over it).
+        assert!(
+            r.memory_bytes <= (20_000 * ENTRY_BYTES / 10 + 2 * BATCH as usize * ENTRY_BYTES) as u64,
+            "{r:?}"
+        );
+        for w in ["w0", "w1"] {
+            assert!(dir.path().join(w).join("STORE").exists(), "{w}");
+        }
+    }
+
+    #[test]
+    fn a_worker_that_fails_stops_the_others_and_its_error_is_the_one_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        // The second worker's store directory is a file: its open fails.
+        std::fs::write(dir.path().join("w1"), b"not a directory").unwrap();
+        let e = sluice_point(dir.path(), 20_000, 4_000, usize::MAX / 2, 2, &[]).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(!msg.starts_with(STOPPED), "{msg}");
+        assert!(msg.contains("w1"), "{msg}");
+    }
 }
