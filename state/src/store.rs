@@ -39,6 +39,10 @@ pub struct StoreConfig {
     /// Whether registering a table loads its restored entries into memory (up to the
     /// budget) at once; otherwise they are read on first access (a faster restart).
     pub restore_eagerly: bool,
+    /// Listings a table's dirty-key list may hold beyond twice its resident entries (keys
+    /// evicted or removed since they were written, which no checkpoint has taken yet) before
+    /// it is pruned. Tests lower it so that prunes are frequent.
+    pub dirty_list_slack: usize,
 }
 
 impl Default for StoreConfig {
@@ -49,6 +53,7 @@ impl Default for StoreConfig {
             key_groups: (0, u32::MAX),
             segments_max: 8,
             restore_eagerly: true,
+            dirty_list_slack: 1024,
         }
     }
 }
@@ -302,6 +307,7 @@ impl<D: Disk> Store<D> {
         };
         let counters = Rc::new(Counters::default());
         counters.mem_budget.set(cfg.memory_budget_bytes);
+        counters.dirty_slack.set(cfg.dirty_list_slack.max(1));
         counters.disk_empty.set(core.segments.is_empty());
         counters.tag.set(core.last_checkpoint + 1);
         let mem: usize = core.segments.iter().map(mem_bytes).sum();

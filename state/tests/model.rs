@@ -1,4 +1,4 @@
-//! Model-based property test (STYLE item 31): random puts, adds, removes, list appends,
+//! Model-based property test (STYLE item 31): random puts (single and bursts), adds, removes, list appends,
 //! namespace drops, checkpoints (some frozen while more writes arrive), compactions, flushes,
 //! evictions (a small memory budget makes them constant) and reopens, against a `BTreeMap`
 //! model. After every operation that reads, the store must agree with the model; after a
@@ -17,6 +17,9 @@ use sluice_state::{Frozen, Store, StoreConfig, Table, TableConfig};
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u16, u32),
+    /// Puts of `len` keys from `start` (wrapping): a burst that lists many keys between
+    /// checkpoints, so evictions prune the dirty-key list.
+    PutRun(u8, u16, u8, u32),
     Add(u8, u16, u32),
     Remove(u8, u16),
     Append(u16, u32),
@@ -34,6 +37,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (0..4u8, 0..200u16, any::<u32>()).prop_map(|(n, k, v)| Op::Put(n, k, v)),
+        2 => (0..4u8, 0..200u16, 1..120u8, any::<u32>())
+            .prop_map(|(n, k, len, v)| Op::PutRun(n, k, len, v)),
         10 => (0..4u8, 0..200u16, 0..1000u32).prop_map(|(n, k, v)| Op::Add(n, k, v)),
         3 => (0..4u8, 0..200u16).prop_map(|(n, k)| Op::Remove(n, k)),
         3 => (0..50u16, any::<u32>()).prop_map(|(k, v)| Op::Append(k, v)),
@@ -76,6 +81,8 @@ fn cfg(eager: bool) -> StoreConfig {
         segments_max: 3,
         retained_checkpoints: 2,
         restore_eagerly: eager,
+        // Prunes of the dirty-key list after a handful of writes, not a thousand.
+        dirty_list_slack: 4,
     }
 }
 
@@ -127,6 +134,15 @@ fn run(ops: Vec<Op>, canary: bool) {
             Op::Put(n, k, v) => {
                 sut.t.lock().insert(&n, k, v).unwrap();
                 model.insert((n, k), v);
+            }
+            Op::PutRun(n, start, len, v) => {
+                let mut t = sut.t.lock();
+                for i in 0..u16::from(len) {
+                    let k = (start + i) % 200;
+                    let v = v.wrapping_add(u32::from(i));
+                    t.insert(&n, k, v).unwrap();
+                    model.insert((n, k), v);
+                }
             }
             Op::Add(n, k, v) => {
                 *sut.t.lock().get_or_insert_with(&n, k, || 0).unwrap() += v;

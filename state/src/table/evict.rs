@@ -81,7 +81,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// checkpoint's keys go straight into the next frozen list), so pruning never drops a key
     /// that a checkpoint still has to write.
     pub(super) fn prune_dirty(&mut self) {
-        if self.dirty.len() <= 2 * self.resident_len() + 1024 {
+        if self.dirty.len() <= 2 * self.resident_len() + self.counters.dirty_slack.get() {
             return;
         }
         // Once per key too: a key removed and written again in one epoch is listed twice.

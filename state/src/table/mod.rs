@@ -26,9 +26,6 @@ const PERSISTED: u32 = 1 << 30;
 const REF: u32 = 1 << 29;
 const EPOCH: u32 = REF - 1;
 
-/// The dirty list's length below which it is never pruned.
-const DIRTY_PRUNE_MIN: usize = 4096;
-
 /// Restored frames decoded before they are applied together (`restore_flush`).
 const RESTORE_BATCH: usize = 32;
 
@@ -111,6 +108,8 @@ pub(crate) struct Counters {
     /// Some entry is not in memory (evicted, or not loaded by a restore), so lookups may
     /// read segments: only then is a newly written segment worth reading ahead.
     pub evicted: Cell<bool>,
+    /// `StoreConfig::dirty_list_slack`.
+    pub dirty_slack: Cell<usize>,
 }
 
 impl Counters {
@@ -289,6 +288,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
         epoch: u32,
     ) -> Table<N, K, V> {
         let entry_bytes = std::mem::size_of::<(K, Slot<V>)>() * 8 / 7 + 1;
+        let dirty_prune_at = 4 * counters.dirty_slack.get();
         let data = TableData {
             spaces: Spaces::default(),
             ser: Ser {
@@ -316,7 +316,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             loading: false,
             reserve_hint: 0,
             restoring: Vec::new(),
-            dirty_prune_at: DIRTY_PRUNE_MIN,
+            dirty_prune_at,
         };
         Table {
             inner: Rc::new(RefCell::new(data)),
@@ -700,7 +700,6 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: DIRTY | REF | persisted | self.cur,
             weight: 0,
         };
-        self.push_dirty(ns, &key);
         self.place(ns, key, slot)
     }
 
@@ -711,20 +710,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             state: DIRTY | PERSISTED | self.cur,
             weight: 0,
         };
-        self.push_dirty(ns, &key);
         self.place(ns, key, slot)?;
         Ok(())
     }
 
     /// Notes a key dirtied in this epoch. Without checkpoints (which take the list) the list
     /// would keep every key ever written, removed ones too — a timer per record, say — so it
-    /// is pruned to the dirty slots whenever it has doubled since the last prune. Pruning
-    /// before the push keeps the new key, whose slot may not be placed yet.
+    /// is pruned to the dirty slots whenever it has doubled since the last prune (and by
+    /// `evict`). A prune keeps only keys with a dirty slot, so a new slot's key is listed by
+    /// `place` once that slot's eviction is done, just before it is inserted: listed before
+    /// the eviction, it was dropped by the eviction's prune and the slot, placed after it,
+    /// missed the next checkpoint. Pruning before the push keeps the new key likewise.
     #[inline]
     fn push_dirty(&mut self, ns: &N, key: &K) {
         if self.dirty.len() >= self.dirty_prune_at {
             self.prune_dirty();
-            self.dirty_prune_at = 2 * self.dirty.len() + DIRTY_PRUNE_MIN;
+            self.dirty_prune_at = 2 * self.dirty.len() + 4 * self.counters.dirty_slack.get();
         }
         self.dirty.push((ns.clone(), key.clone()));
     }
@@ -747,6 +748,10 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         let c = &self.counters;
         if self.cfg.evictable && !self.loading && c.mem_used.get() + weight > c.mem_budget.get() {
             self.evict()?;
+        }
+        // Listed after the eviction, whose prune would drop a key with no slot yet.
+        if slot.state & DIRTY != 0 {
+            self.push_dirty(ns, &key);
         }
         self.weight_total += weight;
         self.counters.charge(weight);
@@ -933,12 +938,8 @@ mod tests {
             t.remove(&(), &u64::MAX).unwrap();
         }
         assert_eq!(t.resident_len(), 100);
-        assert!(
-            t.dirty.len() < 3 * super::DIRTY_PRUNE_MIN,
-            "{}",
-            t.dirty.len()
-        );
-        assert!(t.dirty_prune_at < 4 * super::DIRTY_PRUNE_MIN);
+        assert!(t.dirty.len() < 12 * 1024, "{}", t.dirty.len());
+        assert!(t.dirty_prune_at < 16 * 1024);
         drop(t);
         // What the pruned list still names is what a checkpoint writes.
         futures_lite::future::block_on(store.checkpoint(1)).unwrap();
