@@ -9,6 +9,14 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// dropped (their newest version is in a searchable segment); dirty ones are serialized
     /// into a spill segment, which `Store::flush` writes. Entries that a pending checkpoint
     /// still has to write, and recently used ones (clock bit set, then cleared), stay.
+    ///
+    /// The clock's hand stays where an eviction stopped (a namespace, and a place in its
+    /// map's order), and the next one goes on from there, round the table. Starting every
+    /// sweep at the map's first bucket instead evicted from the front of the table only:
+    /// entries at its back were never visited, whatever their use, and the back filled up
+    /// with live entries and tombstones with no empty bucket in reach, so a lookup of a key
+    /// that is not resident — every new key — probed on through group after group (a
+    /// budgeted load's lookups took ~10× as long).
     pub(super) fn evict(&mut self) -> FaultResult<()> {
         let c = self.counters.clone();
         let budget = c.mem_budget.get();
@@ -19,17 +27,38 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         let mut batch = EntryBatch::default();
         let mut freed = 0usize;
         let mut err = None;
-        for _pass in 0..2 {
-            for (ns, space) in self.spaces.iter_mut() {
+        let mut stopped_in = None;
+        // From the hand to the end of its map, then twice round the whole table: the first
+        // full round clears every clock bit it passes, the second evicts what is left.
+        'rounds: for _round in 0..3 {
+            let n = self.spaces.len();
+            for j in 0..n {
+                let i = (self.evict_space + j) % n;
                 if freed >= target {
-                    break;
+                    stopped_in = Some(i);
+                    break 'rounds;
                 }
+                let (ns, space) = self.spaces.at_mut(i);
                 let ser = &mut self.ser;
                 let mut any = false;
+                // Entries before the hand are passed over. Those that stay are counted, so
+                // the hand is then a count of the map's entries before the place it stopped.
+                let skip = std::mem::take(&mut space.hand);
+                let mut before = 0usize;
+                let mut hand = None;
                 space.map.retain(|k, slot| {
-                    if freed >= target || err.is_some() {
+                    if hand.is_some() {
                         return true;
                     }
+                    if before < skip {
+                        before += 1;
+                        return true;
+                    }
+                    if freed >= target || err.is_some() {
+                        hand = Some(before);
+                        return true;
+                    }
+                    before += 1;
                     if slot.state & REF != 0 {
                         slot.state &= !REF;
                         return true;
@@ -46,19 +75,25 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                     } else if epoch > registered {
                         return true;
                     }
+                    before -= 1;
                     freed += slot.weight as usize;
                     any = true;
                     false
                 });
+                // Past the end of the map (or its hand was): the next sweep starts at its
+                // beginning.
+                space.hand = hand.unwrap_or(0);
                 if any {
                     space.complete = false;
                     space.persisted = true;
                 }
-            }
-            if freed >= target {
-                break;
+                if hand.is_some() {
+                    stopped_in = Some(i);
+                    break 'rounds;
+                }
             }
         }
+        self.evict_space = stopped_in.unwrap_or(0);
         if let Some(e) = err {
             return Err(e);
         }

@@ -259,6 +259,8 @@ pub struct TableData<N, K, V> {
     restoring: Vec<(N, K, Option<V>, u64)>,
     /// The dirty list's length at which it is pruned next.
     dirty_prune_at: usize,
+    /// The namespace (index in `spaces`) where the last eviction stopped: the next starts there.
+    evict_space: usize,
 }
 
 /// A table handle: the operator keeps it and borrows its contents once per batch.
@@ -317,6 +319,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             reserve_hint: 0,
             restoring: Vec::new(),
             dirty_prune_at,
+            evict_space: 0,
         };
         Table {
             inner: Rc::new(RefCell::new(data)),
@@ -765,6 +768,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                 map: self.spaces.new_map(hint),
                 complete,
                 persisted: !complete,
+                hand: 0,
             };
             self.spaces.insert(ns.clone(), space);
         }
@@ -960,5 +964,48 @@ mod tests {
             assert_eq!(t.get(&(), &i).unwrap(), Some(&i));
         }
         assert_eq!(t.get(&(), &u64::MAX).unwrap(), None);
+    }
+
+    /// The clock's hand goes round the whole table: entries written once and never used
+    /// again are all evicted as new ones arrive, wherever their buckets are. (Sweeps that
+    /// started at the map's first bucket each time never reached its back: entries there
+    /// stayed resident whatever their use, and the back of the table filled up.)
+    #[test]
+    fn eviction_goes_round_the_whole_table() {
+        let cfg = StoreConfig {
+            memory_budget_bytes: 64 << 10,
+            key_groups: (0, 0),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(SimDisk::default(), Path::new("/t"), cfg, None).unwrap();
+        let table = store
+            .table::<(), u64, u64>("once", TableConfig::new(|_: &(), _: &u64| 0))
+            .unwrap();
+        let first = {
+            let mut t = table.lock();
+            let mut k = 0;
+            while t.resident_len() == k as usize {
+                t.insert(&(), k, k).unwrap();
+                k += 1;
+            }
+            k - 1 // entries placed before the first eviction
+        };
+        for batch in 0..40u64 {
+            {
+                let mut t = table.lock();
+                for i in 0..first {
+                    let k = first + batch * first + i;
+                    t.insert(&(), k, k).unwrap();
+                }
+            }
+            futures_lite::future::block_on(store.flush()).unwrap();
+        }
+        let t = table.lock();
+        let space = t.spaces.get(&()).unwrap();
+        let left = (0..first).filter(|k| space.map.contains_key(k)).count();
+        assert_eq!(
+            left, 0,
+            "of the first {first} entries, {left} were never evicted"
+        );
     }
 }

@@ -58,6 +58,14 @@ impl<N: Eq + Hash + Clone, K, V> Spaces<N, K, V> {
         let i = self.find(ns)?;
         self.list.get_mut(i).map(|e| &mut e.1)
     }
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+    /// The namespace at `i` of the dense list (`i < len()`).
+    pub(super) fn at_mut(&mut self, i: usize) -> (&N, &mut Space<K, V>) {
+        let (n, s) = &mut self.list[i];
+        (n, s)
+    }
     pub(super) fn contains_key(&self, ns: &N) -> bool {
         self.find(ns).is_some()
     }
@@ -98,9 +106,6 @@ impl<N: Eq + Hash + Clone, K, V> Spaces<N, K, V> {
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Space<K, V>> {
         self.list.iter_mut().map(|e| &mut e.1)
     }
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (&N, &mut Space<K, V>)> {
-        self.list.iter_mut().map(|e| (&e.0, &mut e.1))
-    }
     pub(super) fn consistent(&self) -> bool {
         self.index.len() == self.list.len()
             && self
@@ -137,4 +142,7 @@ pub(super) struct Space<K, V> {
     pub(super) complete: bool,
     /// Some entry of this namespace may be on disk.
     pub(super) persisted: bool,
+    /// The clock's hand in this map: how many of its entries (in the map's order) the next
+    /// eviction passes over before it looks at one (see `TableData::evict`).
+    pub(super) hand: usize,
 }
