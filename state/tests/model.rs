@@ -1,8 +1,8 @@
-//! Model-based property test (STYLE item 31): random puts (single and bursts), adds, removes, list appends,
-//! namespace drops, checkpoints (some frozen while more writes arrive), compactions, flushes,
-//! evictions (a small memory budget makes them constant) and reopens, against a `BTreeMap`
-//! model. After every operation that reads, the store must agree with the model; after a
-//! reopen, with the model at the last checkpoint.
+//! Model-based property test (STYLE item 31): random puts (single and bursts), adds, removes,
+//! list appends, namespace drops, checkpoints (some frozen while more writes arrive),
+//! compactions, flushes, evictions (a small memory budget makes them constant) and reopens,
+//! against a `BTreeMap` model. After every operation that reads, the store must agree with
+//! the model; after a reopen, with the model at the last checkpoint.
 //!
 //! `SLUICE_RELIABILITY=extended` runs 2,000 cases instead of 48.
 
