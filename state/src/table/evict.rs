@@ -58,27 +58,32 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                         hand = Some(before);
                         return true;
                     }
-                    before += 1;
-                    if slot.state & REF != 0 {
-                        slot.state &= !REF;
-                        return true;
-                    }
-                    let epoch = slot.state & EPOCH;
-                    if slot.state & DIRTY != 0 {
-                        if frozen_pending && epoch != cur {
-                            return true;
+                    let evicted = 'decide: {
+                        if slot.state & REF != 0 {
+                            slot.state &= !REF;
+                            break 'decide false;
                         }
-                        if let Err(e) = ser.entry(ns, k, slot, tag, &mut batch) {
-                            err = Some(e);
-                            return true;
+                        let epoch = slot.state & EPOCH;
+                        if slot.state & DIRTY != 0 {
+                            if frozen_pending && epoch != cur {
+                                break 'decide false;
+                            }
+                            if let Err(e) = ser.entry(ns, k, slot, tag, &mut batch) {
+                                err = Some(e);
+                                break 'decide false;
+                            }
+                        } else if epoch > registered {
+                            break 'decide false;
                         }
-                    } else if epoch > registered {
-                        return true;
+                        true
+                    };
+                    if evicted {
+                        freed += slot.weight as usize;
+                        any = true;
+                    } else {
+                        before += 1;
                     }
-                    before -= 1;
-                    freed += slot.weight as usize;
-                    any = true;
-                    false
+                    !evicted
                 });
                 // Past the end of the map (or its hand was): the next sweep starts at its
                 // beginning.
