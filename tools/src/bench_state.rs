@@ -31,6 +31,11 @@ pub struct StateBench {
     /// Memory budget of the constrained runs, as a fraction of the in-memory state.
     #[arg(long, default_value_t = 0.1)]
     budget_fraction: f64,
+    /// Start the point runs' timed phases with each engine's files as its load left them,
+    /// instead of read once just before (on a VM that reclaims idle memory, reading a page
+    /// not touched for a minute costs far more than one just touched).
+    #[arg(long)]
+    no_warm: bool,
     /// Total keys of the checkpoint runs.
     #[arg(long, default_value_t = 10_000_000)]
     checkpoint_keys: u64,
@@ -150,6 +155,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
             usize::MAX / 2,
             workers,
             &cpus,
+            !args.no_warm,
         )?);
         series[2].runs.push(state::sluice_point(
             &d.join("budget"),
@@ -158,6 +164,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
             budget,
             workers,
             &cpus,
+            !args.no_warm,
         )?);
         #[cfg(feature = "rocksdb")]
         {
@@ -167,6 +174,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
                 ops,
                 None,
                 workers,
+                !args.no_warm,
             )?);
             series[4].runs.push(state::rocksdb_point(
                 &d.join("rbudget"),
@@ -174,6 +182,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
                 ops,
                 Some(budget),
                 workers,
+                !args.no_warm,
             )?);
         }
         eprintln!(
@@ -258,6 +267,7 @@ fn point_block(args: &StateBench, keys: u64, workers: usize) -> Result<Value> {
         "keys": keys,
         "workers": workers,
         "budget_fraction": args.budget_fraction,
+        "files_warmed": !args.no_warm,
         "variants": series.iter().map(Series::json).collect::<Vec<_>>(),
         "ratios": ratios,
     }))
