@@ -125,6 +125,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
     let ops = args.ops.unwrap_or(keys.min(10_000_000));
     let budget = ((keys as f64) * ENTRY_BYTES as f64 * args.budget_fraction) as usize;
     let cpus = sluice::available_cpus();
+    let warm = !args.no_warm;
     let mut names = vec!["hashmap".to_string(), "sluice in memory".into()];
     names.push(format!(
         "sluice budget {:.0}%",
@@ -155,7 +156,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
             usize::MAX / 2,
             workers,
             &cpus,
-            !args.no_warm,
+            warm,
         )?);
         series[2].runs.push(state::sluice_point(
             &d.join("budget"),
@@ -164,7 +165,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
             budget,
             workers,
             &cpus,
-            !args.no_warm,
+            warm,
         )?);
         #[cfg(feature = "rocksdb")]
         {
@@ -174,7 +175,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
                 ops,
                 None,
                 workers,
-                !args.no_warm,
+                warm,
             )?);
             series[4].runs.push(state::rocksdb_point(
                 &d.join("rbudget"),
@@ -182,7 +183,7 @@ fn point_runs(args: &StateBench, keys: u64, workers: usize) -> Result<Vec<Series
                 ops,
                 Some(budget),
                 workers,
-                !args.no_warm,
+                warm,
             )?);
         }
         eprintln!(

@@ -126,6 +126,11 @@ impl Counters {
         self.spill_pending
             .set(self.spill_pending.get().saturating_sub(bytes));
     }
+    /// The dirty list's length below which `push_dirty` never prunes it: four times the
+    /// slack.
+    pub fn dirty_floor(&self) -> usize {
+        4 * self.dirty_slack.get()
+    }
 }
 
 /// An entry found on disk.
@@ -290,7 +295,7 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
         epoch: u32,
     ) -> Table<N, K, V> {
         let entry_bytes = std::mem::size_of::<(K, Slot<V>)>() * 8 / 7 + 1;
-        let dirty_prune_at = 4 * counters.dirty_slack.get();
+        let dirty_prune_at = counters.dirty_floor();
         let data = TableData {
             spaces: Spaces::default(),
             ser: Ser {
@@ -728,7 +733,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     fn push_dirty(&mut self, ns: &N, key: &K) {
         if self.dirty.len() >= self.dirty_prune_at {
             self.prune_dirty();
-            self.dirty_prune_at = 2 * self.dirty.len() + 4 * self.counters.dirty_slack.get();
+            self.dirty_prune_at = 2 * self.dirty.len() + self.counters.dirty_floor();
         }
         self.dirty.push((ns.clone(), key.clone()));
     }
