@@ -64,6 +64,15 @@ pub struct StateBench {
     #[arg(long, value_delimiter = ',', default_value = "eager,lazy",
           value_parser = ["eager", "lazy"])]
     recovery_modes: Vec<String>,
+    /// Which process the recovery runs restore in, comma-separated: `new` is a fresh
+    /// process, as a worker process started after a crash restores (every byte of its state
+    /// lands in memory never touched before); `same` is a process that restored the same
+    /// stores once and dropped them, as a job restarted on its running workers after an
+    /// in-job failure restores, into memory its allocator kept (the page cache is dropped in
+    /// between, as before every run).
+    #[arg(long, value_delimiter = ',', default_value = "new,same",
+          value_parser = ["new", "same"])]
+    recovery_process: Vec<String>,
     /// Internal: restore the recovery stores written under DIR in this process and print
     /// the figures as JSON (each recovery run is a fresh process, as a restarted job is).
     #[arg(long, hide = true, value_name = "DIR")]
@@ -323,28 +332,61 @@ fn recovery(args: &StateBench) -> Result<Value> {
     let mut rows = Vec::new();
     eprintln!("\nrecovery (open + load the table), medians:");
     eprintln!(
-        "{:>10} {:>6} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
-        "keys", "stores", "mode", "bytes", "ms", "open ms", "cpu ms", "MB/s", "MB/s/store", "cold"
+        "{:>10} {:>6} {:>7} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "keys",
+        "stores",
+        "process",
+        "mode",
+        "bytes",
+        "ms",
+        "open ms",
+        "cpu ms",
+        "MB/s",
+        "MB/s/store",
+        "cold"
     );
     for &keys in &args.recovery_keys {
         for stores in recovery_stores(args, cpus.len()) {
-            for mode in &args.recovery_modes {
-                rows.push(recovery_row(args, keys, stores, mode == "eager")?);
+            for process in &args.recovery_process {
+                for mode in &args.recovery_modes {
+                    let run = RecoveryRun {
+                        keys,
+                        stores,
+                        eager: mode == "eager",
+                        same_process: process == "same",
+                    };
+                    rows.push(recovery_row(args, &run)?);
+                }
             }
         }
     }
     Ok(json!(rows))
 }
 
+/// What one row of the recovery table restores, and how.
+struct RecoveryRun {
+    keys: u64,
+    stores: usize,
+    eager: bool,
+    same_process: bool,
+}
+
 /// One row of the recovery table: `stores` stores holding `keys` keys in all, restored at
-/// once in a fresh process (after the page cache is dropped). One store runs on an unpinned
+/// once in a child process (after the page cache is dropped): a fresh one, or one that
+/// restored and dropped them once before (`same_process`). One store runs on an unpinned
 /// executor (the series measured since the start); several run pinned, one per CPU. MB/s is
 /// the machine's: all the segment bytes over the wall time until the slowest store is done;
 /// MB/s/store is each store's bytes over its own time (median over the stores). `ms`,
 /// `open ms` and `cpu ms` are the slowest store's time, its open, and the CPU time a store's
 /// thread spent (median over the stores). `eager`: the restore loads the table into memory
 /// (else the table reads entries on access).
-fn recovery_row(args: &StateBench, keys: u64, stores: usize, eager: bool) -> Result<Value> {
+fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
+    let &RecoveryRun {
+        keys,
+        stores,
+        eager,
+        same_process,
+    } = run;
     let (mut wall, mut open, mut cpu, mut per, mut faults) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut bytes, mut cold) = (0u64, true);
@@ -352,7 +394,7 @@ fn recovery_row(args: &StateBench, keys: u64, stores: usize, eager: bool) -> Res
         let tmp = scratch(args, "rec")?;
         state::write_recovery_states(tmp.path(), keys, stores)?;
         let dropped = state::drop_page_cache();
-        let runs = restore_in_child(tmp.path(), keys, stores, dropped, eager)?;
+        let runs = restore_in_child(tmp.path(), run, dropped)?;
         let rs = &runs.stores;
         bytes = rs.iter().map(|r| r.bytes).sum();
         cold &= rs.iter().all(|r| r.cold);
@@ -372,14 +414,16 @@ fn recovery_row(args: &StateBench, keys: u64, stores: usize, eager: bool) -> Res
     let (open_ms, cpu_ms, per_store) = (median(&open), median(&cpu), median(&per));
     let mbps = bytes as f64 / 1e6 / (ms / 1e3);
     let mode = if eager { "eager" } else { "lazy" };
+    let process = if same_process { "same" } else { "new" };
     eprintln!(
-        "{keys:>10} {stores:>6} {mode:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} {cpu_ms:>9.1} \
-         {mbps:>9.0} {per_store:>10.0} {cold:>6}"
+        "{keys:>10} {stores:>6} {process:>7} {mode:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} \
+         {cpu_ms:>9.1} {mbps:>9.0} {per_store:>10.0} {cold:>6}"
     );
     Ok(json!({
         "keys": keys,
         "stores": stores,
         "mode": mode,
+        "process": process,
         "bytes": bytes,
         "ms": ms,
         "open_ms": open_ms,
@@ -395,17 +439,19 @@ fn recovery_row(args: &StateBench, keys: u64, stores: usize, eager: bool) -> Res
 /// Restores the stores under `dir` in a child process (this binary, `--recovery-child`).
 fn restore_in_child(
     dir: &std::path::Path,
-    keys: u64,
-    stores: usize,
+    run: &RecoveryRun,
     cold: bool,
-    eager: bool,
 ) -> Result<state::ParallelRecovery> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(["bench", "state", "--recovery-child"])
         .arg(dir)
-        .args(["--recovery-keys", &keys.to_string()])
-        .args(["--recovery-stores", &stores.to_string()])
-        .args(["--recovery-modes", if eager { "eager" } else { "lazy" }])
+        .args(["--recovery-keys", &run.keys.to_string()])
+        .args(["--recovery-stores", &run.stores.to_string()])
+        .args(["--recovery-modes", if run.eager { "eager" } else { "lazy" }])
+        .args([
+            "--recovery-process",
+            if run.same_process { "same" } else { "new" },
+        ])
         .stderr(std::process::Stdio::inherit());
     if cold {
         cmd.arg("--recovery-child-cold");
@@ -419,23 +465,32 @@ fn restore_in_child(
     state::ParallelRecovery::from_json(&v)
 }
 
-/// The child's side of [`restore_in_child`].
+/// The child's side of [`restore_in_child`]. In a `same` process the stores are restored
+/// and dropped once first (untimed), and the page cache dropped again if it was.
 fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
     let (Some(&keys), Some(&stores)) = (args.recovery_keys.first(), args.recovery_stores.first())
     else {
         anyhow::bail!("--recovery-child needs --recovery-keys and --recovery-stores");
     };
     let cpus = sluice::available_cpus();
-    let r = state::restore_stores(
-        dir,
-        keys,
-        stores as usize,
-        &cpus,
-        usize::MAX / 2,
-        args.recovery_child_cold,
-        args.recovery_modes.first().is_none_or(|m| m == "eager"),
-    )?;
-    println!("{}", r.to_json());
+    let eager = args.recovery_modes.first().is_none_or(|m| m == "eager");
+    let mut cold = args.recovery_child_cold;
+    let restore = |cold| {
+        state::restore_stores(
+            dir,
+            keys,
+            stores as usize,
+            &cpus,
+            usize::MAX / 2,
+            cold,
+            eager,
+        )
+    };
+    if args.recovery_process.first().is_some_and(|p| p == "same") {
+        restore(cold)?;
+        cold = cold && state::drop_page_cache();
+    }
+    println!("{}", restore(cold)?.to_json());
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `sluice bench state --only recovery` through the binary at toy size: each run writes the
-//! stores, restores them in a fresh child process eagerly and lazily, and the child checks that
+//! stores, restores them in a child process (a fresh one, and one that restored them once
+//! before) eagerly and lazily, and the child checks that
 //! every restored table serves its first and last keys, so a recovery that loses or garbles
 //! state fails the bench instead of reporting a speed.
 
@@ -35,14 +36,20 @@ fn recovery_bench_at_toy_size_restores_eagerly_and_lazily() {
     let json: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert_eq!(json["bench"], "state");
     let rows = json["recovery"].as_array().expect("recovery rows");
-    let shape: Vec<(u64, &str)> = rows
+    let shape: Vec<(u64, &str, &str)> = rows
         .iter()
-        .map(|r| (r["stores"].as_u64().unwrap(), r["mode"].as_str().unwrap()))
+        .map(|r| {
+            let s = |f: &str| r[f].as_str().unwrap();
+            (r["stores"].as_u64().unwrap(), s("process"), s("mode"))
+        })
         .collect();
-    assert_eq!(
-        shape,
-        [(1, "eager"), (1, "lazy"), (2, "eager"), (2, "lazy")]
-    );
+    let mut want = Vec::new();
+    for stores in [1, 2] {
+        for process in ["new", "same"] {
+            want.extend([(stores, process, "eager"), (stores, process, "lazy")]);
+        }
+    }
+    assert_eq!(shape, want);
     for r in rows {
         assert_eq!(r["keys"], 20000, "{r}");
         // 20k frames of a 16-byte key and a 64-byte value, with their headers.
