@@ -81,6 +81,11 @@ pub struct PointResult {
     /// Sluice's on-disk segments at the start of the read phase, each of which a lookup of
     /// an evicted key may probe (0 for the others); with several stores, the most any has.
     pub read_segments: u64,
+    /// The longest batch of the load, in ms: the engine's own work on one batch of
+    /// [`BATCH`] inserts (Sluice's inserts, not the flush after them; RocksDB's write of the
+    /// batch; the hash map's inserts). A table that rehashes all of its entries at once, or
+    /// an engine that stalls its writes, shows here.
+    pub load_batch_max_ms: f64,
 }
 
 /// One worker's part of a point run: the keys `first..first + keys` and `ops` updates and
@@ -145,6 +150,7 @@ struct WorkerRun {
     memory_bytes: u64,
     update_compacted_bytes: u64,
     read_segments: u64,
+    load_batch_max_ms: f64,
 }
 
 /// The machine's rates from its workers' phases: each phase from the first start to the
@@ -175,6 +181,7 @@ fn combine(runs: &[WorkerRun], shares: &[Share]) -> PointResult {
         update_compacted_bytes: runs.iter().map(|r| r.update_compacted_bytes).sum(),
         read_cpu_per_s: read_cpu,
         read_segments: runs.iter().map(|r| r.read_segments).max().unwrap_or(0),
+        load_batch_max_ms: runs.iter().map(|r| r.load_batch_max_ms).fold(0.0, f64::max),
     }
 }
 
@@ -437,12 +444,15 @@ async fn sluice_worker(
     gate.pass(1).await?;
     let start = Mark::now();
     let mut i = 0;
+    let mut load_batch_max_ms = 0f64;
     while i < share.keys {
         {
+            let batch = Instant::now();
             let mut tl = t.lock();
             for j in i..(i + BATCH).min(share.keys) {
                 tl.insert(&(), share.load_key(j), [j as u8; 64])?;
             }
+            load_batch_max_ms = load_batch_max_ms.max(batch.elapsed().as_secs_f64() * 1e3);
         }
         i += BATCH;
         end_batch(&store).await?;
@@ -502,6 +512,7 @@ async fn sluice_worker(
         memory_bytes,
         update_compacted_bytes: stats.compacted_in_bytes - merged_before,
         read_segments: stats.segments as u64,
+        load_batch_max_ms,
     })
 }
 
@@ -510,8 +521,14 @@ pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
     let mut m: FxHashMap<[u8; 16], [u8; 64]> = FxHashMap::default();
     let mut r = PointResult::default();
     let phase = Phase::start();
-    for j in 0..keys {
-        m.insert(key(j), [j as u8; 64]);
+    let mut i = 0;
+    while i < keys {
+        let batch = Instant::now();
+        for j in i..(i + BATCH).min(keys) {
+            m.insert(key(j), [j as u8; 64]);
+        }
+        r.load_batch_max_ms = r.load_batch_max_ms.max(batch.elapsed().as_secs_f64() * 1e3);
+        i += BATCH;
     }
     r.load_per_s = phase.rate(keys);
     let phase = Phase::start();
@@ -628,12 +645,15 @@ fn rocksdb_worker(
     gate.pass_blocking(1)?;
     let start = Mark::now();
     let mut i = 0;
+    let mut load_batch_max_ms = 0f64;
     while i < share.keys {
+        let batch = Instant::now();
         let mut wb = WriteBatch::default();
         for j in i..(i + BATCH).min(share.keys) {
             wb.put(share.load_key(j), [j as u8; 64]);
         }
         db.write_opt(wb, &wo)?;
+        load_batch_max_ms = load_batch_max_ms.max(batch.elapsed().as_secs_f64() * 1e3);
         i += BATCH;
     }
     rocksdb_settle(&db)?;
@@ -669,6 +689,7 @@ fn rocksdb_worker(
         memory_bytes,
         update_compacted_bytes: 0,
         read_segments: 0,
+        load_batch_max_ms,
     })
 }
 
@@ -987,24 +1008,27 @@ mod tests {
             wall: t0 + Duration::from_millis(ms),
             cpu,
         };
-        let run = |load: Span, update: Span, read: Span| WorkerRun {
+        let run = |load: Span, update: Span, read: Span, load_batch_max_ms: f64| WorkerRun {
             load,
             update,
             read,
             memory_bytes: 10,
             update_compacted_bytes: 1,
             read_segments: 3,
+            load_batch_max_ms,
         };
         let runs = [
             run(
                 (at(0, 0.0), at(1000, 1.0)),
                 (at(2000, 2.0), at(2500, 3.0)),
                 (at(3000, 4.0), at(3100, 4.2)),
+                1.0,
             ),
             run(
                 (at(10, 0.0), at(2000, 2.0)),
                 (at(2001, 2.0), at(3000, 4.0)),
                 (at(3000, 4.0), at(3200, 4.4)),
+                2.0,
             ),
         ];
         let shares = Share::split(400, 100, 2);
@@ -1018,6 +1042,8 @@ mod tests {
             (r.memory_bytes, r.update_compacted_bytes, r.read_segments),
             (20, 2, 3)
         );
+        // The longest load batch is the longest of any worker's.
+        assert_eq!(r.load_batch_max_ms, 2.0, "{r:?}");
     }
 
     #[test]

@@ -117,6 +117,7 @@ impl Series {
         json!({
             "name": self.name,
             "load_per_s": self.med(|r| r.load_per_s),
+            "load_batch_max_ms": self.med(|r| r.load_batch_max_ms),
             "update_per_s": self.med(|r| r.update_per_s),
             "read_per_s": self.med(|r| r.read_per_s),
             "memory_bytes": self.med(|r| r.memory_bytes as f64),
@@ -226,16 +227,17 @@ fn point_block(args: &StateBench, keys: u64, workers: usize) -> Result<Value> {
         "\npoint workload, {keys} keys (16 B keys, 64 B values), {workers} worker(s), medians:"
     );
     eprintln!(
-        "{:<22} {:>14} {:>14} {:>14} {:>11} {:>13}",
-        "variant", "updates/s", "reads/s", "loads/s", "upd cpu/s", "upd merged MB"
+        "{:<22} {:>14} {:>14} {:>14} {:>12} {:>11} {:>13}",
+        "variant", "updates/s", "reads/s", "loads/s", "load max ms", "upd cpu/s", "upd merged MB"
     );
     for s in &series {
         eprintln!(
-            "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>11.2} {:>13.1}",
+            "{:<22} {:>14.0} {:>14.0} {:>14.0} {:>12.1} {:>11.2} {:>13.1}",
             s.name,
             s.med(|r| r.update_per_s),
             s.med(|r| r.read_per_s),
             s.med(|r| r.load_per_s),
+            s.med(|r| r.load_batch_max_ms),
             s.med(|r| r.update_cpu_per_s),
             s.med(|r| r.update_compacted_bytes as f64) / 1e6
         );

@@ -2,7 +2,6 @@
 //! batches, the restore of entries read from disk, and the `TableOps` the store's checkpoint
 //! writer drives (freeze, serialize the frozen entries, finish or abort).
 
-use super::keymap::Sweep;
 use super::*;
 
 impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
@@ -42,13 +41,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                 let (ns, space) = self.spaces.at_mut(i);
                 let ser = &mut self.ser;
                 let mut any = false;
-                // Entries before the hand are passed over (whole shards of a sharded map
-                // without a visit); the hand is then a count of the map's entries before
-                // the place it stopped.
+                // Entries before the hand are passed over. Those that stay are counted, so
+                // the hand is then a count of the map's entries before the place it stopped.
                 let skip = std::mem::take(&mut space.hand);
-                let hand = space.map.sweep(skip, |k, slot| {
+                let mut before = 0usize;
+                let mut hand = None;
+                space.map.retain(|k, slot| {
+                    if hand.is_some() {
+                        return true;
+                    }
+                    if before < skip {
+                        before += 1;
+                        return true;
+                    }
                     if freed >= target || err.is_some() {
-                        return Sweep::Stop;
+                        hand = Some(before);
+                        return true;
                     }
                     let evicted = 'decide: {
                         if slot.state & REF != 0 {
@@ -72,10 +80,10 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
                     if evicted {
                         freed += slot.weight as usize;
                         any = true;
-                        Sweep::Remove
                     } else {
-                        Sweep::Keep
+                        before += 1;
                     }
+                    !evicted
                 });
                 // Past the end of the map (or its hand was): the next sweep starts at its
                 // beginning.

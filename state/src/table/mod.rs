@@ -440,7 +440,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         let Some(space) = self.spaces.get(ns) else {
             return;
         };
-        if !space.map.is_large(PREFETCH_MIN_ENTRIES) {
+        if space.map.capacity() < PREFETCH_MIN_ENTRIES {
             return;
         }
         if let Some(slot) = space.map.get(key) {
@@ -564,7 +564,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         self.load_namespace(ns)?;
         let now = self.counters.now_ms.get();
         if let Some(space) = self.spaces.get(ns) {
-            for (k, slot) in space.map.iter() {
+            for (k, slot) in &space.map {
                 if let Some(v) = &slot.value {
                     if !now_expired(slot.expires_ms, now) {
                         f(k, v);
@@ -914,7 +914,6 @@ fn slot_value<V>(slot: &mut Slot<V>) -> &mut V {
 }
 
 mod evict;
-mod keymap;
 mod spaces;
 
 use spaces::{Space, Spaces};
@@ -972,91 +971,6 @@ mod tests {
             assert_eq!(t.get(&(), &i).unwrap(), Some(&i));
         }
         assert_eq!(t.get(&(), &u64::MAX).unwrap(), None);
-    }
-
-    /// A restore sizes the map for the entries it loads, in shards that together fit them
-    /// (100k entries would take 262,144 buckets as one map, 61% of them empty). The sharded
-    /// map then serves, grows past its reservation, evicts round all of its shards and is
-    /// checkpointed like one map.
-    #[test]
-    fn a_restored_table_is_sharded_to_fit_and_works_like_one_map() {
-        let n = 100_000u64;
-        let cfg = |budget: usize| StoreConfig {
-            memory_budget_bytes: budget,
-            key_groups: (0, 0),
-            ..StoreConfig::default()
-        };
-        let open = |disk: SimDisk, budget: usize, at: Option<u64>| {
-            let store = Store::open(disk, Path::new("/t"), cfg(budget), at).unwrap();
-            let table = store
-                .table::<(), u64, u64>("big", TableConfig::new(|_: &(), _: &u64| 0))
-                .unwrap();
-            (store, table)
-        };
-        let (store, table) = open(SimDisk::default(), 1 << 30, None);
-        {
-            let mut t = table.lock();
-            for k in 0..n {
-                t.insert(&(), k, 3 * k).unwrap();
-            }
-        }
-        futures_lite::future::block_on(store.checkpoint(1)).unwrap();
-        drop(table);
-        let disk = store.shared.disk.clone();
-        drop(store);
-
-        // Room for the restored entries and not for twice as many.
-        let budget = 6 << 20;
-        let (store, table) = open(disk, budget, Some(1));
-        {
-            let mut t = table.lock();
-            let map = &t.spaces.get(&()).unwrap().map;
-            assert!(map.shards() >= 16, "{} shards", map.shards());
-            assert_eq!(map.len(), n as usize);
-            assert!(
-                map.capacity() < n as usize * 5 / 4,
-                "capacity {}",
-                map.capacity()
-            );
-            for k in 0..n {
-                assert_eq!(t.get(&(), &k).unwrap(), Some(&(3 * k)), "restored key {k}");
-            }
-            for k in (0..n).step_by(3) {
-                *t.get_mut(&(), &k).unwrap().unwrap() += 1;
-            }
-            for k in (0..n).step_by(5) {
-                t.remove(&(), &k).unwrap();
-            }
-            for k in n..2 * n {
-                t.insert(&(), k, 3 * k).unwrap();
-            }
-        }
-        futures_lite::future::block_on(store.flush()).unwrap();
-        assert!(
-            store.memory_used() <= budget,
-            "memory {}",
-            store.memory_used()
-        );
-        let resident = table.lock().resident_len();
-        assert!(
-            resident < 2 * n as usize * 9 / 10,
-            "{resident} resident: nothing evicted"
-        );
-        futures_lite::future::block_on(store.checkpoint(2)).unwrap();
-        drop(table);
-        let disk = store.shared.disk.clone();
-        drop(store);
-
-        let expect = |k: u64| match k {
-            k if k < n && k % 5 == 0 => None,
-            k if k < n && k % 3 == 0 => Some(3 * k + 1),
-            k => Some(3 * k),
-        };
-        let (_store, table) = open(disk, 1 << 30, Some(2));
-        let mut t = table.lock();
-        for k in 0..2 * n {
-            assert_eq!(t.get(&(), &k).unwrap().copied(), expect(k), "key {k}");
-        }
     }
 
     /// The clock's hand goes round the whole table: entries written once and never used

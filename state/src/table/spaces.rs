@@ -8,7 +8,6 @@ use std::hash::Hash;
 use rustc_hash::FxHashMap;
 
 use super::Slot;
-use super::keymap::KeyMap;
 
 /// The namespaces of a table: a dense list, an index, and the last namespace found, so
 /// that runs of accesses to one namespace (always, for `()`) skip the namespace lookup.
@@ -19,7 +18,7 @@ pub(super) struct Spaces<N, K, V> {
     /// Emptied maps of dropped namespaces, for new ones: a window operator drops a namespace
     /// per slice and opens the next, and a reused map neither grows through every size again
     /// nor faults in fresh pages.
-    spare: Vec<KeyMap<K, Slot<V>>>,
+    spare: Vec<FxHashMap<K, Slot<V>>>,
 }
 
 /// Emptied namespace maps kept for reuse.
@@ -119,17 +118,17 @@ impl<N: Eq + Hash + Clone, K, V> Spaces<N, K, V> {
 
 impl<N, K: Eq + Hash, V> Spaces<N, K, V> {
     /// An empty map for a new namespace: a spare one if any, else one with room for `hint`.
-    pub(super) fn new_map(&mut self, hint: usize) -> KeyMap<K, Slot<V>> {
+    pub(super) fn new_map(&mut self, hint: usize) -> FxHashMap<K, Slot<V>> {
         match self.spare.pop() {
             Some(mut map) => {
                 map.reserve(hint);
                 map
             }
-            None => KeyMap::with_capacity(hint),
+            None => FxHashMap::with_capacity_and_hasher(hint, Default::default()),
         }
     }
     /// Keeps an emptied map for a later namespace.
-    pub(super) fn recycle(&mut self, map: KeyMap<K, Slot<V>>) {
+    pub(super) fn recycle(&mut self, map: FxHashMap<K, Slot<V>>) {
         debug_assert!(map.is_empty());
         if self.spare.len() < SPARE_MAPS_MAX && map.capacity() > 0 {
             self.spare.push(map);
@@ -138,7 +137,7 @@ impl<N, K: Eq + Hash, V> Spaces<N, K, V> {
 }
 
 pub(super) struct Space<K, V> {
-    pub(super) map: KeyMap<K, Slot<V>>,
+    pub(super) map: FxHashMap<K, Slot<V>>,
     /// Every entry of this namespace is resident.
     pub(super) complete: bool,
     /// Some entry of this namespace may be on disk.
