@@ -88,6 +88,11 @@ pub struct PointResult {
     pub load_batch_max_ms: f64,
 }
 
+/// Raises `longest` (ms) to the time since `start` if that is longer: the longest load batch.
+fn note_longest(longest: &mut f64, start: Instant) {
+    *longest = longest.max(start.elapsed().as_secs_f64() * 1e3);
+}
+
 /// One worker's part of a point run: the keys `first..first + keys` and `ops` updates and
 /// reads among them. One worker has all of the keys; `n` workers a disjoint `n`th each.
 #[derive(Clone, Copy, Debug)]
@@ -452,7 +457,7 @@ async fn sluice_worker(
             for j in i..(i + BATCH).min(share.keys) {
                 tl.insert(&(), share.load_key(j), [j as u8; 64])?;
             }
-            load_batch_max_ms = load_batch_max_ms.max(batch.elapsed().as_secs_f64() * 1e3);
+            note_longest(&mut load_batch_max_ms, batch);
         }
         i += BATCH;
         end_batch(&store).await?;
@@ -527,7 +532,7 @@ pub fn hashmap_point(keys: u64, ops: u64) -> PointResult {
         for j in i..(i + BATCH).min(keys) {
             m.insert(key(j), [j as u8; 64]);
         }
-        r.load_batch_max_ms = r.load_batch_max_ms.max(batch.elapsed().as_secs_f64() * 1e3);
+        note_longest(&mut r.load_batch_max_ms, batch);
         i += BATCH;
     }
     r.load_per_s = phase.rate(keys);
@@ -653,7 +658,7 @@ fn rocksdb_worker(
             wb.put(share.load_key(j), [j as u8; 64]);
         }
         db.write_opt(wb, &wo)?;
-        load_batch_max_ms = load_batch_max_ms.max(batch.elapsed().as_secs_f64() * 1e3);
+        note_longest(&mut load_batch_max_ms, batch);
         i += BATCH;
     }
     rocksdb_settle(&db)?;

@@ -373,6 +373,17 @@ struct RecoveryRun {
     same_process: bool,
 }
 
+impl RecoveryRun {
+    /// The `--recovery-modes` value of this run.
+    fn mode(&self) -> &'static str {
+        if self.eager { "eager" } else { "lazy" }
+    }
+    /// The `--recovery-process` value of this run.
+    fn process(&self) -> &'static str {
+        if self.same_process { "same" } else { "new" }
+    }
+}
+
 /// One row of the recovery table: `stores` stores holding `keys` keys in all, restored at
 /// once in a child process (after the page cache is dropped): a fresh one, or one that
 /// restored and dropped them once before (`same_process`). One store runs on an unpinned
@@ -383,12 +394,7 @@ struct RecoveryRun {
 /// thread spent (median over the stores). `eager`: the restore loads the table into memory
 /// (else the table reads entries on access).
 fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
-    let &RecoveryRun {
-        keys,
-        stores,
-        eager,
-        same_process,
-    } = run;
+    let &RecoveryRun { keys, stores, .. } = run;
     let (mut wall, mut open, mut cpu, mut per, mut faults) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut bytes, mut cold) = (0u64, true);
@@ -415,8 +421,7 @@ fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
     let ms = median(&wall);
     let (open_ms, cpu_ms, per_store) = (median(&open), median(&cpu), median(&per));
     let mbps = bytes as f64 / 1e6 / (ms / 1e3);
-    let mode = if eager { "eager" } else { "lazy" };
-    let process = if same_process { "same" } else { "new" };
+    let (mode, process) = (run.mode(), run.process());
     eprintln!(
         "{keys:>10} {stores:>6} {process:>7} {mode:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} \
          {cpu_ms:>9.1} {mbps:>9.0} {per_store:>10.0} {cold:>6}"
@@ -449,11 +454,8 @@ fn restore_in_child(
         .arg(dir)
         .args(["--recovery-keys", &run.keys.to_string()])
         .args(["--recovery-stores", &run.stores.to_string()])
-        .args(["--recovery-modes", if run.eager { "eager" } else { "lazy" }])
-        .args([
-            "--recovery-process",
-            if run.same_process { "same" } else { "new" },
-        ])
+        .args(["--recovery-modes", run.mode()])
+        .args(["--recovery-process", run.process()])
         .stderr(std::process::Stdio::inherit());
     if cold {
         cmd.arg("--recovery-child-cold");
