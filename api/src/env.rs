@@ -118,9 +118,9 @@ impl Env {
         self
     }
 
-    /// Sets what a restore loads into memory (default: [`StateLoading::Eager`]).
+    /// Sets what a restore loads into memory (default: [`StateLoading::Background`]).
     ///
-    /// [`StateLoading::Eager`]: crate::StateLoading::Eager
+    /// [`StateLoading::Background`]: crate::StateLoading::Background
     pub fn set_state_loading(&self, loading: crate::StateLoading) -> &Self {
         self.inner.borrow_mut().config.state_loading = loading;
         self

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use glommio::{LocalExecutorBuilder, Placement};
 use rustc_hash::FxHashMap;
+pub use sluice_state::Restore;
 use sluice_state::{GlommioDisk, Store, StoreConfig, TableConfig};
 
 /// Keys per batch between two `Store::flush` calls (the runtime's batch size).
@@ -768,8 +769,12 @@ pub struct RecoveryResult {
     /// Bytes of segments read.
     pub bytes: u64,
     /// Open (validate every frame, build indexes) plus registering the table, which loads
-    /// it into memory in an eager restore and reads nothing more in a lazy one, in ms.
+    /// it into memory in an eager restore and reads nothing more in a lazy or background
+    /// one, in ms: when the job could run its first record.
     pub ms: f64,
+    /// From the same start until the table was resident in full, in ms: `ms` for an eager
+    /// restore, after the background load for a background one, NaN for a lazy one.
+    pub loaded_ms: f64,
     /// The open alone, in ms.
     pub open_ms: f64,
     /// CPU time (user and system) of the restoring thread over the same span, in ms: what
@@ -825,19 +830,21 @@ pub fn drop_page_cache() -> bool {
 }
 
 /// Reopens the store in `dir` (keys `first..first + keys`) at checkpoint 1 and registers its
-/// table, loading it (`eager`) or not, on the calling executor; then checks that the table
-/// serves its first and last keys.
+/// table, restoring it as `mode` says, on the calling executor; a background load is then
+/// run to its end at once (a job's maintenance task runs it in steps between batches). Then
+/// checks that the table serves its first and last keys, and that a load left it resident
+/// in full.
 async fn restore_store(
     dir: &Path,
     (first, keys): (u64, u64),
     budget: usize,
     cold: bool,
-    eager: bool,
+    mode: Restore,
 ) -> Result<RecoveryResult> {
     let cfg = StoreConfig {
         memory_budget_bytes: budget,
         key_groups: (0, 127),
-        restore_eagerly: eager,
+        restore: mode,
         ..StoreConfig::default()
     };
     let (cpu0, faults0) = thread_usage();
@@ -847,7 +854,19 @@ async fn restore_store(
     let t = store.table::<(), [u8; 16], [u8; 64]>("rec", TableConfig::new(kg))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let (cpu1, faults1) = thread_usage();
-    black_box(t.lock().resident_len());
+    let loaded_ms = match mode {
+        Restore::Eager => ms,
+        Restore::Lazy => f64::NAN,
+        Restore::Background => {
+            store.warm_all()?;
+            start.elapsed().as_secs_f64() * 1e3
+        }
+    };
+    let resident = t.lock().resident_len() as u64;
+    anyhow::ensure!(
+        mode == Restore::Lazy || resident == keys,
+        "{mode:?} restore left {resident} of {keys} keys resident"
+    );
     for j in [first, first + keys.max(1) - 1] {
         let got = t.lock().get(&(), &key(j))?.copied();
         anyhow::ensure!(got == Some([j as u8; 64]), "restored key {j} reads {got:?}");
@@ -856,6 +875,7 @@ async fn restore_store(
         keys,
         bytes: store.stats().segment_bytes,
         ms,
+        loaded_ms,
         open_ms,
         cpu_ms: cpu1 - cpu0,
         faults: faults1 - faults0,
@@ -883,8 +903,10 @@ pub fn store_dir(dir: &Path, s: usize) -> std::path::PathBuf {
 pub struct ParallelRecovery {
     /// Each store's figures (its own open and load, on its own executor).
     pub stores: Vec<RecoveryResult>,
-    /// From the first store's start to the last store's end, in ms.
+    /// Until the last store could serve the job, in ms (the stores start together).
     pub wall_ms: f64,
+    /// Until the last store was loaded in full, in ms (NaN for lazy restores).
+    pub loaded_wall_ms: f64,
 }
 
 impl ParallelRecovery {
@@ -894,17 +916,22 @@ impl ParallelRecovery {
             .stores
             .iter()
             .map(|r| {
-                serde_json::json!([r.keys, r.bytes, r.ms, r.open_ms, r.cpu_ms, r.faults, r.cold])
+                let loaded = finite(r.loaded_ms);
+                let (ms, open, cpu) = (r.ms, r.open_ms, r.cpu_ms);
+                serde_json::json!([r.keys, r.bytes, ms, open, cpu, r.faults, r.cold, loaded])
             })
             .collect();
-        serde_json::json!({ "wall_ms": self.wall_ms, "stores": stores })
+        let loaded = finite(self.loaded_wall_ms);
+        serde_json::json!({ "wall_ms": self.wall_ms, "loaded_wall_ms": loaded, "stores": stores })
     }
     /// Reads [`to_json`](Self::to_json)'s value back.
     pub fn from_json(v: &serde_json::Value) -> Result<ParallelRecovery> {
         let bad = || anyhow::anyhow!("bad recovery record: {v}");
         let f = |x: &serde_json::Value| x.as_f64().ok_or_else(bad);
+        let nan_if_null = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
         let mut out = ParallelRecovery {
             wall_ms: f(&v["wall_ms"])?,
+            loaded_wall_ms: nan_if_null(&v["loaded_wall_ms"]),
             stores: Vec::new(),
         };
         for r in v["stores"].as_array().ok_or_else(bad)? {
@@ -916,6 +943,7 @@ impl ParallelRecovery {
                 cpu_ms: f(&r[4])?,
                 faults: f(&r[5])? as u64,
                 cold: r[6].as_bool().ok_or_else(bad)?,
+                loaded_ms: nan_if_null(&r[7]),
             });
         }
         Ok(out)
@@ -925,10 +953,9 @@ impl ParallelRecovery {
 /// Restores the `stores` stores that [`write_recovery_states`] wrote under `dir`, all at
 /// once: one store on an unpinned executor, several each on its own executor pinned to its
 /// own CPU of `cpus` (round robin), as a job's workers restore theirs, started together.
-/// `cold` is whether the page cache was dropped since they were written; `eager` whether
-/// the tables are loaded into memory when registered (else read on access). A recovery is a
-/// fresh process (a restarted job), so the bench runs this in one: memory the writing freed
-/// would otherwise be reused, already faulted in.
+/// `cold` is whether the page cache was dropped since they were written; `mode` how the
+/// tables are restored. A recovery is a fresh process (a restarted job), so the bench runs
+/// this in one: memory the writing freed would otherwise be reused, already faulted in.
 pub fn restore_stores(
     dir: &Path,
     keys: u64,
@@ -936,7 +963,7 @@ pub fn restore_stores(
     cpus: &[usize],
     budget: usize,
     cold: bool,
-    eager: bool,
+    mode: Restore,
 ) -> Result<ParallelRecovery> {
     anyhow::ensure!(stores > 0, "at least one store");
     let per = keys / stores as u64;
@@ -954,29 +981,35 @@ pub fn restore_stores(
             .io_memory(64 << 10)
             .spawn(move || async move {
                 barrier.wait();
-                let start = Instant::now();
-                let r = restore_store(&d, (s as u64 * per, per), budget, cold, eager).await;
-                (start, Instant::now(), r)
+                restore_store(&d, (s as u64 * per, per), budget, cold, mode).await
             })
             .map_err(|e| anyhow::anyhow!("start a glommio executor: {e}"))?;
         handles.push(h);
     }
     let mut out = ParallelRecovery::default();
-    let mut span: Option<(Instant, Instant)> = None;
     for h in handles {
-        let (start, end, r) = h
+        let r = h
             .join()
             .map_err(|e| anyhow::anyhow!("glommio executor failed: {e}"))?;
         out.stores.push(r?);
-        span = Some(match span {
-            None => (start, end),
-            Some((a, b)) => (a.min(start), b.max(end)),
-        });
     }
-    if let Some((a, b)) = span {
-        out.wall_ms = (b - a).as_secs_f64() * 1e3;
-    }
+    // The stores start together (the barrier): the slowest one's times are the machine's.
+    let slowest = |f: fn(&RecoveryResult) -> f64| out.stores.iter().map(f).fold(0.0, f64::max);
+    out.wall_ms = slowest(|r| r.ms);
+    out.loaded_wall_ms = match mode {
+        Restore::Lazy => f64::NAN,
+        _ => slowest(|r| r.loaded_ms),
+    };
     Ok(out)
+}
+
+/// `x`, or JSON null when it is not finite (JSON has no NaN).
+pub fn finite(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!(x)
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 #[cfg(test)]

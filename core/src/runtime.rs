@@ -121,7 +121,7 @@ impl Default for RuntimeConfig {
             savepoint_dir: None,
             stop: None,
             state_budget_bytes: crate::state::STATE_BUDGET_BYTES_DEFAULT,
-            state_loading: crate::state::StateLoading::Eager,
+            state_loading: crate::state::StateLoading::Background,
             state_dir: None,
         }
     }

@@ -162,18 +162,33 @@ impl DiskReader for StateReader {
 /// Bytes of resident state a store keeps by default before it evicts to disk.
 pub const STATE_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
 
-/// What a restore loads into memory.
+/// What a restore loads into memory, and when.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StateLoading {
     /// Each table's entries are loaded into memory when its operator registers it, as far
     /// as the budget allows: the job then runs at in-memory speed from its first record
-    /// (Flink's heap backend).
-    #[default]
+    /// (Flink's heap backend), and starts once every table is loaded.
     Eager,
     /// The restore validates and indexes the store's segments only; entries are read from
     /// disk when first accessed (Flink's RocksDB backend): the job starts sooner, and its
     /// first access of each key pays a read.
     Lazy,
+    /// The job starts as with `Lazy`, and each worker's maintenance task loads its tables
+    /// into memory between batches (as far as the budget allows); a key the job needs before
+    /// its load is read from disk. The job starts as soon as the segments are checked and
+    /// runs in memory once the load is done.
+    #[default]
+    Background,
+}
+
+impl StateLoading {
+    fn restore(self) -> sluice_state::Restore {
+        match self {
+            StateLoading::Eager => sluice_state::Restore::Eager,
+            StateLoading::Lazy => sluice_state::Restore::Lazy,
+            StateLoading::Background => sluice_state::Restore::Background,
+        }
+    }
 }
 
 /// How a job's stores are placed and sized (the same for every stage instance).
@@ -236,7 +251,7 @@ impl StageState {
         let cfg = StoreConfig {
             memory_budget_bytes: settings.budget_bytes,
             retained_checkpoints: settings.retained.max(1),
-            restore_eagerly: settings.loading == StateLoading::Eager,
+            restore: settings.loading.restore(),
             key_groups: (range.start, range.end.saturating_sub(1)),
             ..StoreConfig::default()
         };
@@ -286,14 +301,15 @@ impl StageState {
         };
         let store = Rc::new(store);
         let failed = Rc::new(RefCell::new(None));
-        // Merges run beside the operators, in the worker's own executor.
+        // Background loads of restored tables and merges run beside the operators, in the
+        // worker's own executor.
         let compactor = {
             let (store, failed) = (store.clone(), failed.clone());
             glommio::spawn_local(async move {
                 if let Err(e) = store.compactor().await {
                     failed
                         .borrow_mut()
-                        .get_or_insert(state_error("merge state segments", e));
+                        .get_or_insert(state_error("load or merge state", e));
                 }
             })
             .detach()

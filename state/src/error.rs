@@ -175,8 +175,19 @@ op_error! {
 }
 
 op_error! {
-    /// Writing evicted entries, or compacting segments.
-    MaintainError {}
+    /// Writing evicted entries, compacting segments, or loading restored tables.
+    MaintainError {
+        /// A restored entry does not decode as its table's type (a background load).
+        #[error("decode {what} of state '{state}': {reason}")]
+        Decode {
+            /// The state's name.
+            state: String,
+            /// Key, namespace or value.
+            what: &'static str,
+            /// The validation error.
+            reason: String,
+        },
+    }
 }
 
 /// Shorthand for internal results.

@@ -24,6 +24,7 @@ pub mod sim;
 mod states;
 mod store;
 mod table;
+mod warm;
 
 pub use checkpoint::{CheckpointInfo, Frozen};
 pub use codec::Codec;
@@ -35,3 +36,4 @@ pub use states::{
 };
 pub use store::{IDENTITY_FILE, Store, StoreConfig, StoreStats, latest_checkpoint, state_id};
 pub use table::{KeyGroupFn, Ns, Table, TableConfig, TableData};
+pub use warm::{Restore, WARM_STEP_BYTES};

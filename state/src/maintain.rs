@@ -15,7 +15,7 @@ use rkyv::util::AlignedVec;
 use crate::checkpoint::{CheckpointInfo, WRITE_CHUNK_BYTES, write_manifest_in};
 use crate::codec::ARCHIVE_ALIGN;
 use crate::disk::{Disk, DiskReader, DiskWriter};
-use crate::error::{CheckpointError, Fault, FaultResult, MaintainError, OpenError};
+use crate::error::{AccessError, CheckpointError, Fault, FaultResult, MaintainError, OpenError};
 use crate::frame::{self, Decoded, FrameRef, Kind, SortKey};
 use crate::manifest::{Manifest, NsDropRec, SegmentRec};
 use crate::segment::{self, SegIndex, SegmentBuilder, SegmentMeta, Source};
@@ -335,8 +335,9 @@ impl<D: Disk> Store<D> {
         self.shared.core.borrow().on_disk_prefix() > 2 * self.shared.cfg.segments_max
     }
 
-    /// Runs the merges that are due, as they become due, until [`Store::stop_compactor`]
-    /// (or the first error, which fails the store). The runtime runs it as a task of each
+    /// Runs the background loads of restored tables ([`Store::warm_step`]) and the merges
+    /// that are due, as they become due, until [`Store::stop_compactor`] (or the first
+    /// error, which fails the store). The runtime runs it as a task of each
     /// worker beside its operators: a merge yields between its chunks, so records keep
     /// flowing while it runs (the thread-per-core counterpart of RocksDB's background
     /// compaction threads). Flushes and checkpoints wake it.
@@ -345,6 +346,11 @@ impl<D: Disk> Store<D> {
         shared.compactor_stop.set(false);
         let _running = Running::set(&shared.compactor_running, &shared.merged);
         loop {
+            // Restored tables first (they serve the job from disk until loaded), a step at
+            // a time, yielding to the job's tasks after each.
+            while !shared.compactor_stop.get() && self.warm_step().map_err(warm_error)? {
+                futures_lite::future::yield_now().await;
+            }
             // Each merge wakes a flush waiting for it as it ends (`Merging`).
             while !shared.compactor_stop.get() && self.compact(false).await? {}
             if shared.compactor_stop.get() {
@@ -793,4 +799,30 @@ pub fn plan_compaction(sizes: &[u64], segments_max: usize) -> Option<std::ops::R
         end = start;
     }
     (sizes.len() > segments_max).then_some(0..sizes.len())
+}
+
+/// A background load's failure, as the maintenance task reports it.
+fn warm_error(e: AccessError) -> MaintainError {
+    match e {
+        AccessError::Io { op, path, source } => MaintainError::Io { op, path, source },
+        AccessError::Corrupt {
+            path,
+            offset,
+            reason,
+        } => MaintainError::Corrupt {
+            path,
+            offset,
+            reason,
+        },
+        AccessError::Poisoned(p) => MaintainError::Poisoned(p),
+        AccessError::Decode {
+            state,
+            what,
+            reason,
+        } => MaintainError::Decode {
+            state,
+            what,
+            reason,
+        },
+    }
 }

@@ -467,11 +467,13 @@ impl<R: DiskReader> SegIndex<R> {
     /// Calls `f` for every frame in `[start, end)` (frame boundaries) in file order, each
     /// frame checked (crc, layout, place), reading a file sequentially in chunks of
     /// [`SCAN_CHUNK_BYTES`] through `buf` (a table restore: never the whole range at once,
-    /// which for a state of one key group was a buffer the size of the segment).
+    /// which for a state of one key group was a buffer the size of the segment), with the
+    /// `ahead` bytes past what it reads advised to the kernel.
     pub fn scan(
         &self,
         start: u64,
         end: u64,
+        ahead: u64,
         buf: &mut AlignedVec<ARCHIVE_ALIGN>,
         mut f: impl FnMut(&FrameRef<'_>) -> FaultResult<bool>,
     ) -> FaultResult<()> {
@@ -487,7 +489,10 @@ impl<R: DiskReader> SegIndex<R> {
                 let bytes = &b[start as usize..end as usize];
                 for_each_frame(&self.path, self.meta.id, start, bytes, |fr| f(&fr))
             }
-            Source::Disk(r) => scan_range(&self.path, self.meta.id, &**r, start, end, buf, f),
+            Source::Disk(r) => {
+                let id = self.meta.id;
+                scan_range_ahead(&self.path, id, &**r, (start, end), ahead, buf, f)
+            }
         }
     }
 }
@@ -999,6 +1004,22 @@ pub fn scan_range<R: DiskReader>(
     start: u64,
     end: u64,
     buf: &mut AlignedVec<ARCHIVE_ALIGN>,
+    f: impl FnMut(&FrameRef<'_>) -> FaultResult<bool>,
+) -> FaultResult<()> {
+    let range = (start, end);
+    scan_range_ahead(path, segment_id, reader, range, SCAN_AHEAD_BYTES, buf, f)
+}
+
+/// [`scan_range`] of `(start, end)` advising `ahead` bytes past each read instead of
+/// [`SCAN_AHEAD_BYTES`] (a background load's short steps: advising 32 MiB for each of them
+/// walked the page cache for far more than the step read).
+pub fn scan_range_ahead<R: DiskReader>(
+    path: &Path,
+    segment_id: u64,
+    reader: &R,
+    (start, end): (u64, u64),
+    ahead: u64,
+    buf: &mut AlignedVec<ARCHIVE_ALIGN>,
     mut f: impl FnMut(&FrameRef<'_>) -> FaultResult<bool>,
 ) -> FaultResult<()> {
     if buf.len() < SCAN_CHUNK_BYTES {
@@ -1017,10 +1038,10 @@ pub fn scan_range<R: DiskReader>(
             buf.resize(grown, 0);
         }
         let want = ((buf.len() - filled) as u64).min(end - pos - filled as u64) as usize;
-        let ahead = (pos + (filled + want) as u64 + SCAN_AHEAD_BYTES).min(end);
-        if ahead > advised {
-            reader.will_need_range(advised, ahead - advised);
-            advised = ahead;
+        let until = (pos + (filled + want) as u64 + ahead).min(end);
+        if until > advised {
+            reader.will_need_range(advised, until - advised);
+            advised = until;
         }
         reader
             .read_exact_at(

@@ -17,8 +17,9 @@ use crate::disk::{Disk, DiskReader};
 use crate::error::{AccessError, Fault, FaultResult, OpenError};
 use crate::frame::{FrameRef, Kind, SortKey};
 use crate::manifest::{self, Manifest, NsDropRec};
-use crate::segment::{self, EntryBatch, SegIndex, SegmentBuilder, Source};
+use crate::segment::{self, EntryBatch, SCAN_AHEAD_BYTES, SegIndex, SegmentBuilder, Source};
 use crate::table::{Counters, Found, Ns, StoreLink, Table, TableConfig, TableOps};
+use crate::warm::{Restore, WARM_STEP_BYTES, WarmBuf, WarmJob};
 
 /// The store's identity file: non-empty, so that glommio's O_DIRECT probe reads real blocks.
 pub const IDENTITY_FILE: &str = "STORE";
@@ -36,13 +37,15 @@ pub struct StoreConfig {
     /// Compaction merges the segments once there are more than this many. A flush merges
     /// them itself once there are more than twice this many (the compactor fell behind).
     pub segments_max: usize,
-    /// Whether registering a table loads its restored entries into memory (up to the
-    /// budget) at once; otherwise they are read on first access (a faster restart).
-    pub restore_eagerly: bool,
+    /// What registering a restored table loads into memory, and when.
+    pub restore: Restore,
     /// Listings a table's dirty-key list may hold beyond twice its resident entries (keys
     /// evicted or removed since they were written, which no checkpoint has taken yet) before
     /// it is pruned. Tests lower it so that prunes are frequent.
     pub dirty_list_slack: usize,
+    /// Bytes of a segment one step of a background load reads (it ends at the next 4 KiB
+    /// fence past them). Tests lower it so that steps end within small segments.
+    pub warm_step_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -52,8 +55,9 @@ impl Default for StoreConfig {
             retained_checkpoints: 3,
             key_groups: (0, u32::MAX),
             segments_max: 8,
-            restore_eagerly: true,
+            restore: Restore::default(),
             dirty_list_slack: 1024,
+            warm_step_bytes: WARM_STEP_BYTES,
         }
     }
 }
@@ -138,6 +142,9 @@ pub(crate) struct Shared<D: Disk> {
     /// [`Store::compactor`] runs: flushes leave merges to it unless it falls behind.
     pub compactor_running: Cell<bool>,
     pub compactor_stop: Cell<bool>,
+    /// Restored tables waiting for (or in) their background load, in registration order.
+    pub warm: RefCell<VecDeque<WarmJob>>,
+    pub warm_buf: WarmBuf,
 }
 
 /// A flag and the task waiting for it (one per store: a single task waits at a time).
@@ -323,6 +330,8 @@ impl<D: Disk> Store<D> {
             merged: Signal::default(),
             compactor_running: Cell::new(false),
             compactor_stop: Cell::new(false),
+            warm: RefCell::new(VecDeque::new()),
+            warm_buf: RefCell::new(Scratch::new()),
         });
         Ok(Store { shared })
     }
@@ -452,8 +461,23 @@ impl<D: Disk> Store<D> {
             core.epoch
         };
         let link: Rc<dyn StoreLink> = self.shared.clone();
+        let evictable = cfg.evictable;
         let table = Table::new(id, name, cfg, self.shared.counters.clone(), link, epoch);
-        self.restore_table(id, &table)?;
+        // Timers (not evictable: all of them are resident) are loaded at once in any mode.
+        let restore = match self.shared.cfg.restore {
+            Restore::Background | Restore::Lazy if !evictable => Restore::Eager,
+            r => r,
+        };
+        if self.restore_table(id, &table, restore)? {
+            let parts = self.warm_parts(id);
+            let weak = Rc::downgrade(&table.warm_ops());
+            table.lock().warm_begin();
+            self.shared
+                .warm
+                .borrow_mut()
+                .push_back(WarmJob::new(weak, parts));
+            self.merges_may_be_due();
+        }
         let mut core = self.shared.core.borrow_mut();
         core.tables.retain(|(_, t)| t.strong_count() > 0);
         core.tables
@@ -461,22 +485,35 @@ impl<D: Disk> Store<D> {
         Ok(table)
     }
 
+    /// Restores a table's entries as `restore` says; returns whether it is left for a
+    /// background load.
     fn restore_table<N: Ns, K: Ns, V: Codec>(
         &self,
         id: u32,
         table: &Table<N, K, V>,
-    ) -> Result<(), OpenError> {
+        restore: Restore,
+    ) -> Result<bool, OpenError> {
         let core = self.shared.core.borrow();
         let mut t = table.lock();
         let any = core
             .segments
             .iter()
             .any(|s| s.meta.extents.iter().any(|e| e.state == id));
-        if any && !self.shared.cfg.restore_eagerly {
+        if any && restore != Restore::Eager {
             t.set_resident_all(false);
             t.restore_done(false);
             self.shared.counters.evicted.set(true);
-            return Ok(());
+            if restore == Restore::Background {
+                let entries: u64 = core
+                    .segments
+                    .iter()
+                    .flat_map(|s| s.meta.extents.iter())
+                    .filter(|e| e.state == id)
+                    .map(|e| e.entries)
+                    .sum();
+                t.reserve_for_restore(entries as usize);
+            }
+            return Ok(restore == Restore::Background);
         }
         t.set_resident_all(true);
         let entries: u64 = core
@@ -492,16 +529,22 @@ impl<D: Disk> Store<D> {
         for seg in &core.segments {
             for e in seg.meta.extents.iter().filter(|e| e.state == id) {
                 let mut err = None;
-                seg.scan(e.offset, e.offset + e.len, &mut buf, |fr| {
-                    if !no_drops && core.killed(&fr.head.sort, fr.ns, seg.meta.order) {
-                        return Ok(true);
-                    }
-                    if let Err(x) = t.restore_frame(fr) {
-                        err = Some(x);
-                        return Ok(false);
-                    }
-                    Ok(true)
-                })?;
+                seg.scan(
+                    e.offset,
+                    e.offset + e.len,
+                    SCAN_AHEAD_BYTES,
+                    &mut buf,
+                    |fr| {
+                        if !no_drops && core.killed(&fr.head.sort, fr.ns, seg.meta.order) {
+                            return Ok(true);
+                        }
+                        if let Err(x) = t.restore_frame(fr) {
+                            err = Some(x);
+                            return Ok(false);
+                        }
+                        Ok(true)
+                    },
+                )?;
                 if let Some(e) = err {
                     return Err(access_to_open(e));
                 }
@@ -513,7 +556,23 @@ impl<D: Disk> Store<D> {
         if !all {
             self.shared.counters.evicted.set(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// The extents of state `id`, newest segment first: what its background load reads.
+    fn warm_parts(&self, id: u32) -> Vec<(u64, u64, u64)> {
+        let core = self.shared.core.borrow();
+        core.segments
+            .iter()
+            .rev()
+            .flat_map(|s| {
+                s.meta
+                    .extents
+                    .iter()
+                    .filter(move |e| e.state == id)
+                    .map(|e| (s.meta.id, e.offset, e.offset + e.len))
+            })
+            .collect()
     }
 
     /// Sets the time that TTL compares against (ms; the runtime's processing time).

@@ -32,7 +32,7 @@ fn cfg() -> StoreConfig {
         memory_budget_bytes: 60_000,
         key_groups: (0, 15),
         segments_max: 4,
-        restore_eagerly: false,
+        restore: sluice_state::Restore::Lazy,
         ..StoreConfig::default()
     }
 }

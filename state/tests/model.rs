@@ -2,7 +2,9 @@
 //! list appends, namespace drops, checkpoints (some frozen while more writes arrive),
 //! compactions, flushes, evictions (a small memory budget makes them constant) and reopens,
 //! against a `BTreeMap` model. After every operation that reads, the store must agree with
-//! the model; after a reopen, with the model at the last checkpoint.
+//! the model; after a reopen, with the model at the last checkpoint. Reopens take turns
+//! among the restore modes; a background restore's load advances a step at a time (`Warm`)
+//! between the other operations, and with a budget large enough for it to finish too.
 //!
 //! `SLUICE_RELIABILITY=extended` runs 2,000 cases instead of 48.
 
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use futures_lite::future::block_on;
 use proptest::prelude::*;
 use sluice_state::sim::SimDisk;
-use sluice_state::{Frozen, Store, StoreConfig, Table, TableConfig};
+use sluice_state::{Frozen, Restore, Store, StoreConfig, Table, TableConfig};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -32,6 +34,8 @@ enum Op {
     Compact(bool),
     Flush,
     Reopen,
+    /// Steps of the background load of a restore, if one runs.
+    Warm(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -51,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Compact),
         2 => Just(Op::Flush),
         1 => Just(Op::Reopen),
+        3 => (1..4u8).prop_map(Op::Warm),
     ]
 }
 
@@ -74,23 +79,32 @@ struct Sut {
     next_ckpt: u64,
 }
 
-fn cfg(eager: bool) -> StoreConfig {
+/// The store's options for the `n`th open: the restore modes in turn, the last with a
+/// budget its load never fills (and no evictions after it until the next reopen).
+fn cfg(n: u64) -> StoreConfig {
+    let (restore, budget) = match n % 4 {
+        0 => (Restore::Eager, 6_000),
+        1 => (Restore::Lazy, 6_000),
+        2 => (Restore::Background, 6_000),
+        _ => (Restore::Background, 1 << 20),
+    };
     StoreConfig {
-        memory_budget_bytes: 6_000,
+        memory_budget_bytes: budget,
         key_groups: (0, 7),
         segments_max: 3,
         retained_checkpoints: 2,
-        restore_eagerly: eager,
+        restore,
         // Prunes of the dirty-key list after a handful of writes, not a thousand.
         dirty_list_slack: 4,
+        // Steps of one 4 KiB block.
+        warm_step_bytes: 1,
     }
 }
 
 impl Sut {
     fn open(disk: SimDisk, next_ckpt: u64) -> Sut {
         let dir = PathBuf::from("/sim/model");
-        // Reopens alternate between eager and lazy restores.
-        let store = Store::open(disk.clone(), &dir, cfg(next_ckpt % 2 == 0), None).unwrap();
+        let store = Store::open(disk.clone(), &dir, cfg(next_ckpt), None).unwrap();
         let t = store.table("t", TableConfig::new(kg)).unwrap();
         let l = store.table("l", TableConfig::new(kgl)).unwrap();
         Sut {
@@ -200,6 +214,11 @@ fn run(ops: Vec<Op>, canary: bool) {
                 block_on(sut.store.compact(force)).unwrap();
             }
             Op::Flush => block_on(sut.store.flush()).unwrap(),
+            Op::Warm(steps) => {
+                for _ in 0..steps {
+                    sut.store.warm_step().unwrap();
+                }
+            }
             Op::Reopen => {
                 let (disk, next) = (sut.disk.clone(), sut.next_ckpt);
                 drop(sut);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use futures_lite::future::{block_on, poll_once};
 use sluice_state::sim::{CrashImage, SimDisk};
-use sluice_state::{Store, StoreConfig, Table, TableConfig};
+use sluice_state::{Restore, Store, StoreConfig, Table, TableConfig};
 
 fn kg(_: &u64, k: &u64) -> u32 {
     (*k % 16) as u32
@@ -911,9 +911,21 @@ fn a_checkpoint_frozen_while_a_merge_runs_keeps_every_entry() {
 /// A restore reads each segment's extents of a state (one per key group, other states'
 /// extents in between): the entries of every segment arrive, the newest version winning; a
 /// frame that rots after the open checked it is a corruption error of the restore naming the
-/// segment file and the frame's offset, and other states still restore.
+/// segment file and the frame's offset, and other states still restore. The same for an
+/// eager restore and a background one (its load run to the end: newest segment first, so a
+/// tombstone in the newest must keep older versions out; the rot is the load's error).
 #[test]
 fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
+    for mode in [Restore::Eager, Restore::Background] {
+        restore_reads_extents(mode);
+    }
+}
+
+fn restore_reads_extents(mode: Restore) {
+    let cfg = |budget| StoreConfig {
+        restore: mode,
+        ..cfg(budget)
+    };
     let disk = SimDisk::default();
     let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
     let a = store
@@ -946,6 +958,9 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     let b = store
         .table::<(), u64, String>("b", TableConfig::new(kg0))
         .unwrap();
+    assert_eq!(store.warming(), mode == Restore::Background);
+    store.warm_all().unwrap();
+    assert!(!store.warming());
     {
         let (mut a, mut b) = (a.lock(), b.lock());
         assert_eq!(a.resident_len(), 1999);
@@ -986,6 +1001,10 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     };
     disk.flip(seg, bad + 84, 0x20);
     let err = match store.table::<(), u64, u64>("a", TableConfig::new(kg0)) {
+        Ok(_) if mode == Restore::Background => match store.warm_all() {
+            Ok(()) => panic!("rot in a frame loaded in the background was not detected"),
+            Err(e) => e.to_string(),
+        },
         Ok(_) => panic!("rot in a restored frame was not detected"),
         Err(e) => e.to_string(),
     };
@@ -997,6 +1016,7 @@ fn restore_reads_extents_of_several_segments_and_detects_rot_after_the_open() {
     let b = store
         .table::<(), u64, String>("b", TableConfig::new(kg0))
         .unwrap();
+    store.warm_all().unwrap();
     assert_eq!(b.lock().resident_len(), 2002);
 }
 
@@ -1036,7 +1056,7 @@ fn lookups_across_many_index_strides_find_every_key_and_detect_rot() {
     let n = 30_000u64;
     let disk = checkpointed_table("wide", n, |k| k * 3 + 1);
     let lazy = StoreConfig {
-        restore_eagerly: false,
+        restore: sluice_state::Restore::Lazy,
         ..cfg(64 << 20)
     };
     let open = || {
@@ -1126,7 +1146,7 @@ fn rot_in_one_entry_fails_only_that_entry_and_not_its_block() {
     let key_at = |f: usize| u64::from_le_bytes(bytes[f + 80..f + 88].try_into().unwrap());
     let rotten = key_at(bad);
     let lazy = StoreConfig {
-        restore_eagerly: false,
+        restore: sluice_state::Restore::Lazy,
         ..cfg(64 << 20)
     };
     let store = Store::open(disk.clone(), &dir(), lazy, Some(1)).unwrap();
@@ -1189,4 +1209,193 @@ fn a_new_key_whose_write_evicts_and_prunes_the_dirty_list_is_checkpointed() {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+fn kg_ns(_: &u8, k: &u64) -> u32 {
+    (*k % 16) as u32
+}
+
+type Entries = std::collections::BTreeMap<(u8, u64), u64>;
+
+/// Every entry of namespaces 0..3 of `t`, as the job sees them.
+fn entries_of(t: &Table<u8, u64, u64>) -> Entries {
+    let mut out = Entries::new();
+    let mut t = t.lock();
+    for ns in 0..3u8 {
+        t.for_each_in_namespace(&ns, |k, v| {
+            out.insert((ns, *k), *v);
+        })
+        .unwrap();
+    }
+    out
+}
+
+/// A disk with table "w" checkpointed twice: namespaces 0..3 of keys 0..3000 at checkpoint
+/// 1, then newer values of the even keys of namespace 0 and a removed key at checkpoint 2;
+/// and what it holds.
+fn two_checkpoints() -> (SimDisk, Entries) {
+    let disk = SimDisk::default();
+    let store = Store::open(disk.clone(), &dir(), cfg(64 << 20), None).unwrap();
+    let t = store
+        .table::<u8, u64, u64>("w", TableConfig::new(kg_ns))
+        .unwrap();
+    let mut model = Entries::new();
+    {
+        let mut t = t.lock();
+        for ns in 0..3u8 {
+            for k in 0..3000u64 {
+                t.insert(&ns, k, k).unwrap();
+                model.insert((ns, k), k);
+            }
+        }
+    }
+    block_on(store.checkpoint(1)).unwrap();
+    {
+        let mut t = t.lock();
+        for k in (0..3000u64).step_by(2) {
+            t.insert(&0, k, k + 1_000_000).unwrap();
+            model.insert((0, k), k + 1_000_000);
+        }
+        t.remove(&0, &1).unwrap();
+        model.remove(&(0, 1));
+    }
+    block_on(store.checkpoint(2)).unwrap();
+    (disk, model)
+}
+
+/// A background restore serves the job at once (a key not loaded yet is read from disk), and
+/// its load, a step at a time between the job's changes, never brings back what the job
+/// changed meanwhile: a value written, a key removed, a namespace dropped; nor an entry the
+/// newest segment removed. At its end the table is resident in full — it serves every entry
+/// with every segment rotten — and a checkpoint keeps the job's view.
+#[test]
+fn background_load_keeps_what_the_job_changed_meanwhile() {
+    let (disk, mut model) = two_checkpoints();
+    let bg = StoreConfig {
+        restore: Restore::Background,
+        warm_step_bytes: 1,
+        ..cfg(64 << 20)
+    };
+    let store = Store::open(disk.clone(), &dir(), bg.clone(), Some(2)).unwrap();
+    let t = store
+        .table::<u8, u64, u64>("w", TableConfig::new(kg_ns))
+        .unwrap();
+    assert!(store.warming() && t.lock().warming());
+    assert_eq!(t.lock().resident_len(), 0);
+    // Before any step: served from disk.
+    assert_eq!(t.lock().get(&0, &2998).unwrap(), Some(&(2998 + 1_000_000)));
+    assert_eq!(t.lock().get(&0, &1).unwrap(), None);
+    let mut steps = 0u64;
+    while store.warm_step().unwrap() {
+        steps += 1;
+        let mut tl = t.lock();
+        let k = steps * 7 % 3000;
+        match steps % 5 {
+            0 => {
+                tl.insert(&0, k, 7).unwrap();
+                model.insert((0, k), 7);
+            }
+            1 => {
+                tl.remove(&2, &k).unwrap();
+                model.remove(&(2, k));
+            }
+            2 => {
+                *tl.get_or_insert_with(&2, k, || 0).unwrap() += 5;
+                *model.entry((2, k)).or_insert(0) += 5;
+            }
+            _ => {
+                let got = tl.get(&0, &k).unwrap().copied();
+                assert_eq!(got, model.get(&(0, k)).copied(), "key {k} at step {steps}");
+            }
+        }
+        if steps == 10 {
+            tl.drop_namespace(&1).unwrap();
+            model.retain(|(ns, _), _| *ns != 1);
+        }
+    }
+    assert!(steps > 20, "the load took {steps} steps");
+    assert!(!store.warming() && !t.lock().warming());
+    // Resident in full: rot in every segment goes unnoticed, as nothing reads them.
+    for (path, bytes) in segment_files(&disk.snapshot()) {
+        for at in (100..bytes.len()).step_by(997) {
+            disk.flip(path, at, 0x10);
+        }
+    }
+    assert_eq!(entries_of(&t), model);
+    for k in 3000..3100u64 {
+        assert_eq!(t.lock().get(&0, &k).unwrap(), None);
+    }
+}
+
+/// A background load ends where the budget does, and at the table's first eviction; either
+/// way the table is left as a lazy restore leaves it, and serves every entry right.
+#[test]
+fn background_load_stops_at_the_budget_and_at_an_eviction() {
+    let (disk, model) = two_checkpoints();
+    for (budget, new_keys) in [(100 << 10, 0), (2 << 20, 60_000u64)] {
+        let bg = StoreConfig {
+            restore: Restore::Background,
+            warm_step_bytes: 1,
+            ..cfg(budget)
+        };
+        let store = Store::open(disk.clone(), &dir(), bg, Some(2)).unwrap();
+        let t = store
+            .table::<u8, u64, u64>("w", TableConfig::new(kg_ns))
+            .unwrap();
+        for _ in 0..5 {
+            store.warm_step().unwrap();
+        }
+        // With room for the load, the job's new keys fill the rest and evict.
+        let mut want = model.clone();
+        {
+            let mut tl = t.lock();
+            for k in 0..new_keys {
+                tl.insert(&2, 10_000 + k, k).unwrap();
+                want.insert((2, 10_000 + k), k);
+            }
+        }
+        block_on(store.flush()).unwrap();
+        store.warm_all().unwrap();
+        assert!(!store.warming());
+        let used = store.memory_used();
+        assert!(used <= budget, "{used} bytes resident, budget {budget}");
+        assert!(t.lock().resident_len() < want.len());
+        assert_eq!(entries_of(&t), want, "budget {budget}");
+    }
+}
+
+/// The maintenance task ([`Store::compactor`], which a job runs beside its operators) runs
+/// a background load in steps while the job works between them: registering the table
+/// wakes it, and the load ends with the table resident in full and what the job wrote kept.
+#[test]
+fn the_compactor_task_runs_the_background_load_beside_the_job() {
+    let (disk, mut model) = two_checkpoints();
+    let bg = StoreConfig {
+        restore: Restore::Background,
+        warm_step_bytes: 1,
+        ..cfg(64 << 20)
+    };
+    let store = Store::open(disk, &dir(), bg, Some(2)).unwrap();
+    let mut batches = 0u64;
+    let work = async {
+        // The task waits for work: the registration must wake it.
+        futures_lite::future::yield_now().await;
+        let t = store
+            .table::<u8, u64, u64>("w", TableConfig::new(kg_ns))
+            .unwrap();
+        while store.warming() {
+            let k = batches * 13 % 3000;
+            t.lock().insert(&1, k, batches).unwrap();
+            model.insert((1, k), batches);
+            batches += 1;
+            futures_lite::future::yield_now().await;
+        }
+        store.stop_compactor();
+        t
+    };
+    let (done, t) = block_on(futures_lite::future::zip(store.compactor(), work));
+    done.unwrap();
+    assert!(batches > 20, "the load ended after {batches} batches");
+    assert!(!t.lock().warming());
+    assert_eq!(entries_of(&t), model);
 }

@@ -249,8 +249,11 @@ struct Run {
 /// How the interrupted runs keep their state.
 #[derive(Clone, Copy, Debug)]
 enum StateMode {
-    /// The defaults: everything in memory, loaded eagerly on a restore.
+    /// The defaults: everything in memory, loaded in the background on a restore (the job
+    /// resumes at once, reading from disk what is not loaded yet).
     Default,
+    /// Everything in memory, loaded before the job resumes.
+    Eager,
     /// A 256 KiB budget per store (entries evicted while the job runs) and lazy restores.
     EvictedLazy,
 }
@@ -266,9 +269,15 @@ fn run(job: Job, out: &Path, r: Run) -> sluice::Result<JobReport> {
         env.set_checkpoint_config(config);
         env.set_restart_strategy(3, Duration::from_millis(10));
         env.set_source_rate(job.rate());
-        if let StateMode::EvictedLazy = r.state {
-            env.set_state_budget_bytes(256 << 10);
-            env.set_state_loading(StateLoading::Lazy);
+        match r.state {
+            StateMode::Default => {}
+            StateMode::Eager => {
+                env.set_state_loading(StateLoading::Eager);
+            }
+            StateMode::EvictedLazy => {
+                env.set_state_budget_bytes(256 << 10);
+                env.set_state_loading(StateLoading::Lazy);
+            }
         }
         if let Interrupt::Stop { stop, .. } = &r.interrupt {
             env.stop_with_savepoint_on(stop.clone(), &r.savepoints);
@@ -404,6 +413,11 @@ fn bounded_outer_join_survives_a_failure_on_2_workers() {
 #[test]
 fn bounded_outer_join_resumes_from_a_savepoint_rescaled_2_to_1() {
     check_savepoint_rescale(Job::BoundedJoin, 2, 1, StateMode::Default);
+}
+
+#[test]
+fn process_function_state_and_timers_survive_a_failure_restored_eagerly() {
+    check_failure(Job::Process, 2, StateMode::Eager);
 }
 
 #[test]

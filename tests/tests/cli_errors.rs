@@ -195,7 +195,7 @@ fn bad_state_options_are_one_line_naming_the_flag() {
 }
 
 /// A word count whose state is 20× its 1 MiB budget per worker (entries evicted to disk
-/// and read back) counts exactly, with either restore mode accepted.
+/// and read back) counts exactly, with each restore mode accepted.
 #[test]
 fn a_small_state_budget_evicts_and_still_counts_exactly() {
     let dir = tempdir();
@@ -205,7 +205,7 @@ fn a_small_state_budget_evicts_and_still_counts_exactly() {
         .collect::<String>();
     write(&input, text.as_bytes());
     let expected = reference_word_count(&text);
-    for mode in ["eager", "lazy"] {
+    for mode in ["background", "eager", "lazy"] {
         let output = dir.path().join(format!("out-{mode}"));
         let args = [
             "--workers",

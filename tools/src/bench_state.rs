@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{Value, json};
-use sluice_bench::state::{self, ENTRY_BYTES, PointResult};
+use sluice_bench::state::{self, ENTRY_BYTES, PointResult, Restore};
 use sluice_bench::stats::median;
 
 /// Options of `sluice bench state`.
@@ -58,11 +58,13 @@ pub struct StateBench {
     /// theirs (default: 1 and, on a machine of several CPUs, one per CPU).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=256))]
     recovery_stores: Vec<u32>,
-    /// How the recovery runs restore, comma-separated: `eager` loads each table into memory
-    /// when it is registered (the default for jobs), `lazy` validates and indexes the
+    /// How the recovery runs restore, comma-separated: `background` (the default for jobs)
+    /// validates and indexes the segments, then loads the table into memory (the job could
+    /// run meanwhile, reading what is not loaded yet from disk); `eager` loads each table
+    /// when it is registered, before the job could run; `lazy` validates and indexes the
     /// segments and reads entries on access.
-    #[arg(long, value_delimiter = ',', default_value = "eager,lazy",
-          value_parser = ["eager", "lazy"])]
+    #[arg(long, value_delimiter = ',', default_value = "background,eager,lazy",
+          value_parser = ["background", "eager", "lazy"])]
     recovery_modes: Vec<String>,
     /// Which process the recovery runs restore in, comma-separated: `new` is a fresh
     /// process, as a worker process started after a crash restores (every byte of its state
@@ -334,7 +336,7 @@ fn recovery(args: &StateBench) -> Result<Value> {
     let mut rows = Vec::new();
     eprintln!("\nrecovery (open + load the table), medians:");
     eprintln!(
-        "{:>10} {:>6} {:>7} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "{:>10} {:>6} {:>7} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6}",
         "keys",
         "stores",
         "process",
@@ -345,6 +347,7 @@ fn recovery(args: &StateBench) -> Result<Value> {
         "cpu ms",
         "MB/s",
         "MB/s/store",
+        "loaded ms",
         "cold"
     );
     for &keys in &args.recovery_keys {
@@ -354,7 +357,7 @@ fn recovery(args: &StateBench) -> Result<Value> {
                     let run = RecoveryRun {
                         keys,
                         stores,
-                        eager: mode == "eager",
+                        mode: restore_mode(mode),
                         same_process: process == "same",
                     };
                     rows.push(recovery_row(args, &run)?);
@@ -369,14 +372,27 @@ fn recovery(args: &StateBench) -> Result<Value> {
 struct RecoveryRun {
     keys: u64,
     stores: usize,
-    eager: bool,
+    mode: Restore,
     same_process: bool,
+}
+
+/// A `--recovery-modes` value (one the argument parser accepted).
+fn restore_mode(name: &str) -> Restore {
+    match name {
+        "eager" => Restore::Eager,
+        "lazy" => Restore::Lazy,
+        _ => Restore::Background,
+    }
 }
 
 impl RecoveryRun {
     /// The `--recovery-modes` value of this run.
     fn mode(&self) -> &'static str {
-        if self.eager { "eager" } else { "lazy" }
+        match self.mode {
+            Restore::Eager => "eager",
+            Restore::Lazy => "lazy",
+            Restore::Background => "background",
+        }
     }
     /// The `--recovery-process` value of this run.
     fn process(&self) -> &'static str {
@@ -391,12 +407,13 @@ impl RecoveryRun {
 /// the machine's: all the segment bytes over the wall time until the slowest store is done;
 /// MB/s/store is each store's bytes over its own time (median over the stores). `ms`,
 /// `open ms` and `cpu ms` are the slowest store's time, its open, and the CPU time a store's
-/// thread spent (median over the stores). `eager`: the restore loads the table into memory
-/// (else the table reads entries on access).
+/// thread spent (median over the stores), until the job could run. `loaded ms` is the time
+/// until the slowest store was resident in full (an eager restore's `ms`; a background
+/// restore's load, run to its end at once; none for a lazy one).
 fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
     let &RecoveryRun { keys, stores, .. } = run;
-    let (mut wall, mut open, mut cpu, mut per, mut faults) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut wall, mut open, mut cpu, mut per, mut faults, mut loaded) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut bytes, mut cold) = (0u64, true);
     for _ in 0..args.runs {
         let tmp = scratch(args, "rec")?;
@@ -407,6 +424,7 @@ fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
         bytes = rs.iter().map(|r| r.bytes).sum();
         cold &= rs.iter().all(|r| r.cold);
         wall.push(runs.wall_ms);
+        loaded.push(runs.loaded_wall_ms);
         open.push(rs.iter().map(|r| r.open_ms).fold(0.0, f64::max));
         cpu.push(median(&rs.iter().map(|r| r.cpu_ms).collect::<Vec<_>>()));
         faults.push(median(
@@ -422,9 +440,14 @@ fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
     let (open_ms, cpu_ms, per_store) = (median(&open), median(&cpu), median(&per));
     let mbps = bytes as f64 / 1e6 / (ms / 1e3);
     let (mode, process) = (run.mode(), run.process());
+    // A lazy restore loads nothing: NaN prints as such, and is null in the JSON.
+    let loaded_ms = match run.mode {
+        Restore::Lazy => f64::NAN,
+        _ => median(&loaded),
+    };
     eprintln!(
-        "{keys:>10} {stores:>6} {process:>7} {mode:>6} {bytes:>12} {ms:>9.1} {open_ms:>9.1} \
-         {cpu_ms:>9.1} {mbps:>9.0} {per_store:>10.0} {cold:>6}"
+        "{keys:>10} {stores:>6} {process:>7} {mode:>10} {bytes:>12} {ms:>9.1} {open_ms:>9.1} \
+         {cpu_ms:>9.1} {mbps:>9.0} {per_store:>10.0} {loaded_ms:>9.1} {cold:>6}"
     );
     Ok(json!({
         "keys": keys,
@@ -439,6 +462,7 @@ fn recovery_row(args: &StateBench, run: &RecoveryRun) -> Result<Value> {
         "mb_per_s": mbps,
         "mb_per_s_per_store": per_store,
         "ms_runs": wall,
+        "loaded_ms": state::finite(loaded_ms),
         "cold_cache": cold,
     }))
 }
@@ -477,7 +501,7 @@ fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
         anyhow::bail!("--recovery-child needs --recovery-keys and --recovery-stores");
     };
     let cpus = sluice::available_cpus();
-    let eager = args.recovery_modes.first().is_none_or(|m| m == "eager");
+    let mode = restore_mode(args.recovery_modes.first().map_or("", String::as_str));
     let mut cold = args.recovery_child_cold;
     let restore = |cold| {
         state::restore_stores(
@@ -487,7 +511,7 @@ fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
             &cpus,
             usize::MAX / 2,
             cold,
-            eager,
+            mode,
         )
     };
     if args.recovery_process.first().is_some_and(|p| p == "same") {

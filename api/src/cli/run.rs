@@ -51,9 +51,11 @@ pub struct CommonRunArgs {
     /// entries to disk, in MiB (default: 512).
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     pub state_budget_mb: Option<u64>,
-    /// What a restore loads into memory: `eager` (every entry, as far as the budget allows,
-    /// before the job runs) or `lazy` (nothing: entries are read from disk when first used).
-    #[arg(long, value_name = "eager|lazy", value_parser = state_loading_arg)]
+    /// What a restore loads into memory: `background` (the default: the job starts once the
+    /// segments are checked, and each worker loads its entries, as far as the budget allows,
+    /// between batches), `eager` (all of that before the job runs) or `lazy` (nothing:
+    /// entries are read from disk when first used).
+    #[arg(long, value_name = "background|eager|lazy", value_parser = state_loading_arg)]
     pub state_restore: Option<crate::StateLoading>,
     /// Throttle the sources to this many records per second in total.
     #[arg(long, value_name = "EVENTS_PER_S", value_parser = positive_rate)]
@@ -81,7 +83,8 @@ fn state_loading_arg(s: &str) -> Result<crate::StateLoading, String> {
     match s {
         "eager" => Ok(crate::StateLoading::Eager),
         "lazy" => Ok(crate::StateLoading::Lazy),
-        _ => Err(format!("'{s}' is neither eager nor lazy")),
+        "background" => Ok(crate::StateLoading::Background),
+        _ => Err(format!("'{s}' is not background, eager or lazy")),
     }
 }
 

@@ -106,6 +106,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         debug_assert!(self.spaces.consistent());
         self.resident_all = false;
         c.evicted.set(true);
+        self.warm_evicted();
         self.prune_dirty();
         self.weight_total = self.weight_total.saturating_sub(freed);
         c.release(freed);

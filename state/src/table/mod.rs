@@ -165,6 +165,18 @@ pub(crate) trait TableOps {
     fn abort_frozen(&mut self);
 }
 
+/// What the store's background load needs from a table (see `warm.rs`).
+pub(crate) trait WarmOps {
+    /// Takes one restored frame (segments newest first); false when the load must stop.
+    fn warm_frame(&mut self, fr: &FrameRef<'_>) -> Result<bool, AccessError>;
+    /// Applies the frames taken so far: at the end of each step, before the job runs again
+    /// (a frame kept for later would be applied after a drop of its namespace, say).
+    fn warm_apply(&mut self);
+    /// Ends the load, after `every_frame` of the table (or not); returns whether the table
+    /// is now resident in full.
+    fn warm_end(&mut self, every_frame: bool) -> bool;
+}
+
 struct Slot<V> {
     value: Option<V>,
     expires_ms: u64,
@@ -266,6 +278,8 @@ pub struct TableData<N, K, V> {
     dirty_prune_at: usize,
     /// The namespace (index in `spaces`) where the last eviction stopped: the next starts there.
     evict_space: usize,
+    /// A background load of the restored entries, while it runs.
+    warm: Option<Box<Warm<N, K, V>>>,
 }
 
 /// A table handle: the operator keeps it and borrows its contents once per batch.
@@ -325,12 +339,20 @@ impl<N: Ns, K: Ns, V: Codec> Table<N, K, V> {
             restoring: Vec::new(),
             dirty_prune_at,
             evict_space: 0,
+            warm: None,
         };
         Table {
             inner: Rc::new(RefCell::new(data)),
         }
     }
     pub(crate) fn ops(&self) -> Rc<RefCell<dyn TableOps>>
+    where
+        N: 'static,
+        K: 'static,
+    {
+        self.inner.clone()
+    }
+    pub(crate) fn warm_ops(&self) -> Rc<RefCell<dyn WarmOps>>
     where
         N: 'static,
         K: 'static,
@@ -915,8 +937,10 @@ fn slot_value<V>(slot: &mut Slot<V>) -> &mut V {
 
 mod evict;
 mod spaces;
+mod warm;
 
 use spaces::{Space, Spaces};
+use warm::Warm;
 
 #[cfg(test)]
 mod tests {
@@ -965,6 +989,7 @@ mod tests {
         let table = store
             .table::<(), u64, u64>("churn", TableConfig::new(|_: &(), _: &u64| 0))
             .unwrap();
+        store.warm_all().unwrap();
         let mut t = table.lock();
         assert_eq!(t.resident_len(), 100);
         for i in 199_900..200_000u64 {
