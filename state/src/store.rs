@@ -499,23 +499,6 @@ impl<D: Disk> Store<D> {
             .segments
             .iter()
             .any(|s| s.meta.extents.iter().any(|e| e.state == id));
-        if any && restore != Restore::Eager {
-            t.set_resident_all(false);
-            t.restore_done(false);
-            self.shared.counters.evicted.set(true);
-            if restore == Restore::Background {
-                let entries: u64 = core
-                    .segments
-                    .iter()
-                    .flat_map(|s| s.meta.extents.iter())
-                    .filter(|e| e.state == id)
-                    .map(|e| e.entries)
-                    .sum();
-                t.reserve_for_restore(entries as usize);
-            }
-            return Ok(restore == Restore::Background);
-        }
-        t.set_resident_all(true);
         let entries: u64 = core
             .segments
             .iter()
@@ -523,6 +506,16 @@ impl<D: Disk> Store<D> {
             .filter(|e| e.state == id)
             .map(|e| e.entries)
             .sum();
+        if any && restore != Restore::Eager {
+            t.set_resident_all(false);
+            t.restore_done(false);
+            self.shared.counters.evicted.set(true);
+            if restore == Restore::Background {
+                t.reserve_for_restore(entries as usize);
+            }
+            return Ok(restore == Restore::Background);
+        }
+        t.set_resident_all(true);
         t.reserve_for_restore(entries as usize);
         let mut buf = Scratch::new();
         let no_drops = core.ns_drops.is_empty();

@@ -148,9 +148,22 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
     /// first): decoded now, applied with the next [`RESTORE_BATCH`] frames (see
     /// [`restore_flush`](Self::restore_flush)); the caller flushes at the end.
     pub(crate) fn restore_frame(&mut self, fr: &FrameRef<'_>) -> Result<(), AccessError> {
-        let name = self.ser.name.clone();
+        let restored = self.decode_frame(fr)?;
+        self.restoring.push(restored);
+        if self.restoring.len() >= RESTORE_BATCH {
+            self.restore_flush()?;
+        }
+        Ok(())
+    }
+
+    /// A restored frame as the table's types: namespace, key, value (`None` for a tombstone
+    /// or an expired entry) and expiry.
+    pub(super) fn decode_frame(
+        &self,
+        fr: &FrameRef<'_>,
+    ) -> Result<(N, K, Option<V>, u64), AccessError> {
         let decode = |what: &'static str, reason: String| AccessError::Decode {
-            state: name.to_string(),
+            state: self.ser.name.to_string(),
             what,
             reason,
         };
@@ -164,11 +177,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             let v = crate::codec::decode_unaligned::<V>(fr.value);
             Some(v.map_err(|r| decode("value", r))?)
         };
-        self.restoring.push((ns, key, value, fr.head.expires_ms));
-        if self.restoring.len() >= RESTORE_BATCH {
-            self.restore_flush()?;
-        }
-        Ok(())
+        Ok((ns, key, value, fr.head.expires_ms))
     }
 
     /// Applies the frames taken so far, in order. A restore inserts every entry at a random
@@ -206,12 +215,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
         let c = &self.counters;
         let full =
             |weight: usize| self.cfg.evictable && c.mem_used.get() + weight > c.mem_budget.get();
-        let mut slot = Slot {
-            value: Some(value),
-            expires_ms,
-            state: PERSISTED,
-            weight: 0,
-        };
+        let mut slot = Slot::restored(value, expires_ms);
         let weight = self.weight_of(&slot.value);
         let key = match self.spaces.get_mut(&ns) {
             None => key,

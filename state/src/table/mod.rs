@@ -184,6 +184,18 @@ struct Slot<V> {
     weight: u32,
 }
 
+impl<V> Slot<V> {
+    /// The clean slot of an entry read from disk (its weight is set when it is placed).
+    fn restored(value: V, expires_ms: u64) -> Self {
+        Slot {
+            value: Some(value),
+            expires_ms,
+            state: PERSISTED,
+            weight: 0,
+        }
+    }
+}
+
 /// Serialization scratch and identity, apart from the maps so both can be borrowed at once.
 struct Ser<N, K> {
     superseded: Rc<Counters>,

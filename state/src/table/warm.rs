@@ -90,12 +90,7 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
             w.gone.insert((ns, key));
             return;
         };
-        let mut slot = Slot {
-            value: Some(value),
-            expires_ms,
-            state: PERSISTED,
-            weight: 0,
-        };
+        let mut slot = Slot::restored(value, expires_ms);
         let weight = self.weight_of(&slot.value);
         let c = &self.counters;
         if self.cfg.evictable && c.mem_used.get() + weight > c.mem_budget.get() {
@@ -130,29 +125,14 @@ impl<N: Ns, K: Ns, V: Codec> TableData<N, K, V> {
 
 impl<N: Ns, K: Ns, V: Codec> WarmOps for TableData<N, K, V> {
     fn warm_frame(&mut self, fr: &FrameRef<'_>) -> Result<bool, AccessError> {
+        if self.warm.as_ref().is_none_or(|w| w.over) {
+            return Ok(false);
+        }
+        let restored = self.decode_frame(fr)?;
         let Some(w) = &mut self.warm else {
             return Ok(false);
         };
-        if w.over {
-            return Ok(false);
-        }
-        let name = &self.ser.name;
-        let decode = |what: &'static str, reason: String| AccessError::Decode {
-            state: name.to_string(),
-            what,
-            reason,
-        };
-        let ns = crate::codec::decode_unaligned::<N>(fr.ns).map_err(|r| decode("namespace", r))?;
-        let key = crate::codec::decode_unaligned::<K>(fr.key).map_err(|r| decode("key", r))?;
-        let now = self.counters.now_ms.get();
-        let gone = fr.head.kind == Kind::Tombstone || now_expired(fr.head.expires_ms, now);
-        let value = if gone {
-            None
-        } else {
-            let v = crate::codec::decode_unaligned::<V>(fr.value);
-            Some(v.map_err(|r| decode("value", r))?)
-        };
-        w.batch.push((ns, key, value, fr.head.expires_ms));
+        w.batch.push(restored);
         if w.batch.len() >= RESTORE_BATCH {
             self.warm_flush();
         }
