@@ -1,8 +1,8 @@
 //! `sluice bench state --only recovery` through the binary at toy size: each run writes the
 //! stores, restores them in a child process (a fresh one, and one that restored them once
-//! before) eagerly and lazily, and the child checks that
-//! every restored table serves its first and last keys, so a recovery that loses or garbles
-//! state fails the bench instead of reporting a speed.
+//! before) in the background, eagerly and lazily, and the child checks that every restored
+//! table serves its first and last keys (and, loaded, holds every key), so a recovery that
+//! loses or garbles state fails the bench instead of reporting a speed.
 
 use std::process::Command;
 
@@ -11,7 +11,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 #[test]
-fn recovery_bench_at_toy_size_restores_eagerly_and_lazily() {
+fn recovery_bench_at_toy_size_restores_in_each_mode() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args([
@@ -46,7 +46,9 @@ fn recovery_bench_at_toy_size_restores_eagerly_and_lazily() {
     let mut want = Vec::new();
     for stores in [1, 2] {
         for process in ["new", "same"] {
-            want.extend([(stores, process, "eager"), (stores, process, "lazy")]);
+            for mode in ["background", "eager", "lazy"] {
+                want.push((stores, process, mode));
+            }
         }
     }
     assert_eq!(shape, want);
@@ -56,5 +58,13 @@ fn recovery_bench_at_toy_size_restores_eagerly_and_lazily() {
         let bytes = r["bytes"].as_u64().unwrap();
         assert!(bytes > 20000 * 80, "{r}");
         assert!(r["mb_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        // Until the table is resident in full: none for a lazy restore, the whole restore
+        // for an eager one, after the job could run for a background one.
+        let (ms, loaded) = (r["ms"].as_f64().unwrap(), &r["loaded_ms"]);
+        match r["mode"].as_str().unwrap() {
+            "lazy" => assert!(loaded.is_null(), "{r}"),
+            "eager" => assert_eq!(loaded.as_f64(), Some(ms), "{r}"),
+            _ => assert!(loaded.as_f64().unwrap() >= ms, "{r}"),
+        }
     }
 }
