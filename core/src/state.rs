@@ -162,34 +162,9 @@ impl DiskReader for StateReader {
 /// Bytes of resident state a store keeps by default before it evicts to disk.
 pub const STATE_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
 
-/// What a restore loads into memory, and when.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StateLoading {
-    /// Each table's entries are loaded into memory when its operator registers it, as far
-    /// as the budget allows: the job then runs at in-memory speed from its first record
-    /// (Flink's heap backend), and starts once every table is loaded.
-    Eager,
-    /// The restore validates and indexes the store's segments only; entries are read from
-    /// disk when first accessed (Flink's RocksDB backend): the job starts sooner, and its
-    /// first access of each key pays a read.
-    Lazy,
-    /// The job starts as with `Lazy`, and each worker's maintenance task loads its tables
-    /// into memory between batches (as far as the budget allows); a key the job needs before
-    /// its load is read from disk. The job starts as soon as the segments are checked and
-    /// runs in memory once the load is done.
-    #[default]
-    Background,
-}
-
-impl StateLoading {
-    fn restore(self) -> sluice_state::Restore {
-        match self {
-            StateLoading::Eager => sluice_state::Restore::Eager,
-            StateLoading::Lazy => sluice_state::Restore::Lazy,
-            StateLoading::Background => sluice_state::Restore::Background,
-        }
-    }
-}
+/// What a restore loads into memory, and when: the store's [`Restore`](sluice_state::Restore)
+/// (default: `Background`).
+pub use sluice_state::Restore as StateLoading;
 
 /// How a job's stores are placed and sized (the same for every stage instance).
 #[derive(Clone, Debug)]
@@ -251,7 +226,7 @@ impl StageState {
         let cfg = StoreConfig {
             memory_budget_bytes: settings.budget_bytes,
             retained_checkpoints: settings.retained.max(1),
-            restore: settings.loading.restore(),
+            restore: settings.loading,
             key_groups: (range.start, range.end.saturating_sub(1)),
             ..StoreConfig::default()
         };

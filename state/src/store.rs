@@ -19,7 +19,7 @@ use crate::frame::{FrameRef, Kind, SortKey};
 use crate::manifest::{self, Manifest, NsDropRec};
 use crate::segment::{self, EntryBatch, SCAN_AHEAD_BYTES, SegIndex, SegmentBuilder, Source};
 use crate::table::{Counters, Found, Ns, StoreLink, Table, TableConfig, TableOps};
-use crate::warm::{Restore, WARM_STEP_BYTES, WarmBuf, WarmJob};
+use crate::warm::{Part, Restore, WARM_STEP_BYTES, WarmJob};
 
 /// The store's identity file: non-empty, so that glommio's O_DIRECT probe reads real blocks.
 pub const IDENTITY_FILE: &str = "STORE";
@@ -144,7 +144,9 @@ pub(crate) struct Shared<D: Disk> {
     pub compactor_stop: Cell<bool>,
     /// Restored tables waiting for (or in) their background load, in registration order.
     pub warm: RefCell<VecDeque<WarmJob>>,
-    pub warm_buf: WarmBuf,
+    /// The buffer the loads' steps read through (kept: a fresh 4 MiB buffer per step would
+    /// fault in new pages every time).
+    pub warm_buf: RefCell<Scratch>,
 }
 
 /// A flag and the task waiting for it (one per store: a single task waits at a time).
@@ -468,10 +470,8 @@ impl<D: Disk> Store<D> {
             Restore::Background | Restore::Lazy if !evictable => Restore::Eager,
             r => r,
         };
-        if self.restore_table(id, &table, restore)? {
-            let parts = self.warm_parts(id);
+        if let Some(parts) = self.restore_table(id, &table, restore)? {
             let weak = Rc::downgrade(&table.warm_ops());
-            table.lock().warm_begin();
             self.shared
                 .warm
                 .borrow_mut()
@@ -485,14 +485,14 @@ impl<D: Disk> Store<D> {
         Ok(table)
     }
 
-    /// Restores a table's entries as `restore` says; returns whether it is left for a
-    /// background load.
+    /// Restores a table's entries as `restore` says; for a background load, starts it on
+    /// the table and returns what it reads: the table's extents, newest segment first.
     fn restore_table<N: Ns, K: Ns, V: Codec>(
         &self,
         id: u32,
         table: &Table<N, K, V>,
         restore: Restore,
-    ) -> Result<bool, OpenError> {
+    ) -> Result<Option<Vec<Part>>, OpenError> {
         let core = self.shared.core.borrow();
         let mut t = table.lock();
         let any = core
@@ -510,10 +510,16 @@ impl<D: Disk> Store<D> {
             t.set_resident_all(false);
             t.restore_done(false);
             self.shared.counters.evicted.set(true);
-            if restore == Restore::Background {
-                t.reserve_for_restore(entries as usize);
+            if restore != Restore::Background {
+                return Ok(None);
             }
-            return Ok(restore == Restore::Background);
+            t.reserve_for_restore(entries as usize);
+            t.warm_begin();
+            let parts = core.segments.iter().rev().flat_map(|s| {
+                let extents = s.meta.extents.iter().filter(move |e| e.state == id);
+                extents.map(|e| (s.meta.id, e.offset, e.offset + e.len))
+            });
+            return Ok(Some(parts.collect()));
         }
         t.set_resident_all(true);
         t.reserve_for_restore(entries as usize);
@@ -549,23 +555,7 @@ impl<D: Disk> Store<D> {
         if !all {
             self.shared.counters.evicted.set(true);
         }
-        Ok(false)
-    }
-
-    /// The extents of state `id`, newest segment first: what its background load reads.
-    fn warm_parts(&self, id: u32) -> Vec<(u64, u64, u64)> {
-        let core = self.shared.core.borrow();
-        core.segments
-            .iter()
-            .rev()
-            .flat_map(|s| {
-                s.meta
-                    .extents
-                    .iter()
-                    .filter(move |e| e.state == id)
-                    .map(|e| (s.meta.id, e.offset, e.offset + e.len))
-            })
-            .collect()
+        Ok(None)
     }
 
     /// Sets the time that TTL compares against (ms; the runtime's processing time).

@@ -10,7 +10,6 @@
 use std::cell::RefCell;
 use std::rc::Weak;
 
-use crate::codec::Scratch;
 use crate::disk::Disk;
 use crate::error::AccessError;
 use crate::store::Store;
@@ -20,34 +19,61 @@ use crate::table::WarmOps;
 /// that the job's batches wait no longer than that for it (`StoreConfig::warm_step_bytes`).
 pub const WARM_STEP_BYTES: u64 = 256 << 10;
 
-/// What registering a restored table loads into memory.
+/// What registering a restored table loads into memory, and when (the runtime's
+/// `StateLoading`, `--state-restore`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Restore {
     /// All of it, as far as the budget allows, before the table is returned: the job runs
-    /// at in-memory speed from its first record (Flink's heap backend).
+    /// at in-memory speed from its first record (Flink's heap backend), and starts once
+    /// every table is loaded.
     Eager,
-    /// Nothing: entries are read from disk when first accessed (Flink's RocksDB backend).
+    /// Nothing: the open only validates and indexes the segments, and entries are read from
+    /// disk when first accessed (Flink's RocksDB backend): the job starts sooner, and its
+    /// first access of each key pays a read.
     Lazy,
     /// Nothing before the table is returned; the store's maintenance task
-    /// ([`Store::compactor`], or [`Store::warm_step`]) then loads it between the job's
-    /// batches, and until it is done a miss reads the disk as in `Lazy`. The job resumes as
-    /// soon as the segments are checked, and runs in memory once the load is done.
+    /// ([`Store::compactor`], which each worker runs, or [`Store::warm_step`]) then loads it
+    /// between the job's batches, as far as the budget allows, and until it is done a miss
+    /// reads the disk as in `Lazy`. The job resumes as soon as the segments are checked,
+    /// and runs in memory once the load is done.
     #[default]
     Background,
 }
 
+impl Restore {
+    /// Every mode.
+    pub const ALL: [Restore; 3] = [Restore::Background, Restore::Eager, Restore::Lazy];
+
+    /// The mode's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Restore::Background => "background",
+            Restore::Eager => "eager",
+            Restore::Lazy => "lazy",
+        }
+    }
+
+    /// The mode named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Restore> {
+        Restore::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// An extent a load reads: (segment id, start, end).
+pub(crate) type Part = (u64, u64, u64);
+
 /// One table's load.
 pub(crate) struct WarmJob {
     table: Weak<RefCell<dyn WarmOps>>,
-    /// The table's extents: (segment id, start, end), newest segment first.
-    parts: Vec<(u64, u64, u64)>,
+    /// The table's extents, newest segment first.
+    parts: Vec<Part>,
     /// The part being read, and the offset of its next frame.
     at: usize,
     pos: u64,
 }
 
 impl WarmJob {
-    pub(crate) fn new(table: Weak<RefCell<dyn WarmOps>>, parts: Vec<(u64, u64, u64)>) -> Self {
+    pub(crate) fn new(table: Weak<RefCell<dyn WarmOps>>, parts: Vec<Part>) -> Self {
         let pos = parts.first().map_or(0, |p| p.1);
         WarmJob {
             table,
@@ -160,7 +186,3 @@ impl<D: Disk> Store<D> {
         Ok(Step::More)
     }
 }
-
-/// The buffer steps read through (kept: a fresh 4 MiB buffer per step would fault in new
-/// pages every time).
-pub(crate) type WarmBuf = RefCell<Scratch>;

@@ -1217,6 +1217,15 @@ fn kg_ns(_: &u8, k: &u64) -> u32 {
 
 type Entries = std::collections::BTreeMap<(u8, u64), u64>;
 
+/// A background restore of `budget` bytes whose load steps a 4 KiB block at a time.
+fn background(budget: usize) -> StoreConfig {
+    StoreConfig {
+        restore: Restore::Background,
+        warm_step_bytes: 1,
+        ..cfg(budget)
+    }
+}
+
 /// Every entry of namespaces 0..3 of `t`, as the job sees them.
 fn entries_of(t: &Table<u8, u64, u64>) -> Entries {
     let mut out = Entries::new();
@@ -1271,11 +1280,7 @@ fn two_checkpoints() -> (SimDisk, Entries) {
 #[test]
 fn background_load_keeps_what_the_job_changed_meanwhile() {
     let (disk, mut model) = two_checkpoints();
-    let bg = StoreConfig {
-        restore: Restore::Background,
-        warm_step_bytes: 1,
-        ..cfg(64 << 20)
-    };
+    let bg = background(64 << 20);
     let store = Store::open(disk.clone(), &dir(), bg.clone(), Some(2)).unwrap();
     let t = store
         .table::<u8, u64, u64>("w", TableConfig::new(kg_ns))
@@ -1333,11 +1338,7 @@ fn background_load_keeps_what_the_job_changed_meanwhile() {
 fn background_load_stops_at_the_budget_and_at_an_eviction() {
     let (disk, model) = two_checkpoints();
     for (budget, new_keys) in [(100 << 10, 0), (2 << 20, 60_000u64)] {
-        let bg = StoreConfig {
-            restore: Restore::Background,
-            warm_step_bytes: 1,
-            ..cfg(budget)
-        };
+        let bg = background(budget);
         let store = Store::open(disk.clone(), &dir(), bg, Some(2)).unwrap();
         let t = store
             .table::<u8, u64, u64>("w", TableConfig::new(kg_ns))
@@ -1370,11 +1371,7 @@ fn background_load_stops_at_the_budget_and_at_an_eviction() {
 #[test]
 fn the_compactor_task_runs_the_background_load_beside_the_job() {
     let (disk, mut model) = two_checkpoints();
-    let bg = StoreConfig {
-        restore: Restore::Background,
-        warm_step_bytes: 1,
-        ..cfg(64 << 20)
-    };
+    let bg = background(64 << 20);
     let store = Store::open(disk, &dir(), bg, Some(2)).unwrap();
     let mut batches = 0u64;
     let work = async {

@@ -357,7 +357,7 @@ fn recovery(args: &StateBench) -> Result<Value> {
                     let run = RecoveryRun {
                         keys,
                         stores,
-                        mode: restore_mode(mode),
+                        mode: Restore::from_name(mode).unwrap_or_default(),
                         same_process: process == "same",
                     };
                     rows.push(recovery_row(args, &run)?);
@@ -376,23 +376,10 @@ struct RecoveryRun {
     same_process: bool,
 }
 
-/// A `--recovery-modes` value (one the argument parser accepted).
-fn restore_mode(name: &str) -> Restore {
-    match name {
-        "eager" => Restore::Eager,
-        "lazy" => Restore::Lazy,
-        _ => Restore::Background,
-    }
-}
-
 impl RecoveryRun {
     /// The `--recovery-modes` value of this run.
     fn mode(&self) -> &'static str {
-        match self.mode {
-            Restore::Eager => "eager",
-            Restore::Lazy => "lazy",
-            Restore::Background => "background",
-        }
+        self.mode.name()
     }
     /// The `--recovery-process` value of this run.
     fn process(&self) -> &'static str {
@@ -501,7 +488,11 @@ fn recovery_child(args: &StateBench, dir: &std::path::Path) -> Result<()> {
         anyhow::bail!("--recovery-child needs --recovery-keys and --recovery-stores");
     };
     let cpus = sluice::available_cpus();
-    let mode = restore_mode(args.recovery_modes.first().map_or("", String::as_str));
+    let mode = args
+        .recovery_modes
+        .first()
+        .and_then(|m| Restore::from_name(m));
+    let mode = mode.unwrap_or_default();
     let mut cold = args.recovery_child_cold;
     let restore = |cold| {
         state::restore_stores(

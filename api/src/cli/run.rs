@@ -80,12 +80,8 @@ fn restore_arg(s: &str) -> Result<RestoreFrom, String> {
 }
 
 fn state_loading_arg(s: &str) -> Result<crate::StateLoading, String> {
-    match s {
-        "eager" => Ok(crate::StateLoading::Eager),
-        "lazy" => Ok(crate::StateLoading::Lazy),
-        "background" => Ok(crate::StateLoading::Background),
-        _ => Err(format!("'{s}' is not background, eager or lazy")),
-    }
+    crate::StateLoading::from_name(s)
+        .ok_or_else(|| format!("'{s}' is not background, eager or lazy"))
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
